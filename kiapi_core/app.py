@@ -1,0 +1,130 @@
+"""Build the Starlette application of a host.
+
+Routes come from three places: the operations of every registered capability (generated
+here), the capability catalogue and documents (models, openapi.json, docs, redoc), and the
+``register_routes`` hook (the core's own health, files, jobs and memory endpoints are default
+plugins using it). Errors of every kind leave as the same JSON shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from functools import partial
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .errors import KiapiError, NotFound, StartupError
+from .host import Host
+from .http.auth import BearerAuth
+from .http.operations import operation_route
+from .http.responses import JSONResponse, error_response
+from .openapi import pages
+from .openapi.generate import capability_document
+from .openapi.root import root_document
+from .registry import Capability
+
+log = logging.getLogger("kiapi.http")
+
+
+def build_app(host: Host) -> Starlette:
+    """The ASGI app serving ``host``; its lifespan starts and stops the host."""
+    routes: list[BaseRoute] = [
+        Route("/openapi.json", partial(_root_openapi, host), methods=["GET"], include_in_schema=False),
+        Route("/docs", partial(_swagger, "/openapi.json", "kiapi"), methods=["GET"]),
+        Route("/redoc", partial(_redoc, "/openapi.json", "kiapi"), methods=["GET"]),
+        Mount(pages.STATIC_PREFIX, app=StaticFiles(directory=pages.STATIC_DIR), name="static"),
+    ]
+    for capability in host.registry:
+        routes += _capability_routes(host, capability)
+    for extra in host.pm.hook.register_routes(host=host):
+        routes += list(extra or [])
+    _check_unique(routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await host.start()
+        try:
+            yield
+        finally:
+            await host.stop()
+
+    middleware = [Middleware(BearerAuth, token=host.settings.auth_token)] if host.settings.auth_token else []
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={KiapiError: _kiapi_error, HTTPException: _http_error, Exception: _unexpected},
+    )
+    app.state.host = host
+    return app
+
+
+def _capability_routes(host: Host, capability: Capability) -> list[BaseRoute]:
+    prefix = capability.prefix
+    document = capability_document(capability, version=capability.version)
+
+    async def models(request: Request) -> Response:
+        return JSONResponse(host.registry.model_specs(capability.name))
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    routes: list[BaseRoute] = [operation_route(capability, op) for op in capability.operations]
+    routes += [
+        Route(f"{prefix}/models", models, methods=["GET"]),
+        Route(f"{prefix}/openapi.json", openapi, methods=["GET"]),
+        Route(f"{prefix}/docs", partial(_swagger, f"{prefix}/openapi.json", capability.title), methods=["GET"]),
+        Route(f"{prefix}/redoc", partial(_redoc, f"{prefix}/openapi.json", capability.title), methods=["GET"]),
+    ]
+    return routes
+
+
+async def _root_openapi(host: Host, request: Request) -> Response:
+    return JSONResponse(root_document(host))
+
+
+async def _swagger(openapi_url: str, title: str, request: Request) -> Response:
+    return HTMLResponse(pages.swagger_ui_html(openapi_url, title))
+
+
+async def _redoc(openapi_url: str, title: str, request: Request) -> Response:
+    return HTMLResponse(pages.redoc_html(openapi_url, title))
+
+
+async def _kiapi_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, KiapiError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"no endpoint at {request.url.path}; see GET /openapi.json"))
+    error = KiapiError(str(exc.detail), code=f"http_{exc.status_code}", headers=dict(exc.headers or {}))
+    error.status = exc.status_code
+    return error_response(error)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(KiapiError(f"internal error: {exc.__class__.__name__}: {exc}"))
+
+
+def _check_unique(routes: list[BaseRoute]) -> None:
+    """Starlette picks the first matching route silently; a clash must stop start-up instead."""
+    seen: dict[tuple[str, str], str] = {}
+    for route in routes:
+        if isinstance(route, Route):
+            for method in route.methods or ["*"]:
+                key = (route.path, method)
+                if key in seen:
+                    raise StartupError(f"route {method} {route.path} is declared twice")
+                seen[key] = route.name

@@ -1,0 +1,85 @@
+"""The ``kiapi`` command line.
+
+Subcommands live in small modules that are imported only when their command runs, so that
+``kiapi --help`` answers at once and imports no plugin. Plugins add commands through the
+``register_commands`` hook, consulted only for names the core does not know.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from .. import __version__
+
+#: name -> (module, attribute, one-line help shown by ``kiapi --help``)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "serve": ("kiapi_core.cli.server", "serve", "Run the HTTP server."),
+    "plugins": ("kiapi_core.cli.info", "plugins", "List installed plugins, their capabilities and load errors."),
+    "models": ("kiapi_core.cli.info", "models", "List every model of every capability."),
+    "openapi": ("kiapi_core.cli.info", "openapi", "Print the root or a capability's OpenAPI document."),
+    "config": ("kiapi_core.cli.info", "config", "Show the effective settings and where each came from."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS:
+            module, attribute, _ = COMMANDS[name]
+            return getattr(importlib.import_module(module), attribute)
+        return self._plugin_command(name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][2]) for name in sorted(COMMANDS)])
+
+    def _plugin_command(self, name: str) -> click.Command | None:
+        from ..host import build_host
+
+        host = build_host()
+        extra = click.Group()
+        host.pm.hook.register_commands(cli=extra)
+        return extra.commands.get(name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kiapi")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="Config file (TOML). Default: $KIAPI_CONFIG, else ~/.config/kiapi/config.toml if present.")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None) -> None:
+    """kiapi: a local HTTP server for generative-image models, extended by plugins.
+
+    Start with `kiapi serve --demo` and open http://127.0.0.1:8000/docs.
+    """
+    ctx.obj = {"config_file": config_file}
+
+
+def load(ctx: click.Context, **flags: Any):
+    """Settings for a command: config file < environment < these flags."""
+    from ..errors import StartupError
+    from ..settings import load_settings
+
+    try:
+        return load_settings(flags, config_file=(ctx.find_root().obj or {}).get("config_file"))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def make_host(ctx: click.Context, **flags: Any):
+    from ..errors import PluginError, StartupError
+    from ..host import build_host
+
+    try:
+        return build_host(load(ctx, **flags))
+    except (PluginError, StartupError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def main() -> None:
+    cli(prog_name="kiapi")

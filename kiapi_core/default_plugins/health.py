@@ -1,0 +1,48 @@
+"""``GET /health``: liveness plus what an operator needs at a glance."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from ..hookspecs import hookimpl
+from ..http.responses import JSONResponse
+from ..weights import status
+
+
+async def health(request: Request) -> JSONResponse:
+    host = request.app.state.host
+    capabilities = []
+    for capability in host.registry:
+        settings = host.plugin_settings(capability.name)
+        models = []
+        for model in capability.models:
+            if host.settings.demo or not model.weights:
+                ready = True
+            else:
+                ready = (await asyncio.to_thread(status, capability, model, settings)).state == "present"
+            models.append({"name": model.name, "default": model.default, "ready": ready})
+        capabilities.append({"name": capability.name, "domain": capability.domain,
+                             "title": capability.title, "openapi": f"{capability.prefix}/openapi.json",
+                             "models": models})
+    errors = [{"name": p.name, "distribution": p.distribution, "error": p.error}
+              for p in host.plugins if p.error]
+    return JSONResponse({
+        "status": "ok",
+        "version": host.version,
+        "demo": host.settings.demo,
+        "plugins": [{"name": p.name, "distribution": p.distribution, "version": p.version,
+                     "capabilities": p.capabilities, "error": p.error}
+                    for p in host.plugins if not p.default],
+        "plugin_errors": errors,
+        "capabilities": capabilities,
+        "queue": host.jobs.stats(),
+        "memory": host.models.stats(),
+    })
+
+
+@hookimpl
+def register_routes(host):
+    return [Route("/health", health, methods=["GET"])]

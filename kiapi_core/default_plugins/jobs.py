@@ -1,0 +1,12 @@
+"""The jobs endpoints of the core, as a default plugin."""
+
+from __future__ import annotations
+
+from ..hookspecs import hookimpl
+
+
+@hookimpl
+def register_routes(host):
+    from ..jobs.routes import routes
+
+    return routes()

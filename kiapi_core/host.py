@@ -1,0 +1,137 @@
+"""The Host: one server's worth of state, built from settings.
+
+Nothing in kiapi_core is global: ``build_host`` makes a plugin manager, loads plugins, builds
+the registry, the file store, the model manager and the job manager, and hands them out
+through one object. Tests build as many hosts as they like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from . import __version__
+from .errors import StartupError
+from .files.store import FileStore
+from .jobs.manager import JobManager
+from .memory.manager import ModelManager
+from .plugins import PluginRecord, load_plugins, new_plugin_manager, register_capabilities
+from .registry import Registry
+from .settings import Loaded, Settings, load_settings
+
+log = logging.getLogger("kiapi")
+
+
+class Host:
+    """Settings, plugins, registry and the shared services every route and handler uses."""
+
+    version = __version__
+
+    def __init__(self, loaded: Loaded, pm: pluggy.PluginManager, plugins: list[PluginRecord],
+                 registry: Registry) -> None:
+        self.loaded = loaded
+        self.settings: Settings = loaded.settings
+        self.pm = pm
+        self.plugins = plugins
+        self.registry = registry
+        self._plugin_settings: dict[str, Any] = {}
+        self._plugin_setting_sources: dict[str, dict[str, str]] = {}
+        data = self.settings.data_path
+        self.files = FileStore(data / "files", ttl_s=self.settings.file_ttl_s)
+        self.models = ModelManager(settings=self.settings, registry=registry,
+                                   plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
+                                   demo=self.settings.demo)
+        self.jobs = JobManager(settings=self.settings, files=self.files, models=self.models,
+                               plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
+                               work_root=data / "work", demo=self.settings.demo)
+        self._background: list[asyncio.Task[Any]] = []
+
+    # -- plugin facing -------------------------------------------------------------------
+    def plugin_settings(self, family: str) -> Any:
+        """The settings Struct of capability ``family`` (``None`` if it declares none)."""
+        if family not in self._plugin_settings:
+            schema = self.registry.get(family).settings
+            if schema is None:
+                self._plugin_settings[family] = None
+            else:
+                value, sources = self.loaded.plugin(family, schema)
+                self._plugin_settings[family] = value
+                self._plugin_setting_sources[family] = sources
+        return self._plugin_settings[family]
+
+    def plugin_setting_sources(self, family: str) -> dict[str, str]:
+        self.plugin_settings(family)
+        return self._plugin_setting_sources.get(family, {})
+
+    def cache_dir(self, family: str) -> Path:
+        """A per-capability directory for derived data (demo weights, converted models)."""
+        path = self.settings.data_path / "models" / family
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the worker thread and background duties; called by the app's lifespan."""
+        self.settings.data_path.mkdir(parents=True, exist_ok=True)
+        log.info("kiapi %s: data in %s%s", self.version, self.settings.data_path,
+                 " (demo mode: tiny random-weight models, outputs are noise)" if self.settings.demo else "")
+        log.info("memory budget: %s", self.models.budget_description())
+        await self.jobs.start()
+        for family, model in self.models.parse_warmup(self.settings.warmup):
+            self._background.append(asyncio.create_task(self._warm(family, model)))
+
+    async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await self.jobs.stop(self.settings.shutdown_grace_s)
+
+    async def _warm(self, family: str, model: str) -> None:
+        try:
+            await self.jobs.run_on_worker(lambda: self.models.warm(family, model))
+            log.info("warmed %s:%s", family, model)
+        except Exception as exc:  # noqa: BLE001 - warmup is best effort, the server stays up
+            log.warning("warmup of %s:%s failed: %s", family, model, exc)
+
+
+def build_host(
+    settings: Settings | Loaded | None = None,
+    *,
+    plugins: Sequence[Any] = (),
+    load_entrypoints: bool = True,
+) -> Host:
+    """Build a host: load plugins (entry points unless disabled, plus ``plugins``), register
+    their capabilities and create the services. Raises StartupError/PluginError on fatal
+    problems (clashes between distributions; any plugin failure in strict mode)."""
+    if settings is None:
+        loaded = load_settings()
+    elif isinstance(settings, Settings):
+        loaded = Loaded(settings=settings, sources={}, config_file=None, config={}, env={})
+    else:
+        loaded = settings
+    pm = new_plugin_manager()
+    records = load_plugins(pm, loaded.settings, extra=plugins, load_entrypoints=load_entrypoints)
+    registry = Registry()
+    host = _HostUnderConstruction(loaded, pm, records, registry)
+    register_capabilities(pm, records, registry, host, loaded.settings)
+    if loaded.settings.strict_plugins and any(r.error for r in records):  # pragma: no cover - raised earlier
+        raise StartupError("plugin errors in strict mode")
+    return Host(loaded, pm, records, registry)
+
+
+class _HostUnderConstruction:
+    """What ``register_capabilities(host=...)`` sees: settings and registry, no services yet."""
+
+    version = __version__
+
+    def __init__(self, loaded: Loaded, pm: pluggy.PluginManager, plugins: list[PluginRecord],
+                 registry: Registry) -> None:
+        self.loaded = loaded
+        self.settings = loaded.settings
+        self.pm = pm
+        self.plugins = plugins
+        self.registry = registry

@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by all routes: responses, errors, negotiation, auth, operation routes."""

@@ -1,0 +1,208 @@
+"""The request path of a capability operation, from HTTP body to job to response.
+
+Everything that can reject a request happens here, on the event loop and before the job is
+queued: decode (400/422), model (400), weights (503), the plugin's ``prepare`` (422), FileRef
+resolution (400), the plugin's ``check`` (in a thread), memory admission (503), queue space
+(503). Only then does the job reach the model thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from ..errors import (
+    BadRequest,
+    InvalidRequest,
+    KiapiError,
+    MalformedJSON,
+    NotAcceptable,
+    PayloadTooLarge,
+    SyncTimeout,
+    UnsupportedMediaType,
+    WeightsMissing,
+)
+from ..files.resolve import resolve_inputs
+from ..jobs.models import AsyncJobResponse, Job, JobStatus
+from ..registry import Capability, Operation
+from ..weights import missing_message, status
+from . import negotiation
+from .responses import JSONResponse, error_response
+
+if TYPE_CHECKING:
+    from ..host import Host
+
+_PATH = re.compile(r" - at `(\$[^`]*)`$")
+#: Request fields the core itself interprets; they are not recorded as ignored.
+_CORE_FIELDS = ("mode", "model")
+
+
+def operation_route(capability: Capability, operation: Operation) -> Route:
+    decoder = msgspec.json.Decoder()  # typed conversion comes after, to report unknown fields
+
+    async def endpoint(request: Request) -> Response:
+        host: Host = request.app.state.host
+        raw = await _read_json(request, host.settings.max_body_mb, decoder)
+        body, warnings = _convert(raw, operation.request)
+        job = await submit(host, capability, operation, body, warnings)
+        headers = {"X-Kiapi-Job-Id": job.id}
+        if warnings:
+            headers["X-Kiapi-Warnings"] = "; ".join(warnings)[:2000]
+        mode = "async" if operation.always_async else getattr(body, "mode", "sync")
+        if mode == "async":
+            headers["Location"] = f"/v1/jobs/{job.id}"
+            return JSONResponse(AsyncJobResponse(job_id=job.id, type=job.type, status=job.status),
+                                status_code=202, headers=headers)
+        job = await host.jobs.wait(job.id, host.settings.sync_timeout_s)
+        return respond_finished(host, job, request.headers.get("accept"), headers)
+
+    return Route(f"{capability.prefix}/{operation.name}", endpoint, methods=["POST"],
+                 name=f"{capability.name}.{operation.name}")
+
+
+async def submit(host: Host, capability: Capability, operation: Operation, body: Any,
+                 warnings: list[str]) -> Job:
+    """Validate ``body`` completely, resolve its inputs and queue the job."""
+    model = host.registry.resolve_model(capability.name, getattr(body, "model", None))
+    plugin_settings = host.plugin_settings(capability.name)
+    if not host.settings.demo and model.weights:
+        found = await asyncio.to_thread(status, capability, model, plugin_settings)
+        if found.state != "present":
+            raise WeightsMissing(missing_message(found), activate=found.activate)
+    params = redact(operation.prepare(body, model, host) if operation.prepare else _default_params(body))
+    resolved = await resolve_inputs(body, operation.inputs, store=host.files, settings=host.settings)
+    if operation.check is not None:
+        await asyncio.to_thread(operation.check, body, params, resolved.files, host)
+    estimate = host.models.admit(capability, model, operation, params)
+    if host.settings.demo:
+        warnings = [*warnings, "demo mode: tiny random-weight model, the output is noise"]
+    return host.jobs.submit(capability=capability, operation=operation, model=model, request=body,
+                            params=params, inputs=resolved.files, input_ids=resolved.summary,
+                            warnings=warnings, estimate_gb=estimate)
+
+
+def respond_finished(host: Host, job: Job, accept: str | None, headers: dict[str, str]) -> Response:
+    """The answer to a sync request once its wait is over."""
+    if not job.status.terminal:
+        raise _with_job(SyncTimeout(
+            f"{job.type} job {job.id} did not finish within {host.settings.sync_timeout_s:g}s "
+            f"(KIAPI_SYNC_TIMEOUT_S); it keeps running: poll GET /v1/jobs/{job.id}"), job)
+    if job.status is JobStatus.failed:
+        error = KiapiError(job.error or "the job failed", code=job.error_code or "internal_error")
+        error.status = host.jobs.http_status(job.id)
+        return error_response(error, job_id=job.id)
+    if job.status is JobStatus.canceled:
+        error = KiapiError(job.error or f"job {job.id} was canceled", code="canceled")
+        error.status = 409
+        return error_response(error, job_id=job.id)
+    artifact = None
+    if len(job.artifacts) == 1:
+        artifact = host.files.get(job.artifacts[0])
+    choice = negotiation.choose(accept, artifact.content_type if artifact else None)
+    if choice is None:
+        offered = "application/json" + (f" or {artifact.content_type}" if artifact else "")
+        raise _with_job(NotAcceptable(
+            f"job {job.id} succeeded, but its result is only available as {offered}; "
+            f"fetch it with GET /v1/jobs/{job.id}"), job)
+    if choice == "json":
+        return JSONResponse(job, headers=headers)
+    assert artifact is not None
+    return FileResponse(artifact.path, media_type=artifact.content_type, filename=artifact.filename,
+                        content_disposition_type="inline",
+                        headers={**headers, "X-Kiapi-File-Id": artifact.file_id})
+
+
+async def _read_json(request: Request, max_mb: float, decoder: msgspec.json.Decoder) -> Any:
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type not in ("application/json", "") and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"send the request body as application/json, not {content_type}")
+    limit = int(max_mb * 1024 * 1024)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {int(declared)} bytes, over the {max_mb:g} MiB limit "
+                              "(KIAPI_MAX_BODY_MB); upload large inputs with POST /v1/files and pass a file_id")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the {max_mb:g} MiB limit (KIAPI_MAX_BODY_MB); "
+                                  "upload large inputs with POST /v1/files and pass a file_id")
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if not data.strip():
+        raise MalformedJSON("the request body is empty; send a JSON object")
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
+
+
+def _convert(raw: Any, schema: type) -> tuple[Any, list[str]]:
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"the request body must be a JSON object, not {type(raw).__name__}")
+    try:
+        body = msgspec.convert(raw, schema)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _PATH.search(message)
+        path = match.group(1) if match else "$"
+        field = path[2:] if path.startswith("$.") else path
+        what = message[: match.start()] if match else message
+        raise InvalidRequest(f"{field}: {what}" if field != "$" else what, field=field, path=path) from None
+    ignored = sorted(_unknown_fields(raw, body, ""))
+    warnings = [f"ignored unknown field{'s' if len(ignored) > 1 else ''}: {', '.join(ignored)}"] if ignored else []
+    return body, warnings
+
+
+def _unknown_fields(raw: Any, value: Any, prefix: str) -> list[str]:
+    """Dotted paths of object keys that ``value``'s Struct types do not declare."""
+    found: list[str] = []
+    if isinstance(value, msgspec.Struct) and isinstance(raw, dict):
+        info = msgspec.structs.fields(value)
+        known = {f.encode_name: f.name for f in info}
+        tag_field = value.__struct_config__.tag_field
+        for key, item in raw.items():
+            if key == tag_field:
+                continue
+            if key not in known:
+                found.append(prefix + key)
+            else:
+                found += _unknown_fields(item, getattr(value, known[key]), f"{prefix}{key}.")
+    elif isinstance(value, (list, tuple)) and isinstance(raw, list):
+        for index, (r, v) in enumerate(zip(raw, value)):
+            found += _unknown_fields(r, v, f"{prefix.rstrip('.')}[{index}].")
+    return found
+
+
+def _default_params(body: Any) -> dict[str, Any]:
+    params = msgspec.to_builtins(body)
+    for name in _CORE_FIELDS:
+        params.pop(name, None)
+    return params
+
+
+def redact(value: Any) -> Any:
+    """``value`` without inline payloads: data URLs become a short note of their size."""
+    if isinstance(value, dict):
+        if value.get("type") == "data_url" and isinstance(value.get("data_url"), str):
+            return {**value, "data_url": f"<data URL, {len(value['data_url'])} characters, not recorded>"}
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def _with_job(error: KiapiError, job: Job) -> KiapiError:
+    error.extra["job_id"] = job.id
+    error.headers["X-Kiapi-Job-Id"] = job.id
+    return error
+
+
+__all__ = ["BadRequest", "operation_route", "respond_finished", "submit"]

@@ -1,0 +1,63 @@
+"""Image helpers shared by every image capability: encoding outputs and checking inputs.
+
+Pillow is imported inside the functions so that importing the core stays light.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import InvalidInput
+
+ImageFormat = Literal["png", "jpeg", "webp"]
+MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS: dict[str, str] = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+#: Formats accepted as image inputs.
+INPUT_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
+
+
+def encode_image(image: Any, format: ImageFormat = "png", quality: int = 90) -> bytes:
+    """Encode a PIL image as png, jpeg or webp (``quality`` applies to jpeg and webp)."""
+    buffer = io.BytesIO()
+    if format == "jpeg":
+        if image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        image.save(buffer, format="JPEG", quality=quality)
+    elif format == "webp":
+        image.save(buffer, format="WEBP", quality=quality)
+    elif format == "png":
+        image.save(buffer, format="PNG")
+    else:  # pragma: no cover - the request schemas only allow the three above
+        raise ValueError(f"unsupported image format {format!r}")
+    return buffer.getvalue()
+
+
+def probe_image(path: Path, *, max_pixels: int, what: str = "image") -> tuple[int, int, str]:
+    """Check that ``path`` holds a complete image of a supported format within ``max_pixels``.
+
+    Returns ``(width, height, pillow_format)``; raises :class:`InvalidInput` (400) with a
+    sentence the client can act on otherwise. Decodes the whole image, so truncated files fail.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            fmt = image.format or "?"
+            if fmt not in INPUT_FORMATS:
+                raise InvalidInput(f"{what} is a {fmt} image; send PNG, JPEG or WebP")
+            if width * height > max_pixels:
+                raise InvalidInput(
+                    f"{what} is {width}x{height} = {width * height} pixels, over the limit of "
+                    f"{max_pixels} (KIAPI_MAX_IMAGE_PIXELS); send a smaller image"
+                )
+            image.load()
+    except InvalidInput:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise InvalidInput(f"{what} is not a readable image ({exc}); send PNG, JPEG or WebP") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(f"{what} could not be decoded ({exc}); is the file complete?") from None
+    return width, height, fmt

@@ -1,0 +1,66 @@
+"""Run a host's app on Hypercorn with graceful shutdown.
+
+SIGINT/SIGTERM first stop the job manager (no new work; the running job may finish within
+``KIAPI_SHUTDOWN_GRACE_S``, then it is canceled; waiting sync clients get their answer), and
+only then tell Hypercorn to close connections, so nobody waiting on a job sees a dropped
+connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from .host import Host
+
+log = logging.getLogger("kiapi")
+
+
+def bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def serve(host: Host) -> None:
+    """Serve ``host`` until a shutdown signal; blocks."""
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    from .app import build_app
+
+    app = build_app(host)
+    config = Config()
+    config.bind = [bind_address(host.settings.host, host.settings.port)]
+    # Hypercorn's default of 3 s would cut off SSE streams and sync waits during shutdown.
+    config.graceful_timeout = host.settings.shutdown_grace_s + 10
+    config.accesslog = logging.getLogger("kiapi.access")
+    config.access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
+    config.errorlog = logging.getLogger("kiapi.server")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set() or getattr(on_signal, "draining", False):
+                log.warning("second signal: stopping now")
+                stop.set()
+                return
+            on_signal.draining = True  # type: ignore[attr-defined]
+            log.info("%s received: draining jobs (up to %gs), then stopping",
+                     signal.Signals(signum).name, host.settings.shutdown_grace_s)
+
+            async def drain() -> None:
+                try:
+                    await host.jobs.stop(host.settings.shutdown_grace_s)
+                finally:
+                    stop.set()
+
+            loop.create_task(drain())
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        log.info("serving on http://%s (docs at /docs)", config.bind[0])
+        await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    asyncio.run(main())

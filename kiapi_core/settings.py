@@ -1,0 +1,208 @@
+"""Settings: defaults < config file < ``KIAPI_*`` environment < command-line flags.
+
+The host is built from one :class:`Settings` value; nothing reads the environment later. Each
+value remembers where it came from, so ``kiapi config`` can show it. Plugin settings use the
+same sources, namespaced: ``KIAPI_ERNIE_EDIT_REQUIRE_SQUARE`` or ``[ernie] edit_require_square``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from .errors import StartupError
+
+T = TypeVar("T")
+
+
+def _default_data_dir() -> str:
+    if sys.platform == "darwin":
+        return str(Path.home() / "Library" / "Application Support" / "kiapi")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "kiapi")
+
+
+def _default_config_file() -> Path:
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "kiapi" / "config.toml"
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "kiapi" / "config.toml"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every core setting. Field docs are shown by ``kiapi config`` and docs/settings.md."""
+
+    host: str = "127.0.0.1"
+    "Address `kiapi serve` binds to."
+    port: int = 8000
+    "Port `kiapi serve` listens on."
+    demo: bool = False
+    "Serve tiny random-weight demo models instead of real weights (outputs are noise)."
+    data_dir: str = msgspec.field(default_factory=_default_data_dir)
+    "Directory holding all state: files, jobs, model caches."
+    auth_token: str | None = None
+    "When set, every endpoint except /health requires `Authorization: Bearer <token>`."
+    strict_plugins: bool = False
+    "Fail start-up when a plugin cannot be loaded, instead of skipping it."
+    load_plugins: list[str] | None = None
+    "Load only these plugins (entry-point or distribution names); empty list loads none."
+    disable_plugins: list[str] = msgspec.field(default_factory=list)
+    "Plugins (entry-point or distribution names) never to load."
+    max_queue: int = 64
+    "Jobs that may wait in the queue; more get 503 with Retry-After."
+    sync_timeout_s: float = 600.0
+    "Seconds a sync request waits before answering 504 (the job keeps running)."
+    job_ttl_s: float = 86400.0
+    "Seconds finished jobs are kept."
+    max_jobs: int = 1000
+    "Finished jobs kept at most (oldest forgotten first)."
+    max_upload_mb: float = 2048.0
+    "Largest file accepted by POST /v1/files, in MiB (413 beyond)."
+    max_body_mb: float = 64.0
+    "Largest JSON request body, in MiB (413 beyond)."
+    file_ttl_s: float = 0.0
+    "Seconds after which stored files expire; 0 keeps them until deleted."
+    allow_private_urls: bool = False
+    "Allow URL inputs that resolve to loopback, private, link-local or reserved addresses."
+    url_timeout_s: float = 30.0
+    "Seconds a URL input may take to download."
+    max_url_mb: float = 256.0
+    "Largest URL input, in MiB."
+    max_data_url_mb: float = 48.0
+    "Largest decoded data URL input, in MiB."
+    max_image_pixels: int = 100_000_000
+    "Largest image input, in pixels (decompression-bomb guard)."
+    memory_limit_gb: float | None = None
+    "Memory budget for models and jobs, in GB; unset: a share of physical memory."
+    model_ttl_s: float = 1800.0
+    "Seconds an idle resident model stays loaded; 0 keeps it until evicted."
+    warmup: list[str] = msgspec.field(default_factory=list)
+    "Models to load in the background at start-up, as family:model (ernie:turbo)."
+    shutdown_grace_s: float = 30.0
+    "Seconds a running job may finish after SIGTERM before it is canceled."
+    log_level: str = "info"
+    "Logging level: debug, info, warning, error."
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+
+class Loaded(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings plus where every value came from, and the raw sources for plugin settings."""
+
+    settings: Settings
+    sources: dict[str, str]
+    config_file: str | None
+    config: dict[str, Any]
+    env: dict[str, str]
+
+    def plugin(self, namespace: str, schema: type[T]) -> tuple[T, dict[str, str]]:
+        """Build a plugin's settings Struct from the same sources, under ``namespace``."""
+        table = self.config.get(namespace, {})
+        if not isinstance(table, dict):
+            raise StartupError(f"config file: [{namespace}] must be a table")
+        return _build(schema, table, self.env, {}, prefix=f"KIAPI_{_env_name(namespace)}_",
+                      where=f"[{namespace}]")
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Loaded:
+    """Resolve settings from all sources. ``env`` defaults to ``os.environ``.
+
+    The config file is ``config_file``, else ``$KIAPI_CONFIG``, else the per-user default
+    (``~/.config/kiapi/config.toml``) when it exists. Core settings live at its top level,
+    plugin settings in a table named after the capability.
+    """
+    env = dict(os.environ if env is None else env)
+    path = Path(config_file) if config_file else (Path(env["KIAPI_CONFIG"]) if env.get("KIAPI_CONFIG") else None)
+    config: dict[str, Any] = {}
+    if path is None and _default_config_file().is_file():
+        path = _default_config_file()
+    if path is not None:
+        try:
+            config = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise StartupError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise StartupError(f"config file {path} is not valid TOML: {exc}") from None
+    core_table = {k: v for k, v in config.items() if not isinstance(v, dict)}
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    settings, sources = _build(Settings, core_table, env, flags, prefix="KIAPI_", where=str(path))
+    return Loaded(settings=settings, sources=sources, config_file=str(path) if path else None,
+                  config=config, env=env)
+
+
+def describe(schema: type) -> dict[str, str]:
+    """Field name → the one-line documentation written under it in the Struct."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    try:
+        tree = ast.parse(inspect.getsource(schema))
+    except (OSError, TypeError):
+        return docs
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[node.target.id] = following.value.value
+    return docs
+
+
+def _env_name(namespace: str) -> str:
+    return namespace.upper().replace("-", "_")
+
+
+def _build(schema: type[T], table: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[str, Any],
+           *, prefix: str, where: str) -> tuple[T, dict[str, str]]:
+    fields = {f.name: f for f in msgspec.structs.fields(schema)}
+    values: dict[str, Any] = {}
+    sources = {name: "default" for name in fields}
+    unknown = [k for k in table if k not in fields]
+    if unknown:
+        raise StartupError(f"config file {where}: unknown setting(s) {', '.join(sorted(unknown))}; "
+                           f"known: {', '.join(sorted(fields))}")
+    for name, value in table.items():
+        values[name] = value
+        sources[name] = f"config file {where}"
+    for name, field in fields.items():
+        key = prefix + name.upper()
+        if key in env:
+            values[name] = _from_env(env[key], field.type)
+            sources[name] = f"env {key}"
+    for name, value in flags.items():
+        if name in fields:
+            values[name] = value
+            sources[name] = "command line"
+    try:
+        return msgspec.convert(values, schema, strict=False), sources
+    except msgspec.ValidationError as exc:
+        raise StartupError(f"invalid setting: {exc}") from None
+
+
+def _from_env(raw: str, annotation: Any) -> Any:
+    """Environment values are strings; lists are comma-separated, empty means unset/empty."""
+    text = str(annotation)
+    if "list" in text:
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if raw == "" and "None" in text:
+        return None
+    if "bool" in text:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+    return raw
