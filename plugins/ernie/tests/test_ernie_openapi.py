@@ -1,0 +1,130 @@
+"""The generated ernie OpenAPI document matches the binding contract ``spec/ernie.openapi.json``.
+
+The Capability is built here from the real request/result Structs and document texts, with the
+operation names, job types and media types the plugin declares, so the contract is checked
+without the plugin's runtime code (no mlx, no mflux).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from kiapi_core.files.refs import FileIDRef, FileURLRef
+from kiapi_core.openapi import capability_document, compare_documents, unresolved_refs
+from kiapi_core.registry import Capability, Model, Operation
+from kiapi_ernie import docs, schemas
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+
+
+def _spec(name: str) -> dict[str, Any]:
+    """Load a contract file; fail (never skip) when it is missing: the contract is the point."""
+    env = os.environ.get("KIAPI_SPEC_DIR")
+    spec_dir = Path(env) if env else Path(__file__).resolve().parents[3] / ".." / "shared" / "spec"
+    path = (spec_dir / f"{name}.openapi.json").resolve()
+    if not path.is_file():
+        pytest.fail(f"contract file {path} is missing: clone shared/ beside the repository or set KIAPI_SPEC_DIR")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _capability() -> Capability:
+    def op(name: str, request: type, result: type, job_type: str, **kw: Any) -> Operation:
+        return Operation(name=name, request=request, result=result, handler=f"kiapi_ernie.handlers:{name}",
+                         job_type=job_type, **kw)
+
+    return Capability(
+        name="ernie",
+        domain="image",
+        title=docs.TITLE,
+        summary=docs.SUMMARY,
+        description=docs.DESCRIPTION,
+        models=(Model(name="turbo", aliases=("ernie-image-turbo",), default=True),
+                Model(name="base", aliases=("ernie-image",))),
+        operations=(
+            op("generate", schemas.GenerateRequest, schemas.ImageResponse, "ernie", produces=IMAGE_TYPES,
+               summary=docs.GENERATE_SUMMARY, operation_id=docs.GENERATE_OPERATION_ID,
+               description=docs.GENERATE_DESCRIPTION),
+            op("edit", schemas.EditRequest, schemas.ImageResponse, "ernie-edit", produces=IMAGE_TYPES,
+               summary=docs.EDIT_SUMMARY, operation_id=docs.EDIT_OPERATION_ID, description=docs.EDIT_DESCRIPTION),
+            op("train", schemas.TrainRequest, schemas.TrainResponse, "ernie-train", always_async=True,
+               summary=docs.TRAIN_SUMMARY, operation_id=docs.TRAIN_OPERATION_ID,
+               description=docs.TRAIN_DESCRIPTION, responses=docs.TRAIN_RESPONSES),
+        ),
+    )
+
+
+def test_document_matches_spec_structurally() -> None:
+    diffs = compare_documents(capability_document(_capability(), "0.1.0"), _spec("ernie"))
+    assert diffs == [], "\n".join(diffs)
+
+
+def test_schema_texts_match_spec() -> None:
+    """Field descriptions and titles are part of what clients read; they are copied verbatim."""
+    doc = capability_document(_capability())
+    spec = _spec("ernie")
+    diffs = compare_documents(doc["components"], spec["components"], prose=True)
+    assert diffs == [], "\n".join(diffs)
+
+
+def test_document_texts_match_spec() -> None:
+    doc = capability_document(_capability())
+    diffs = compare_documents(doc, _spec("ernie"), prose=True)
+    assert diffs == [], "\n".join(diffs)
+
+
+def test_every_ref_resolves() -> None:
+    assert unresolved_refs(capability_document(_capability())) == []
+
+
+def test_derived_names_equal_the_spec_ones() -> None:
+    """Without explicit summaries/operationIds the host derives the same names."""
+    cap = _capability()
+    plain = msgspec.structs.replace(
+        cap, operations=tuple(msgspec.structs.replace(o, summary=None, operation_id=None) for o in cap.operations)
+    )
+    diffs = compare_documents(capability_document(plain), _spec("ernie"), prose=True)
+    assert diffs == [], "\n".join(diffs)
+
+
+def test_requests_decode_with_spec_defaults_and_ignore_unknown_fields() -> None:
+    req = msgspec.json.decode(b'{"prompt": "a cat", "nonsense": 1}', type=schemas.GenerateRequest)
+    assert (req.mode, req.format, req.quality, req.scheduler, req.loras) == ("sync", "png", 90, "linear", [])
+    edit = msgspec.json.decode(
+        b'{"prompt": "x", "image": {"type": "url", "url": "https://e.com/a.png"}}', type=schemas.EditRequest
+    )
+    assert edit.image == FileURLRef(url="https://e.com/a.png") and edit.image_strength == 0.4
+    train = msgspec.json.decode(b'{"dataset": {"type": "file_id", "file_id": "file_1"}}', type=schemas.TrainRequest)
+    assert train.dataset == FileIDRef(file_id="file_1")
+    assert (train.seed, train.max_resolution, train.num_epochs, train.lora_rank) == (42, 512, 10, 16)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"prompt": ""}', b'{"prompt": "x", "quality": 0}', b'{"prompt": "x", "steps": 0}',
+     b'{"prompt": "x", "format": "gif"}', b'{"prompt": "x", "mode": "later"}', b"{}"],
+)
+def test_generate_request_rejects_values_outside_the_spec(body: bytes) -> None:
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(body, type=schemas.GenerateRequest)
+
+
+def test_train_response_round_trips() -> None:
+    result = schemas.TrainResponse(model="turbo", adapter_file_id="file_1", adapter_bytes=10, num_images=3,
+                                   timings={"total_s": 1.5})
+    assert msgspec.json.decode(msgspec.json.encode(result), type=schemas.TrainResponse) == result
+
+
+def test_declared_capability_matches_spec() -> None:
+    """The plugin's real declaration (what the host serves) meets the contract too."""
+    from kiapi_ernie.capability import build_capability
+
+    doc = capability_document(build_capability(), "0.1.0")
+    diffs = compare_documents(doc, _spec("ernie"))
+    assert diffs == [], "\n".join(diffs)
+    assert unresolved_refs(doc) == []

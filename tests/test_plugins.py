@@ -1,0 +1,117 @@
+"""Plugin discovery and registration: robust loading, clashes, strict mode, provenance."""
+
+import textwrap
+
+import pytest
+
+import kiapi_broken
+import kiapi_echo
+from kiapi_core.errors import PluginError, StartupError
+from kiapi_core.testing import build_test_host
+
+
+def _install_fake_distribution(root, name, entry_points, modules):
+    """Write a dist-info (METADATA + entry_points.txt) and modules into ``root`` (on sys.path)."""
+    info = root / f"{name.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text("[kiapi]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+    for module, source in modules.items():
+        (root / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def fake_site(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def test_echo_plugin_registers_its_capability(tmp_path):
+    host = build_test_host(tmp_path, plugins=[kiapi_echo])
+    assert [c.name for c in host.registry] == ["echo"]
+    record = next(r for r in host.plugins if r.name == "kiapi_echo")
+    assert record.capabilities == ["echo"] and record.models == {"echo": ["small", "large"]}
+    assert "register_capabilities" in record.hooks
+
+
+def test_models_resolve_by_name_or_alias_in_any_case(tmp_path):
+    registry = build_test_host(tmp_path, plugins=[kiapi_echo]).registry
+    assert registry.resolve_model("echo", None).name == "small"
+    assert registry.resolve_model("echo", "ECHO-LARGE").name == "large"
+    assert registry.resolve_model("echo", "tiny").name == "small"
+    with pytest.raises(Exception) as info:
+        registry.resolve_model("echo", "huge")
+    assert info.value.status == 400 and "small, large" in info.value.detail
+
+
+def test_plugin_that_raises_on_import_is_reported_and_skipped(tmp_path, fake_site):
+    _install_fake_distribution(fake_site, "kiapi-explodes", {"explodes": "kiapi_explodes_mod"},
+                               {"kiapi_explodes_mod": "raise ImportError('no module named mlx_magic')"})
+    host = build_test_host(tmp_path, plugins=[kiapi_echo], load_entrypoints=True, strict_plugins=False,
+                           load_plugins=["explodes"])
+    record = next(r for r in host.plugins if r.name == "explodes")
+    assert record.distribution == "kiapi-explodes" and record.version == "1.2.3"
+    assert "mlx_magic" in record.error
+    assert [c.name for c in host.registry] == ["echo"]  # the others are still served
+
+
+def test_plugin_that_raises_on_import_is_fatal_in_strict_mode(tmp_path, fake_site):
+    _install_fake_distribution(fake_site, "kiapi-explodes", {"explodes": "kiapi_explodes_mod"},
+                               {"kiapi_explodes_mod": "raise ImportError('no module named mlx_magic')"})
+    with pytest.raises(PluginError, match="kiapi-explodes"):
+        build_test_host(tmp_path, load_entrypoints=True, load_plugins=["explodes"])
+
+
+def test_entry_point_plugin_is_loaded_with_its_distribution(tmp_path, fake_site):
+    _install_fake_distribution(fake_site, "kiapi-echo-dist", {"echo": "kiapi_echo"}, {})
+    host = build_test_host(tmp_path, load_entrypoints=True, load_plugins=["kiapi-echo-dist"])
+    record = next(r for r in host.plugins if r.name == "echo")
+    assert record.entry_point == "echo = kiapi_echo" and record.capabilities == ["echo"]
+    assert host.registry.registered()[0].distribution == "kiapi-echo-dist"
+
+
+def test_disabled_plugins_are_not_loaded(tmp_path, fake_site):
+    _install_fake_distribution(fake_site, "kiapi-echo-dist", {"echo": "kiapi_echo"}, {})
+    host = build_test_host(tmp_path, load_entrypoints=True, load_plugins=["echo"], disable_plugins=["echo"])
+    assert len(host.registry) == 0
+
+
+def test_clashing_alias_is_reported_and_others_still_served(tmp_path):
+    clash = kiapi_broken.ClashingAliases()
+    host = build_test_host(tmp_path, plugins=[kiapi_echo, clash], strict_plugins=False)
+    record = next(r for r in host.plugins if r.name == "ClashingAliases")
+    assert "'same'" in record.error.lower() and "'a'" in record.error and "'b'" in record.error
+    assert [c.name for c in host.registry] == ["echo"]
+
+
+def test_clashing_alias_is_fatal_in_strict_mode(tmp_path):
+    with pytest.raises(PluginError, match="(?i)same"):
+        build_test_host(tmp_path, plugins=[kiapi_broken.ClashingAliases()])
+
+
+def test_duplicate_capability_names_both_distributions(tmp_path, fake_site):
+    _install_fake_distribution(fake_site, "kiapi-echo-one", {"echo1": "kiapi_echo"}, {})
+    _install_fake_distribution(fake_site, "kiapi-echo-two", {"echo2": "kiapi_echo_twin"},
+                               {"kiapi_echo_twin": "from kiapi_broken import DuplicateEcho\n"
+                                                   "register_capabilities = DuplicateEcho().register_capabilities\n"})
+    with pytest.raises(StartupError) as info:
+        build_test_host(tmp_path, load_entrypoints=True, strict_plugins=False,
+                        load_plugins=["kiapi-echo-one", "kiapi-echo-two"])
+    assert "kiapi-echo-one" in str(info.value) and "kiapi-echo-two" in str(info.value)
+
+
+def test_misspelled_hook_is_detected(tmp_path):
+    with pytest.raises(PluginError, match="register_capabilitys"):
+        build_test_host(tmp_path, plugins=[kiapi_broken.Misspelled()])
+    host = build_test_host(tmp_path, plugins=[kiapi_echo, kiapi_broken.Misspelled()], strict_plugins=False)
+    assert "register_capabilitys" in next(r for r in host.plugins if r.name == "Misspelled").error
+    assert [c.name for c in host.registry] == ["echo"]
+
+
+def test_default_plugins_are_listed_as_such(tmp_path):
+    host = build_test_host(tmp_path)
+    defaults = [r for r in host.plugins if r.default]
+    assert {r.name.rsplit(".", 1)[-1] for r in defaults} == {"health", "files", "jobs", "memory"}
+    assert all(r.distribution == "kiapi-core" for r in defaults)
