@@ -1,0 +1,363 @@
+"""The Files API: ``/v1/files`` upload, list, metadata, download (Range, ETag) and delete.
+
+Uploads are parsed with python-multipart's push parser straight off ``request.stream()`` and
+written to disk chunk by chunk: ``request.form()`` would spool the whole file first (memory
+or a temp file) and copy it again, which is what made the earlier kiapi's memory grow with
+every upload. A successful upload answers **201 Created** with a ``Location`` header and the
+FileRecord (the earlier kiapi answered 200; clients that check for 2xx see no difference).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import unicodedata
+from email.utils import formatdate
+from typing import IO, Any
+from urllib.parse import quote
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from ..errors import (BadRequest, InvalidRequest, KiapiError, NotFound, PayloadTooLarge,
+                      UnsupportedMediaType)
+from ..http.responses import JSONResponse
+from .models import StoredFile
+from .names import ID_FORM, check_id, clean_content_type, valid_id
+from .store import BlobWriter, FileStore
+
+MiB = 1024 * 1024
+#: Room for the multipart framing and small extra fields on top of the file size cap.
+MULTIPART_OVERHEAD = 1 * MiB
+_READ_CHUNK = 1 * MiB
+
+
+class RangeNotSatisfiable(KiapiError):
+    status = 416
+    code = "range_not_satisfiable"
+
+
+def routes() -> list[Route]:
+    """The Files API routes, to be mounted at the application root."""
+    return [
+        Route("/v1/files", upload_file, methods=["POST"], name="files:upload"),
+        Route("/v1/files", list_files, methods=["GET"], name="files:list"),
+        Route("/v1/files/{file_id}", get_file, methods=["GET"], name="files:get"),
+        Route("/v1/files/{file_id}", delete_file, methods=["DELETE"], name="files:delete"),
+        Route("/v1/files/{file_id}/download", download_file, methods=["GET", "HEAD"],
+              name="files:download"),
+    ]
+
+
+def _store(request: Request) -> FileStore:
+    return request.app.state.host.files
+
+
+# -- upload ------------------------------------------------------------------------------
+
+
+async def upload_file(request: Request) -> Response:
+    """``POST /v1/files``: multipart field ``file`` → 201 FileRecord."""
+    settings = request.app.state.host.settings
+    max_bytes = int(settings.max_upload_mb * MiB)
+    media, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if media != b"multipart/form-data" or not boundary:
+        raise UnsupportedMediaType(
+            "send the file as multipart/form-data in a field named `file` "
+            "(curl -F file=@picture.png http://host/v1/files)")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("Content-Length is not a number")
+        if int(declared) > max_bytes + MULTIPART_OVERHEAD:
+            raise _too_large(max_bytes)
+    upload = _MultipartUpload(_store(request), boundary, max_bytes)
+    stored = await upload.run(request)
+    location = f"{request.scope.get('root_path', '')}/v1/files/{stored.file_id}"
+    return JSONResponse(stored.record, status_code=201, headers={"Location": location})
+
+
+def _too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"upload is larger than the limit of {max_bytes / MiB:g} MiB; raise KIAPI_MAX_UPLOAD_MB "
+        "to accept larger files", limit_bytes=max_bytes)
+
+
+class _MultipartUpload:
+    """Drives the push parser and writes the ``file`` part to a BlobWriter as it arrives.
+
+    The parser's callbacks are synchronous, the writes are not; callbacks therefore only
+    queue events, which are handled after each ``parser.write`` (one network chunk at most).
+    """
+
+    def __init__(self, store: FileStore, boundary: bytes, max_bytes: int) -> None:
+        self.store = store
+        self.max_bytes = max_bytes
+        self.events: list[tuple[str, bytes]] = []
+        ev = self.events
+        callbacks: Any = {
+            "on_part_begin": lambda: ev.append(("begin", b"")),
+            "on_header_field": lambda d, s, e: ev.append(("field", bytes(d[s:e]))),
+            "on_header_value": lambda d, s, e: ev.append(("value", bytes(d[s:e]))),
+            "on_header_end": lambda: ev.append(("header_end", b"")),
+            "on_headers_finished": lambda: ev.append(("headers", b"")),
+            "on_part_data": lambda d, s, e: ev.append(("data", bytes(d[s:e]))),
+            "on_part_end": lambda: ev.append(("part_end", b"")),
+            "on_end": lambda: ev.append(("end", b"")),
+        }
+        try:
+            self.parser = MultipartParser(boundary, callbacks, max_header_count=16,
+                                          max_header_size=8192)
+        except Exception as exc:  # an absurd boundary
+            raise BadRequest(f"invalid multipart boundary: {exc}") from None
+        self.headers: dict[str, bytes] = {}
+        self._field = b""
+        self._value = b""
+        self.writer: BlobWriter | None = None
+        self.filename = ""
+        self.content_type = ""
+        self.in_file = False
+        self.file_done = False
+        self.ended = False
+        self.stored: StoredFile | None = None
+
+    async def run(self, request: Request) -> StoredFile:
+        async with contextlib.AsyncExitStack() as stack:
+            self._stack = stack
+            received = 0
+            try:
+                async for chunk in request.stream():
+                    received += len(chunk)
+                    if received > self.max_bytes + MULTIPART_OVERHEAD:
+                        raise _too_large(self.max_bytes)
+                    if not chunk:
+                        continue
+                    try:
+                        self.parser.write(chunk)
+                    except MultipartParseError as exc:
+                        raise BadRequest(f"malformed multipart body: {exc}") from None
+                    await self._handle_events()
+            except ClientDisconnect:
+                raise BadRequest("the client disconnected before the upload finished") from None
+            except PayloadTooLarge:
+                raise _too_large(self.max_bytes) from None
+            if not self.ended:
+                raise BadRequest("the multipart body ended before its closing boundary; "
+                                 "was the upload cut off?")
+            if self.writer is None or not self.file_done:
+                raise InvalidRequest("no multipart field named `file` was sent", field="file")
+            return await self.writer.commit(filename=self.filename, content_type=self.content_type,
+                                            meta={"source": "upload"})
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _handle_events(self) -> None:
+        events, self.events[:] = list(self.events), []
+        for kind, data in events:
+            if kind == "begin":
+                self.headers = {}
+                self._field = self._value = b""
+            elif kind == "field":
+                self._field += data
+            elif kind == "value":
+                self._value += data
+            elif kind == "header_end":
+                self.headers[self._field.decode("latin-1").strip().lower()] = self._value.strip()
+                self._field = self._value = b""
+            elif kind == "headers":
+                await self._start_part()
+            elif kind == "data":
+                if self.in_file:
+                    assert self.writer is not None
+                    await self.writer.write(data)
+            elif kind == "part_end":
+                if self.in_file:
+                    self.in_file, self.file_done = False, True
+            elif kind == "end":
+                self.ended = True
+
+    async def _start_part(self) -> None:
+        disposition, options = parse_options_header(self.headers.get("content-disposition", b""))
+        if disposition != b"form-data" or options.get(b"name") != b"file":
+            return  # another field: its bytes are skipped (and counted against the body cap)
+        if self.writer is not None:
+            raise BadRequest("send exactly one `file` field per upload")
+        self.filename = _decode_header(options.get(b"filename", b"")) or "upload"
+        part_type = self.headers.get("content-type", b"").decode("latin-1")
+        self.content_type = clean_content_type(part_type, self.filename)
+        self.writer = await self._stack.enter_async_context(
+            self.store.writer(max_bytes=self.max_bytes, what="upload"))
+        self.in_file = True
+
+
+def _decode_header(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+# -- list, metadata, delete ----------------------------------------------------------------
+
+
+async def list_files(request: Request) -> Response:
+    """``GET /v1/files?limit=&after=``: newest first; ``after`` is the last id of a page."""
+    raw_limit = request.query_params.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        raise InvalidRequest("limit must be an integer from 1 to 1000", field="limit")
+    limit = int(raw_limit)
+    after = request.query_params.get("after")
+    if after is not None and not valid_id(after):
+        raise InvalidRequest(f"after must be a file id ({ID_FORM}): the last id of the "
+                             "previous page", field="after")
+    records = await _store(request).alist(limit=limit + 1, after=after)
+    has_more = len(records) > limit
+    records = records[:limit]
+    return JSONResponse({
+        "object": "list", "data": records, "has_more": has_more,
+        "first_id": records[0].file_id if records else None,
+        "last_id": records[-1].file_id if records else None,
+    })
+
+
+async def get_file(request: Request) -> Response:
+    """``GET /v1/files/{id}``: the FileRecord."""
+    stored = await _store(request).aget(request.path_params["file_id"])
+    return JSONResponse(stored.record)
+
+
+async def delete_file(request: Request) -> Response:
+    """``DELETE /v1/files/{id}``."""
+    file_id = request.path_params["file_id"]
+    await _store(request).adelete(file_id)
+    return JSONResponse({"deleted": True, "file_id": file_id})
+
+
+# -- download --------------------------------------------------------------------------------
+
+
+async def download_file(request: Request) -> Response:
+    """``GET|HEAD /v1/files/{id}/download`` with ETag/304 and single-range 206/416."""
+    file_id = check_id(request.path_params["file_id"])
+    stored = await _store(request).aget(file_id)
+    record = stored.record
+    etag = f'"{record.sha256}"' if record.sha256 else None
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "private, no-cache",
+        "Last-Modified": formatdate(record.created_at, usegmt=True),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox",
+    }
+    if etag:
+        headers["ETag"] = etag
+    if etag and _etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    try:
+        fh = await asyncio.to_thread(open, stored.path, "rb")
+    except FileNotFoundError:  # deleted between the lookup and the open
+        raise NotFound(f"no file {file_id!r}; it was just deleted", code="file_not_found") from None
+    size = os.fstat(fh.fileno()).st_size
+    start, length, status = 0, size, 200
+    byte_range = _requested_range(request, etag, size)
+    if byte_range is not None:
+        start, end = byte_range
+        length, status = end - start + 1, 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Type"] = record.content_type
+    headers["Content-Disposition"] = content_disposition(record.filename)
+    headers["Content-Length"] = str(length)
+    return _BlobResponse(fh, start, length, status, headers, body=request.method != "HEAD")
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """Weak comparison as RFC 9110 asks for If-None-Match."""
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
+
+
+def _requested_range(request: Request, etag: str | None, size: int) -> tuple[int, int] | None:
+    """The single byte range to send, ``None`` for the whole file; raises 416 when the range
+    cannot be satisfied. Malformed or multi-range headers are ignored (RFC 9110 allows it)."""
+    header = request.headers.get("range")
+    if not header:
+        return None
+    if_range = request.headers.get("if-range")
+    if if_range is not None and (etag is None or if_range.strip() != etag):
+        return None  # the client's copy is stale (or a date validator): send everything
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) \
+            or (last and not last.isdigit()):
+        return None
+    if not first:  # suffix range: the last N bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise _unsatisfiable(size)
+        return max(0, size - n), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if last and int(last) < start:
+        return None  # syntactically invalid: ignore
+    if start >= size:
+        raise _unsatisfiable(size)
+    return start, end
+
+
+def _unsatisfiable(size: int) -> RangeNotSatisfiable:
+    return RangeNotSatisfiable(f"the requested range is outside the file's {size} bytes",
+                               headers={"Content-Range": f"bytes */{size}"}, size=size)
+
+
+def content_disposition(filename: str, disposition: str = "attachment") -> str:
+    """RFC 6266: an ASCII ``filename`` fallback plus the exact name as ``filename*``."""
+    ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\%' else "_" for c in ascii_name)
+    value = f'{disposition}; filename="{ascii_name or "file"}"'
+    if ascii_name != filename:
+        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return value
+
+
+class _BlobResponse(Response):
+    """Streams ``length`` bytes of an already open file from ``start``, 1 MiB at a time.
+
+    The file is opened by the route, so a concurrent DELETE cannot turn into a 500 halfway.
+    """
+
+    def __init__(self, fh: IO[bytes], start: int, length: int, status: int,
+                 headers: dict[str, str], *, body: bool) -> None:
+        self.fh, self.start, self.length, self.send_body = fh, start, length, body
+        self.status_code = status
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            if not self.send_body:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await asyncio.to_thread(self.fh.seek, self.start)
+            remaining = self.length
+            while remaining > 0:
+                chunk = await asyncio.to_thread(self.fh.read, min(_READ_CHUNK, remaining))
+                if not chunk:
+                    break  # the file shrank under us; the client sees a short body
+                remaining -= len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": remaining > 0})
+            if remaining > 0:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self.fh.close()

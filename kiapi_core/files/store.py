@@ -1,0 +1,396 @@
+"""FileStore: the Files API's bytes and metadata on disk, safe against crashes and hostile names.
+
+Layout under ``root`` (``<data_dir>/files``)::
+
+    file_<32 hex>.json              the sidecar: the FileRecord plus the blob's name
+    file_<32 hex>.data<.suffix>     the blob; keeps the filename's extension because some
+                                    readers (``mx.load`` for LoRA adapters) infer the format
+                                    from it
+    .partial/                       temp files being written; never listed, swept when stale
+
+A blob can never be mistaken for a sidecar: sidecars are exactly ``<id>.json`` and blobs
+always carry ``.data`` right after the id (the earlier kiapi let an uploaded ``x.json``
+overwrite its own sidecar). Every write goes to ``.partial/`` first and is moved into place
+with ``os.replace``, the blob before the sidecar, so a file exists (is listed, can be fetched)
+only once both are complete; a crash leaves at most an orphan blob or a temp file, which
+:meth:`FileStore.sweep_expired` removes.
+
+Ids are ``file_`` + 32 hex digits whose first 13 digits are the creation time in microseconds
+(strictly increasing within a process), so sorting ids sorts by age and a paging cursor stays
+valid after the file it names is deleted. Anything not matching the pattern is answered with
+:class:`NotFound` before its text is ever used as a path.
+
+The sync methods are for the model worker thread; the ``a*`` methods and :meth:`writer` are
+for the event loop and never block it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import msgspec
+
+from ..errors import NotFound, PayloadTooLarge
+from .models import FileRecord, StoredFile
+from .names import (ID_FORM, ID_PATTERN, blob_name, check_id, clean_content_type, clean_filename,
+                    suggest_extension, valid_id)
+
+_PARTIAL = ".partial"
+_CHUNK = 1024 * 1024
+#: Temp files and orphan blobs younger than this are left alone by the sweeper: they may
+#: belong to a write that is still running.
+STALE_AFTER_S = 3600.0
+
+
+class _Sidecar(msgspec.Struct, kw_only=True):
+    """What ``<id>.json`` holds. ``blob`` is the blob's file name, relative to the root."""
+
+    v: int = 1
+    blob: str
+    record: FileRecord
+
+
+_sidecar_encoder = msgspec.json.Encoder()
+_sidecar_decoder = msgspec.json.Decoder(_Sidecar)
+
+
+class BlobWriter:
+    """An upload in progress: bytes go to a temp file in ``.partial/``; :meth:`commit` makes
+    it a stored file, :meth:`abort` (or leaving ``async with`` without committing) removes it.
+
+    Passing ``max_bytes`` raises :class:`PayloadTooLarge` on the first write that crosses it,
+    after removing the temp file, so an oversize upload never lands on disk whole.
+    """
+
+    def __init__(self, store: FileStore, *, max_bytes: int | None, what: str = "file") -> None:
+        self._store = store
+        self._max = max_bytes
+        self._what = what
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._tmp = store._temp_path()
+        self._fh: Any = None
+        self._done = False
+
+    async def __aenter__(self) -> BlobWriter:
+        self._fh = await aiofiles.open(self._tmp, "xb")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self._done:
+            await self.abort()
+
+    async def write(self, data: bytes) -> None:
+        if self._done:
+            raise RuntimeError("write after commit/abort")
+        self.size += len(data)
+        if self._max is not None and self.size > self._max:
+            await self.abort()
+            raise PayloadTooLarge(
+                f"{self._what} is larger than the limit of {_mib(self._max)}",
+                limit_bytes=self._max)
+        self._hash.update(data)
+        await self._fh.write(data)
+
+    async def commit(self, *, filename: str, content_type: str | None = None,
+                     meta: Mapping[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile:
+        self._done = True
+        try:
+            await self._fh.flush()
+            await asyncio.to_thread(os.fsync, self._fh.fileno())
+            await self._fh.close()
+            return await asyncio.to_thread(
+                self._store._install, self._tmp, self.size, self._hash.hexdigest(),
+                filename=filename, content_type=content_type, meta=meta, ttl_s=ttl_s)
+        except BaseException:
+            await asyncio.to_thread(_unlink, self._tmp)
+            raise
+
+    async def abort(self) -> None:
+        self._done = True
+        if self._fh is not None:
+            await self._fh.close()
+        await asyncio.to_thread(_unlink, self._tmp)
+
+
+class FileStore:
+    """Stored files under ``root``. ``ttl_s`` > 0 makes new files expire after that many
+    seconds (per-call ``ttl_s`` overrides it); 0 keeps them until deleted."""
+
+    def __init__(self, root: Path | str, *, ttl_s: float = 0) -> None:
+        self.root = Path(root).expanduser()
+        self.ttl_s = float(ttl_s)
+        self._partial = self.root / _PARTIAL
+        self._partial.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._last_us = 0
+
+    # -- ids and paths -------------------------------------------------------------------
+
+    def new_id(self) -> str:
+        """A fresh id: 13 hex digits of microseconds (strictly increasing here) + 19 random."""
+        with self._lock:
+            now = max(time.time_ns() // 1000, self._last_us + 1)
+            self._last_us = now
+        return f"file_{now:013x}{secrets.token_hex(10)[:19]}"
+
+    def _sidecar_path(self, file_id: str) -> Path:
+        return self.root / f"{check_id(file_id)}.json"
+
+    def _temp_path(self) -> Path:
+        return self._partial / f"{secrets.token_hex(16)}.tmp"
+
+    # -- sync API (worker thread) --------------------------------------------------------
+
+    def put_bytes(self, data: bytes, *, filename: str, content_type: str | None = None,
+                  meta: Mapping[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile:
+        """Store ``data`` atomically."""
+        tmp = self._temp_path()
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return self._install(tmp, len(data), hashlib.sha256(data).hexdigest(), filename=filename,
+                                 content_type=content_type, meta=meta, ttl_s=ttl_s)
+        finally:
+            _unlink(tmp)
+
+    def put_path(self, path: Path | str, *, filename: str | None = None, content_type: str | None = None,
+                 meta: Mapping[str, Any] | None = None, move: bool = True,
+                 ttl_s: float | None = None) -> StoredFile:
+        """Store the file at ``path``: moved when ``move`` and on the same filesystem (the
+        usual case for a job's workdir under the data dir), copied otherwise."""
+        path = Path(path)
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                digest.update(chunk)
+        size = path.stat().st_size
+        tmp = self._temp_path()
+        try:
+            moved = False
+            if move:
+                try:
+                    os.replace(path, tmp)
+                    moved = True
+                except OSError:  # another filesystem: fall back to a copy
+                    pass
+            if not moved:
+                shutil.copyfile(path, tmp)
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                if move:
+                    _unlink(path)
+            return self._install(tmp, size, digest.hexdigest(), filename=filename or path.name,
+                                 content_type=content_type, meta=meta, ttl_s=ttl_s)
+        finally:
+            _unlink(tmp)
+
+    def get(self, file_id: str) -> StoredFile:
+        """The stored file, or NotFound (also for malformed, expired or half-written ids)."""
+        sidecar = self._read_sidecar(self._sidecar_path(file_id))
+        if sidecar is None:
+            raise NotFound(f"no file {file_id!r}; it was deleted, expired or never existed",
+                           code="file_not_found")
+        return StoredFile(record=sidecar.record, path=self.root / sidecar.blob)
+
+    def exists(self, file_id: str) -> bool:
+        try:
+            self.get(file_id)
+        except NotFound:
+            return False
+        return True
+
+    def list(self, *, limit: int | None = None, after: str | None = None) -> builtins.list[FileRecord]:
+        """Records newest first; ``after`` (a file id, which need not exist any more) starts
+        the page just past it."""
+        if after is not None:
+            check_id(after)
+        ids = sorted((name[:-5] for name in os.listdir(self.root)
+                      if name.endswith(".json") and valid_id(name[:-5])), reverse=True)
+        records: builtins.list[FileRecord] = []
+        for file_id in ids:
+            if after is not None and file_id >= after:
+                continue
+            sidecar = self._read_sidecar(self.root / f"{file_id}.json")
+            if sidecar is not None:
+                records.append(sidecar.record)
+                if limit is not None and len(records) >= limit:
+                    break
+        return records
+
+    def delete(self, file_id: str) -> None:
+        """Remove a file (sidecar first, so it vanishes at once); NotFound if absent."""
+        stored = self.get(file_id)
+        self._remove(file_id, stored.path)
+
+    def sweep_expired(self, now: float | None = None) -> int:
+        """Delete expired files, orphan blobs and stale temp files; returns files deleted."""
+        now = time.time() if now is None else now
+        removed = 0
+        for entry in os.scandir(self.root):
+            name = entry.name
+            if name.endswith(".json") and valid_id(name[:-5]):
+                sidecar = self._read_sidecar(Path(entry.path), check_expiry=False)
+                if sidecar is not None and _expired(sidecar.record, now):
+                    self._remove(name[:-5], self.root / sidecar.blob)
+                    removed += 1
+            elif ".data" in name and valid_id(name.split(".", 1)[0]):
+                if not (self.root / (name.split(".", 1)[0] + ".json")).exists() and _stale(entry, now):
+                    _unlink(Path(entry.path))  # a crash between blob and sidecar
+        for entry in os.scandir(self._partial):
+            if _stale(entry, now):
+                _unlink(Path(entry.path))
+        return removed
+
+    def iter_chunks(self, path: Path, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """Read a blob in chunks (for callers that stream it themselves)."""
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            remaining = length
+            while remaining is None or remaining > 0:
+                chunk = fh.read(_CHUNK if remaining is None else min(_CHUNK, remaining))
+                if not chunk:
+                    return
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+
+    # -- async API (event loop) ----------------------------------------------------------
+
+    def writer(self, *, max_bytes: int | None = None, what: str = "file") -> BlobWriter:
+        """``async with store.writer(max_bytes=...) as w: await w.write(...); await w.commit(...)``"""
+        return BlobWriter(self, max_bytes=max_bytes, what=what)
+
+    async def save_stream(self, chunks: AsyncIterator[bytes], *, filename: str,
+                          content_type: str | None = None, max_bytes: int | None = None,
+                          meta: Mapping[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile:
+        """Stream ``chunks`` to disk; 413 (and nothing stored) once ``max_bytes`` is passed."""
+        async with self.writer(max_bytes=max_bytes) as w:
+            async for chunk in chunks:
+                await w.write(chunk)
+            return await w.commit(filename=filename, content_type=content_type, meta=meta, ttl_s=ttl_s)
+
+    async def aget(self, file_id: str) -> StoredFile:
+        check_id(file_id)
+        return await asyncio.to_thread(self.get, file_id)
+
+    async def alist(self, *, limit: int | None = None,
+                    after: str | None = None) -> builtins.list[FileRecord]:
+        return await asyncio.to_thread(self.list, limit=limit, after=after)
+
+    async def adelete(self, file_id: str) -> None:
+        check_id(file_id)
+        await asyncio.to_thread(self.delete, file_id)
+
+    async def asweep_expired(self) -> int:
+        return await asyncio.to_thread(self.sweep_expired)
+
+    async def sweep_forever(self, interval_s: float = 300.0) -> None:
+        """Run :meth:`sweep_expired` every ``interval_s`` (start as a task in the lifespan)."""
+        while True:
+            try:
+                await self.asweep_expired()
+            except OSError:  # a vanished file mid-sweep; the next round catches up
+                pass
+            await asyncio.sleep(interval_s)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _install(self, tmp: Path, size: int, sha256: str, *, filename: str | None,
+                 content_type: str | None, meta: Mapping[str, Any] | None,
+                 ttl_s: float | None) -> StoredFile:
+        """Move a complete temp file into place as a new file; the sidecar goes last."""
+        file_id = self.new_id()
+        name = clean_filename(filename)
+        now = time.time()
+        ttl = self.ttl_s if ttl_s is None else ttl_s
+        record = FileRecord(
+            file_id=file_id, filename=name, content_type=clean_content_type(content_type, name),
+            size=size, created_at=now, meta=dict(meta or {}),
+            expires_at=(now + ttl) if ttl > 0 else None, sha256=sha256)
+        blob = blob_name(file_id, name)
+        os.replace(tmp, self.root / blob)
+        side_tmp = self._temp_path()
+        try:
+            with open(side_tmp, "xb") as fh:
+                fh.write(_sidecar_encoder.encode(_Sidecar(blob=blob, record=record)))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(side_tmp, self.root / f"{file_id}.json")
+        except BaseException:
+            _unlink(side_tmp)
+            _unlink(self.root / blob)
+            raise
+        _fsync_dir(self.root)
+        return StoredFile(record=record, path=self.root / blob)
+
+    def _read_sidecar(self, path: Path, *, check_expiry: bool = True) -> _Sidecar | None:
+        try:
+            sidecar = _sidecar_decoder.decode(path.read_bytes())
+        except (FileNotFoundError, msgspec.DecodeError):
+            return None
+        if not valid_id(sidecar.record.file_id) or sidecar.blob != blob_name(
+                sidecar.record.file_id, sidecar.record.filename):
+            return None  # a sidecar that points anywhere but at its own blob is not trusted
+        if check_expiry and _expired(sidecar.record, time.time()):
+            return None
+        if not (self.root / sidecar.blob).is_file():
+            return None
+        return sidecar
+
+    def _remove(self, file_id: str, blob: Path) -> None:
+        _unlink(self.root / f"{file_id}.json")
+        _unlink(blob)
+
+
+def _expired(record: FileRecord, now: float) -> bool:
+    return record.expires_at is not None and record.expires_at <= now
+
+
+def _stale(entry: os.DirEntry[str], now: float) -> bool:
+    try:
+        return now - entry.stat().st_mtime > STALE_AFTER_S
+    except FileNotFoundError:
+        return False
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the renames durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MiB"
+
+
+__all__ = ["FileStore", "BlobWriter", "ID_PATTERN", "ID_FORM", "valid_id", "check_id",
+           "clean_filename", "clean_content_type", "suggest_extension"]
