@@ -40,6 +40,8 @@ class JobContext(abc.ABC):
     demo: bool
     #: A private scratch directory, removed when the job ends whatever the outcome.
     workdir: Path
+    #: The capability's persistent cache directory (demo weights, converted models).
+    cache_dir: Path
     log: logging.Logger
 
     @abc.abstractmethod

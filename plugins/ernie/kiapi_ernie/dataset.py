@@ -1,0 +1,229 @@
+"""Training dataset ZIPs: inspection before queueing and safe extraction on the model thread.
+
+Rules (each violation is listed in one 400 answer):
+
+* the archive opens as a ZIP, has at most ``dataset_max_entries`` entries, at most
+  ``dataset_max_mb`` uncompressed, and no entry (nor the whole archive) compresses better than
+  ``dataset_max_ratio`` (zip-bomb guard);
+* no absolute paths, no ``..``, no symlinks, devices, FIFOs or sockets, no encrypted entries;
+* images (.png .jpg .jpeg .webp) sit at the top level or in one single folder;
+* every image has a same-stem ``.txt`` caption next to it, except ``preview*`` images, which
+  are exempt (and are not training data: mflux only uses preview images for edit training);
+* no image is named ``*_out`` (mflux would treat the set as edit-training pairs, which ERNIE
+  does not support); every image is readable and at least 16x16;
+* at least one training image.
+
+Extraction writes only the validated images and captions, flattened into one directory, by
+streaming with a byte budget, so whatever the archive claims, nothing lands outside it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import stat
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from kiapi_core.errors import InvalidInput
+
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
+_JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+_RATIO_MIN_BYTES = 1 << 20  # ratios are only judged on entries (and archives) of at least 1 MiB
+_MAX_LISTED = 20
+_MAX_IMAGE_PIXELS = 100_000_000
+_CAPTION_MAX_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_entries: int = 10_000
+    max_bytes: int = 4096 * 2**20
+    max_ratio: float = 200.0
+
+    @classmethod
+    def from_settings(cls, settings) -> Limits:
+        return cls(max_entries=settings.dataset_max_entries, max_bytes=int(settings.dataset_max_mb * 2**20),
+                   max_ratio=settings.dataset_max_ratio)
+
+
+@dataclass
+class Plan:
+    """What a valid dataset holds: training images and their captions (member names)."""
+
+    folder: str
+    images: list[str] = field(default_factory=list)
+    captions: dict[str, str] = field(default_factory=dict)
+    previews: list[str] = field(default_factory=list)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
+
+
+def _is_junk(name: str) -> bool:
+    parts = PurePosixPath(name).parts
+    return bool(parts) and (parts[0] == "__MACOSX" or parts[-1] in _JUNK_NAMES or parts[-1].startswith("._"))
+
+
+def _entry_problem(info: zipfile.ZipInfo) -> str | None:
+    name = info.filename
+    if "\x00" in name or "\\" in name:
+        return f"{name!r}: backslashes and NUL bytes are not allowed in entry names"
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return f"{name!r}: absolute paths are not allowed"
+    if ".." in PurePosixPath(name).parts:
+        return f"{name!r}: '..' path components are not allowed"
+    mode = info.external_attr >> 16
+    if info.create_system == 3 and mode:  # unix attributes present
+        kind = stat.S_IFMT(mode)
+        if stat.S_ISLNK(mode):
+            return f"{name!r}: symbolic links are not allowed"
+        if kind and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return f"{name!r}: devices, FIFOs and sockets are not allowed"
+    if info.flag_bits & 0x1:
+        return f"{name!r}: encrypted entries are not supported"
+    return None
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+
+
+def inspect(path: Path, limits: Limits) -> Plan:
+    """Validate the dataset ZIP at ``path``; raise :class:`InvalidInput` listing every problem."""
+    problems: list[str] = []
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidInput(f"dataset is not a readable ZIP archive ({exc}); upload a .zip of images "
+                           "with same-stem .txt captions", problems=[str(exc)]) from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > limits.max_entries:
+            problems.append(f"dataset has {len(infos)} entries, more than the limit of {limits.max_entries} "
+                            "(KIAPI_ERNIE_DATASET_MAX_ENTRIES)")
+            _raise(problems)
+        total = sum(i.file_size for i in infos)
+        packed = sum(i.compress_size for i in infos)
+        if total > limits.max_bytes:
+            problems.append(f"dataset unpacks to {total / 2**20:.0f} MiB, more than the limit of "
+                            f"{limits.max_bytes / 2**20:.0f} MiB (KIAPI_ERNIE_DATASET_MAX_MB)")
+        if total >= _RATIO_MIN_BYTES and total / max(packed, 1) > limits.max_ratio:
+            problems.append(f"dataset compresses {total / max(packed, 1):.0f}:1, above the limit of "
+                            f"{limits.max_ratio:.0f}:1 (a zip bomb?)")
+        files: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            problem = _entry_problem(info)
+            if problem:
+                problems.append(problem)
+                continue
+            if (info.file_size >= _RATIO_MIN_BYTES
+                    and info.file_size / max(info.compress_size, 1) > limits.max_ratio):
+                problems.append(f"{info.filename!r} compresses {info.file_size / max(info.compress_size, 1):.0f}:1, "
+                                f"above the limit of {limits.max_ratio:.0f}:1 (a zip bomb?)")
+                continue
+            if info.is_dir() or _is_junk(info.filename):
+                continue
+            files[info.filename] = info
+        plan = _plan(files, problems)
+        if not problems:
+            _check_contents(archive, files, plan, problems)
+    _raise(problems)
+    return plan
+
+
+def _plan(files: dict[str, zipfile.ZipInfo], problems: list[str]) -> Plan:
+    images = sorted(n for n in files if PurePosixPath(n).suffix.lower() in IMAGE_EXTS)
+    folders = sorted({posixpath.dirname(n) for n in images})
+    if len(folders) > 1:
+        where = ["(top level)" if f == "" else f + "/" for f in folders]
+        problems.append(f"images must sit at the top level or in one single folder, found them in: "
+                        f"{_listed(where)}; move them together")
+    plan = Plan(folder=folders[0] if len(folders) == 1 else "")
+    missing, edit_style = [], []
+    for name in images:
+        stem = PurePosixPath(name).stem
+        if stem.startswith("preview"):
+            plan.previews.append(name)
+            continue
+        caption = posixpath.join(posixpath.dirname(name), stem + ".txt")
+        if caption not in files:
+            missing.append(f"{name} (needs {caption})")
+        else:
+            plan.captions[name] = caption
+        if stem.endswith("_out"):
+            edit_style.append(name)
+        plan.images.append(name)
+    if missing:
+        problems.append(f"images without a same-stem .txt caption: {_listed(missing)}")
+    if edit_style:
+        problems.append(f"image names ending in _out mark edit-training pairs, which ERNIE does not support: "
+                        f"{_listed(edit_style)}; rename them")
+    if not plan.images and len(folders) <= 1:
+        extra = " (preview* images do not count)" if plan.previews else ""
+        problems.append(f"dataset has no training images{extra}; add .png/.jpg/.jpeg/.webp files, each with a "
+                        "same-stem .txt caption")
+    return plan
+
+
+def _check_contents(archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo], plan: Plan,
+                    problems: list[str]) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    bad: list[str] = []
+    for name in plan.images:
+        try:
+            with archive.open(files[name]) as fh, Image.open(fh) as image:
+                width, height = image.size
+                if image.format not in ("PNG", "JPEG", "WEBP"):
+                    bad.append(f"{name} is a {image.format} image (use PNG, JPEG or WebP)")
+                elif width < 16 or height < 16:
+                    bad.append(f"{name} is {width}x{height}; training images must be at least 16x16")
+                elif width * height > _MAX_IMAGE_PIXELS:
+                    bad.append(f"{name} is {width}x{height}, over {_MAX_IMAGE_PIXELS} pixels")
+        except (UnidentifiedImageError, OSError, zipfile.BadZipFile, ValueError) as exc:
+            bad.append(f"{name} is not a readable image ({exc.__class__.__name__})")
+    if bad:
+        problems.append(f"unusable images: {_listed(bad)}")
+    empty: list[str] = []
+    for caption in plan.captions.values():
+        info = files[caption]
+        if info.file_size > _CAPTION_MAX_BYTES:
+            empty.append(f"{caption} is larger than 64 KiB")
+            continue
+        try:
+            text = archive.read(info).decode("utf-8")
+        except (UnicodeDecodeError, zipfile.BadZipFile, OSError):
+            empty.append(f"{caption} is not UTF-8 text")
+            continue
+        if not text.strip():
+            empty.append(f"{caption} is empty")
+    if empty:
+        problems.append(f"unusable captions: {_listed(empty)}; write one line describing each image")
+
+
+def _raise(problems: list[str]) -> None:
+    if problems:
+        raise InvalidInput("dataset ZIP rejected: " + "; ".join(problems), problems=problems)
+
+
+def extract(path: Path, dest: Path, limits: Limits) -> Plan:
+    """Re-validate and extract the training images and captions flat into ``dest``."""
+    plan = inspect(path, limits)
+    dest.mkdir(parents=True, exist_ok=True)
+    budget = limits.max_bytes
+    with zipfile.ZipFile(path) as archive:
+        for name in [*plan.images, *plan.captions.values()]:
+            base = posixpath.basename(name)
+            target = dest / base
+            if target.exists() or not base or base.startswith("."):
+                raise InvalidInput(f"dataset entry {name!r} cannot be extracted (duplicate or hidden name)")
+            with archive.open(name) as src, open(target, "xb") as out:
+                while chunk := src.read(1 << 20):
+                    budget -= len(chunk)
+                    if budget < 0:
+                        raise InvalidInput("dataset unpacks to more than its declared size; re-create the ZIP")
+                    out.write(chunk)
+    return plan

@@ -1,0 +1,51 @@
+"""Settings of the ernie capability (``KIAPI_ERNIE_<FIELD>`` or the ``[ernie]`` config table).
+
+Each field carries its one-line documentation right below it; ``kiapi config`` shows it.
+Imports only msgspec, so the host can read settings without loading mlx or mflux.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+#: The quantization levels mflux supports for ERNIE (``nn.quantize`` bits; 2 works but is unusable).
+QUANTIZE_CHOICES: tuple[int, ...] = (3, 4, 5, 6, 8)
+
+
+class ErnieSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Plugin settings; the core fills them from defaults < config file < environment."""
+
+    turbo_path: str | None = None
+    "Local directory holding baidu/ERNIE-Image-Turbo (vae/, transformer/, text_encoder/, tokenizer/); unset uses the Hugging Face cache."
+    base_path: str | None = None
+    "Local directory holding baidu/ERNIE-Image; unset uses the Hugging Face cache."
+    resident_quantize: int = 8
+    "Quantization bits of the resident (warm) models; requests with another `quantize` run a transient model."
+    train_quantize: int = 8
+    "Quantization bits used for LoRA training when the request omits `quantize`."
+    edit_require_square: bool = True
+    "Reject non-square /edit sizes (guard against mflux non-square img2img failures); 0 lifts it."
+    default_width: int = 1024
+    "Output width when a request omits `width`."
+    default_height: int = 1024
+    "Output height when a request omits `height`."
+    max_width: int = 2048
+    "Largest accepted `width` (a multiple of 16)."
+    max_height: int = 2048
+    "Largest accepted `height` (a multiple of 16)."
+    max_steps: int = 100
+    "Largest accepted `steps`."
+    max_loras: int = 4
+    "Most LoRA adapters one request may apply."
+    max_lora_mb: float = 2048.0
+    "Largest accepted LoRA adapter file, in MiB."
+    max_lora_rank: int = 256
+    "Largest `lora_rank` (or target rank) a training request may ask for."
+    max_train_resolution: int = 2048
+    "Largest `max_resolution` a training request may ask for."
+    dataset_max_entries: int = 10_000
+    "Most entries (files and folders) a training dataset ZIP may hold."
+    dataset_max_mb: float = 4096.0
+    "Largest total uncompressed size of a training dataset ZIP, in MiB."
+    dataset_max_ratio: float = 200.0
+    "Largest compression ratio of a dataset ZIP entry (and of the whole archive); zip-bomb guard."

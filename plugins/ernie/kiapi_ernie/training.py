@@ -1,0 +1,220 @@
+"""LoRA training: safe dataset extraction, the mflux config, progress and the adapter artifacts.
+
+mflux's ``TrainingRunner`` has no callback API, so for the duration of one run (under a lock;
+there is a single model thread anyway) three of its hooks are wrapped and always restored:
+
+* ``ErnieTrainingAdapter.encode_data``: one call per image, label ``encoding``;
+* ``TrainingTrainer.train``: captures the ``TrainingState`` (iterator = epoch and step);
+* ``TrainingTrainer._step_is_finite(loss)``: called once per step with the already evaluated
+  loss, right after the forward/backward pass: the step and loss are reported here, and
+  ``job.progress`` raising :class:`JobCanceled` aborts the run before the optimizer update.
+
+The adapter only exists inside mflux's checkpoint ZIPs (``NNNNNNN_adapter.safetensors``); the
+final one is the job's main artifact, earlier ones (``save_frequency``) are stored as well.
+No resume is offered, so the mflux resume bug (ErnieTrainingAdapter.load_lora_adapter without
+``bake_lora=False``) does not apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import math
+import threading
+import time
+import traceback
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import dataset, trainconfig
+from .schemas import TrainResponse
+from .settings import ErnieSettings
+from .variants import VARIANTS
+
+_HOOK_LOCK = threading.Lock()
+ENCODE_START, TRAIN_START, TRAIN_END = 0.05, 0.15, 0.95
+
+
+class _Tracker:
+    def __init__(self, job, num_images: int) -> None:
+        self.job = job
+        self.num_images = max(1, num_images)
+        self.encoded = 0
+        self.state = None
+        self.losses: list[tuple[int, float]] = []
+        self.nonfinite = 0
+
+    def encoding(self) -> None:
+        self.encoded += 1
+        fraction = ENCODE_START + (TRAIN_START - ENCODE_START) * (self.encoded - 1) / self.num_images
+        self.job.progress(fraction, f"encoding image {self.encoded}/{self.num_images}")
+
+    def step(self, loss_value: float | None) -> None:
+        iterator = self.state.iterator if self.state is not None else None
+        if iterator is None:
+            self.job.check_canceled()
+            return
+        step, total = iterator.num_iterations, max(1, iterator.total_number_of_steps())
+        epochs = iterator.num_epochs or 1
+        epoch = min(getattr(iterator, "_epoch", 0) + 1, epochs)
+        label = f"training epoch {epoch}/{epochs} step {step}/{total}"
+        if loss_value is not None:
+            self.losses.append((step, loss_value))
+            self.job.metric("loss", round(loss_value, 6))
+            label += f" loss {loss_value:.4f}"
+        else:
+            self.nonfinite += 1
+        self.job.metric("step", step)
+        self.job.metric("total_steps", total)
+        self.job.metric("epoch", epoch)
+        self.job.metric("num_epochs", epochs)
+        self.job.progress(TRAIN_START + (TRAIN_END - TRAIN_START) * step / total, label)
+
+
+@contextlib.contextmanager
+def _hooks(tracker: _Tracker) -> Iterator[None]:
+    from mflux.models.common.training.trainer import TrainingTrainer
+    from mflux.models.ernie_image.training_adapter.ernie_training_adapter import ErnieTrainingAdapter
+
+    with _HOOK_LOCK:
+        orig_encode = ErnieTrainingAdapter.__dict__["encode_data"]
+        orig_train = TrainingTrainer.__dict__["train"]
+        orig_finite = TrainingTrainer.__dict__["_step_is_finite"]
+
+        def encode_data(self, **kwargs):
+            tracker.encoding()
+            return orig_encode(self, **kwargs)
+
+        def train(*, adapter, training_spec, training_state):
+            tracker.state = training_state
+            tracker.job.progress(TRAIN_START, "training")
+            return orig_train.__func__(adapter=adapter, training_spec=training_spec, training_state=training_state)
+
+        def step_is_finite(loss) -> bool:
+            finite = orig_finite.__func__(loss)
+            tracker.step(float(loss.item()) if finite else None)
+            return finite
+
+        ErnieTrainingAdapter.encode_data = encode_data
+        TrainingTrainer.train = staticmethod(train)
+        TrainingTrainer._step_is_finite = staticmethod(step_is_finite)
+        try:
+            yield
+        finally:
+            ErnieTrainingAdapter.encode_data = orig_encode
+            TrainingTrainer.train = orig_train
+            TrainingTrainer._step_is_finite = orig_finite
+
+
+def _model_path(job, settings: ErnieSettings) -> str | None:
+    from .runtime import model_source
+
+    variant = VARIANTS[job.params["model"]]
+    if job.demo:
+        cache_dir = getattr(job, "cache_dir", None)
+        if cache_dir is None:  # the context does not expose it: ask the resident runtime
+            return job.runtime().source
+        return model_source(variant, settings, True, Path(cache_dir))
+    return model_source(variant, settings, False, None)
+
+
+def _adapters(output: Path) -> list[tuple[int, Path]]:
+    """(step, zip) for every checkpoint mflux wrote, oldest first."""
+    found = []
+    for path in sorted((output / "checkpoints").glob("*_checkpoint.zip")):
+        with contextlib.suppress(ValueError):
+            found.append((int(path.name.split("_", 1)[0]), path))
+    return found
+
+
+def _read_adapter(zip_path: Path) -> bytes:
+    with zipfile.ZipFile(zip_path) as archive:
+        names = [n for n in archive.namelist() if n.endswith("_adapter.safetensors")]
+        if not names:
+            raise RuntimeError(f"no *_adapter.safetensors inside {zip_path.name}")
+        return archive.read(names[0])
+
+
+def run_training(job) -> TrainResponse:
+    from mflux.models.common.training.runner import TrainingRunner
+
+    started = time.perf_counter()
+    params = job.params
+    variant = VARIANTS[params["model"]]
+    settings = job.settings if job.settings is not None else ErnieSettings()
+    work = Path(job.workdir)
+
+    job.progress(0.0, "extracting")
+    plan = dataset.extract(Path(job.inputs["dataset"].path), work / "data", dataset.Limits.from_settings(settings))
+    job.metric("num_images", plan.num_images)
+
+    job.progress(0.02, "loading")
+    model_path = _model_path(job, settings)
+    config = trainconfig.build_config(params, mflux_name=variant.mflux_name, model_path=model_path,
+                                      data="data", output_path=str(work / "out"))
+    config_path = work / "train.json"
+    config_path.write_text(json.dumps(config, indent=2))
+
+    tracker = _Tracker(job, plan.num_images)
+    adapter = spec = None
+    try:
+        with _hooks(tracker):
+            if job.demo:
+                from .tiny import tiny_construct
+
+                with tiny_construct():
+                    adapter, spec = TrainingRunner.train(config_path=str(config_path), resume_path=None)
+            else:
+                adapter, spec = TrainingRunner.train(config_path=str(config_path), resume_path=None)
+        output = Path(spec.checkpoint.output_path)
+        num_layers = len(adapter.transformer().layers)
+    except BaseException as exc:
+        # The traceback's finished frames (mflux's runner, trainer) still hold the model and
+        # optimizer state; clear their locals so a canceled or failed run frees its memory now.
+        traceback.clear_frames(exc.__traceback__)
+        raise
+    finally:
+        del adapter
+        gc.collect()
+        with contextlib.suppress(Exception):
+            import mlx.core as mx
+
+            mx.clear_cache()
+    train_s = time.perf_counter() - started
+
+    job.progress(0.97, "saving")
+    checkpoints = _adapters(output)
+    if not checkpoints:
+        raise RuntimeError(f"training finished but mflux wrote no checkpoint in {output}")
+    meta_base = {"capability": "ernie", "model": variant.name, "kind": "lora_adapter",
+                 "job_id": getattr(job, "job_id", None), "demo": bool(job.demo)}
+    intermediate: list[str] = []
+    for step, path in checkpoints[:-1]:
+        data = _read_adapter(path)
+        stored = job.store_artifact(data, filename=f"ernie_lora_{variant.name}_step{step:07d}.safetensors",
+                                    content_type="application/octet-stream",
+                                    meta={**meta_base, "step": step, "final": False})
+        intermediate.append(stored.file_id)
+    final_step, final_zip = checkpoints[-1]
+    data = _read_adapter(final_zip)
+    final = job.store_artifact(data, filename=f"ernie_lora_{variant.name}.safetensors",
+                               content_type="application/octet-stream",
+                               meta={**meta_base, "step": final_step, "final": True})
+    targets = params["lora_layers"]["targets"]
+    last_loss = tracker.losses[-1][1] if tracker.losses else None
+    summary = {key: config[key] for key in ("model", "seed", "steps", "guidance", "quantize", "max_resolution",
+                                            "low_ram", "training_loop", "optimizer")}
+    summary["save_frequency"] = params.get("save_frequency")
+    summary["total_steps"] = final_step
+    summary["final_loss"] = None if last_loss is None or not math.isfinite(last_loss) else round(last_loss, 6)
+    summary["lora_modules"] = trainconfig.count_modules(targets)
+    summary["num_layers"] = num_layers
+    if tracker.nonfinite:
+        job.warn(f"{tracker.nonfinite} training step(s) had a non-finite loss and were skipped")
+    return TrainResponse(
+        model=variant.name, adapter_file_id=final.file_id, adapter_bytes=len(data), num_images=plan.num_images,
+        config=summary, lora_targets=targets, checkpoints=intermediate, params=dict(params),
+        timings={"total_s": round(time.perf_counter() - started, 3), "train_s": round(train_s, 3)},
+    )

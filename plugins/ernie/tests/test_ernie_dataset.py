@@ -1,0 +1,117 @@
+"""Dataset ZIP rules: checked before queueing (400 listing every problem), extracted safely."""
+
+from __future__ import annotations
+
+import stat
+import zipfile
+
+import pytest
+
+from kiapi_core.errors import InvalidInput
+from kiapi_ernie import dataset
+
+LIMITS = dataset.Limits()
+
+
+def _write(tmp_path, entries, name="ds.zip", compression=zipfile.ZIP_DEFLATED):
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for entry, data in entries.items():
+            archive.writestr(entry, data)
+    return path
+
+
+def _problems(path, limits=LIMITS) -> list[str]:
+    with pytest.raises(InvalidInput) as info:
+        dataset.inspect(path, limits)
+    assert info.value.status == 400
+    return info.value.extra["problems"]
+
+
+@pytest.fixture
+def png(ernie_helpers):
+    return ernie_helpers.png((32, 32))
+
+
+def test_top_level_and_single_folder_layouts(tmp_path, png):
+    top = dataset.inspect(_write(tmp_path, {"a.png": png, "a.txt": "an apple", "b.JPG": png, "b.txt": "b",
+                                            "preview.png": png, "notes.md": "ignored"}), LIMITS)
+    assert top.num_images == 2 and top.previews == ["preview.png"] and top.folder == ""
+    nested = dataset.inspect(_write(tmp_path, {"cats/": b"", "cats/a.webp": png, "cats/a.txt": "cat",
+                                               "__MACOSX/cats/._a.webp": b"junk", "cats/.DS_Store": b"x"},
+                                    "n.zip"), LIMITS)
+    assert nested.num_images == 1 and nested.folder == "cats"
+
+
+def test_every_problem_is_listed(tmp_path, png):
+    problems = _problems(_write(tmp_path, {"a.png": png, "sub/b.png": png, "sub/b.txt": "b", "c.jpg": png,
+                                           "x_out.png": png, "x_out.txt": "edit pair"}))
+    text = " | ".join(problems)
+    assert "one single folder" in text and "(top level)" in text and "sub/" in text
+    assert "a.png (needs a.txt)" in text and "c.jpg (needs c.txt)" in text
+    assert "_out" in text
+
+
+def test_no_images_and_preview_only(tmp_path, png):
+    assert any("no training images" in p for p in _problems(_write(tmp_path, {"readme.txt": "hi"})))
+    only_preview = _problems(_write(tmp_path, {"preview.png": png}, "p.zip"))
+    assert any("preview* images do not count" in p for p in only_preview)
+
+
+def test_unsafe_entries(tmp_path, png):
+    link = zipfile.ZipInfo("evil_link.png")
+    link.create_system = 3
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    device = zipfile.ZipInfo("dev.txt")
+    device.create_system = 3
+    device.external_attr = (stat.S_IFCHR | 0o600) << 16
+    entries = {"../escape.png": png, "/abs.png": png, "a/../../b.txt": "x", link: "/etc/passwd", device: "",
+               "ok.png": png, "ok.txt": "fine"}
+    text = " | ".join(_problems(_write(tmp_path, entries)))
+    assert "'..' path components" in text and "absolute paths" in text
+    assert "symbolic links" in text and "devices, FIFOs and sockets" in text
+
+
+def test_limits_entries_size_and_ratio(tmp_path, png):
+    many = {f"{i}.txt": "x" for i in range(12)}
+    assert "more than the limit of 10" in _problems(_write(tmp_path, many), dataset.Limits(max_entries=10))[0]
+    bomb = _write(tmp_path, {"a.png": png, "a.txt": "x", "zeros.bin": b"\0" * (8 << 20)}, "bomb.zip")
+    text = " | ".join(_problems(bomb))
+    assert "zeros.bin" in text and "zip bomb" in text
+    big = _write(tmp_path, {"a.png": png, "a.txt": "x"}, "big.zip", zipfile.ZIP_STORED)
+    assert "unpacks to" in " ".join(_problems(big, dataset.Limits(max_bytes=100)))
+
+
+def test_unreadable_images_and_captions(tmp_path, ernie_helpers):
+    tiny = ernie_helpers.png((8, 8))
+    entries = {"a.png": b"not an image", "a.txt": "x", "b.png": tiny, "b.txt": "y",
+               "c.png": ernie_helpers.png((32, 32)), "c.txt": "   "}
+    text = " | ".join(_problems(_write(tmp_path, entries)))
+    assert "a.png is not a readable image" in text and "b.png is 8x8" in text and "c.txt is empty" in text
+
+
+def test_not_a_zip(tmp_path):
+    path = tmp_path / "x.zip"
+    path.write_bytes(b"PK but not really")
+    with pytest.raises(InvalidInput, match="not a readable ZIP"):
+        dataset.inspect(path, LIMITS)
+
+
+def test_extract_flattens_only_validated_files(tmp_path, png):
+    path = _write(tmp_path, {"set/a.png": png, "set/a.txt": "apple", "set/preview_1.png": png,
+                             "set/extra.json": "{}"})
+    plan = dataset.extract(path, tmp_path / "data", LIMITS)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["a.png", "a.txt"]
+    assert plan.num_images == 1
+
+
+def test_check_train_uses_settings(tmp_path, png, ernie_helpers, ernie_files):
+    from kiapi_core.files.refs import FileIDRef
+    from kiapi_ernie import validation
+    from kiapi_ernie.schemas import TrainRequest
+
+    stored = ernie_files(_write(tmp_path, {"a.png": png, "a.txt": "x", "b.png": png, "b.txt": "y"}).read_bytes())
+    request = TrainRequest(dataset=FileIDRef(file_id=stored.file_id))
+    validation.check_train(request, {}, {"dataset": stored}, ernie_helpers.Host())
+    with pytest.raises(InvalidInput, match="KIAPI_ERNIE_DATASET_MAX_ENTRIES"):
+        validation.check_train(request, {}, {"dataset": stored}, ernie_helpers.Host(dataset_max_entries=3))

@@ -1,0 +1,97 @@
+"""Declaration, registration, tiny-model fixture and memory estimates."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from kiapi_core.registry import Registry
+from kiapi_ernie import memory
+from kiapi_ernie.capability import CAPABILITY, build_capability
+from kiapi_ernie.settings import ErnieSettings
+
+
+def test_import_is_light():
+    code = ("import sys, kiapi_ernie, kiapi_ernie.capability; "
+            "print(sorted(m for m in ('mlx', 'mflux', 'PIL', 'torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_hook_registers_the_capability(ernie_host):
+    import kiapi_ernie
+
+    got = []
+    kiapi_ernie.register_capabilities(register=got.append, host=ernie_host)
+    (capability,) = got
+    registry = Registry()
+    registry.add(capability, plugin="ernie", distribution="kiapi-ernie")
+    assert registry.resolve_model("ernie", None).name == "turbo"
+    for alias, name in (("ERNIE-IMAGE-TURBO", "turbo"), ("baidu/ERNIE-Image", "base"), ("ernie-image", "base")):
+        assert registry.resolve_model("ernie", alias).name == name
+    ops = {op.name: op for op in capability.operations}
+    assert {n: o.job_type for n, o in ops.items()} == {"generate": "ernie", "edit": "ernie-edit", "train": "ernie-train"}
+    assert ops["train"].always_async and ops["edit"].inputs == {"image": "image", "loras[].file": "file"}
+    assert capability.settings is ErnieSettings
+
+
+def test_models_declare_weights_and_memory():
+    turbo, base = CAPABILITY.models
+    assert turbo.default and not base.default and turbo.features == ("text", "image")
+    assert turbo.resident_quantize == 8 and turbo.loader == "kiapi_ernie.runtime:load"
+    (weights,) = turbo.weights
+    assert weights.repo == "baidu/ERNIE-Image-Turbo" and weights.revision.startswith("bc68c81e")
+    assert weights.local_dir_setting == "turbo_path" and "tokenizer/**" in weights.patterns
+    assert base.weights[0].revision.startswith("5346b31d") and base.weights[0].local_dir_setting == "base_path"
+    assert turbo.weights_gb[None] > turbo.weights_gb[8] > turbo.weights_gb[4] > turbo.weights_gb[3]
+    assert 12 < turbo.weights_gb[8] < 13
+    assert build_capability(ErnieSettings(resident_quantize=4)).models[0].resident_quantize == 4
+
+
+def test_estimates_scale_with_size_cfg_and_training_resolution():
+    small = memory.estimate_generate({"width": 512, "height": 512, "steps": 8, "guidance": 1.0})
+    large = memory.estimate_generate({"width": 1024, "height": 1024, "steps": 8, "guidance": 1.0})
+    cfg = memory.estimate_generate({"width": 1024, "height": 1024, "steps": 8, "guidance": 4.0})
+    more_steps = memory.estimate_generate({"width": 1024, "height": 1024, "steps": 50, "guidance": 1.0})
+    assert small < large < cfg and large <= more_steps < large * 1.1
+    assert memory.estimate_edit({"width": 1024, "height": 1024, "steps": 8, "guidance": 1.0}) >= large
+    targets = [{"module_path": "layers.{block}.self_attention.to_q", "blocks": {"start": 0, "end": 36}, "rank": 16}]
+    base = {"max_resolution": 512, "batch_size": 1, "quantize": 8, "lora_layers": {"targets": targets}}
+    t512 = memory.estimate_train(base)
+    assert memory.estimate_train({**base, "max_resolution": 1024}) > t512 > memory.weights_gb(8)
+    assert memory.estimate_train({**base, "batch_size": 2}) > t512
+
+
+def test_tiny_swap_is_scoped_and_restored_on_error(ernie_cache_dir):
+    from mflux.models.ernie_image.ernie_image_initializer import ErnieImageInitializer
+
+    from kiapi_ernie import tiny
+
+    original = ErnieImageInitializer.__dict__["_init_models"]
+    with pytest.raises(ZeroDivisionError):
+        with tiny.tiny_construct():
+            assert ErnieImageInitializer.__dict__["_init_models"] is not original
+            raise ZeroDivisionError
+    assert ErnieImageInitializer.__dict__["_init_models"] is original
+    # the cached directory is reused, not rebuilt
+    first = tiny.ensure_tiny_dir(ernie_cache_dir)
+    stamp = (first / "transformer").stat().st_mtime_ns
+    assert tiny.ensure_tiny_dir(ernie_cache_dir) == first and (first / "transformer").stat().st_mtime_ns == stamp
+    assert not [p for p in ernie_cache_dir.iterdir() if p.name.startswith(".tiny-ernie-")]
+
+
+def test_assert_tiny_catches_a_full_size_model():
+    from types import SimpleNamespace
+
+    from kiapi_ernie.tiny import assert_tiny
+
+    with pytest.raises(RuntimeError, match="tiny ERNIE expected"):
+        assert_tiny(SimpleNamespace(transformer=SimpleNamespace(hidden_size=4096, layers=[0] * 36)))
+
+
+def test_demo_estimates_are_tiny():
+    params = {"width": 64, "height": 64, "steps": 2, "guidance": 1.0, "demo": True}
+    assert memory.estimate_generate(params) < 0.1 and memory.estimate_edit(params) < 0.1
+    assert memory.estimate_train({"max_resolution": 512, "batch_size": 1, "quantize": 8, "demo": True}) < 1

@@ -1,0 +1,80 @@
+"""LoRA training through mflux's TrainingRunner on the tiny model, then applying the adapter."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from kiapi_core.errors import JobCanceled
+from kiapi_core.files.refs import FileIDRef
+from kiapi_ernie.schemas import GenerateRequest, LoraRef, TrainRequest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def ernie_dataset(ernie_files, ernie_helpers):
+    h = ernie_helpers
+    data = h.zip({"set/apple.png": h.png((64, 64), (200, 30, 30)), "set/apple.txt": "a red apple",
+                  "set/owl.png": h.png((64, 48), (40, 40, 180)), "set/owl.txt": "a barn owl",
+                  "set/preview.png": h.png((64, 64))})
+    return ernie_files(data, "dataset.zip", "application/zip")
+
+
+def _header(path) -> dict:
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + length])
+
+
+def test_train_then_apply_adapter(ernie_job, ernie_dataset):
+    request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=2, lora_rank=4,
+                           save_frequency=2, max_resolution=64)
+    job = ernie_job("train", request, inputs={"dataset": ernie_dataset})
+    result = job.run()
+    assert result.num_images == 2 and result.model == "turbo"
+    assert result.config["training_loop"] == {"num_epochs": 2, "batch_size": 1, "timestep_low": 1, "timestep_high": 8}
+    assert result.config["optimizer"] == {"name": "AdamW", "learning_rate": 1e-4}
+    assert result.config["total_steps"] == 4 and result.config["num_layers"] == 2
+    assert result.lora_targets[-1] == {"module_path": "text_proj", "rank": 4}
+    final = job.artifacts[-1]
+    assert result.adapter_file_id == final.file_id and result.adapter_bytes == final.record.size
+    assert final.record.filename.endswith(".safetensors") and final.record.meta["final"] is True
+    # save_frequency=2 over 4 steps: the step-2 checkpoint is kept as well
+    assert result.checkpoints == [job.artifacts[0].file_id] and job.artifacts[0].record.meta["step"] == 2
+    keys = [k for k in _header(final.path) if k != "__metadata__"]
+    assert "transformer.layers.1.self_attention.to_q.lora_A.weight" in keys and len(keys) == 18
+    # progress: encoding per image, then per step with epoch and loss
+    assert job.labels[:4] == ["extracting", "loading", "encoding image 1/2", "encoding image 2/2"]
+    steps = [label for label in job.labels if label.startswith("training epoch")]
+    assert steps[0].startswith("training epoch 1/2 step 1/4 loss ") and steps[-1].startswith("training epoch 2/2 step 4/4")
+    assert job.metrics["step"] == 4 and job.metrics["epoch"] == 2 and isinstance(job.metrics["loss"], float)
+
+    plain = ernie_job("generate", GenerateRequest(prompt="a red apple", width=64, height=64, steps=2, seed=1))
+    plain.run()
+    gen = ernie_job("generate", GenerateRequest(prompt="a red apple", width=64, height=64, steps=2, seed=1,
+                                                loras=[LoraRef(file=FileIDRef(file_id=final.file_id))]),
+                    inputs={"loras[0].file": final})
+    gen.run()
+    assert gen.artifacts[-1].path.read_bytes() != plain.artifacts[-1].path.read_bytes()
+
+
+def test_train_hooks_are_restored_and_cancel_stops(ernie_job, ernie_dataset):
+    from mflux.models.common.training.trainer import TrainingTrainer
+    from mflux.models.ernie_image.ernie_image_initializer import ErnieImageInitializer
+    from mflux.models.ernie_image.training_adapter.ernie_training_adapter import ErnieTrainingAdapter
+
+    before = (TrainingTrainer.__dict__["train"], TrainingTrainer.__dict__["_step_is_finite"],
+              ErnieTrainingAdapter.__dict__["encode_data"], ErnieImageInitializer.__dict__["_init_models"])
+    request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=50, lora_rank=4,
+                           max_resolution=64)
+    job = ernie_job("train", request, inputs={"dataset": ernie_dataset}, cancel_after=7)
+    with pytest.raises(JobCanceled):
+        job.run()
+    assert job.artifacts == []
+    assert any(label.startswith("training epoch 1/50") for label in job.labels)
+    after = (TrainingTrainer.__dict__["train"], TrainingTrainer.__dict__["_step_is_finite"],
+             ErnieTrainingAdapter.__dict__["encode_data"], ErnieImageInitializer.__dict__["_init_models"])
+    assert after == before
