@@ -1,0 +1,40 @@
+"""Calling a plugin's model loader, and closing what it returned."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+log = logging.getLogger("kiapi.memory")
+
+
+def raw_estimate(operation: Any, params: Mapping[str, Any], model: Any) -> float:
+    """The plugin's own estimate of a request's peak above the weights (0 when it has none)."""
+    estimate = getattr(operation, "estimate", None)
+    return max(0.0, float(estimate(params, model))) if estimate is not None else 0.0
+
+
+def resolve_loader(loader: Any) -> Callable[..., Any] | None:
+    """``"package.module:function"``, imported only now (on the model thread), or a callable.
+
+    Importing lazily is what keeps ``import kiapi_core`` and a host start free of mlx/mflux.
+    """
+    if loader is None or callable(loader):
+        return loader
+    module_name, _, attr = str(loader).partition(":")
+    if not attr:
+        raise ValueError(f"model loader {loader!r} must be 'package.module:function'")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def close_runtime(runtime: Any, what: str) -> None:
+    """Call ``runtime.close()`` when it has one; a failure is logged, never raised."""
+    close = getattr(runtime, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception:  # noqa: BLE001 - freeing must go on; the job's outcome is already decided
+        log.exception("closing %s failed", what)
