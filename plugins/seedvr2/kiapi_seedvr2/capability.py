@@ -1,0 +1,166 @@
+"""The seedvr2 Capability declaration: variants, weights, memory and the upscale operation.
+
+``build_capability(demo=...)`` is what the plugin registers. Importing this module never imports
+mlx or mflux (the handler and loader are ``"module:function"`` strings resolved on first use).
+
+Memory (GB = 10**9 bytes)
+-------------------------
+``weights_gb`` per quantization: the DiT's parameters (3.3 G for 3b, 7.0 G for 7b; the published
+fp16 files are ~6.8 and ~16.5 GB) at ``bits + 0.5`` bits each (MLX affine quantization stores an
+fp16 scale and bias per group of 64), plus the fp16 VAE (~0.5 GB, mostly convolutions, which
+mflux never quantizes). Unquantized: 2 bytes per parameter.
+
+:func:`estimate_upscale` (what one request adds on top of the resident weights) is a function of
+the **output** size, because mflux resizes the input to the output size before encoding, and
+the causal conv3d VAE intermediates dominate::
+
+    gb = base + tile_gb_per_mpx * min(P, 0.262144) + gb_per_mpx * P
+
+with ``P`` the padded output in megapixels (both sides rounded up to 16). mflux tiles the VAE
+encode and decode in 512x512 px tiles (``TilingConfig``), so the conv3d term saturates at one
+tile (0.262144 MP); the whole-image terms (the DiT over all latent tokens, and the float32 numpy
+copies of the image made by the tiler and the LAB/wavelet colour correction) stay linear.
+
+Where the numbers come from:
+
+* Tiny models on the MLX CPU backend (this repo's tests, measured with ``mx.get_peak_memory``
+  after ``mx.reset_peak_memory``): 10.4-12.1 KiB of MLX memory per output pixel for a VAE with
+  32 channels at full resolution, linear from 32x32 to 128x128 outputs (32x32: 14.8 MB,
+  64x64: 42 MB, 96x96: 95 MB, 128x128: 166-174 MB). Hence ``tile_gb_per_mpx = 11`` in demo.
+* The real VAE has 128 channels at full resolution (4x the tiny one), so on the CPU backend the
+  real model's conv3d term is scaled to ``4 * 11 = 44`` GB/MP (derived, not measured; real
+  weights on the CPU backend are impractically slow anyway).
+* On Metal the earlier kiapi measured 3b q8: "256->512 first-run peak ~3929 MiB" (weights
+  included) and "cached 256->768 peak ~1756 MiB"; reading the latter as the per-request part
+  gives ~1.84 GB at 0.59 MP, which ``base 0.5 + 3.0 * 0.262 + 1.0 * 0.59 = 1.88`` covers.
+  The 7b shares the VAE; its DiT is wider (3072 vs 2560), hence larger ``base``/``gb_per_mpx``.
+* The whole-image term: ~0.5 GB/MP of numpy float32 copies (not counted by MLX, counted by the
+  process) plus the DiT activations.
+
+The core corrects these raw estimates with the peaks it measures (``kiapi_core.memory``), so
+they only need to be right in shape and on the safe side for request sizes not yet seen.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from kiapi_core.registry import Capability, Model, Operation, WeightFiles
+
+from . import docs
+from .schemas import ImageResponse, UpscaleRequest
+from .settings import QUANTIZE_LEVELS, RESIDENT_QUANTIZE, Seedvr2Settings
+from .validation import check_upscale, padded_size, prepare_upscale
+
+REPO = "numz/SeedVR2_comfyUI"
+#: The revision mflux 0.24.0 pins (``mflux.models.common.resolution.model_revisions``); a test
+#: keeps the two in step.
+REVISION = "09ced71023636e9bc8cdf9cdecfb2625d1e691e8"
+VAE_FILE = "ema_vae_fp16.safetensors"
+TILE_MPX = 512 * 512 / 1e6
+#: Output size assumed when the estimate runs without ``check`` having sized the output.
+FALLBACK_SIZE = (2048, 2048)
+
+_VARIANTS: dict[str, dict[str, Any]] = {
+    "3b": {
+        "aliases": ("seedvr2-3b", "seedvr2"),
+        "default": True,
+        "description": "SeedVR2 3B: faster and lighter; a good general upscaler.",
+        "dit_params_g": 3.3,
+        "disk_gb": 7.3,
+        "metal": {"base_gb": 0.5, "tile_gb_per_mpx": 3.0, "gb_per_mpx": 1.0},
+        "cpu": {"base_gb": 0.5, "tile_gb_per_mpx": 44.0, "gb_per_mpx": 1.0},
+    },
+    "7b": {
+        "aliases": ("seedvr2-7b",),
+        "default": False,
+        "description": "SeedVR2 7B: higher quality at a higher memory and time cost.",
+        "dit_params_g": 7.0,
+        "disk_gb": 17.0,
+        "metal": {"base_gb": 1.0, "tile_gb_per_mpx": 3.0, "gb_per_mpx": 1.2},
+        "cpu": {"base_gb": 1.0, "tile_gb_per_mpx": 44.0, "gb_per_mpx": 1.2},
+    },
+}
+#: Tiny demo models (CPU measurements above); the weights are a few MB.
+_DEMO_ESTIMATE = {"base_gb": 0.05, "tile_gb_per_mpx": 11.0, "gb_per_mpx": 0.6}
+_VAE_GB = 0.5
+
+
+def weights_gb(dit_params_g: float) -> dict[int | None, float]:
+    table: dict[int | None, float] = {None: round(dit_params_g * 2 + _VAE_GB, 1)}
+    for bits in QUANTIZE_LEVELS:
+        table[bits] = round(dit_params_g * (bits + 0.5) / 8 + _VAE_GB, 1)
+    return table
+
+
+def dit_file(variant: str) -> str:
+    return f"seedvr2_ema_{variant}_fp16.safetensors"
+
+
+def _model(variant: str, demo: bool) -> Model:
+    spec = _VARIANTS[variant]
+    files = (dit_file(variant), VAE_FILE)
+    backend = "metal" if sys.platform == "darwin" else "cpu"
+    estimate = _DEMO_ESTIMATE if demo else spec[backend]
+    return Model(
+        name=variant,
+        aliases=spec["aliases"],
+        default=spec["default"],
+        features=("image", "upscale"),
+        description=spec["description"] + (" Demo mode: tiny random weights, outputs are noise." if demo else ""),
+        loader="kiapi_seedvr2.runtime:load",
+        resident_quantize=RESIDENT_QUANTIZE,
+        weights_gb={q: 0.01 for q in (None, *QUANTIZE_LEVELS)} if demo else weights_gb(spec["dit_params_g"]),
+        weights=() if demo else (
+            WeightFiles(repo=REPO, revision=REVISION, patterns=files, size_gb=spec["disk_gb"],
+                        local_dir_setting=f"path_{variant}"),
+        ),
+        info={"variant": variant, "files": files, "estimate": dict(estimate), "demo": demo},
+    )
+
+
+def estimate_upscale(params: Mapping[str, Any], model: Model) -> float:
+    """Peak GB one upscale adds on top of the resident weights (see the module docstring).
+
+    Reads the output size that :func:`~kiapi_seedvr2.validation.check_upscale` put into
+    ``params``; without it, assumes a 2048x2048 output.
+    """
+    width, height = params.get("width"), params.get("height")
+    if not width or not height:
+        width, height = FALLBACK_SIZE
+    pw, ph = padded_size(int(width), int(height))
+    mpx = pw * ph / 1e6
+    k = model.info.get("estimate") or _VARIANTS["3b"]["metal"]
+    return round(k["base_gb"] + k["tile_gb_per_mpx"] * min(mpx, TILE_MPX) + k["gb_per_mpx"] * mpx, 3)
+
+
+def build_capability(*, demo: bool = False) -> Capability:
+    """The seedvr2 capability; ``demo`` swaps in the tiny random-weight models."""
+    return Capability(
+        name="seedvr2",
+        domain="image",
+        title=docs.TITLE,
+        summary=docs.SUMMARY,
+        description=docs.DESCRIPTION,
+        models=(_model("3b", demo), _model("7b", demo)),
+        operations=(
+            Operation(
+                name="upscale",
+                request=UpscaleRequest,
+                result=ImageResponse,
+                handler="kiapi_seedvr2.handlers:upscale",
+                job_type="seedvr2",
+                prepare=prepare_upscale,
+                inputs={"image": "image"},
+                check=check_upscale,
+                estimate=estimate_upscale,
+                produces=("image/png", "image/jpeg", "image/webp"),
+                summary=docs.UPSCALE_SUMMARY,
+                operation_id=docs.UPSCALE_OPERATION_ID,
+                description=docs.UPSCALE_DESCRIPTION,
+            ),
+        ),
+        settings=Seedvr2Settings,
+    )

@@ -1,0 +1,66 @@
+"""The upscale handler: runs on the model thread with a kiapi JobContext."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiapi_core.images import EXTENSIONS, MEDIA_TYPES, encode_image
+
+from .schemas import ImageResponse, Timings
+from .validation import image_size, output_size
+
+SAVING = 0.96
+RESULT_PARAMS = ("model", "resolution", "softness", "seed", "quantize", "format", "quality", "image_file_id")
+
+
+def upscale(job: Any) -> ImageResponse:
+    """Upscale ``job.inputs["image"]`` with the resolved ``job.params``; store the image."""
+    params = job.params
+    image_file = job.inputs["image"]
+    if "width" not in params:  # the core skipped check(): size it here, same arithmetic
+        in_w, in_h = image_size(image_file.path)
+        out_w, out_h = output_size(in_w, in_h, params["resolution"])
+    else:
+        in_w, in_h, out_w, out_h = params["input_width"], params["input_height"], params["width"], params["height"]
+
+    runtime = job.runtime(quantize=params["quantize"])
+    image, measured = runtime.upscale(
+        image_file.path,
+        resolution=params["resolution"],
+        softness=params["softness"],
+        seed=params["seed"],
+        width=out_w,
+        height=out_h,
+        report=job.progress,
+    )
+
+    job.progress(SAVING, "saving")
+    fmt = params["format"]
+    data = encode_image(image, fmt, params["quality"])
+    stored = job.store_artifact(
+        data,
+        filename=f"seedvr2_{job.model.name}_{params['seed']}.{EXTENSIONS[fmt]}",
+        content_type=MEDIA_TYPES[fmt],
+        meta={"width": image.width, "height": image.height, "model": job.model.name, "demo": job.demo},
+    )
+    for name, value in measured.items():
+        job.metric(name, value)
+    if (image.width, image.height) != (out_w, out_h):  # would mean mflux changed its sizing
+        job.warn(f"expected a {out_w}x{out_h} output, mflux produced {image.width}x{image.height}")
+    if job.demo:
+        job.warn("demo mode: tiny random-weight model, the output is noise")
+    return ImageResponse(
+        model=job.model.name,
+        file_id=stored.file_id,
+        image_bytes=len(data),
+        input_width=in_w,
+        input_height=in_h,
+        width=image.width,
+        height=image.height,
+        params=result_params(params),
+        timings=Timings(total_s=measured["run_s"]),
+    )
+
+
+def result_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: params[k] for k in RESULT_PARAMS if k in params}

@@ -1,0 +1,54 @@
+"""Settings of the seedvr2 capability.
+
+Read by the core from ``KIAPI_SEEDVR2_<FIELD>`` environment variables and the ``[seedvr2]`` table
+of the config file; handlers get the instance as ``job.settings``, ``prepare``/``check`` through
+``host.plugin_settings("seedvr2")``. The string under each field is its documentation
+(``kiapi config`` shows it).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+#: Quantization levels mflux supports for SeedVR2 (and that the request may ask for).
+QUANTIZE_LEVELS = (3, 4, 5, 6, 8)
+#: The quantization the resident instance of each variant uses.
+RESIDENT_QUANTIZE = 8
+
+
+class Seedvr2Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of the seedvr2 plugin (``KIAPI_SEEDVR2_*``)."""
+
+    path_3b: str | None = None
+    "Local directory with the 3b weights (seedvr2_ema_3b_fp16.safetensors + ema_vae_fp16.safetensors, or an mflux-saved 3b); unset: the Hugging Face cache."
+    path_7b: str | None = None
+    "Local directory with the 7b weights (seedvr2_ema_7b_fp16.safetensors + ema_vae_fp16.safetensors, or an mflux-saved 7b); unset: the Hugging Face cache."
+    max_output_pixels: int = 8_388_608
+    "Largest output image, in pixels (default 8 MiP = 4096x2048): every aspect ratio up to 2:1 at the largest 2048 px short side. Larger requests get 422."
+    max_scale: float = 4.0
+    "Largest scale factor accepted in `resolution` (\"4x\")."
+    min_resolution: int = 16
+    "Smallest short side of the output, in pixels (integer targets and scale-factor results)."
+    max_resolution: int = 2048
+    "Largest integer shortest-edge target accepted in `resolution`."
+
+    def __post_init__(self) -> None:
+        if self.max_output_pixels < 256:
+            raise ValueError("max_output_pixels must be at least 256 (16x16)")
+        if not 0 < self.max_scale:
+            raise ValueError("max_scale must be > 0")
+        if not 16 <= self.min_resolution <= self.max_resolution:
+            raise ValueError("need 16 <= min_resolution <= max_resolution")
+
+
+DEFAULT_SETTINGS = Seedvr2Settings()
+
+
+def settings_from(host: object | None) -> Seedvr2Settings:
+    """This plugin's settings as the host resolved them, or the defaults when it has none."""
+    getter = getattr(host, "plugin_settings", None)
+    if getter is not None:
+        value = getter("seedvr2")
+        if isinstance(value, Seedvr2Settings):
+            return value
+    return DEFAULT_SETTINGS

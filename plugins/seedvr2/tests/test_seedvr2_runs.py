@@ -1,0 +1,153 @@
+"""Real mflux runs on the tiny random-weight models (inputs <= 32 px), through the handler."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from kiapi_core.errors import JobCanceled
+
+pytestmark = pytest.mark.slow
+PHASES = ["encoding", "upscaling", "decoding", "colour correction", "saving", "done"]
+
+
+def _decode(job, result) -> Image.Image:
+    return Image.open(io.BytesIO(job.artifact_bytes[result.file_id]))
+
+
+def test_2x_upscales_16_to_32_png(seedvr2_harness):
+    result, job = seedvr2_harness.run({"resolution": "2x", "seed": 7})
+    assert (result.input_width, result.input_height, result.width, result.height) == (16, 16, 32, 32)
+    image = _decode(job, result)
+    assert image.format == "PNG" and image.size == (32, 32)
+    assert result.image_bytes == len(job.artifact_bytes[result.file_id])
+    assert job.artifacts[0].content_type == "image/png" and job.artifacts[0].filename.endswith(".png")
+    assert result.model == "3b"
+    assert result.params == {"model": "3b", "resolution": "2x", "softness": 0.0, "seed": 7, "quantize": 8,
+                             "format": "png", "quality": 90, "image_file_id": job.inputs["image"].file_id}
+    assert result.timings.total_s > 0
+    assert any("demo mode" in w for w in job.warnings)
+    assert job.metrics["request_peak_gb"] > 0 and job.metrics["run_s"] > 0
+
+
+def test_progress_labels_in_order_and_never_complete_before_decoding(seedvr2_harness):
+    _, job = seedvr2_harness.run({"seed": 1})
+    assert [x for x in job.labels if x != "loading"] == PHASES
+    fractions = [f for f, _ in job.events if f is not None]
+    assert fractions == sorted(fractions) and max(fractions) < 1.0
+    at = {label: f for f, label in job.events if label}
+    assert at["encoding"] < at["upscaling"] < at["decoding"] < at["colour correction"] < at["saving"] < 1.0
+    assert {"encoding_s", "upscaling_s", "decoding_s", "colour_correction_s"} <= set(job.metrics)
+
+
+def test_integer_target_sets_the_short_side(seedvr2_harness):
+    image = seedvr2_harness.image(24, 16)
+    result, job = seedvr2_harness.run({"resolution": 32, "seed": 3}, image)
+    assert (result.width, result.height) == (48, 32) == _decode(job, result).size
+    assert result.params["resolution"] == 32
+    text, _ = seedvr2_harness.run({"resolution": "32", "seed": 3}, image)
+    assert text.params["resolution"] == 32 and (text.width, text.height) == (48, 32)
+
+
+def test_same_seed_reproduces_and_softness_changes_the_output(seedvr2_harness):
+    image = seedvr2_harness.image(16, 16)
+    a, job_a = seedvr2_harness.run({"seed": 11}, image)
+    b, job_b = seedvr2_harness.run({"seed": 11}, image)
+    soft, job_soft = seedvr2_harness.run({"seed": 11, "softness": 0.8}, image)
+    assert job_a.artifact_bytes[a.file_id] == job_b.artifact_bytes[b.file_id]
+    assert job_soft.artifact_bytes[soft.file_id] != job_a.artifact_bytes[a.file_id]
+    assert soft.params["softness"] == 0.8 and (soft.width, soft.height) == (32, 32)
+
+
+@pytest.mark.parametrize(("name", "variant"), [("7b", "7b"), ("seedvr2-7b", "7b"), ("SEEDVR2-7B", "7b"),
+                                               ("seedvr2", "3b"), ("seedvr2-3b", "3b"), (None, "3b")])
+def test_variants_and_aliases(seedvr2_harness, name, variant):
+    body = {"seed": 2} if name is None else {"seed": 2, "model": name}
+    _, model, params = seedvr2_harness.prepare(body, seedvr2_harness.image(16, 16))
+    assert model.name == variant and params["model"] == variant
+
+
+def test_7b_runs(seedvr2_harness):
+    result, _ = seedvr2_harness.run({"model": "seedvr2-7b", "seed": 5})
+    assert result.model == "7b" and result.params["model"] == "7b" and (result.width, result.height) == (32, 32)
+    runtime = seedvr2_harness.host.resident["7b"]
+    assert runtime.variant == "7b" and runtime.model.transformer.use_output_ada is False  # the 7B architecture
+
+
+def test_quantize_override_builds_a_transient_model(seedvr2_harness):
+    host = seedvr2_harness.host
+    result, job = seedvr2_harness.run({"quantize": 4, "seed": 5, "format": "jpeg", "quality": 70})
+    assert result.params["quantize"] == 4 and (result.width, result.height) == (32, 32)
+    assert host.loads[-1] == ("3b", 4, True)
+    assert _decode(job, result).format == "JPEG" and job.artifacts[0].content_type == "image/jpeg"
+    result, job = seedvr2_harness.run({"quantize": 8, "seed": 5, "format": "webp"})
+    assert host.loads[-1] != ("3b", 8, True) and _decode(job, result).format == "WEBP"
+
+
+def test_resident_model_is_quantized_to_8_bits(seedvr2_harness):
+    seedvr2_harness.run({"seed": 1})
+    runtime = seedvr2_harness.host.resident["3b"]
+    assert runtime.quantize == 8 and runtime.model.bits == 8
+
+
+def test_cancel_at_the_dit_callback_and_model_stays_usable(seedvr2_harness):
+    with pytest.raises(JobCanceled):
+        seedvr2_harness.run({"seed": 1}, cancel_on="upscaling")
+    with pytest.raises(JobCanceled):
+        seedvr2_harness.run({"seed": 1}, cancel_on="decoding")
+    result, _ = seedvr2_harness.run({"seed": 1})
+    assert (result.width, result.height) == (32, 32)
+
+
+def test_tiled_vae_reports_every_tile_and_cancels_between_tiles(seedvr2_harness):
+    """Small tiles make mflux tile the 64 px output, as it does beyond 512 px with real sizes."""
+    from kiapi_seedvr2.runtime import tile_counts
+    from mflux.models.common.vae.tiling_config import TilingConfig
+
+    tiling = TilingConfig(vae_encode_tile_size=32, vae_encode_tile_overlap=8, vae_decode_tile_size=32,
+                          vae_decode_overlap=1)
+    image = seedvr2_harness.image(32, 32)
+    runtime = seedvr2_harness.host.resident.get("3b")
+    if runtime is None:
+        seedvr2_harness.run({"seed": 1})
+        runtime = seedvr2_harness.host.resident["3b"]
+    saved = runtime.model.tiling_config
+    runtime.model.tiling_config = tiling
+    calls = {"encode": 0, "decode": 0}
+    try:
+        wrapped_encode, wrapped_decode = runtime.model.vae.encode, runtime.model.vae.decode
+
+        def count(kind, fn):
+            def inner(x):
+                calls[kind] += 1
+                return fn(x)
+            return inner
+
+        runtime.model.vae.encode = count("encode", wrapped_encode)
+        runtime.model.vae.decode = count("decode", wrapped_decode)
+        result, job = seedvr2_harness.run({"seed": 4}, image)
+        assert (result.width, result.height) == (64, 64)
+        assert (calls["encode"], calls["decode"]) == tile_counts(64, 64, tiling) == (9, 9)
+        assert [x for x in job.labels if x != "loading"] == PHASES
+        labels = [label for _, label in job.events]
+        encoding = job.events[labels.index("encoding") + 1:labels.index("upscaling")]
+        decoding = job.events[labels.index("decoding") + 1:labels.index("colour correction")]
+        assert len(encoding) == 9 and len(decoding) == 9  # one report per tile
+        # a cancel during the encode is honoured at the next tile
+        with pytest.raises(JobCanceled):
+            seedvr2_harness.run({"seed": 4}, image,
+                                before=lambda job: setattr(job, "cancel_on", "encoding"))
+        runtime.model.vae.encode, runtime.model.vae.decode = wrapped_encode, wrapped_decode
+    finally:
+        runtime.model.tiling_config = saved
+
+
+def test_measured_peak_stays_under_the_estimate(seedvr2_harness):
+    from kiapi_seedvr2.capability import estimate_upscale
+
+    image = seedvr2_harness.image(32, 24)
+    _, job = seedvr2_harness.run({"resolution": "2x", "seed": 9}, image)
+    estimate = estimate_upscale(job.params, job.model)
+    assert 0 < job.metrics["request_peak_gb"] <= estimate
