@@ -1,0 +1,364 @@
+"""The job manager: a bounded FIFO queue, one model worker thread, cancel, watch, graceful stop.
+
+Threads: routes call the manager on the event loop; the worker thread changes running jobs. One
+``threading.Lock`` guards the queue, the live records and the store, so a job is always in exactly
+one place (queued in the deque, or held by the worker) and a cancel can never race a start.
+Waiters live on the event loop (see :mod:`.watch`): every change schedules a wake-up there with
+``loop.call_soon_threadsafe``, and waiters re-read the record under the lock when they wake.
+
+Records handed out are copies, so callers may encode them outside the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..errors import Conflict, KiapiError, NotFound, QueueFull, Unavailable
+from ..files.models import StoredFile
+from ..registry import Capability, Model, Operation
+from ..settings import Settings
+from . import watch
+from .models import Job, JobStatus
+from .running import FileSink
+from .store import JobPage, JobStore, MemoryJobStore
+from .worker import AdminTask, ModelManagerLike, Outcome, Pending, Worker
+
+log = logging.getLogger("kiapi.jobs")
+
+#: How long ``stop`` waits for a running job to honour its cancel after the grace period.
+CANCEL_WAIT_S = 10.0
+
+
+def new_job_id() -> str:
+    return "job_" + uuid.uuid4().hex
+
+
+def snapshot(job: Job) -> Job:
+    """A copy whose containers the worker will not mutate."""
+    return msgspec.structs.replace(job, artifacts=list(job.artifacts), warnings=list(job.warnings),
+                                   metrics=dict(job.metrics))
+
+
+class JobManager:
+    def __init__(self, *, settings: Settings, files: FileSink, models: ModelManagerLike,
+                 plugin_settings: Callable[[str], Any], cache_dir: Callable[[str], Path],
+                 work_root: Path, demo: bool, store: JobStore | None = None) -> None:
+        self.settings = settings
+        self.max_queue = settings.max_queue
+        self.store = store or MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_jobs)
+        self._worker = Worker(board=self, files=files, models=models, plugin_settings=plugin_settings,
+                              cache_dir=cache_dir, work_root=work_root, demo=demo)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: collections.deque[Pending] = collections.deque()
+        self._tasks: collections.deque[AdminTask] = collections.deque()  # run before queued jobs
+        self._active: dict[str, Pending] = {}   # queued and running
+        self._running: Pending | None = None
+        self._errors: dict[str, KiapiError] = {}  # failed/canceled job id -> answer for sync callers
+        self._accepting = True
+        self._exit = False
+        self._totals = {"submitted": 0, "succeeded": 0, "failed": 0, "canceled": 0}
+        self._avg_run_s: float | None = None
+        self._watchers = watch.Watchers()
+        self._exited: asyncio.Event | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the worker thread; waiters will be woken on the running loop."""
+        self._watchers.bind(asyncio.get_running_loop())
+        self._exited = asyncio.Event()
+        self._worker.start()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting, cancel queued jobs, give the running one ``grace_s``, then cancel it.
+
+        Every job ends terminal, so sync callers and watchers get an answer before the server
+        goes away.
+        """
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        with self._lock:
+            self._accepting = False
+            self._exit = True
+            dropped, tasks = list(self._queue), list(self._tasks)
+            self._queue.clear()
+            self._tasks.clear()
+            for task in tasks:
+                task.settle(None, Unavailable("the server is shutting down", code="shutting_down"))
+            for pending in dropped:
+                self._terminate(pending.job, Outcome.of(JobStatus.canceled, Unavailable(
+                    "the server shut down before the job started; submit it again",
+                    code="shutting_down")))
+            self._cond.notify_all()
+        self._watchers.notify(*(p.job.id for p in dropped))
+        if not self._worker.is_alive() or self._exited is None:
+            return
+        if await self._wait_exit(grace):
+            return
+        with self._lock:
+            running = self._running
+        if running is not None:
+            log.warning("job %s still running after %.0f s of grace; canceling it", running.job.id, grace)
+            running.cancel.set()
+        if await self._wait_exit(CANCEL_WAIT_S):
+            return
+        with self._lock:
+            running = self._running
+            if running is not None and not running.job.status.terminal:
+                # The handler ignores cancellation; answer its waiters anyway. The daemon thread
+                # dies with the process; finish() will not overwrite this state.
+                self._terminate(running.job, Outcome.of(JobStatus.failed, Unavailable(
+                    "the server shut down while the job was running", code="shutting_down")))
+        if running is not None:
+            log.error("job %s did not stop when canceled; abandoning it", running.job.id)
+            self._watchers.notify(running.job.id)
+
+    async def _wait_exit(self, timeout: float) -> bool:
+        assert self._exited is not None
+        try:
+            await asyncio.wait_for(self._exited.wait(), max(timeout, 0.0))
+        except TimeoutError:
+            return False
+        # The thread signalled from its last statement; joining takes a moment at most.
+        self._worker.join(timeout=1.0)
+        return True
+
+    # --- submit -----------------------------------------------------------------------------
+    def submit(self, *, capability: Capability, operation: Operation, model: Model, request: Any,
+               params: dict[str, Any], inputs: Mapping[str, StoredFile], input_ids: Mapping[str, str],
+               warnings: list[str], estimate_gb: float | None) -> Job:
+        """Queue a job (call on the event loop). Raises QueueFull / Unavailable (503)."""
+        job = Job(type=operation.job_type, params=params, id=new_job_id(), created_at=time.time(),
+                  capability=capability.name, model=model.name, inputs=dict(input_ids),
+                  warnings=list(warnings))
+        pending = Pending(job=job, capability=capability, operation=operation, model=model,
+                          request=request, inputs=inputs, estimate_gb=estimate_gb)
+        with self._lock:
+            if not self._accepting:
+                raise Unavailable("the server is shutting down and takes no new jobs",
+                                  code="shutting_down", headers={"Retry-After": "30"})
+            if len(self._queue) >= self.max_queue:
+                wait = self._retry_after()
+                raise QueueFull(
+                    f"the job queue is full ({self.max_queue} jobs waiting); retry in about {wait} s",
+                    headers={"Retry-After": str(wait)}, max_queue=self.max_queue)
+            job.queue_position = len(self._queue)
+            self._queue.append(pending)
+            self._active[job.id] = pending
+            self._totals["submitted"] += 1
+            self.store.add(job)
+            self._prune()
+            self._cond.notify()
+            return snapshot(job)
+
+    async def run_on_worker(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the model thread, between jobs and ahead of queued ones; its result or
+        exception comes back here. For model work that is no job (warmup, admin load/unload)."""
+        task = AdminTask(fn, asyncio.get_running_loop())
+        with self._lock:
+            if not self._accepting:
+                raise Unavailable("the server is shutting down", code="shutting_down")
+            self._tasks.append(task)
+            self._cond.notify()
+        return await task.future
+
+    def _retry_after(self) -> int:
+        """A slot frees when the running job ends: about one average run."""
+        average = self._avg_run_s if self._avg_run_s is not None else 10.0
+        return int(min(max(math.ceil(average), 1), 600))
+
+    # --- reading ----------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            return snapshot(self._get(job_id))
+
+    def _get(self, job_id: str) -> Job:
+        pending = self._active.get(job_id)
+        job = pending.job if pending is not None else self.store.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}; finished jobs are kept for "
+                           f"{self.settings.job_ttl_s:g} s and at most {self.settings.max_jobs}")
+        return job
+
+    def list_jobs(self, *, status: Collection[JobStatus] | None = None, type: str | None = None,
+                  limit: int = 50, after: str | None = None) -> JobPage:
+        with self._lock:
+            self._prune()
+            page = self.store.page(status=status, type=type, limit=limit, after=after)
+            return JobPage([snapshot(j) for j in page.jobs], page.has_more)
+
+    def error_of(self, job_id: str) -> KiapiError | None:
+        """The error to answer a sync caller of a failed or canceled job with, else ``None``."""
+        with self._lock:
+            job = self._get(job_id)
+            if job.status is JobStatus.failed:
+                return self._errors.get(job_id) or KiapiError(job.error or "the job failed")
+            if job.status is JobStatus.canceled:
+                return self._errors.get(job_id) or Conflict(f"job {job_id} was canceled", code="canceled")
+            return None
+
+    def http_status(self, job_id: str) -> int:
+        """The HTTP status a sync caller of this job gets: 200, or that of :meth:`error_of`."""
+        error = self.error_of(job_id)
+        return 200 if error is None else error.status
+
+    def stats(self) -> dict[str, Any]:
+        """For ``/health``."""
+        with self._lock:
+            running = self._running.job if self._running is not None else None
+            return {
+                "accepting": self._accepting,
+                "queued": len(self._queue),
+                "max_queue": self.max_queue,
+                "running": None if running is None else {
+                    "id": running.id, "type": running.type, "progress": running.progress,
+                    "progress_label": running.progress_label, "started_at": running.started_at},
+                "kept": len(self.store),
+                "totals": dict(self._totals),
+                "worker_alive": self._worker.is_alive(),
+            }
+
+    # --- cancel and delete ------------------------------------------------------------------
+    def cancel(self, job_id: str) -> Job:
+        """Cancel: queued → ``canceled`` now, never runs; running → flagged, ends ``canceled`` at
+        its next check; finished → unchanged (cancel is idempotent)."""
+        with self._lock:
+            job = self._cancel(job_id)
+            result, ids = snapshot(job), self._queued_ids()
+        self._watchers.notify(*ids, job_id)
+        return result
+
+    def _cancel(self, job_id: str) -> Job:
+        job = self._get(job_id)
+        pending = self._active.get(job_id)
+        if pending is None or job.status.terminal:
+            return job
+        if job.status is JobStatus.queued:
+            self._queue.remove(pending)
+            self._terminate(job, Outcome(JobStatus.canceled))
+            self._renumber()
+        else:
+            pending.cancel.set()
+            log.info("job %s: cancel requested while running", job_id)
+        return job
+
+    def delete(self, job_id: str) -> tuple[Job, bool]:
+        """Cancel if active, then forget the record. Returns ``(last state, was_running)``."""
+        with self._lock:
+            job = self._cancel(job_id)
+            was_running = job.status is JobStatus.running
+            result = snapshot(job)
+            # A running job keeps running until its next check, but is no longer served.
+            self._active.pop(job_id, None)
+            self.store.remove(job_id)
+            self._errors.pop(job_id, None)
+            ids = self._queued_ids()
+        self._watchers.notify(*ids, job_id)
+        return result, was_running
+
+    # --- waiting (event loop) ---------------------------------------------------------------
+    async def wait(self, job_id: str, timeout: float) -> Job:
+        """The job once terminal, or as it is after ``timeout`` seconds. NotFound if deleted."""
+        return await watch.wait(self.get, self._watchers, job_id, timeout)
+
+    async def wait_change(self, job_id: str, timeout: float, since: Job | None = None) -> Job:
+        """The job once it differs from ``since`` (default: now) or ``timeout`` passes."""
+        return await watch.wait_change(self.get, self._watchers, job_id, timeout, since)
+
+    def events(self, job_id: str, keepalive_s: float = 15.0) -> AsyncIterator[Job | None]:
+        """Snapshots on every change, then the terminal state; ``None`` as a keepalive tick."""
+        return watch.events(self.get, self._watchers, job_id, keepalive_s)
+
+    # --- worker board (worker thread) ----------------------------------------------------------
+    def next_job(self) -> Pending | AdminTask | None:
+        with self._lock:
+            while not self._queue and not self._tasks and not self._exit:
+                self._cond.wait()
+            if self._exit:
+                return None
+            if self._tasks:
+                return self._tasks.popleft()
+            pending = self._queue.popleft()
+            job = pending.job
+            job.status = JobStatus.running
+            job.started_at = time.time()
+            job.progress = 0.0
+            job.progress_label = "running"
+            job.queue_position = None
+            self._running = pending
+            self._renumber()
+            self.store.save(job)
+            ids = [job.id, *self._queued_ids()]
+        self._watchers.notify(*ids)
+        return pending
+
+    def mutate(self, job: Job, change: Callable[[Job], None]) -> None:
+        with self._lock:
+            if job.status.terminal:
+                return  # abandoned at shutdown: keep the answer already given
+            change(job)
+            self.store.save(job)
+        self._watchers.notify(job.id)
+
+    def finish(self, pending: Pending, outcome: Outcome, metrics: Mapping[str, Any]) -> None:
+        job = pending.job
+        with self._lock:
+            self._running = None
+            self._active.pop(job.id, None)
+            job.metrics.update(metrics)
+            if not job.status.terminal:  # else abandoned at shutdown: keep the answer given
+                self._terminate(job, outcome)
+                took = (job.finished_at or 0.0) - (job.started_at or 0.0)
+                self._avg_run_s = took if self._avg_run_s is None else 0.8 * self._avg_run_s + 0.2 * took
+            self.store.save(job)
+            self._prune()
+        self._watchers.notify(job.id)
+
+    def worker_exited(self) -> None:
+        loop, exited = self._watchers.loop, self._exited
+        if loop is not None and exited is not None:
+            try:
+                loop.call_soon_threadsafe(exited.set)
+            except RuntimeError:
+                pass
+
+    # --- helpers (lock held) -------------------------------------------------------------------
+    def _terminate(self, job: Job, outcome: Outcome) -> None:
+        """Make a job terminal: at the worker's end, on a queued cancel, or at shutdown."""
+        job.status, job.finished_at, job.queue_position = outcome.status, time.time(), None
+        if outcome.status is JobStatus.succeeded:
+            job.result, job.progress, job.progress_label = outcome.result, 1.0, "done"
+        else:
+            job.progress_label = outcome.status.value
+            job.error, job.error_code = outcome.error, outcome.error_code
+            if outcome.exc is not None:
+                self._errors[job.id] = outcome.exc
+        self._active.pop(job.id, None)
+        self._totals[outcome.status.value] += 1
+        self.store.save(job)
+
+    def _renumber(self) -> None:
+        for position, pending in enumerate(self._queue):
+            if pending.job.queue_position != position:
+                pending.job.queue_position = position
+                self.store.save(pending.job)
+
+    def _queued_ids(self) -> list[str]:
+        return [p.job.id for p in self._queue]
+
+    def _prune(self) -> None:
+        for job_id in self.store.prune():
+            self._errors.pop(job_id, None)
+
+
+__all__ = ["JobManager", "new_job_id", "snapshot"]

@@ -1,0 +1,225 @@
+"""The model worker thread: runs one job at a time, and survives whatever a handler does.
+
+There is exactly one such thread because MLX is not thread-safe (mflux models carry
+unsynchronised mutable state) and because the memory budget is only sound when one job
+generates at a time. The thread never dies from a job: every exception becomes the job's
+outcome, ``models.end_job`` runs whatever happened, and the loop goes on to the next job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import threading
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from ..errors import JobCanceled, KiapiError
+from ..files.models import StoredFile
+from ..registry import Capability, Model, Operation
+from .models import Job, JobStatus
+from .running import FileSink, JobBoard, ModelSource, RunningJob
+
+log = logging.getLogger("kiapi.jobs")
+
+
+class ModelManagerLike(ModelSource, Protocol):
+    """The ``kiapi_core.memory`` ModelManager calls made on the worker thread."""
+
+    def begin_job(self, job_id: str, capability: Capability, model: Model, operation: Operation,
+                  params: Mapping[str, Any] | None = None, estimate_gb: float | None = None) -> Any:
+        """Admit the job (may evict idle models or raise MemoryBudgetExceeded) and start
+        measuring it."""
+
+    def end_job(self, job_id: str, *, succeeded: bool = True) -> Mapping[str, Any] | None:
+        """Free transients and the reservation; returns measurements (``peak_gb`` ...). Runs
+        whatever the outcome, also when begin_job never ran or raised."""
+
+
+@dataclass(eq=False)
+class Pending:
+    """A job plus what running it needs but is never served (request Struct, resolved files)."""
+
+    job: Job
+    capability: Capability
+    operation: Operation
+    model: Model
+    request: Any
+    inputs: Mapping[str, StoredFile]
+    estimate_gb: float | None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Outcome:
+    """How a run ended; the manager turns it into the job's terminal state."""
+
+    status: JobStatus
+    result: Any = None
+    error: str | None = None
+    error_code: str | None = None
+    #: The error to answer a sync caller with (keeps the HTTP status and extras).
+    exc: KiapiError | None = None
+
+    @classmethod
+    def of(cls, status: JobStatus, error: KiapiError) -> Outcome:
+        return cls(status, error=error.detail, error_code=error.code, exc=error)
+
+
+class AdminTask:
+    """Work that must run on the model thread but is no job (warmup, admin load/unload): it
+    is serialised with jobs, and its outcome is handed to an awaiting coroutine."""
+
+    def __init__(self, fn: Callable[[], Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.fn = fn
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+    def run(self) -> None:
+        try:
+            value, error = self.fn(), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, never kills the thread
+            value, error = None, exc
+        self.settle(value, error)
+
+    def settle(self, value: Any, error: BaseException | None) -> None:
+        """Resolve the future from any thread (ignored if the caller gave up or the loop closed)."""
+
+        def apply() -> None:
+            if not self.future.done():
+                if error is not None:
+                    self.future.set_exception(error)
+                else:
+                    self.future.set_result(value)
+
+        try:
+            self.loop.call_soon_threadsafe(apply)
+        except RuntimeError:
+            pass
+
+
+class WorkerBoard(JobBoard, Protocol):
+    """What the worker needs from the manager."""
+
+    def next_job(self) -> Pending | AdminTask | None:
+        """Block until a job (marked running) or an admin task is ready; ``None`` to exit."""
+
+    def finish(self, pending: Pending, outcome: Outcome, metrics: Mapping[str, Any]) -> None:
+        """Record the terminal state and wake waiters."""
+
+    def worker_exited(self) -> None:
+        """The thread is about to end."""
+
+
+_handlers: dict[str, Callable[..., Any]] = {}
+_handlers_lock = threading.Lock()
+
+
+def resolve_handler(operation: Operation) -> Callable[..., Any]:
+    """The operation's handler; ``"module:function"`` is imported on first use, then cached."""
+    handler = operation.handler
+    if callable(handler):
+        return handler
+    with _handlers_lock:
+        if handler not in _handlers:
+            module_name, _, attr = handler.partition(":")
+            if not module_name or not attr:
+                raise KiapiError(f"handler {handler!r} is not of the form 'module:function'")
+            target: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                target = getattr(target, part)
+            _handlers[handler] = target
+        return _handlers[handler]
+
+
+class Worker(threading.Thread):
+    def __init__(self, *, board: WorkerBoard, files: FileSink, models: ModelManagerLike,
+                 plugin_settings: Callable[[str], Any], cache_dir: Callable[[str], Path],
+                 work_root: Path, demo: bool) -> None:
+        # Daemon: a handler that ignores cancellation must not keep the process alive after
+        # the graceful-stop deadline.
+        super().__init__(name="kiapi-model-worker", daemon=True)
+        self._board = board
+        self._files = files
+        self._models = models
+        self._plugin_settings = plugin_settings
+        self._cache_dir = cache_dir
+        self._work_root = work_root
+        self._demo = demo
+
+    def run(self) -> None:
+        try:
+            while True:
+                pending = self._board.next_job()
+                if pending is None:
+                    return
+                if isinstance(pending, AdminTask):
+                    pending.run()
+                    continue
+                try:
+                    self.execute(pending)
+                except BaseException:  # noqa: BLE001 - the thread must outlive any job
+                    log.exception("job %s: unexpected error in the worker", pending.job.id)
+        finally:
+            self._board.worker_exited()
+
+    def execute(self, pending: Pending) -> None:
+        job_id = pending.job.id
+        ctx: RunningJob | None = None
+        try:
+            ctx = RunningJob(
+                job=pending.job, board=self._board, cancel=pending.cancel,
+                capability=pending.capability, model=pending.model, request=pending.request,
+                params=pending.job.params, inputs=pending.inputs, files=self._files,
+                models=self._models, settings=self._plugin_settings(pending.capability.name),
+                demo=self._demo, work_root=self._work_root, cache_dir=self._cache_dir)
+            outcome = self._run_handler(pending, ctx)
+        except BaseException as exc:  # noqa: BLE001 - context set-up failed (disk full ...)
+            outcome = _failure(job_id, exc)
+        metrics: Mapping[str, Any] = {}
+        try:
+            # Whatever happened: free the reservation and any transient model.
+            metrics = self._models.end_job(job_id, succeeded=outcome.status is JobStatus.succeeded) or {}
+        except Exception:  # noqa: BLE001
+            log.exception("job %s: models.end_job failed", job_id)
+        if ctx is not None:
+            ctx.close()
+        self._board.finish(pending, outcome, metrics)
+
+    def _run_handler(self, pending: Pending, ctx: RunningJob) -> Outcome:
+        job_id = pending.job.id
+        try:
+            ctx.check_canceled()
+            handler = resolve_handler(pending.operation)
+            self._models.begin_job(job_id, pending.capability, pending.model, pending.operation,
+                                   params=pending.job.params, estimate_gb=pending.estimate_gb)
+            ctx.check_canceled()
+            result = handler(ctx)
+            builtins = msgspec.to_builtins(result) if result is not None else None
+        except JobCanceled:
+            log.info("job %s: canceled while running", job_id)
+            return Outcome(JobStatus.canceled)
+        except BaseException as exc:  # noqa: BLE001
+            return _failure(job_id, exc)
+        return Outcome(JobStatus.succeeded, result=builtins)
+
+
+def _failure(job_id: str, exc: BaseException) -> Outcome:
+    if isinstance(exc, KiapiError):
+        # Expected failures (bad input, memory budget): the message is the story, no traceback.
+        log.info("job %s failed: %s (%s)", job_id, exc.detail, exc.code)
+        return Outcome(JobStatus.failed, error=exc.detail, error_code=exc.code, exc=exc)
+    log.error("job %s failed with an unexpected error:\n%s", job_id,
+              "".join(traceback.format_exception(exc)))
+    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    wrapped = KiapiError(f"the job failed: {message}")
+    return Outcome(JobStatus.failed, error=message, error_code=wrapped.code, exc=wrapped)
+
+
+__all__ = ["AdminTask", "ModelManagerLike", "Outcome", "Pending", "Worker", "WorkerBoard", "resolve_handler"]
