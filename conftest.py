@@ -1,7 +1,6 @@
 """Settings every test in this repository shares: no network, no JIT compiler, quiet mflux."""
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -13,5 +12,3 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 # An empty Hugging Face cache of our own, so "weights missing" is deterministic on any machine.
 os.environ["HF_HUB_CACHE"] = str(Path(tempfile.mkdtemp(prefix="kiapi-test-hf-")))
 os.environ.pop("KIAPI_CONFIG", None)
-
-sys.path.insert(0, str(Path(__file__).parent / "tests" / "support"))

@@ -52,10 +52,13 @@ class Host:
         self._background: list[asyncio.Task[Any]] = []
 
     # -- plugin facing -------------------------------------------------------------------
-    def plugin_settings(self, family: str) -> Any:
-        """The settings Struct of capability ``family`` (``None`` if it declares none)."""
+    def plugin_settings(self, family: str, schema: type | None = None) -> Any:
+        """The settings Struct of capability ``family`` (``None`` if it declares none).
+
+        ``schema`` defaults to the registered capability's ``settings``; pass it while
+        registering, when the capability is not in the registry yet."""
         if family not in self._plugin_settings:
-            schema = self.registry.get(family).settings
+            schema = schema or self.registry.get(family).settings
             if schema is None:
                 self._plugin_settings[family] = None
             else:
@@ -82,13 +85,27 @@ class Host:
                  " (demo mode: tiny random-weight models, outputs are noise)" if self.settings.demo else "")
         log.info("memory budget: %s", self.models.budget_description())
         await self.jobs.start()
+        self._background.append(asyncio.create_task(self.files.sweep_forever()))
+        self._background.append(asyncio.create_task(self._sweep_idle_models()))
         for family, model in self.models.parse_warmup(self.settings.warmup):
             self._background.append(asyncio.create_task(self._warm(family, model)))
 
     async def stop(self) -> None:
         for task in self._background:
             task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
         await self.jobs.stop(self.settings.shutdown_grace_s)
+        await asyncio.to_thread(self.models.close)
+
+    async def _sweep_idle_models(self, interval_s: float = 30.0) -> None:
+        """Unload models idle for longer than KIAPI_MODEL_TTL_S, on the model thread (MLX)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.jobs.run_on_worker(self.models.sweep_idle)
+            except Exception as exc:  # noqa: BLE001 - a failed sweep must not stop the server
+                log.warning("idle model sweep failed: %s", exc)
 
     async def _warm(self, family: str, model: str) -> None:
         try:
@@ -135,3 +152,10 @@ class _HostUnderConstruction:
         self.pm = pm
         self.plugins = plugins
         self.registry = registry
+
+    def plugin_settings(self, family: str, schema: type | None = None) -> Any:
+        """A plugin's settings while it registers: pass its settings Struct as ``schema``.
+        Invalid values raise (StartupError), naming the setting."""
+        if schema is None:
+            schema = self.registry.get(family).settings
+        return None if schema is None else self.loaded.plugin(family, schema)[0]

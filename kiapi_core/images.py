@@ -40,20 +40,25 @@ def probe_image(path: Path, *, max_pixels: int, what: str = "image") -> tuple[in
     Returns ``(width, height, pillow_format)``; raises :class:`InvalidInput` (400) with a
     sentence the client can act on otherwise. Decodes the whole image, so truncated files fail.
     """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            fmt = image.format or "?"
-            if fmt not in INPUT_FORMATS:
-                raise InvalidInput(f"{what} is a {fmt} image; send PNG, JPEG or WebP")
-            if width * height > max_pixels:
-                raise InvalidInput(
-                    f"{what} is {width}x{height} = {width * height} pixels, over the limit of "
-                    f"{max_pixels} (KIAPI_MAX_IMAGE_PIXELS); send a smaller image"
-                )
-            image.load()
+        with warnings.catch_warnings():
+            # Pillow warns from ~89 M pixels; our own limit (KIAPI_MAX_IMAGE_PIXELS) decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                fmt = image.format or "?"
+                if fmt not in INPUT_FORMATS:
+                    raise InvalidInput(f"{what} is a {fmt} image; send PNG, JPEG or WebP")
+                if width * height > max_pixels:
+                    raise InvalidInput(
+                        f"{what} is {width}x{height} = {width * height} pixels, over the limit of "
+                        f"{max_pixels} (KIAPI_MAX_IMAGE_PIXELS); send a smaller image"
+                    )
+                image.load()
     except InvalidInput:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:

@@ -80,6 +80,10 @@ def load_plugins(
             record = PluginRecord(name=ep.name, distribution=dist.metadata["Name"], version=dist.version,
                                   entry_point=f"{ep.name} = {ep.value}")
             records.append(record)
+            reason = core_incompatibility(dist)
+            if reason is not None:  # skipped before import: its hooks may not fit this core
+                _fail(record, reason, settings, PluginError(reason))
+                continue
             try:
                 plugin = ep.load()
                 _register(pm, plugin, ep.name)
@@ -141,6 +145,31 @@ def register_capabilities(pm: pluggy.PluginManager, records: list[PluginRecord],
         if record is not None:
             record.capabilities = [c.name for c in collected]
             record.models = {c.name: [m.name for m in c.models] for c in collected}
+
+
+def core_incompatibility(dist: metadata.Distribution, core_version: str | None = None) -> str | None:
+    """Why ``dist`` cannot run on this kiapi-core, or ``None`` when its ``Requires-Dist:
+    kiapi-core ...`` range (if any) allows the running version. Checked before importing the
+    plugin, so a plugin written for another plugin API never half-registers."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    running = core_version or _core_version()
+    for line in dist.requires or ():
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if canonicalize_name(requirement.name) != "kiapi-core":
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        if requirement.specifier and not requirement.specifier.contains(running, prereleases=True):
+            wanted = ",".join(sorted(map(str, requirement.specifier), key=lambda s: (s[0] not in ">~=", s)))
+            return (f"requires kiapi-core{wanted} but kiapi-core {running} is running; "
+                    f"install a {dist.metadata['Name']} release made for kiapi-core {running}, "
+                    "or a kiapi-core in its range")
+    return None
 
 
 def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:

@@ -46,8 +46,9 @@ class Model(msgspec.Struct, frozen=True, kw_only=True):
     features: tuple[str, ...] = ()
     description: str = ""
     #: ``"package.module:function"``; called on the model thread as
-    #: ``load(model=..., quantize=..., settings=..., demo=..., **options)`` and returning the
-    #: runtime object handlers use. ``None`` for models without weights.
+    #: ``load(model=..., quantize=..., settings=..., demo=..., cache_dir=..., **options)`` and
+    #: returning the runtime object handlers use (its optional ``close()`` is called when it
+    #: is freed). ``None`` for models without weights.
     loader: str | None = None
     #: Quantization the resident instance uses (``None``: unquantized).
     resident_quantize: int | None = None
@@ -83,6 +84,12 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     #: ``estimate(params, model) -> float``: peak memory in GB this request adds on top of the
     #: resident weights.
     estimate: Callable[..., float] | None = None
+    #: ``transient(params) -> bool``: whether this request builds a one-off model even at the
+    #: resident quantization (LoRAs); admission then counts a second copy of the weights.
+    transient: Callable[[dict[str, Any]], bool] | None = None
+    #: The handler builds its own model (training): ``estimate`` is the whole job's memory and
+    #: no resident weights are counted for it.
+    own_model: bool = False
     always_async: bool = False
     produces: tuple[str, ...] = ()
     summary: str | None = None
@@ -107,6 +114,10 @@ class Capability(msgspec.Struct, frozen=True, kw_only=True):
     #: A msgspec Struct of plugin settings, read from ``KIAPI_{NAME}_{FIELD}`` and the
     #: ``[{name}]`` table of the config file.
     settings: type | None = None
+    #: ``smoke_test(model, demo=False) -> (operation name, JSON request body)``: the smallest
+    #: real request for ``model`` (a 256-px 1-step generate, a tiny upscale), run by
+    #: ``kiapi check``; ``demo`` (optional parameter) asks for the demo models' size.
+    smoke_test: Callable[[Model], tuple[str, dict[str, Any]]] | None = None
 
     @property
     def prefix(self) -> str:

@@ -22,12 +22,24 @@ def bind_address(host: str, port: int) -> str:
 
 
 def serve(host: Host) -> None:
-    """Serve ``host`` until a shutdown signal; blocks."""
+    """Serve ``host`` until a shutdown signal; blocks.
+
+    Holds ``<data_dir>/server.lock`` while serving, so a second server or a ``kiapi check`` on
+    the same data directory refuses instead of sharing jobs, files and the memory budget. A
+    held lock exits with a message (SystemExit), as this is the CLI's blocking entry point.
+    """
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
     from .app import build_app
+    from .lockfile import DataDirLock, LockHeld
 
+    lock = DataDirLock(host.settings.data_path)
+    try:
+        lock.acquire(owner=f"kiapi serve on {bind_address(host.settings.host, host.settings.port)}")
+    except LockHeld as exc:
+        raise SystemExit(f"Error: cannot start: {exc}. Stop that server first, or give this one "
+                         "its own data directory (--data-dir or KIAPI_DATA_DIR).") from None
     app = build_app(host)
     config = Config()
     config.bind = [bind_address(host.settings.host, host.settings.port)]
@@ -63,4 +75,7 @@ def serve(host: Host) -> None:
         log.info("serving on http://%s (docs at /docs)", config.bind[0])
         await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        lock.release()

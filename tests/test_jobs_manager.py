@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # importlib mode: make helpers_jobs importable
 
 from helpers_jobs import BROKEN, LAZY, OTHER, WAIT, Rig, make_rig  # noqa: E402
 

@@ -14,7 +14,6 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-sys.path.insert(0, str(Path(__file__).parent))  # importlib mode: make helpers_jobs importable
 
 from helpers_jobs import OTHER, WAIT, make_rig  # noqa: E402
 

@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("kiapi_core.cli.info", "models", "List every model of every capability."),
     "openapi": ("kiapi_core.cli.info", "openapi", "Print the root or a capability's OpenAPI document."),
     "config": ("kiapi_core.cli.info", "config", "Show the effective settings and where each came from."),
+    "status": ("kiapi_core.cli.weights", "status_command", "Show which models have their weights on disk (offline)."),
+    "activate": ("kiapi_core.cli.weights", "activate", "Download models' weights from the Hugging Face Hub."),
+    "deactivate": ("kiapi_core.cli.weights", "deactivate", "Delete models' weights to free disk space."),
+    "check": ("kiapi_core.cli.check", "check", "Load each present model and run its smallest real request."),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from starlette.requests import Request
@@ -52,8 +53,10 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
         body, warnings = _convert(raw, operation.request)
         job = await submit(host, capability, operation, body, warnings)
         headers = {"X-Kiapi-Job-Id": job.id}
-        if warnings:
-            headers["X-Kiapi-Warnings"] = "; ".join(warnings)[:2000]
+        if job.warnings:
+            # Header values are latin-1: escape whatever a client put in its field names.
+            text = "; ".join(job.warnings)[:2000]
+            headers["X-Kiapi-Warnings"] = text.encode("ascii", "backslashreplace").decode()
         mode = "async" if operation.always_async else getattr(body, "mode", "sync")
         if mode == "async":
             headers["Location"] = f"/v1/jobs/{job.id}"
@@ -77,14 +80,20 @@ async def submit(host: Host, capability: Capability, operation: Operation, body:
             raise WeightsMissing(missing_message(found), activate=found.activate)
     params = redact(operation.prepare(body, model, host) if operation.prepare else _default_params(body))
     resolved = await resolve_inputs(body, operation.inputs, store=host.files, settings=host.settings)
-    if operation.check is not None:
-        await asyncio.to_thread(operation.check, body, params, resolved.files, host)
-    estimate = host.models.admit(capability, model, operation, params)
-    if host.settings.demo:
-        warnings = [*warnings, "demo mode: tiny random-weight model, the output is noise"]
-    return host.jobs.submit(capability=capability, operation=operation, model=model, request=body,
-                            params=params, inputs=resolved.files, input_ids=resolved.summary,
-                            warnings=warnings, estimate_gb=estimate)
+    try:
+        if operation.check is not None:
+            await asyncio.to_thread(operation.check, body, params, resolved.files, host)
+        estimate = host.models.admit(capability, model, operation, params)
+        if host.settings.demo:
+            warnings = [*warnings, "demo mode: tiny random-weight model, the output is noise"]
+        return host.jobs.submit(capability=capability, operation=operation, model=model, request=body,
+                                params=params, inputs=resolved.files, input_ids=resolved.summary,
+                                warnings=warnings, estimate_gb=estimate)
+    except BaseException:
+        # Inputs this request materialised (URL, data URL) belong to no job: do not keep them.
+        for file_id in resolved.created:
+            await host.files.adelete(file_id)
+        raise
 
 
 def respond_finished(host: Host, job: Job, accept: str | None, headers: dict[str, str]) -> Response:
@@ -93,13 +102,9 @@ def respond_finished(host: Host, job: Job, accept: str | None, headers: dict[str
         raise _with_job(SyncTimeout(
             f"{job.type} job {job.id} did not finish within {host.settings.sync_timeout_s:g}s "
             f"(KIAPI_SYNC_TIMEOUT_S); it keeps running: poll GET /v1/jobs/{job.id}"), job)
-    if job.status is JobStatus.failed:
-        error = KiapiError(job.error or "the job failed", code=job.error_code or "internal_error")
-        error.status = host.jobs.http_status(job.id)
-        return error_response(error, job_id=job.id)
-    if job.status is JobStatus.canceled:
-        error = KiapiError(job.error or f"job {job.id} was canceled", code="canceled")
-        error.status = 409
+    if job.status in (JobStatus.failed, JobStatus.canceled):
+        error = host.jobs.error_of(job.id) or KiapiError(job.error or "the job did not finish",
+                                                          code=job.error_code or "internal_error")
         return error_response(error, job_id=job.id)
     artifact = None
     if len(job.artifacts) == 1:
@@ -189,10 +194,19 @@ def _default_params(body: Any) -> dict[str, Any]:
 
 
 def redact(value: Any) -> Any:
-    """``value`` without inline payloads: data URLs become a short note of their size."""
+    """``value`` without inline payloads or secrets: data URLs become a note of their size, URLs
+    lose their query string and credentials (tokens often travel there)."""
     if isinstance(value, dict):
         if value.get("type") == "data_url" and isinstance(value.get("data_url"), str):
             return {**value, "data_url": f"<data URL, {len(value['data_url'])} characters, not recorded>"}
+        if value.get("type") == "url" and isinstance(value.get("url"), str):
+            try:
+                parts = urlsplit(value["url"])
+                host = parts.hostname or ""
+                netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+                return {**value, "url": urlunsplit((parts.scheme, netloc, parts.path, "", ""))}
+            except ValueError:
+                return {**value, "url": "<unparsable URL, not recorded>"}
         return {k: redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]

@@ -344,7 +344,12 @@ class ModelManager:
         estimate = raw
         if op_name is not None and not self._demo:
             estimate = self._observations.correct((capability.name, op_name, model.name), raw)
+        if getattr(operation, "own_model", False):
+            return quantize, key, estimate, 0.0
         transient = quantize != model.resident_quantize
+        builds_copy = getattr(operation, "transient", None)
+        if builds_copy is not None and builds_copy(params):
+            transient = True
         weights = 0.0 if (not transient and key in self._residents) else self._weights_for(key, model)
         return quantize, key, estimate, weights
 

@@ -15,10 +15,6 @@ __version__ = "0.1.0"
 def register_capabilities(register, host):
     """Register the ``ernie`` capability (``/v1/image/ernie/*``)."""
     from .capability import build_capability
-    from .validation import plugin_settings
+    from .settings import ErnieSettings
 
-    try:
-        settings = plugin_settings(host)
-    except Exception:  # settings are not readable yet at registration: use the defaults
-        settings = None
-    register(build_capability(settings))
+    register(build_capability(host.plugin_settings("ernie", ErnieSettings), demo=host.settings.demo))

@@ -17,7 +17,7 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 
 
 
-def _model(variant: Variant, *, default: bool, resident_quantize: int) -> Model:
+def _model(variant: Variant, *, default: bool, resident_quantize: int, demo: bool) -> Model:
     return Model(
         name=variant.name,
         aliases=variant.aliases,
@@ -26,7 +26,7 @@ def _model(variant: Variant, *, default: bool, resident_quantize: int) -> Model:
         description=variant.description,
         loader="kiapi_ernie.runtime:load",
         resident_quantize=resident_quantize,
-        weights_gb=dict(memory.WEIGHTS_GB),
+        weights_gb=dict(memory.DEMO_WEIGHTS_GB if demo else memory.WEIGHTS_GB),
         weights=(
             WeightFiles(
                 repo=variant.repo,
@@ -42,8 +42,16 @@ def _model(variant: Variant, *, default: bool, resident_quantize: int) -> Model:
     )
 
 
-def build_capability(settings: ErnieSettings | None = None) -> Capability:
-    """The Capability; ``settings`` only decides the resident quantization of both models."""
+def smoke_test(model: Model, demo: bool = False) -> tuple[str, dict]:
+    """The smallest real request, run by ``kiapi check``: one step at 256 px (64 px in demo)."""
+    size = 64 if demo else 256
+    return "generate", {"model": model.name, "prompt": "a tiny blue cube on a white table",
+                        "width": size, "height": size, "steps": 1, "seed": 1}
+
+
+def build_capability(settings: ErnieSettings | None = None, *, demo: bool = False) -> Capability:
+    """The Capability; ``settings`` decides the resident quantization of both models, ``demo``
+    declares the tiny demo models' sizes instead of the real ones."""
     resident = (settings or ErnieSettings()).resident_quantize
     return Capability(
         name="ernie",
@@ -51,14 +59,15 @@ def build_capability(settings: ErnieSettings | None = None) -> Capability:
         title=docs.TITLE,
         summary=docs.SUMMARY,
         description=docs.DESCRIPTION,
-        models=(_model(TURBO, default=True, resident_quantize=resident),
-                _model(BASE, default=False, resident_quantize=resident)),
+        models=(_model(TURBO, default=True, resident_quantize=resident, demo=demo),
+                _model(BASE, default=False, resident_quantize=resident, demo=demo)),
         operations=(
             Operation(
                 name="generate", request=GenerateRequest, result=ImageResponse,
                 handler="kiapi_ernie.handlers:generate", job_type="ernie",
                 prepare=validation.prepare_generate, check=validation.check_generate,
                 inputs={"loras[].file": "file"}, estimate=memory.estimate_generate, produces=IMAGE_TYPES,
+                transient=memory.builds_transient_model,
                 summary=docs.GENERATE_SUMMARY, operation_id=docs.GENERATE_OPERATION_ID,
                 description=docs.GENERATE_DESCRIPTION,
             ),
@@ -67,6 +76,7 @@ def build_capability(settings: ErnieSettings | None = None) -> Capability:
                 handler="kiapi_ernie.handlers:edit", job_type="ernie-edit",
                 prepare=validation.prepare_edit, check=validation.check_edit,
                 inputs={"image": "image", "loras[].file": "file"}, estimate=memory.estimate_edit,
+                transient=memory.builds_transient_model,
                 produces=IMAGE_TYPES, summary=docs.EDIT_SUMMARY, operation_id=docs.EDIT_OPERATION_ID,
                 description=docs.EDIT_DESCRIPTION,
             ),
@@ -74,12 +84,13 @@ def build_capability(settings: ErnieSettings | None = None) -> Capability:
                 name="train", request=TrainRequest, result=TrainResponse,
                 handler="kiapi_ernie.handlers:train", job_type="ernie-train",
                 prepare=validation.prepare_train, check=validation.check_train,
-                inputs={"dataset": "file"}, estimate=memory.estimate_train, always_async=True,
+                inputs={"dataset": "file"}, estimate=memory.estimate_train, always_async=True, own_model=True,
                 summary=docs.TRAIN_SUMMARY, operation_id=docs.TRAIN_OPERATION_ID,
                 description=docs.TRAIN_DESCRIPTION, responses=docs.TRAIN_RESPONSES,
             ),
         ),
         settings=ErnieSettings,
+        smoke_test=smoke_test,
     )
 
 

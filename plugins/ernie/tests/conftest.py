@@ -40,7 +40,7 @@ class ErnieHost:
         self.settings = msgspec.structs.replace(_CoreSettings(), demo=demo)
         self._plugin = ErnieSettings(**settings)
 
-    def plugin_settings(self, name: str) -> ErnieSettings:
+    def plugin_settings(self, name: str, schema: type | None = None) -> ErnieSettings:
         assert name == "ernie"
         return self._plugin
 

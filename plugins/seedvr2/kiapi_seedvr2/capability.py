@@ -136,6 +136,24 @@ def estimate_upscale(params: Mapping[str, Any], model: Model) -> float:
     return round(k["base_gb"] + k["tile_gb_per_mpx"] * min(mpx, TILE_MPX) + k["gb_per_mpx"] * mpx, 3)
 
 
+def smoke_test(model: Model, demo: bool = False) -> tuple[str, dict[str, Any]]:
+    """The smallest real request, run by ``kiapi check``: a 2x upscale of a generated gradient
+    (64 px; 32 px in demo, since MLX CPU 3D convolutions are slow)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    size = 32 if demo else 64
+    image = Image.new("RGB", (size, size))
+    image.putdata([(x * 255 // size, y * 255 // size, 128) for y in range(size) for x in range(size)])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return "upscale", {"model": model.name, "image": {"type": "data_url", "data_url": data_url},
+                       "resolution": "2x", "seed": 1}
+
+
 def build_capability(*, demo: bool = False) -> Capability:
     """The seedvr2 capability; ``demo`` swaps in the tiny random-weight models."""
     return Capability(
@@ -163,4 +181,5 @@ def build_capability(*, demo: bool = False) -> Capability:
             ),
         ),
         settings=Seedvr2Settings,
+        smoke_test=smoke_test,
     )

@@ -1,0 +1,76 @@
+"""Declaration-level tests: the contract, the models and request validation."""
+
+import msgspec
+import pytest
+
+from kiapi_core import InvalidRequest
+from kiapi_core.contract import DEFAULT_HEAVY, assert_plugin_contract
+
+
+def test_plugin_keeps_the_kiapi_contract():
+    # Pillow is fine in handlers, but importing the plugin must not even import PIL.
+    assert_plugin_contract("kiapi_pillow", heavy=(*DEFAULT_HEAVY, "PIL"))
+
+
+def test_filters_are_the_models_and_lanczos_is_the_default(kiapi_host_factory):
+    host = kiapi_host_factory(plugins=["kiapi_pillow"])
+    assert [m.name for m in host.registry.get("pillow").models] == [
+        "lanczos", "bicubic", "bilinear", "hamming", "box", "nearest"]
+    assert host.registry.resolve_model("pillow", None).name == "lanczos"
+    assert host.registry.resolve_model("pillow", "Pixel-Art").name == "nearest"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({}, "scale"),                                        # no size at all
+    ({"width": 10, "scale": 2.0}, "scale"),               # both
+    ({"width": 10, "fit": "stretch"}, "fit"),             # stretch needs both sides
+])
+def test_prepare_rejects_impossible_sizes(kiapi_host_factory, body, field):
+    from kiapi_pillow.capability import prepare_resize
+    from kiapi_pillow.schemas import PillowResizeRequest
+
+    host = kiapi_host_factory(plugins=["kiapi_pillow"])
+    request = msgspec.convert({"image": {"type": "file_id", "file_id": "file_x"}, **body}, PillowResizeRequest)
+    with pytest.raises(InvalidRequest) as info:
+        prepare_resize(request, host.registry.resolve_model("pillow", None), host)
+    assert info.value.extra["field"] == field
+
+
+def test_estimate_is_exact_for_a_box_and_bounded_otherwise():
+    from kiapi_pillow.capability import BYTES_PER_PIXEL, estimate
+
+    assert estimate({"width": 1024, "height": 1024, "max_output_pixels": 10**8}, None) == pytest.approx(
+        1024 * 1024 * BYTES_PER_PIXEL / 2**30)
+    assert estimate({"width": None, "height": None, "max_output_pixels": 2**20}, None) == pytest.approx(
+        2**20 * BYTES_PER_PIXEL / 2**30)
+
+
+def test_a_canceled_job_stops_before_resizing(tmp_path):
+    from PIL import Image
+
+    from kiapi_core import JobCanceled
+    from kiapi_pillow.handlers import resize
+    from kiapi_pillow.runtime import Resampler
+
+    path = tmp_path / "in.png"
+    Image.new("RGB", (8, 8)).save(path)
+
+    class CanceledJob:
+        params = {"width": 4, "height": None, "scale": None, "fit": "contain", "format": None, "quality": 90,
+                  "max_output_pixels": 100}
+        inputs = {"image": type("Stored", (), {"path": path})()}
+        labels: list[str] = []
+
+        def runtime(self):
+            return Resampler("LANCZOS")
+
+        def progress(self, fraction=None, label=None):
+            self.labels.append(label)
+
+        def check_canceled(self):
+            raise JobCanceled()
+
+    job = CanceledJob()
+    with pytest.raises(JobCanceled):
+        resize(job)
+    assert job.labels == ["decoding"]
