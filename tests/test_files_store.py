@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from kiapi_core.errors import NotFound, PayloadTooLarge
-from kiapi_core.files.store import (STALE_AFTER_S, FileStore, check_id, clean_content_type,
-                                    clean_filename, valid_id)
+from kiapi_core.files.store import STALE_AFTER_S, FileStore, check_id, clean_content_type, clean_filename, valid_id
 
 
 @pytest.fixture

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-
 from helpers_jobs import BROKEN, LAZY, OTHER, WAIT, Rig, make_rig  # noqa: E402
-
 from kiapi_core.errors import InvalidRequest, NotFound, QueueFull, Unavailable  # noqa: E402
 from kiapi_core.jobs import manager as manager_module  # noqa: E402
 from kiapi_core.jobs.models import Job, JobStatus  # noqa: E402

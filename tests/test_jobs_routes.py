@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -14,9 +12,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-
 from helpers_jobs import OTHER, WAIT, make_rig  # noqa: E402
-
 from kiapi_core.errors import KiapiError  # noqa: E402
 from kiapi_core.http.responses import error_response  # noqa: E402
 from kiapi_core.jobs.routes import routes  # noqa: E402

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections import namedtuple
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ import pytest
 from click.testing import CliRunner
 from huggingface_hub import errors
 from huggingface_hub.file_download import DryRunFileInfo
-
 
 from helpers_weights import (  # noqa: E402
     FLAT_FILES,
@@ -33,7 +31,6 @@ from helpers_weights import (  # noqa: E402
     build_snapshot,
     use_toy_plugin,
 )
-
 from kiapi_core.cli import cli  # noqa: E402
 from kiapi_core.weights import matches, snapshot_dir  # noqa: E402
 

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
-import msgspec
 import pytest
 from click.testing import CliRunner
 
-
 from helpers_weights import TOY_FILES, TOY_REPO, TOY_REV, build_snapshot, use_toy_plugin  # noqa: E402
-
 from kiapi_core.cli import cli  # noqa: E402
 from kiapi_core.lockfile import DataDirLock, LockHeld, holder  # noqa: E402
 

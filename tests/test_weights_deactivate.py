@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-
+import kiapi_core.cli.weights as weights_cli  # noqa: E402
 from helpers_weights import (  # noqa: E402
     FLAT_FILES,
     FLAT_REPO,
@@ -23,8 +22,6 @@ from helpers_weights import (  # noqa: E402
     needs_plugins,
     use_toy_plugin,
 )
-
-import kiapi_core.cli.weights as weights_cli  # noqa: E402
 from kiapi_core.cli import cli  # noqa: E402
 from kiapi_core.weights import repo_cache_dir  # noqa: E402
 

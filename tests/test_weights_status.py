@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-
 from helpers_weights import (  # noqa: E402
     ERNIE_FILES,
     ERNIE_TURBO,
@@ -27,7 +26,6 @@ from helpers_weights import (  # noqa: E402
     needs_plugins,
     use_toy_plugin,
 )
-
 from kiapi_core.cli import cli  # noqa: E402
 from kiapi_core.weights import SelectionError, mlx_note, select, status  # noqa: E402
 

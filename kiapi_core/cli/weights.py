@@ -18,6 +18,7 @@ import msgspec
 from ..weights import SelectionError, WeightStatus, hf_cache_dir, human_bytes, mlx_note, select, status, valid_selectors
 from . import make_host
 
+
 def _home(path: str | None) -> str:
     """``path`` with the home directory shown as ``~`` (tables stay readable)."""
     if not path:

@@ -32,5 +32,5 @@ class FileDataURLRef(msgspec.Struct, tag="data_url", tag_field="type", frozen=Tr
     data_url: _NonEmpty
 
 
-FileRef = Union[FileIDRef, FileURLRef, FileDataURLRef]
+FileRef = Union[FileIDRef, FileURLRef, FileDataURLRef]  # noqa: UP007 - a named alias for OpenAPI
 FILE_REF_TYPES = (FileIDRef, FileURLRef, FileDataURLRef)

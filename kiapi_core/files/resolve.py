@@ -23,8 +23,8 @@ from ..errors import BadRequest, InvalidInput, InvalidRequest, KiapiError, NotFo
 from ..images import probe_image
 from .fetch import URLFetcher, redact_url
 from .models import StoredFile
-from .refs import FILE_REF_TYPES, FileDataURLRef, FileIDRef, FileURLRef
 from .names import ID_FORM, clean_content_type, suggest_extension, valid_id
+from .refs import FILE_REF_TYPES, FileDataURLRef, FileIDRef, FileURLRef
 from .store import FileStore
 
 MiB = 1024 * 1024

@@ -24,8 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ..errors import (BadRequest, InvalidRequest, KiapiError, NotFound, PayloadTooLarge,
-                      UnsupportedMediaType)
+from ..errors import BadRequest, InvalidRequest, KiapiError, NotFound, PayloadTooLarge, UnsupportedMediaType
 from ..http.responses import JSONResponse
 from .models import StoredFile
 from .names import ID_FORM, check_id, clean_content_type, valid_id

@@ -43,8 +43,16 @@ import msgspec
 
 from ..errors import NotFound, PayloadTooLarge
 from .models import FileRecord, StoredFile
-from .names import (ID_FORM, ID_PATTERN, blob_name, check_id, clean_content_type, clean_filename,
-                    suggest_extension, valid_id)
+from .names import (
+    ID_FORM,
+    ID_PATTERN,
+    blob_name,
+    check_id,
+    clean_content_type,
+    clean_filename,
+    suggest_extension,
+    valid_id,
+)
 
 _PARTIAL = ".partial"
 _CHUNK = 1024 * 1024
@@ -247,9 +255,9 @@ class FileStore:
                 if sidecar is not None and _expired(sidecar.record, now):
                     self._remove(name[:-5], self.root / sidecar.blob)
                     removed += 1
-            elif ".data" in name and valid_id(name.split(".", 1)[0]):
-                if not (self.root / (name.split(".", 1)[0] + ".json")).exists() and _stale(entry, now):
-                    _unlink(Path(entry.path))  # a crash between blob and sidecar
+            elif (".data" in name and valid_id(name.split(".", 1)[0])
+                  and not (self.root / (name.split(".", 1)[0] + ".json")).exists() and _stale(entry, now)):
+                _unlink(Path(entry.path))  # a crash between blob and sidecar
         for entry in os.scandir(self._partial):
             if _stale(entry, now):
                 _unlink(Path(entry.path))

@@ -44,6 +44,14 @@ def new_job_id() -> str:
     return "job_" + uuid.uuid4().hex
 
 
+class IdempotentReplay(Exception):  # noqa: N818 - a signal, not an error
+    """``submit`` found the job of this idempotency key (same request): answer with it."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job.id)
+        self.job = job
+
+
 def snapshot(job: Job) -> Job:
     """A copy whose containers the worker will not mutate."""
     return msgspec.structs.replace(job, artifacts=list(job.artifacts), warnings=list(job.warnings),
@@ -78,14 +86,27 @@ class JobManager:
         """Start the worker thread; waiters will be woken on the running loop."""
         self._watchers.bind(asyncio.get_running_loop())
         self._exited = asyncio.Event()
+
+        def open_store() -> None:
+            with self._lock:
+                self.store.open()  # persisted records; jobs cut off by a crash end failed
+
+        await asyncio.to_thread(open_store)
         self._worker.start()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, cancel queued jobs, give the running one ``grace_s``, then cancel it.
 
         Every job ends terminal, so sync callers and watchers get an answer before the server
-        goes away.
+        goes away. The store is closed last (records stay readable in memory).
         """
+        try:
+            await self._stop(grace_s)
+        finally:
+            with self._lock:
+                self.store.close()
+
+    async def _stop(self, grace_s: float | None) -> None:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         with self._lock:
             self._accepting = False
@@ -109,6 +130,9 @@ class JobManager:
             running = self._running
         if running is not None:
             log.warning("job %s still running after %.0f s of grace; canceling it", running.job.id, grace)
+            running.cancel_reason = Unavailable(
+                f"the server shut down; the job was canceled after the {grace:g} s grace period "
+                "(KIAPI_SHUTDOWN_GRACE_S); submit it again", code="shutting_down")
             running.cancel.set()
         if await self._wait_exit(CANCEL_WAIT_S):
             return
@@ -136,14 +160,22 @@ class JobManager:
     # --- submit -----------------------------------------------------------------------------
     def submit(self, *, capability: Capability, operation: Operation, model: Model, request: Any,
                params: dict[str, Any], inputs: Mapping[str, StoredFile], input_ids: Mapping[str, str],
-               warnings: list[str], estimate_gb: float | None) -> Job:
-        """Queue a job (call on the event loop). Raises QueueFull / Unavailable (503)."""
+               warnings: list[str], estimate_gb: float | None,
+               idempotency: tuple[str, str] | None = None) -> Job:
+        """Queue a job (call on the event loop). Raises QueueFull / Unavailable (503).
+
+        ``idempotency`` is ``(scoped key, request fingerprint)``: when a kept job has the key,
+        raises :class:`IdempotentReplay` with it (same fingerprint) or Conflict (409)."""
         job = Job(type=operation.job_type, params=params, id=new_job_id(), created_at=time.time(),
                   capability=capability.name, model=model.name, inputs=dict(input_ids),
                   warnings=list(warnings))
         pending = Pending(job=job, capability=capability, operation=operation, model=model,
                           request=request, inputs=inputs, estimate_gb=estimate_gb)
         with self._lock:
+            if idempotency is not None:
+                existing = self._idempotent(*idempotency)
+                if existing is not None:
+                    raise IdempotentReplay(existing)
             if not self._accepting:
                 raise Unavailable("the server is shutting down and takes no new jobs",
                                   code="shutting_down", headers={"Retry-After": "30"})
@@ -156,7 +188,7 @@ class JobManager:
             self._queue.append(pending)
             self._active[job.id] = pending
             self._totals["submitted"] += 1
-            self.store.add(job)
+            self.store.add(job, idempotency)
             self._prune()
             self._cond.notify()
             return snapshot(job)
@@ -189,6 +221,23 @@ class JobManager:
             raise NotFound(f"no job {job_id}; finished jobs are kept for "
                            f"{self.settings.job_ttl_s:g} s and at most {self.settings.max_jobs}")
         return job
+
+    def find_idempotent(self, key: str, fingerprint: str) -> Job | None:
+        """The kept job submitted with idempotency ``key``; Conflict (409) when it was
+        submitted with another request body."""
+        with self._lock:
+            return self._idempotent(key, fingerprint)
+
+    def _idempotent(self, key: str, fingerprint: str) -> Job | None:
+        found = self.store.by_idempotency_key(key)
+        if found is None:
+            return None
+        job, known = found
+        if known != fingerprint:
+            raise Conflict(
+                f"this Idempotency-Key was already used for job {job.id} with a different request "
+                "body; use a new key for a new request", code="idempotency_conflict", job_id=job.id)
+        return snapshot(job)
 
     def list_jobs(self, *, status: Collection[JobStatus] | None = None, type: str | None = None,
                   limit: int = 50, after: str | None = None) -> JobPage:
@@ -316,6 +365,8 @@ class JobManager:
             self._running = None
             self._active.pop(job.id, None)
             job.metrics.update(metrics)
+            if outcome.status is JobStatus.canceled and pending.cancel_reason is not None:
+                outcome = Outcome.of(JobStatus.canceled, pending.cancel_reason)
             if not job.status.terminal:  # else abandoned at shutdown: keep the answer given
                 self._terminate(job, outcome)
                 took = (job.finished_at or 0.0) - (job.started_at or 0.0)
@@ -361,4 +412,4 @@ class JobManager:
             self._errors.pop(job_id, None)
 
 
-__all__ = ["JobManager", "new_job_id", "snapshot"]
+__all__ = ["IdempotentReplay", "JobManager", "new_job_id", "snapshot"]

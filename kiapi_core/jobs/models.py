@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     queued = "queued"
     running = "running"
     succeeded = "succeeded"

@@ -9,6 +9,10 @@ own.
 Retention belongs to the store because only the store knows how records are kept: finished jobs
 are forgotten after ``ttl_s`` seconds and beyond ``max_jobs`` (oldest finished first). Queued and
 running jobs are never forgotten by retention.
+
+Idempotency keys (``Idempotency-Key`` on POST operations) live with their job: a job may be
+added with ``(scoped key, request fingerprint)`` and is found by that key for as long as the job
+is kept; retention and delete forget the key together with the job.
 """
 
 from __future__ import annotations
@@ -34,8 +38,12 @@ class JobStore(abc.ABC):
     """Job records by id, in creation order."""
 
     @abc.abstractmethod
-    def add(self, job: Job) -> None:
-        """Record a new job (status ``queued``)."""
+    def add(self, job: Job, idempotency: tuple[str, str] | None = None) -> None:
+        """Record a new job (status ``queued``), with its ``(idempotency key, fingerprint)``."""
+
+    @abc.abstractmethod
+    def by_idempotency_key(self, key: str) -> tuple[Job, str] | None:
+        """The job added with idempotency ``key`` and its request fingerprint, or ``None``."""
 
     @abc.abstractmethod
     def save(self, job: Job) -> None:
@@ -64,6 +72,12 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def __len__(self) -> int: ...
 
+    def open(self) -> list[Job]:
+        """Called once when the host starts serving: load persisted records. Returns the jobs
+        that were queued or running when the previous server stopped, now ended ``failed``.
+        Nothing to do in memory."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release resources (connections, files). Nothing to do in memory."""
 
@@ -81,10 +95,27 @@ class MemoryJobStore(JobStore):
         # Finished job ids in the order they finished: retention pops from the front, so pruning
         # costs only the records it removes.
         self._finished: OrderedDict[str, float] = OrderedDict()
+        self._idempotency: dict[str, tuple[str, str]] = {}  # key -> (job id, fingerprint)
+        self._key_of: dict[str, str] = {}                     # job id -> key
 
-    def add(self, job: Job) -> None:
+    def add(self, job: Job, idempotency: tuple[str, str] | None = None) -> None:
         self._jobs[job.id] = job
+        if idempotency is not None:
+            key, fingerprint = idempotency
+            self._idempotency[key] = (job.id, fingerprint)
+            self._key_of[job.id] = key
         self.save(job)
+
+    def by_idempotency_key(self, key: str) -> tuple[Job, str] | None:
+        found = self._idempotency.get(key)
+        if found is None or found[0] not in self._jobs:
+            return None
+        return self._jobs[found[0]], found[1]
+
+    def _forget_key(self, job_id: str) -> None:
+        key = self._key_of.pop(job_id, None)
+        if key is not None:
+            self._idempotency.pop(key, None)
 
     def save(self, job: Job) -> None:
         if job.id not in self._jobs:
@@ -98,6 +129,7 @@ class MemoryJobStore(JobStore):
 
     def remove(self, job_id: str) -> Job | None:
         self._finished.pop(job_id, None)
+        self._forget_key(job_id)
         return self._jobs.pop(job_id, None)
 
     def page(self, *, status: Collection[JobStatus] | None = None, type: str | None = None,
@@ -134,6 +166,7 @@ class MemoryJobStore(JobStore):
                 break
             self._finished.popitem(last=False)
             self._jobs.pop(job_id, None)
+            self._forget_key(job_id)
             gone.append(job_id)
         return gone
 

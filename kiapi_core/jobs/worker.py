@@ -54,6 +54,9 @@ class Pending:
     inputs: Mapping[str, StoredFile]
     estimate_gb: float | None
     cancel: threading.Event = field(default_factory=threading.Event)
+    #: Why the job was canceled when it was not the client's doing (shutdown): the answer
+    #: its sync caller gets instead of a plain 409.
+    cancel_reason: KiapiError | None = None
 
 
 @dataclass

@@ -131,7 +131,6 @@ def _make_tokenizer(out_dir: Path):
 
 def _write_tiny_dir(root: Path, seed: int) -> None:
     import mlx.core as mx
-
     from mflux.models.common.tokenizer import LanguageTokenizer
     from mflux.models.common.weights.saving.model_saver import ModelSaver
     from mflux.models.ernie_image.model.ernie_text_encoder.text_encoder import ErnieMistralTextEncoder

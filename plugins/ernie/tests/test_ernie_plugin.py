@@ -70,10 +70,9 @@ def test_tiny_swap_is_scoped_and_restored_on_error(ernie_cache_dir):
     from kiapi_ernie import tiny
 
     original = ErnieImageInitializer.__dict__["_init_models"]
-    with pytest.raises(ZeroDivisionError):
-        with tiny.tiny_construct():
-            assert ErnieImageInitializer.__dict__["_init_models"] is not original
-            raise ZeroDivisionError
+    with pytest.raises(ZeroDivisionError), tiny.tiny_construct():
+        assert ErnieImageInitializer.__dict__["_init_models"] is not original
+        raise ZeroDivisionError
     assert ErnieImageInitializer.__dict__["_init_models"] is original
     # the cached directory is reused, not rebuilt
     first = tiny.ensure_tiny_dir(ernie_cache_dir)

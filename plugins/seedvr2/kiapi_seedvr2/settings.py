@@ -35,7 +35,7 @@ class Seedvr2Settings(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.max_output_pixels < 256:
             raise ValueError("max_output_pixels must be at least 256 (16x16)")
-        if not 0 < self.max_scale:
+        if not self.max_scale > 0:
             raise ValueError("max_scale must be > 0")
         if not 16 <= self.min_resolution <= self.max_resolution:
             raise ValueError("need 16 <= min_resolution <= max_resolution")

@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import pytest
-from kiapi_seedvr2.capability import REVISION, build_capability, estimate_upscale
-from kiapi_seedvr2.settings import Seedvr2Settings
 
 from kiapi_core.errors import WeightsMissing
 from kiapi_core.registry import Registry
+from kiapi_seedvr2.capability import REVISION, build_capability, estimate_upscale
+from kiapi_seedvr2.settings import Seedvr2Settings
 
 
 def test_variants_aliases_and_operation():
@@ -42,10 +42,11 @@ def test_each_variant_downloads_only_its_own_files():
 
 
 def test_revision_and_file_names_match_mflux():
-    from kiapi_seedvr2 import capability
     from mflux.models.common.config import ModelConfig
     from mflux.models.common.resolution.model_revisions import ModelRevisions
     from mflux.models.seedvr2.weights.seedvr2_weight_definition import SeedVR2WeightDefinition
+
+    from kiapi_seedvr2 import capability
 
     assert ModelRevisions.get(capability.REPO) == capability.REVISION
     for variant, config in (("3b", ModelConfig.seedvr2_3b()), ("7b", ModelConfig.seedvr2_7b())):
@@ -117,9 +118,10 @@ def test_tiny_weights_are_built_once_and_atomically(tmp_path):
 
 
 def test_tiny_swap_is_scoped_and_wrappers_are_per_instance(seedvr2_harness):
-    from kiapi_seedvr2 import tiny
     from mflux.models.seedvr2.model.seedvr2_vae.vae import SeedVR2VAE
     from mflux.models.seedvr2.seedvr2_initializer import SeedVR2Initializer
+
+    from kiapi_seedvr2 import tiny
 
     original = SeedVR2Initializer.__dict__["_init_models"]
     with pytest.raises(RuntimeError), tiny.tiny_construction():

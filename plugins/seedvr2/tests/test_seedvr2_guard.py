@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import pytest
+
 from kiapi_seedvr2 import guard
 
 SCRIPT = textwrap.dedent("""

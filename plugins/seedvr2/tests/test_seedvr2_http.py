@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 
-import kiapi_seedvr2
 import pytest
 from PIL import Image
+
+import kiapi_seedvr2
 
 pytestmark = pytest.mark.slow
 URL = "/v1/image/seedvr2/upscale"

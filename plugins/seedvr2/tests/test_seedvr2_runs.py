@@ -103,8 +103,9 @@ def test_cancel_at_the_dit_callback_and_model_stays_usable(seedvr2_harness):
 
 def test_tiled_vae_reports_every_tile_and_cancels_between_tiles(seedvr2_harness):
     """Small tiles make mflux tile the 64 px output, as it does beyond 512 px with real sizes."""
-    from kiapi_seedvr2.runtime import tile_counts
     from mflux.models.common.vae.tiling_config import TilingConfig
+
+    from kiapi_seedvr2.runtime import tile_counts
 
     tiling = TilingConfig(vae_encode_tile_size=32, vae_encode_tile_overlap=8, vae_decode_tile_size=32,
                           vae_decode_overlap=1)

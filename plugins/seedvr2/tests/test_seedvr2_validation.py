@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from kiapi_seedvr2.settings import Seedvr2Settings
-from kiapi_seedvr2.validation import output_size, parse_resolution
 
 from kiapi_core.errors import InvalidRequest
+from kiapi_seedvr2.settings import Seedvr2Settings
+from kiapi_seedvr2.validation import output_size, parse_resolution
 
 SETTINGS = Seedvr2Settings()
 
@@ -61,6 +61,7 @@ def test_prepare_resolves_defaults_and_draws_a_seed(seedvr2_harness):
 
 def test_schema_decoding_rejects_out_of_range_softness():
     import msgspec
+
     from kiapi_seedvr2.schemas import UpscaleRequest
 
     with pytest.raises(msgspec.ValidationError):
