@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from functools import partial
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -32,6 +33,7 @@ from .openapi.root import root_document
 from .registry import Capability
 
 log = logging.getLogger("kiapi.http")
+DEMO_NOTE = "demo mode: a tiny random-weight model; its outputs are noise"
 
 
 def build_app(host: Host) -> Starlette:
@@ -72,7 +74,11 @@ def _capability_routes(host: Host, capability: Capability) -> list[BaseRoute]:
     document = capability_document(capability, version=capability.version)
 
     async def models(request: Request) -> Response:
-        return JSONResponse(host.registry.model_specs(capability.name))
+        specs = msgspec.to_builtins(host.registry.model_specs(capability.name))
+        if host.settings.demo:  # an extension field: clients written against the spec ignore it
+            for spec in specs:
+                spec["demo"] = DEMO_NOTE
+        return JSONResponse(specs)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)

@@ -43,3 +43,13 @@ async def test_openapi_documents_and_docs_pages(kiapi_client_factory):
             for asset in [p.split('"')[0] for p in html.split('"/-/static/')[1:]]:
                 r = await http.get("/-/static/" + asset)
                 assert r.status_code == 200 and len(r.content) > 1000, asset
+
+
+async def test_demo_mode_says_outputs_are_noise(kiapi_client_factory):
+    async with kiapi_client_factory(plugins=[kiapi_echo], demo=True) as http:
+        models = (await http.get("/v1/text/echo/models")).json()
+        assert all("noise" in m["demo"] for m in models)
+        r = await http.post("/v1/text/echo/render", json={"text": "x"}, headers={"Accept": "application/json"})
+        assert any("noise" in w for w in r.json()["warnings"]) and "noise" in r.headers["x-kiapi-warnings"]
+    async with kiapi_client_factory(plugins=[kiapi_echo], demo=False) as http:
+        assert "demo" not in (await http.get("/v1/text/echo/models")).json()[0]

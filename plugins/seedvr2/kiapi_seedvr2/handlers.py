@@ -47,8 +47,6 @@ def upscale(job: Any) -> ImageResponse:
         job.metric(name, value)
     if (image.width, image.height) != (out_w, out_h):  # would mean mflux changed its sizing
         job.warn(f"expected a {out_w}x{out_h} output, mflux produced {image.width}x{image.height}")
-    if job.demo:
-        job.warn("demo mode: tiny random-weight model, the output is noise")
     return ImageResponse(
         model=job.model.name,
         file_id=stored.file_id,
