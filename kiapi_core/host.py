@@ -19,6 +19,7 @@ from . import __version__
 from .errors import StartupError
 from .files.store import FileStore
 from .jobs.manager import JobManager
+from .jobs.sqlite_store import SqliteJobStore
 from .memory.manager import ModelManager
 from .plugins import PluginRecord, load_plugins, new_plugin_manager, register_capabilities
 from .registry import Registry
@@ -48,7 +49,9 @@ class Host:
                                    demo=self.settings.demo)
         self.jobs = JobManager(settings=self.settings, files=self.files, models=self.models,
                                plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
-                               work_root=data / "work", demo=self.settings.demo)
+                               work_root=data / "work", demo=self.settings.demo,
+                               store=SqliteJobStore(data / "jobs.sqlite3", ttl_s=self.settings.job_ttl_s,
+                                                    max_jobs=self.settings.max_jobs))
         self._background: list[asyncio.Task[Any]] = []
 
     # -- plugin facing -------------------------------------------------------------------

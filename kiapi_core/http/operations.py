@@ -31,9 +31,10 @@ from ..errors import (
 )
 from ..files.resolve import resolve_inputs
 from ..jobs.models import AsyncJobResponse, Job, JobStatus
+from ..jobs.store import IdempotentReplay
 from ..registry import Capability, Operation
 from ..weights import missing_message, status
-from . import negotiation
+from . import idempotency, negotiation
 from .responses import JSONResponse, error_response
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
 #: Request fields the core itself interprets; they are not recorded as ignored.
 _CORE_FIELDS = ("mode", "model")
+#: Deepest nesting of JSON arrays/objects accepted in a request body (no operation needs more;
+#: deeper bodies would only exercise recursion in the decoder and the request path).
+MAX_JSON_DEPTH = 64
 
 
 def operation_route(capability: Capability, operation: Operation) -> Route:
@@ -50,14 +54,27 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
     async def endpoint(request: Request) -> Response:
         host: Host = request.app.state.host
         raw = await _read_json(request, host.settings.max_body_mb, decoder)
-        body, warnings = _convert(raw, operation.request)
-        job = await submit(host, capability, operation, body, warnings)
+        idem = idempotency.from_request(request, raw, auth_token=host.settings.auth_token)
+        replayed = host.jobs.find_idempotent(*idem) if idem is not None else None
+        if replayed is None:
+            body, warnings = _convert(raw, operation.request)
+            try:
+                job = await submit(host, capability, operation, body, warnings, idempotency=idem)
+            except IdempotentReplay as replay:  # an identical request won the race
+                replayed = replay.job
+        if replayed is not None:
+            job = replayed
+            mode = raw.get("mode", "sync") if isinstance(raw, dict) else "sync"
+        else:
+            mode = getattr(body, "mode", "sync")
+        mode = "async" if operation.always_async else mode
         headers = {"X-Kiapi-Job-Id": job.id}
+        if replayed is not None:
+            headers[idempotency.REPLAYED_HEADER] = "true"
         if job.warnings:
             # Header values are latin-1: escape whatever a client put in its field names.
             text = "; ".join(job.warnings)[:2000]
             headers["X-Kiapi-Warnings"] = text.encode("ascii", "backslashreplace").decode()
-        mode = "async" if operation.always_async else getattr(body, "mode", "sync")
         if mode == "async":
             headers["Location"] = f"/v1/jobs/{job.id}"
             return JSONResponse(AsyncJobResponse(job_id=job.id, type=job.type, status=job.status),
@@ -70,8 +87,9 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
 
 
 async def submit(host: Host, capability: Capability, operation: Operation, body: Any,
-                 warnings: list[str]) -> Job:
-    """Validate ``body`` completely, resolve its inputs and queue the job."""
+                 warnings: list[str], idempotency: tuple[str, str] | None = None) -> Job:
+    """Validate ``body`` completely, resolve its inputs and queue the job (IdempotentReplay
+    when a job with the same idempotency key and request exists by then)."""
     model = host.registry.resolve_model(capability.name, getattr(body, "model", None))
     plugin_settings = host.plugin_settings(capability.name)
     if not host.settings.demo and model.weights:
@@ -88,7 +106,7 @@ async def submit(host: Host, capability: Capability, operation: Operation, body:
             warnings = [*warnings, "demo mode: tiny random-weight model, the output is noise"]
         return host.jobs.submit(capability=capability, operation=operation, model=model, request=body,
                                 params=params, inputs=resolved.files, input_ids=resolved.summary,
-                                warnings=warnings, estimate_gb=estimate)
+                                warnings=warnings, estimate_gb=estimate, idempotency=idempotency)
     except BaseException:
         # Inputs this request materialised (URL, data URL) belong to no job: do not keep them.
         for file_id in resolved.created:
@@ -144,9 +162,35 @@ async def _read_json(request: Request, max_mb: float, decoder: msgspec.json.Deco
     if not data.strip():
         raise MalformedJSON("the request body is empty; send a JSON object")
     try:
-        return decoder.decode(data)
+        value = decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise MalformedJSON(f"the request body is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                            "send JSON encoded as UTF-8") from None
+    except RecursionError:
+        raise MalformedJSON(_too_deep()) from None
+    if not _depth_ok(value, MAX_JSON_DEPTH):
+        raise MalformedJSON(_too_deep())
+    return value
+
+
+def _too_deep() -> str:
+    return f"the request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels; flatten it"
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests at most ``limit`` containers deep (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
 
 
 def _convert(raw: Any, schema: type) -> tuple[Any, list[str]]:

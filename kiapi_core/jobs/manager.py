@@ -31,7 +31,7 @@ from ..settings import Settings
 from . import watch
 from .models import Job, JobStatus
 from .running import FileSink
-from .store import JobPage, JobStore, MemoryJobStore
+from .store import IdempotentReplay, JobPage, JobStore, MemoryJobStore, idempotent_job
 from .worker import AdminTask, ModelManagerLike, Outcome, Pending, Worker
 
 log = logging.getLogger("kiapi.jobs")
@@ -42,14 +42,6 @@ CANCEL_WAIT_S = 10.0
 
 def new_job_id() -> str:
     return "job_" + uuid.uuid4().hex
-
-
-class IdempotentReplay(Exception):  # noqa: N818 - a signal, not an error
-    """``submit`` found the job of this idempotency key (same request): answer with it."""
-
-    def __init__(self, job: Job) -> None:
-        super().__init__(job.id)
-        self.job = job
 
 
 def snapshot(job: Job) -> Job:
@@ -64,7 +56,7 @@ class JobManager:
                  work_root: Path, demo: bool, store: JobStore | None = None) -> None:
         self.settings = settings
         self.max_queue = settings.max_queue
-        self.store = store or MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_jobs)
+        self.store = store if store is not None else MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_jobs)
         self._worker = Worker(board=self, files=files, models=models, plugin_settings=plugin_settings,
                               cache_dir=cache_dir, work_root=work_root, demo=demo)
         self._lock = threading.Lock()
@@ -87,19 +79,14 @@ class JobManager:
         self._watchers.bind(asyncio.get_running_loop())
         self._exited = asyncio.Event()
 
-        def open_store() -> None:
-            with self._lock:
-                self.store.open()  # persisted records; jobs cut off by a crash end failed
-
-        await asyncio.to_thread(open_store)
+        await asyncio.to_thread(self._locked, self.store.open)  # jobs a crash cut off end failed
         self._worker.start()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, cancel queued jobs, give the running one ``grace_s``, then cancel it.
 
         Every job ends terminal, so sync callers and watchers get an answer before the server
-        goes away. The store is closed last (records stay readable in memory).
-        """
+        goes away. Then the store is closed (records stay readable in memory)."""
         try:
             await self._stop(grace_s)
         finally:
@@ -223,21 +210,13 @@ class JobManager:
         return job
 
     def find_idempotent(self, key: str, fingerprint: str) -> Job | None:
-        """The kept job submitted with idempotency ``key``; Conflict (409) when it was
-        submitted with another request body."""
+        """The kept job of idempotency ``key``; Conflict (409) if its request differed."""
         with self._lock:
             return self._idempotent(key, fingerprint)
 
     def _idempotent(self, key: str, fingerprint: str) -> Job | None:
-        found = self.store.by_idempotency_key(key)
-        if found is None:
-            return None
-        job, known = found
-        if known != fingerprint:
-            raise Conflict(
-                f"this Idempotency-Key was already used for job {job.id} with a different request "
-                "body; use a new key for a new request", code="idempotency_conflict", job_id=job.id)
-        return snapshot(job)
+        job = idempotent_job(self.store, key, fingerprint)
+        return None if job is None else snapshot(job)
 
     def list_jobs(self, *, status: Collection[JobStatus] | None = None, type: str | None = None,
                   limit: int = 50, after: str | None = None) -> JobPage:
@@ -397,6 +376,10 @@ class JobManager:
         self._active.pop(job.id, None)
         self._totals[outcome.status.value] += 1
         self.store.save(job)
+
+    def _locked(self, fn: Callable[[], Any]) -> Any:
+        with self._lock:
+            return fn()
 
     def _renumber(self) -> None:
         for position, pending in enumerate(self._queue):

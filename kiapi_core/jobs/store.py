@@ -23,8 +23,31 @@ from collections import OrderedDict
 from collections.abc import Collection
 from typing import NamedTuple
 
-from ..errors import InvalidRequest
+from ..errors import Conflict, InvalidRequest
 from .models import Job, JobStatus
+
+
+class IdempotentReplay(Exception):  # noqa: N818 - a signal, not an error
+    """A submission's idempotency key names a kept job with the same request: answer with it."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job.id)
+        self.job = job
+
+
+def idempotent_job(store: JobStore, key: str, fingerprint: str) -> Job | None:
+    """The job kept under idempotency ``key``; Conflict (409 ``idempotency_conflict``) when it
+    was submitted with a different request."""
+    found = store.by_idempotency_key(key)
+    if found is None:
+        return None
+    job, known = found
+    if known != fingerprint:
+        raise Conflict(f"this Idempotency-Key was already used for job {job.id} with a different "
+                       "request body; use a new key for a new request",
+                       code="idempotency_conflict", job_id=job.id,
+                       headers={"X-Kiapi-Job-Id": job.id})
+    return job
 
 
 class JobPage(NamedTuple):
@@ -174,4 +197,4 @@ class MemoryJobStore(JobStore):
         return len(self._jobs)
 
 
-__all__ = ["JobPage", "JobStore", "MemoryJobStore"]
+__all__ = ["IdempotentReplay", "JobPage", "JobStore", "MemoryJobStore", "idempotent_job"]

@@ -183,7 +183,10 @@ def _check_contents(archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo],
                     bad.append(f"{name} is {width}x{height}; training images must be at least 16x16")
                 elif width * height > _MAX_IMAGE_PIXELS:
                     bad.append(f"{name} is {width}x{height}, over {_MAX_IMAGE_PIXELS} pixels")
-        except (UnidentifiedImageError, OSError, zipfile.BadZipFile, ValueError) as exc:
+                else:
+                    image.load()  # decode it all: a truncated image must fail here, not in training
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, zipfile.BadZipFile,
+                ValueError, SyntaxError) as exc:
             bad.append(f"{name} is not a readable image ({exc.__class__.__name__})")
     if bad:
         problems.append(f"unusable images: {_listed(bad)}")
