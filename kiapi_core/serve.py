@@ -21,6 +21,25 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+#: Bytes Hypercorn asks the socket reader for at a time (its default is 64 KiB).
+READ_SIZE = 1024 * 1024
+
+
+def _raise_read_size() -> None:
+    """Let Hypercorn hand the app up to READ_SIZE bytes per read instead of 64 KiB.
+
+    Every read costs a trip through h11, Hypercorn's app queue, Starlette and the multipart
+    parser; with 64 KiB reads that per-chunk cost, not the disk, bounded a 1 GiB upload
+    (bench/run.py, docs/performance.md). asyncio still caps what one read returns at what the
+    transport has buffered, so memory per connection stays small. ``MAX_RECV`` is a module
+    constant read at each call; if a Hypercorn release drops it, this does nothing.
+    """
+    from hypercorn.asyncio import tcp_server
+
+    if isinstance(getattr(tcp_server, "MAX_RECV", None), int):
+        tcp_server.MAX_RECV = max(tcp_server.MAX_RECV, READ_SIZE)
+
+
 def serve(host: Host) -> None:
     """Serve ``host`` until a shutdown signal; blocks.
 
@@ -40,6 +59,7 @@ def serve(host: Host) -> None:
     except LockHeld as exc:
         raise SystemExit(f"Error: cannot start: {exc}. Stop that server first, or give this one "
                          "its own data directory (--data-dir or KIAPI_DATA_DIR).") from None
+    _raise_read_size()
     app = build_app(host)
     config = Config()
     config.bind = [bind_address(host.settings.host, host.settings.port)]

@@ -38,7 +38,6 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import aiofiles
 import msgspec
 
 from ..errors import NotFound, PayloadTooLarge
@@ -56,6 +55,8 @@ from .names import (
 
 _PARTIAL = ".partial"
 _CHUNK = 1024 * 1024
+#: Bytes a BlobWriter gathers before handing them to a thread to hash and write.
+_WRITE_BATCH = 1024 * 1024
 #: Temp files and orphan blobs younger than this are left alone by the sweeper: they may
 #: belong to a write that is still running.
 STALE_AFTER_S = 3600.0
@@ -90,10 +91,42 @@ class BlobWriter:
         self._tmp = store._temp_path()
         self._fh: Any = None
         self._done = False
+        # Network chunks (64 KiB from Hypercorn) are gathered into _WRITE_BATCH-sized batches;
+        # each batch is hashed and written in a worker thread (hashlib releases the GIL) while
+        # the next one is received. One thread hop per chunk capped uploads at ~300 MiB/s and
+        # hashed on the event loop (bench/run.py, docs/performance.md).
+        self._buf = bytearray()
+        self._inflight: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> BlobWriter:
-        self._fh = await aiofiles.open(self._tmp, "xb")
+        self._fh = await asyncio.to_thread(builtins.open, self._tmp, "xb")
         return self
+
+    def _write_batch(self, data: bytearray) -> None:
+        """Worker thread: one batch, hashed then written (batches never overlap)."""
+        self._hash.update(data)
+        self._fh.write(data)
+
+    async def _drain(self) -> None:
+        """Wait for the batch in flight; its error (disk full ...) is raised here."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await inflight
+
+    async def _send_batch(self) -> None:
+        await self._drain()
+        if self._buf:
+            data, self._buf = self._buf, bytearray()
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write_batch, data))
+
+    async def _close_file(self) -> None:
+        try:
+            await self._drain()
+        except Exception:  # noqa: BLE001 - aborting anyway; the file is removed
+            pass
+        finally:
+            if self._fh is not None:
+                self._fh.close()  # idempotent; a close is one syscall
 
     async def __aexit__(self, *exc: object) -> None:
         if not self._done:
@@ -108,27 +141,29 @@ class BlobWriter:
             raise PayloadTooLarge(
                 f"{self._what} is larger than the limit of {_mib(self._max)}",
                 limit_bytes=self._max)
-        self._hash.update(data)
-        await self._fh.write(data)
+        self._buf += data
+        if len(self._buf) >= _WRITE_BATCH:
+            await self._send_batch()
 
     async def commit(self, *, filename: str, content_type: str | None = None,
                      meta: Mapping[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile:
         self._done = True
         try:
-            await self._fh.flush()
-            await asyncio.to_thread(os.fsync, self._fh.fileno())
-            await self._fh.close()
+            await self._send_batch()
+            await self._drain()
+            await asyncio.to_thread(_flush_and_sync, self._fh)
             return await asyncio.to_thread(
                 self._store._install, self._tmp, self.size, self._hash.hexdigest(),
                 filename=filename, content_type=content_type, meta=meta, ttl_s=ttl_s)
         except BaseException:
+            await self._close_file()
             await asyncio.to_thread(_unlink, self._tmp)
             raise
 
     async def abort(self) -> None:
         self._done = True
-        if self._fh is not None:
-            await self._fh.close()
+        self._buf = bytearray()
+        await self._close_file()
         await asyncio.to_thread(_unlink, self._tmp)
 
 
@@ -373,6 +408,13 @@ def _stale(entry: os.DirEntry[str], now: float) -> bool:
         return now - entry.stat().st_mtime > STALE_AFTER_S
     except FileNotFoundError:
         return False
+
+
+def _flush_and_sync(fh: Any) -> None:
+    """Make a written temp file durable, then close it."""
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
 
 
 def _unlink(path: Path) -> None:

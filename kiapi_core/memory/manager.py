@@ -244,8 +244,11 @@ class ModelManager:
         peak = max(0, res.backend.peak_bytes() - res.base_bytes)
         for t in res.transients:
             close_runtime(t.runtime, f"transient {t.family}/{t.model}")
-        res.transients.clear()  # drop the last references before collecting
-        gc.collect()
+        if res.transients:
+            res.transients.clear()  # drop the last references before collecting
+            # Only when a model was freed: a full collection with mflux imported takes 10-25 ms
+            # of held GIL (bench/run.py), which every job would pay and the event loop would feel.
+            gc.collect()
         res.backend.free_caches()
         peak_gb = max(0, peak - res.load_bytes) / GB
         with self._lock:
