@@ -52,7 +52,7 @@ def probe_image(path: Path, *, max_pixels: int, what: str = "image") -> tuple[in
                 width, height = image.size
                 fmt = image.format or "?"
                 if fmt not in INPUT_FORMATS:
-                    raise InvalidInput(f"{what} is a {fmt} image; send PNG, JPEG or WebP")
+                    raise InvalidInput(f"{what} is a {fmt} image; send PNG, JPEG, WebP, GIF, BMP or TIFF")
                 if width * height > max_pixels:
                     raise InvalidInput(
                         f"{what} is {width}x{height} = {width * height} pixels, over the limit of "
@@ -61,8 +61,16 @@ def probe_image(path: Path, *, max_pixels: int, what: str = "image") -> tuple[in
                 image.load()
     except InvalidInput:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise InvalidInput(f"{what} is not a readable image ({exc}); send PNG, JPEG or WebP") from None
+    except UnidentifiedImageError:
+        raise InvalidInput(f"{what} is not a readable image; send PNG, JPEG or WebP") from None
+    except Image.DecompressionBombError as exc:
+        raise InvalidInput(f"{what} is refused as a decompression bomb ({_without(exc, path)}); "
+                           "send a smaller image") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInput(f"{what} could not be decoded ({exc}); is the file complete?") from None
+        raise InvalidInput(f"{what} could not be decoded ({_without(exc, path)}); is the file complete?") from None
     return width, height, fmt
+
+
+def _without(exc: BaseException, path: Path) -> str:
+    """The exception's message without the server's file path (clients must not see it)."""
+    return str(exc).replace(str(path), "the file").replace(path.name, "the file") or type(exc).__name__

@@ -53,3 +53,13 @@ async def test_demo_mode_says_outputs_are_noise(kiapi_client_factory):
         assert any("noise" in w for w in r.json()["warnings"]) and "noise" in r.headers["x-kiapi-warnings"]
     async with kiapi_client_factory(plugins=[kiapi_echo], demo=False) as http:
         assert "demo" not in (await http.get("/v1/text/echo/models")).json()[0]
+
+
+async def test_auth_scheme_is_case_insensitive_and_health_is_minimal_without_token(kiapi_client_factory):
+    async with kiapi_client_factory(plugins=[kiapi_echo], auth_token=" s3cret ") as http:
+        anonymous = (await http.get("/health")).json()
+        assert anonymous == {"status": "ok", "version": anonymous["version"]}
+        full = (await http.get("/health", headers={"Authorization": "bearer s3cret"})).json()
+        assert full["capabilities"][0]["name"] == "echo"
+        assert (await http.get("/v1/jobs", headers={"Authorization": "BEARER  s3cret"})).status_code == 200
+        assert (await http.get("/v1/jobs", headers={"Authorization": "Basic s3cret"})).status_code == 401

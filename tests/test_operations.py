@@ -110,8 +110,15 @@ async def test_non_object_body_is_422(client):
 
 
 async def test_wrong_content_type_is_415(client):
-    r = await client.post("/v1/text/echo/render", content=b"text=x", headers={"Content-Type": "text/plain"})
-    assert r.status_code == 415
+    r = await client.post("/v1/text/echo/render", content=b"--x--", headers={"Content-Type": "multipart/form-data"})
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
+
+
+async def test_curl_default_form_content_type_still_reads_json(client):
+    # `curl -d '{...}'` without -H sends application/x-www-form-urlencoded
+    r = await client.post("/v1/text/echo/render", content=b'{"text": "hi"}',
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and r.content == b"hi"
 
 
 async def test_oversized_body_is_413(kiapi_client_factory):

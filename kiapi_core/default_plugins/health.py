@@ -8,12 +8,16 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from ..hookspecs import hookimpl
+from ..http.auth import AUTHENTICATED
 from ..http.responses import JSONResponse
 from ..weights import status
 
 
 async def health(request: Request) -> JSONResponse:
     host = request.app.state.host
+    if request.scope.get(AUTHENTICATED) is False:
+        # Liveness stays open without the token; the rest (jobs, plugins) needs it.
+        return JSONResponse({"status": "ok", "version": host.version})
     capabilities = []
     for capability in host.registry:
         settings = host.plugin_settings(capability.name)

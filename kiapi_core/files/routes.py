@@ -243,10 +243,17 @@ async def delete_file(request: Request) -> Response:
 async def download_file(request: Request) -> Response:
     """``GET|HEAD /v1/files/{id}/download`` with ETag/304 and single-range 206/416."""
     file_id = check_id(request.path_params["file_id"])
-    stored = await _store(request).aget(file_id)
+    return await file_response(request, await _store(request).aget(file_id))
+
+
+async def file_response(request: Request, stored: StoredFile, *, disposition: str = "attachment",
+                        headers: dict[str, str] | None = None) -> Response:
+    """A stored file's bytes as an HTTP answer: the one place downloads and sync results are
+    served from, so both carry the same ETag, Range and safety headers."""
     record = stored.record
     etag = f'"{record.sha256}"' if record.sha256 else None
     headers = {
+        **(headers or {}),
         "Accept-Ranges": "bytes",
         "Cache-Control": "private, no-cache",
         "Last-Modified": formatdate(record.created_at, usegmt=True),
@@ -260,7 +267,7 @@ async def download_file(request: Request) -> Response:
     try:
         fh = await asyncio.to_thread(open, stored.path, "rb")
     except FileNotFoundError:  # deleted between the lookup and the open
-        raise NotFound(f"no file {file_id!r}; it was just deleted", code="file_not_found") from None
+        raise NotFound(f"no file {record.file_id!r}; it was just deleted", code="file_not_found") from None
     size = os.fstat(fh.fileno()).st_size
     start, length, status = 0, size, 200
     byte_range = _requested_range(request, etag, size)
@@ -269,7 +276,7 @@ async def download_file(request: Request) -> Response:
         length, status = end - start + 1, 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Type"] = record.content_type
-    headers["Content-Disposition"] = content_disposition(record.filename)
+    headers["Content-Disposition"] = content_disposition(record.filename, disposition)
     headers["Content-Length"] = str(length)
     return _BlobResponse(fh, start, length, status, headers, body=request.method != "HEAD")
 

@@ -1,7 +1,9 @@
 """Optional bearer-token authentication as a pure ASGI middleware.
 
 When ``KIAPI_AUTH_TOKEN`` is set every request needs ``Authorization: Bearer <token>``, except
-``GET /health`` (for liveness probes). The comparison is constant-time.
+``GET /health`` (for liveness probes, which then shows only status and version to anonymous
+callers). The scheme is case-insensitive (RFC 9110 §11.1); the token comparison is
+constant-time.
 """
 
 from __future__ import annotations
@@ -14,26 +16,31 @@ from ..errors import Unauthorized
 from .responses import error_response
 
 OPEN_PATHS = frozenset({"/health"})
+#: Set in the ASGI scope of every request: whether it carried the right token.
+AUTHENTICATED = "kiapi.authenticated"
 
 
 class BearerAuth:
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.strip().encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = b""
+        scope[AUTHENTICATED] = ok = self._authenticated(scope)
+        if ok or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        response = error_response(Unauthorized(
+            "missing or wrong bearer token; send 'Authorization: Bearer <KIAPI_AUTH_TOKEN>'"),
+            headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
+        await response(scope, receive, send)
+
+    def _authenticated(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
             if name == b"authorization":
-                given = value
-                break
-        if not hmac.compare_digest(given, self.expected):
-            response = error_response(Unauthorized(
-                "missing or wrong bearer token; send 'Authorization: Bearer <KIAPI_AUTH_TOKEN>'"),
-                headers={"WWW-Authenticate": "Bearer"})
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+                scheme, _, token = value.strip().partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.expected)
+        return False

@@ -84,3 +84,4 @@ def choose(accept: str | None, artifact_type: str | None) -> Literal["raw", "jso
     if json_s != raw_s:
         return "json" if json_s > raw_s else "raw"
     return "json" if json_s == 3 else "raw"
+

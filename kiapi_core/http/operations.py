@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import (
@@ -30,6 +30,7 @@ from ..errors import (
     WeightsMissing,
 )
 from ..files.resolve import resolve_inputs
+from ..files.routes import file_response
 from ..jobs.models import AsyncJobResponse, Job, JobStatus
 from ..jobs.store import IdempotentReplay
 from ..registry import Capability, Operation
@@ -46,6 +47,9 @@ _CORE_FIELDS = ("mode", "model")
 #: Deepest nesting of JSON arrays/objects accepted in a request body (no operation needs more;
 #: deeper bodies would only exercise recursion in the decoder and the request path).
 MAX_JSON_DEPTH = 64
+#: Bodies read as JSON. curl's ``-d`` sends form-urlencoded unless told otherwise, and the
+#: body still is the JSON the user typed: decoding it is kinder than a 415.
+_JSON_LIKE = ("application/json", "", "application/x-www-form-urlencoded", "text/plain")
 
 
 def operation_route(capability: Capability, operation: Operation) -> Route:
@@ -80,7 +84,7 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
             return JSONResponse(AsyncJobResponse(job_id=job.id, type=job.type, status=job.status),
                                 status_code=202, headers=headers)
         job = await host.jobs.wait(job.id, host.settings.sync_timeout_s)
-        return respond_finished(host, job, request.headers.get("accept"), headers)
+        return await respond_finished(host, request, job, headers)
 
     return Route(f"{capability.prefix}/{operation.name}", endpoint, methods=["POST"],
                  name=f"{capability.name}.{operation.name}")
@@ -91,6 +95,7 @@ async def submit(host: Host, capability: Capability, operation: Operation, body:
     """Validate ``body`` completely, resolve its inputs and queue the job (IdempotentReplay
     when a job with the same idempotency key and request exists by then)."""
     model = host.registry.resolve_model(capability.name, getattr(body, "model", None))
+    host.jobs.check_capacity()  # cheap 503s before any download or file check
     plugin_settings = host.plugin_settings(capability.name)
     if not host.settings.demo and model.weights:
         found = await asyncio.to_thread(status, capability, model, plugin_settings)
@@ -114,7 +119,7 @@ async def submit(host: Host, capability: Capability, operation: Operation, body:
         raise
 
 
-def respond_finished(host: Host, job: Job, accept: str | None, headers: dict[str, str]) -> Response:
+async def respond_finished(host: Host, request: Request, job: Job, headers: dict[str, str]) -> Response:
     """The answer to a sync request once its wait is over."""
     if not job.status.terminal:
         raise _with_job(SyncTimeout(
@@ -127,7 +132,7 @@ def respond_finished(host: Host, job: Job, accept: str | None, headers: dict[str
     artifact = None
     if len(job.artifacts) == 1:
         artifact = host.files.get(job.artifacts[0])
-    choice = negotiation.choose(accept, artifact.content_type if artifact else None)
+    choice = negotiation.choose(request.headers.get("accept"), artifact.content_type if artifact else None)
     if choice is None:
         offered = "application/json" + (f" or {artifact.content_type}" if artifact else "")
         raise _with_job(NotAcceptable(
@@ -136,14 +141,13 @@ def respond_finished(host: Host, job: Job, accept: str | None, headers: dict[str
     if choice == "json":
         return JSONResponse(job, headers=headers)
     assert artifact is not None
-    return FileResponse(artifact.path, media_type=artifact.content_type, filename=artifact.filename,
-                        content_disposition_type="inline",
-                        headers={**headers, "X-Kiapi-File-Id": artifact.file_id})
+    return await file_response(request, artifact, disposition="inline",
+                               headers={**headers, "X-Kiapi-File-Id": artifact.file_id})
 
 
 async def _read_json(request: Request, max_mb: float, decoder: msgspec.json.Decoder) -> Any:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if content_type not in ("application/json", "") and not content_type.endswith("+json"):
+    if content_type not in _JSON_LIKE and not content_type.endswith("+json"):
         raise UnsupportedMediaType(f"send the request body as application/json, not {content_type}")
     limit = int(max_mb * 1024 * 1024)
     declared = request.headers.get("content-length")

@@ -163,14 +163,7 @@ class JobManager:
                 existing = self._idempotent(*idempotency)
                 if existing is not None:
                     raise IdempotentReplay(existing)
-            if not self._accepting:
-                raise Unavailable("the server is shutting down and takes no new jobs",
-                                  code="shutting_down", headers={"Retry-After": "30"})
-            if len(self._queue) >= self.max_queue:
-                wait = self._retry_after()
-                raise QueueFull(
-                    f"the job queue is full ({self.max_queue} jobs waiting); retry in about {wait} s",
-                    headers={"Retry-After": str(wait)}, max_queue=self.max_queue)
+            self._check_capacity()
             job.queue_position = len(self._queue)
             self._queue.append(pending)
             self._active[job.id] = pending
@@ -179,6 +172,22 @@ class JobManager:
             self._prune()
             self._cond.notify()
             return snapshot(job)
+
+    def check_capacity(self) -> None:
+        """Raise the 503 :meth:`submit` would raise now (shutting down, queue full), so that a
+        request is refused before its inputs are downloaded and checked."""
+        with self._lock:
+            self._check_capacity()
+
+    def _check_capacity(self) -> None:
+        if not self._accepting:
+            raise Unavailable("the server is shutting down and takes no new jobs",
+                              code="shutting_down", headers={"Retry-After": "30"})
+        if len(self._queue) >= self.max_queue:
+            wait = self._retry_after()
+            raise QueueFull(
+                f"the job queue is full ({self.max_queue} jobs waiting); retry in about {wait} s",
+                headers={"Retry-After": str(wait)}, max_queue=self.max_queue)
 
     async def run_on_worker(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the model thread, between jobs and ahead of queued ones; its result or

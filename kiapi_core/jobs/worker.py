@@ -209,6 +209,11 @@ class Worker(threading.Thread):
             log.info("job %s: canceled while running", job_id)
             return Outcome(JobStatus.canceled)
         except BaseException as exc:  # noqa: BLE001
+            if pending.cancel.is_set():
+                # Library code may wrap or swallow JobCanceled (``except Exception``): a job
+                # that was asked to stop and stopped with an error was canceled all the same.
+                log.info("job %s: canceled while running (ended with %s)", job_id, type(exc).__name__)
+                return Outcome(JobStatus.canceled)
             return _failure(job_id, exc)
         return Outcome(JobStatus.succeeded, result=builtins)
 
