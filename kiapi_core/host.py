@@ -16,7 +16,7 @@ from typing import Any
 import pluggy
 
 from . import __version__
-from .errors import StartupError
+from .errors import StartupError, Unavailable
 from .files.store import FileStore
 from .jobs.manager import JobManager
 from .jobs.sqlite_store import SqliteJobStore
@@ -107,6 +107,8 @@ class Host:
             await asyncio.sleep(interval_s)
             try:
                 await self.jobs.run_on_worker(self.models.sweep_idle)
+            except Unavailable:
+                return  # shutting down: the models are closed with the host
             except Exception as exc:  # noqa: BLE001 - a failed sweep must not stop the server
                 log.warning("idle model sweep failed: %s", exc)
 

@@ -12,9 +12,10 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+from msgspec import Meta
 
 from .errors import StartupError
 
@@ -40,7 +41,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     host: str = "127.0.0.1"
     "Address `kiapi serve` binds to."
-    port: int = 8000
+    port: Annotated[int, Meta(ge=1, le=65535)] = 8000
     "Port `kiapi serve` listens on."
     demo: bool = False
     "Serve tiny random-weight demo models instead of real weights (outputs are noise)."
@@ -54,39 +55,39 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     "Load only these plugins (entry-point or distribution names); empty list loads none."
     disable_plugins: list[str] = msgspec.field(default_factory=list)
     "Plugins (entry-point or distribution names) never to load."
-    max_queue: int = 64
+    max_queue: Annotated[int, Meta(ge=1)] = 64
     "Jobs that may wait in the queue; more get 503 with Retry-After."
-    sync_timeout_s: float = 600.0
+    sync_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
     "Seconds a sync request waits before answering 504 (the job keeps running)."
-    job_ttl_s: float = 86400.0
+    job_ttl_s: Annotated[float, Meta(ge=0)] = 86400.0
     "Seconds finished jobs are kept."
-    max_jobs: int = 1000
+    max_jobs: Annotated[int, Meta(ge=0)] = 1000
     "Finished jobs kept at most (oldest forgotten first)."
-    max_upload_mb: float = 2048.0
+    max_upload_mb: Annotated[float, Meta(gt=0)] = 2048.0
     "Largest file accepted by POST /v1/files, in MiB (413 beyond)."
-    max_body_mb: float = 64.0
+    max_body_mb: Annotated[float, Meta(gt=0)] = 64.0
     "Largest JSON request body, in MiB (413 beyond)."
-    file_ttl_s: float = 0.0
+    file_ttl_s: Annotated[float, Meta(ge=0)] = 0.0
     "Seconds after which stored files expire; 0 keeps them until deleted."
     allow_private_urls: bool = False
     "Allow URL inputs that resolve to loopback, private, link-local or reserved addresses."
-    url_timeout_s: float = 30.0
+    url_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
     "Seconds a URL input may take to download."
-    max_url_mb: float = 256.0
+    max_url_mb: Annotated[float, Meta(gt=0)] = 256.0
     "Largest URL input, in MiB."
-    max_data_url_mb: float = 48.0
+    max_data_url_mb: Annotated[float, Meta(gt=0)] = 48.0
     "Largest decoded data URL input, in MiB."
-    max_image_pixels: int = 100_000_000
+    max_image_pixels: Annotated[int, Meta(ge=1)] = 100_000_000
     "Largest image input, in pixels (decompression-bomb guard)."
-    memory_limit_gb: float | None = None
+    memory_limit_gb: Annotated[float, Meta(gt=0)] | None = None
     "Memory budget for models and jobs, in GB; unset: a share of physical memory."
-    model_ttl_s: float = 1800.0
+    model_ttl_s: Annotated[float, Meta(ge=0)] = 1800.0
     "Seconds an idle resident model stays loaded; 0 keeps it until evicted."
     warmup: list[str] = msgspec.field(default_factory=list)
     "Models to load in the background at start-up, as family:model (ernie:turbo)."
-    shutdown_grace_s: float = 30.0
+    shutdown_grace_s: Annotated[float, Meta(ge=0)] = 30.0
     "Seconds a running job may finish after SIGTERM before it is canceled."
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     "Logging level: debug, info, warning, error."
 
     @property
@@ -189,6 +190,11 @@ def _build(schema: type[T], table: Mapping[str, Any], env: Mapping[str, str], fl
     try:
         return msgspec.convert(values, schema, strict=False), sources
     except msgspec.ValidationError as exc:
+        message, _, path = str(exc).partition(" - at `$.")
+        name = path.rstrip("`").split(".")[0].split("[")[0]
+        if name in fields:
+            raise StartupError(f"invalid setting {prefix}{name.upper()} = {values.get(name)!r} "
+                               f"(from {sources[name]}): {message}") from None
         raise StartupError(f"invalid setting: {exc}") from None
 
 

@@ -333,3 +333,16 @@ def human_bytes(size: float) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return f"{value:.1f} TB"
+
+
+#: Exception class names that mean "the weights are not there" when a loader reaches for them:
+#: a missing local file, Hugging Face's offline and not-found errors, no network, or mflux
+#: finding files that do not fit the model.
+_MISSING_WEIGHTS_ERRORS = frozenset({"FileNotFoundError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
+                                     "RepositoryNotFoundError", "ConnectError", "ModelConfigError"})
+
+
+def is_missing_weights_error(exc: BaseException) -> bool:
+    """Whether a loader's exception means missing weights (answer 503 with ``kiapi activate``)
+    rather than a bug (500). Matched by class name so no hub library needs importing."""
+    return bool({cls.__name__ for cls in type(exc).__mro__} & _MISSING_WEIGHTS_ERRORS)

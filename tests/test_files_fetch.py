@@ -17,8 +17,9 @@ from urllib.parse import parse_qs
 import pytest
 
 from kiapi_core.errors import BadRequest
-from kiapi_core.files.fetch import AddressPolicy, URLFetcher, classify, redact_url
+from kiapi_core.files.fetch import AddressPolicy, URLFetcher, classify
 from kiapi_core.files.store import FileStore
+from kiapi_core.validation import strip_url_secrets
 
 
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -145,7 +146,7 @@ async def test_allowed_fetch_records_source(server, store: FileStore) -> None:
     assert stored.path.read_bytes() == b"\x89PNG fake"
     assert stored.filename == "input-image.png" and stored.content_type == "image/png"
     assert stored.record.meta == {"field": "image", "source": "url", "url": f"{base}/img"}
-    assert "SECRET" not in redact_url("http://u:pw@h/p?sig=SECRET#f")
+    assert "SECRET" not in strip_url_secrets("http://u:pw@h/p?sig=SECRET#f")
 
 
 async def test_connection_is_pinned_to_the_checked_address(server, store: FileStore) -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 from kiapi_core.errors import BadRequest, InvalidInput, PayloadTooLarge
 from kiapi_core.files.fetch import AddressPolicy, URLFetcher
 from kiapi_core.files.refs import FileRef
-from kiapi_core.files.resolve import decode_data_url, redacted_params, resolve_inputs
+from kiapi_core.files.resolve import decode_data_url, resolve_inputs
 from kiapi_core.files.store import FileStore
 from kiapi_core.settings import Settings
 
@@ -82,9 +82,8 @@ async def test_data_url_ref_is_materialised_without_its_text(store, settings) ->
     assert f.filename == "input-image.png" and f.content_type == "image/png"
     assert f.record.meta == {"source": "data_url", "field": "image", "kind": "image"}
     assert out.created == [f.file_id] and f.path.read_bytes() == png()
-    params = redacted_params(req(image={"type": "data_url", "data_url": url}), out)
-    assert params["image"] == {"type": "data_url", "file_id": f.file_id}
-    assert "base64" not in msgspec.json.encode(params).decode()
+    assert out.refs["image"] == {"type": "data_url", "file_id": f.file_id}
+    assert "base64" not in msgspec.json.encode(out.refs).decode()
 
 
 async def test_lists_and_undeclared_refs_are_found(store, settings) -> None:
@@ -95,8 +94,7 @@ async def test_lists_and_undeclared_refs_are_found(store, settings) -> None:
     assert set(out.files) == {"loras[0].file", "extra"}
     assert out.files["loras[0].file"].filename == "input-loras-0-file.bin"
     assert out.files["extra"].record.meta["kind"] == "file"  # undeclared: not probed as an image
-    params = redacted_params(req(loras=[{"file": {"type": "data_url", "data_url": lora}}]), out)
-    assert params["loras"][0]["file"]["type"] == "data_url" and params["loras"][0]["scale"] == 1.0
+    assert out.refs["loras[0].file"]["type"] == "data_url" and "data_url" not in out.refs["loras[0].file"]
 
 
 @pytest.mark.parametrize("file_id,code", [("file_" + "0" * 32, "unknown_file_id"),

@@ -440,3 +440,25 @@ def test_parse_warmup(env: Env) -> None:
     assert "did you mean other:b or pix:b" in text
     assert "no capability 'nope'" in text
     assert "unknown pix model 'zzz'" in text
+
+
+def test_warm_refuses_models_whose_weights_are_missing(tmp_path):
+    """Warm-up and admin loads never start a download: missing weights are a 503 naming
+    the activate command."""
+    import msgspec as _msgspec
+
+    from kiapi_core import Capability, Model, WeightFiles, WeightsMissing, hookimpl
+    from kiapi_core.testing import build_test_host
+
+    class Plugin:
+        @hookimpl
+        def register_capabilities(self, register):
+            register(Capability(name="heavy", domain="image", title="Heavy", models=(Model(
+                name="big", default=True, loader="nowhere:load", weights_gb={None: 1.0},
+                weights=(WeightFiles(repo="org/not-downloaded", revision="0" * 40, patterns=("*.safetensors",)),)),)))
+
+    host = build_test_host(tmp_path, plugins=[Plugin()], demo=False)
+    with pytest.raises(WeightsMissing) as info:
+        host.models.warm("heavy", "big")
+    assert "kiapi activate heavy:big" in info.value.detail
+    assert _msgspec.to_builtins(host.models.stats())["resident"] == []

@@ -181,3 +181,44 @@ async def test_models_list_matches_the_catalogue_shape(client):
 async def test_unknown_path_is_json_404(client):
     r = await client.get("/v1/nothing/here")
     assert r.status_code == 404 and r.json()["code"] == "not_found"
+
+
+def test_redact_keeps_ids_and_drops_payloads_and_url_secrets():
+    from kiapi_core.http.operations import redact
+
+    params = {"image": {"type": "data_url", "data_url": "data:image/png;base64,AAAA"},
+              "loras": [{"file": {"type": "url", "url": "https://u:p@example.com/a.safetensors?sig=secret#x"},
+                         "scale": 1.0},
+                        {"file": {"type": "file_id", "file_id": "file_1"}, "scale": 0.5}],
+              "prompt": "a cat"}
+    assert redact(params) == {
+        "image": {"type": "data_url", "media_type": "image/png", "chars": 26},
+        "loras": [{"file": {"type": "url", "url": "https://example.com/a.safetensors"}, "scale": 1.0},
+                  {"file": {"type": "file_id", "file_id": "file_1"}, "scale": 0.5}],
+        "prompt": "a cat"}
+
+
+async def test_deleting_an_input_does_not_break_the_queued_job_using_it(client):
+    import threading
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, format="PNG")
+    file_id = await client.upload(buffer.getvalue(), "in.png", "image/png")
+    gate = kiapi_echo.GATES["pin"] = threading.Event()
+    try:
+        blocker = await client.post("/v1/text/echo/slow", json={"steps": 1, "gate": "pin", "mode": "async"})
+        queued = await client.post("/v1/text/echo/render", json={"text": "x", "mode": "async",
+                                                                 "image": {"type": "file_id", "file_id": file_id}})
+        assert (await client.delete(f"/v1/files/{file_id}")).status_code == 200
+        assert (await client.get(f"/v1/files/{file_id}")).status_code == 404  # gone for clients at once
+    finally:
+        gate.set()
+    await client.wait_job(blocker.json()["job_id"])
+    job = await client.wait_job(queued.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    echoed = await client.get(f"/v1/files/{job['artifacts'][0]}/download")
+    assert echoed.content == buffer.getvalue()
+    stored = client.host.files
+    assert not list(stored.root.glob(f"{file_id}*"))  # and its bytes went once the job let go

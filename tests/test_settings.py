@@ -38,7 +38,10 @@ def test_kiapi_config_env_names_the_file(tmp_path):
 @pytest.mark.parametrize(
     ("env", "config", "message"),
     [
-        ({"KIAPI_PORT": "eighty"}, None, "invalid setting"),
+        ({"KIAPI_PORT": "eighty"}, None, "invalid setting KIAPI_PORT = 'eighty' .from env KIAPI_PORT."),
+        ({"KIAPI_MAX_QUEUE": "0"}, None, "KIAPI_MAX_QUEUE = '0' .* >= 1"),
+        ({"KIAPI_SYNC_TIMEOUT_S": "-5"}, None, "KIAPI_SYNC_TIMEOUT_S"),
+        ({}, "log_level = \"loud\"\n", "KIAPI_LOG_LEVEL = 'loud' .from config file"),
         ({}, "prot = 1\n", r"unknown setting\(s\) prot"),
         ({}, "port = \n", "not valid TOML"),
     ],

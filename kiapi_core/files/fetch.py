@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from ..errors import BadRequest
+from ..validation import strip_url_secrets
 from .models import StoredFile
 from .names import clean_content_type, suggest_extension
 from .store import FileStore
@@ -135,7 +136,7 @@ class URLFetcher:
                 return await self._fetch(url, store=store, stem=stem, meta=meta, what=what)
         except TimeoutError:
             raise BadRequest(
-                f"{what} {redact_url(url)} did not finish downloading within {self.timeout_s:g} s "
+                f"{what} {strip_url_secrets(url)} did not finish downloading within {self.timeout_s:g} s "
                 "(KIAPI_URL_TIMEOUT_S)", code="url_timeout") from None
 
     async def _fetch(self, url: str, *, store: FileStore, stem: str,
@@ -155,20 +156,20 @@ class URLFetcher:
                 except httpx.TimeoutException:
                     raise TimeoutError from None
                 except httpx.HTTPError as exc:
-                    raise BadRequest(f"{what} {redact_url(str(current))} could not be fetched: "
+                    raise BadRequest(f"{what} {strip_url_secrets(str(current))} could not be fetched: "
                                      f"{exc or type(exc).__name__}", code="url_fetch_failed") from None
                 try:
                     if response.status_code in _REDIRECTS and "location" in response.headers:
                         current = _parse(str(current.join(response.headers["location"])), what)
                         continue
                     if not 200 <= response.status_code < 300:
-                        raise BadRequest(f"{what} {redact_url(str(current))} answered HTTP "
+                        raise BadRequest(f"{what} {strip_url_secrets(str(current))} answered HTTP "
                                          f"{response.status_code}", code="url_fetch_failed")
                     return await self._save(response, current, url, hop, store=store, stem=stem,
                                             meta=meta, what=what)
                 finally:
                     await response.aclose()
-        raise BadRequest(f"{what} {redact_url(url)} redirected more than {self.max_redirects} "
+        raise BadRequest(f"{what} {strip_url_secrets(url)} redirected more than {self.max_redirects} "
                          "times", code="url_too_many_redirects")
 
     async def _pinned_request(self, client: httpx.AsyncClient, url: httpx.URL, what: str) -> httpx.Request:
@@ -186,7 +187,7 @@ class URLFetcher:
             if reason:
                 via = "" if str(address) == host else f" (it resolves to {address})"
                 raise BadRequest(
-                    f"{what} {redact_url(str(url))} points at a {reason} address{via}; only public "
+                    f"{what} {strip_url_secrets(str(url))} points at a {reason} address{via}; only public "
                     f"internet addresses are allowed by default; {_HOW_TO_ALLOW}",
                     code="url_forbidden_address", address_class=reason)
         pinned = url.copy_with(host=str(addresses[0]))
@@ -200,11 +201,11 @@ class URLFetcher:
                     what: str) -> StoredFile:
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
-            raise BadRequest(f"{what} {redact_url(original)} was sent with Content-Encoding "
+            raise BadRequest(f"{what} {strip_url_secrets(original)} was sent with Content-Encoding "
                              f"{encoding!r} although kiapi asked for identity; serve it "
                              "uncompressed", code="url_fetch_failed")
         too_large = BadRequest(
-            f"{what} {redact_url(original)} is larger than {self.max_bytes / MiB:g} MiB "
+            f"{what} {strip_url_secrets(original)} is larger than {self.max_bytes / MiB:g} MiB "
             "(KIAPI_MAX_URL_MB)", code="url_too_large", limit_bytes=self.max_bytes)
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
@@ -212,7 +213,7 @@ class URLFetcher:
         path_name = final.path.rsplit("/", 1)[-1]
         content_type = clean_content_type(response.headers.get("content-type"), path_name)
         filename = stem + suggest_extension(content_type, path_name)
-        record_meta = {**(meta or {}), "source": "url", "url": redact_url(original)}
+        record_meta = {**(meta or {}), "source": "url", "url": strip_url_secrets(original)}
         if hops:
             record_meta["redirects"] = hops
         async with store.writer() as writer:
@@ -224,7 +225,7 @@ class URLFetcher:
             except httpx.TimeoutException:
                 raise TimeoutError from None
             except httpx.HTTPError as exc:
-                raise BadRequest(f"{what} {redact_url(original)} broke off while downloading: "
+                raise BadRequest(f"{what} {strip_url_secrets(original)} broke off while downloading: "
                                  f"{exc or type(exc).__name__}", code="url_fetch_failed") from None
             return await writer.commit(filename=filename, content_type=content_type, meta=record_meta)
 
@@ -240,12 +241,3 @@ def _parse(url: str, what: str) -> httpx.URL:
     if not parsed.raw_host:
         raise BadRequest(f"{what} has no host", code="url_invalid")
     return parsed
-
-
-def redact_url(url: str) -> str:
-    """The URL without user info, query or fragment: safe to record and echo back."""
-    try:
-        parsed = httpx.URL(url)
-        return str(parsed.copy_with(username=None, password=None, query=None, fragment=None))
-    except Exception:
-        return "<invalid URL>"

@@ -21,7 +21,8 @@ import msgspec
 
 from ..errors import BadRequest, InvalidInput, InvalidRequest, KiapiError, NotFound, PayloadTooLarge
 from ..images import probe_image
-from .fetch import URLFetcher, redact_url
+from ..validation import strip_url_secrets
+from .fetch import URLFetcher
 from .models import StoredFile
 from .names import ID_FORM, clean_content_type, suggest_extension, valid_id
 from .refs import FILE_REF_TYPES, FileDataURLRef, FileIDRef, FileURLRef
@@ -112,7 +113,7 @@ async def _resolve_one(path: str, ref: Any, kind: str, *, store: FileStore, sett
         stored = await fetcher.fetch(ref.url, store=store, stem=stem, what=f"`{path}`",
                                      meta={"field": path, "kind": kind})
         result.created.append(stored.file_id)
-        result.refs[path] = {"type": "url", "url": redact_url(ref.url), "file_id": stored.file_id}
+        result.refs[path] = {"type": "url", "url": strip_url_secrets(ref.url), "file_id": stored.file_id}
     elif isinstance(ref, FileDataURLRef):
         max_bytes = int(settings.max_data_url_mb * MiB)
         media, data = await asyncio.to_thread(decode_data_url, ref.data_url, max_bytes=max_bytes,
@@ -179,27 +180,6 @@ def decode_data_url(text: str, *, max_bytes: int, what: str = "data URL") -> tup
     if not data:
         raise BadRequest(f"{what} holds no data", code="invalid_data_url", field=_field(what))
     return media, data
-
-
-def redacted_params(request: Any, resolved: ResolvedInputs) -> Any:
-    """The request as builtins with every FileRef replaced by ``resolved.refs[path]``: what a
-    job may record as ``params`` without echoing data URLs or signed URL queries."""
-    data = msgspec.to_builtins(request)
-    for path, ref in resolved.refs.items():
-        _set_path(data, path, ref)
-    return data
-
-
-def _set_path(data: Any, path: str, value: Any) -> None:
-    tokens = re.findall(r"[^.\[\]]+|\[\d+\]", path)
-    target = data
-    for token in tokens[:-1]:
-        target = target[int(token[1:-1])] if token.startswith("[") else target[token]
-    last = tokens[-1]
-    if last.startswith("["):
-        target[int(last[1:-1])] = value
-    else:
-        target[last] = value
 
 
 def _data_too_large(what: str, max_bytes: int) -> KiapiError:

@@ -34,7 +34,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,10 @@ class FileStore:
         self._partial.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._last_us = 0
+        # Files queued or running jobs read: deleting one hides it at once, but its blob stays
+        # until the last job using it lets go (a DELETE must not break a job it already fed).
+        self._pins: dict[str, int] = {}
+        self._doomed: dict[str, Path] = {}
 
     # -- ids and paths -------------------------------------------------------------------
 
@@ -279,6 +283,27 @@ class FileStore:
         stored = self.get(file_id)
         self._remove(file_id, stored.path)
 
+    def pin(self, file_ids: Iterable[str]) -> None:
+        """Keep these files' bytes on disk while a job needs them, even if they are deleted."""
+        with self._lock:
+            for file_id in file_ids:
+                self._pins[file_id] = self._pins.get(file_id, 0) + 1
+
+    def unpin(self, file_ids: Iterable[str]) -> None:
+        """Release :meth:`pin`; a file deleted meanwhile loses its bytes now."""
+        doomed: list[Path] = []
+        with self._lock:
+            for file_id in file_ids:
+                left = self._pins.get(file_id, 0) - 1
+                if left > 0:
+                    self._pins[file_id] = left
+                    continue
+                self._pins.pop(file_id, None)
+                if file_id in self._doomed:
+                    doomed.append(self._doomed.pop(file_id))
+        for blob in doomed:
+            _unlink(blob)
+
     def sweep_expired(self, now: float | None = None) -> int:
         """Delete expired files, orphan blobs and stale temp files; returns files deleted."""
         now = time.time() if now is None else now
@@ -290,26 +315,13 @@ class FileStore:
                 if sidecar is not None and _expired(sidecar.record, now):
                     self._remove(name[:-5], self.root / sidecar.blob)
                     removed += 1
-            elif (".data" in name and valid_id(name.split(".", 1)[0])
+            elif (".data" in name and valid_id(name.split(".", 1)[0]) and name.split(".", 1)[0] not in self._pins
                   and not (self.root / (name.split(".", 1)[0] + ".json")).exists() and _stale(entry, now)):
                 _unlink(Path(entry.path))  # a crash between blob and sidecar
         for entry in os.scandir(self._partial):
             if _stale(entry, now):
                 _unlink(Path(entry.path))
         return removed
-
-    def iter_chunks(self, path: Path, start: int = 0, length: int | None = None) -> Iterator[bytes]:
-        """Read a blob in chunks (for callers that stream it themselves)."""
-        with open(path, "rb") as fh:
-            fh.seek(start)
-            remaining = length
-            while remaining is None or remaining > 0:
-                chunk = fh.read(_CHUNK if remaining is None else min(_CHUNK, remaining))
-                if not chunk:
-                    return
-                if remaining is not None:
-                    remaining -= len(chunk)
-                yield chunk
 
     # -- async API (event loop) ----------------------------------------------------------
 
@@ -396,6 +408,10 @@ class FileStore:
 
     def _remove(self, file_id: str, blob: Path) -> None:
         _unlink(self.root / f"{file_id}.json")
+        with self._lock:
+            if self._pins.get(file_id):
+                self._doomed[file_id] = blob  # unpin removes it
+                return
         _unlink(blob)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from starlette.requests import Request
@@ -34,6 +33,7 @@ from ..files.routes import file_response
 from ..jobs.models import AsyncJobResponse, Job, JobStatus
 from ..jobs.store import IdempotentReplay
 from ..registry import Capability, Operation
+from ..validation import ref_summary
 from ..weights import missing_message, status
 from . import idempotency, negotiation
 from .responses import JSONResponse, error_response
@@ -242,19 +242,11 @@ def _default_params(body: Any) -> dict[str, Any]:
 
 
 def redact(value: Any) -> Any:
-    """``value`` without inline payloads or secrets: data URLs become a note of their size, URLs
-    lose their query string and credentials (tokens often travel there)."""
+    """``value`` with every FileRef-shaped dict reduced to :func:`ref_summary`: job params never
+    carry inline data or URL secrets, whatever a plugin's ``prepare`` returned."""
     if isinstance(value, dict):
-        if value.get("type") == "data_url" and isinstance(value.get("data_url"), str):
-            return {**value, "data_url": f"<data URL, {len(value['data_url'])} characters, not recorded>"}
-        if value.get("type") == "url" and isinstance(value.get("url"), str):
-            try:
-                parts = urlsplit(value["url"])
-                host = parts.hostname or ""
-                netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
-                return {**value, "url": urlunsplit((parts.scheme, netloc, parts.path, "", ""))}
-            except ValueError:
-                return {**value, "url": "<unparsable URL, not recorded>"}
+        if value.get("type") in ("data_url", "url") and ({"data_url", "url"} & value.keys()):
+            return ref_summary(value)
         return {k: redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]

@@ -55,6 +55,7 @@ class JobManager:
                  plugin_settings: Callable[[str], Any], cache_dir: Callable[[str], Path],
                  work_root: Path, demo: bool, store: JobStore | None = None) -> None:
         self.settings = settings
+        self._files = files
         self.max_queue = settings.max_queue
         self.store = store if store is not None else MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_jobs)
         self._worker = Worker(board=self, files=files, models=models, plugin_settings=plugin_settings,
@@ -64,6 +65,7 @@ class JobManager:
         self._queue: collections.deque[Pending] = collections.deque()
         self._tasks: collections.deque[AdminTask] = collections.deque()  # run before queued jobs
         self._active: dict[str, Pending] = {}   # queued and running
+        self._pinned: dict[str, list[str]] = {}  # job id -> input files kept until it ends
         self._running: Pending | None = None
         self._errors: dict[str, KiapiError] = {}  # failed/canceled job id -> answer for sync callers
         self._accepting = True
@@ -167,6 +169,7 @@ class JobManager:
             job.queue_position = len(self._queue)
             self._queue.append(pending)
             self._active[job.id] = pending
+            self._pin_inputs(job.id, inputs)
             self._totals["submitted"] += 1
             self.store.add(job, idempotency)
             self._prune()
@@ -243,11 +246,6 @@ class JobManager:
             if job.status is JobStatus.canceled:
                 return self._errors.get(job_id) or Conflict(f"job {job_id} was canceled", code="canceled")
             return None
-
-    def http_status(self, job_id: str) -> int:
-        """The HTTP status a sync caller of this job gets: 200, or that of :meth:`error_of`."""
-        error = self.error_of(job_id)
-        return 200 if error is None else error.status
 
     def stats(self) -> dict[str, Any]:
         """For ``/health``."""
@@ -349,6 +347,7 @@ class JobManager:
 
     def finish(self, pending: Pending, outcome: Outcome, metrics: Mapping[str, Any]) -> None:
         job = pending.job
+        self._unpin_inputs(job.id)
         with self._lock:
             self._running = None
             self._active.pop(job.id, None)
@@ -372,8 +371,22 @@ class JobManager:
                 pass
 
     # --- helpers (lock held) -------------------------------------------------------------------
+    def _pin_inputs(self, job_id: str, inputs: Mapping[str, StoredFile]) -> None:
+        ids = sorted({stored.file_id for stored in inputs.values()})
+        pin = getattr(self._files, "pin", None)
+        if ids and pin is not None:
+            pin(ids)
+            self._pinned[job_id] = ids
+
+    def _unpin_inputs(self, job_id: str) -> None:
+        ids = self._pinned.pop(job_id, None)
+        if ids:
+            self._files.unpin(ids)
+
     def _terminate(self, job: Job, outcome: Outcome) -> None:
         """Make a job terminal: at the worker's end, on a queued cancel, or at shutdown."""
+        if job.started_at is None:  # never ran: nothing reads its inputs any more
+            self._unpin_inputs(job.id)
         job.status, job.finished_at, job.queue_position = outcome.status, time.time(), None
         if outcome.status is JobStatus.succeeded:
             job.result, job.progress, job.progress_label = outcome.result, 1.0, "done"

@@ -22,6 +22,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import WeightsMissing
+from ..weights import missing_message
+from ..weights import status as weight_status
 from .admission import Candidate, Key, declared_weights_gb, job_quantize, plan_eviction, refusal
 from .backends import MemoryBackend, backend_for_model
 from .budget import GB, Budget, resolve_budget
@@ -285,6 +288,10 @@ class ModelManager:
         """Load a model resident (admin ``load`` and ``KIAPI_WARMUP``), admitted like a job."""
         capability = self._registry.get(family)
         model = self._registry.resolve_model(family, model_name)
+        if not self._demo and model.weights:  # never let a warm-up start a download
+            found = weight_status(capability, model, self._plugin_settings(family))
+            if found.state != "present":
+                raise WeightsMissing(missing_message(found), activate=found.activate)
         job_id = f"warm-{family}-{model.name}-{uuid.uuid4().hex[:8]}"
         self._begin(job_id, capability, model, None, {}, 0.0, kind="warm")
         try:
@@ -315,14 +322,6 @@ class ModelManager:
         for t in transients:
             close_runtime(t.runtime, f"transient {t.family}/{t.model}")
         self._dispose_residents(evicted, reason="shutdown")
-
-    def measure_start(self, job_id: str) -> None:
-        """Restart the job's measurement now (begin_job already started it; harmless twice)."""
-        with self._lock:
-            res = self._reservations.get(job_id)
-        if res is not None and not res.load_bytes:
-            res.backend.reset_peak()
-            res.base_bytes = res.backend.active_bytes()
 
     def budget_description(self) -> str:
         """The budget line for the start-up log."""
