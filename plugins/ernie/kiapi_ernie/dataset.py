@@ -10,28 +10,37 @@ Rules (each violation is listed in one 400 answer):
 * every image has a same-stem ``.txt`` caption next to it, except ``preview*`` images, which
   are exempt (and are not training data: mflux only uses preview images for edit training);
 * no image is named ``*_out`` (mflux would treat the set as edit-training pairs, which ERNIE
-  does not support); every image is readable and at least 16x16;
+  does not support); every image decodes completely as PNG, JPEG or WebP (the core's
+  :func:`~kiapi_core.images.probe_image`, within the host's ``max_image_pixels``, on a temporary
+  copy of the member since it reads paths) and is at least 16x16;
 * at least one training image.
 
 Extraction writes only the validated images and captions, flattened into one directory, by
-streaming with a byte budget, so whatever the archive claims, nothing lands outside it.
+streaming with a byte budget, so whatever the archive claims, nothing lands outside it. It
+re-checks the archive's structure; the image contents were decoded by ``check_train`` before
+the job was queued (stored files do not change).
 """
 
 from __future__ import annotations
 
 import posixpath
+import shutil
 import stat
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from kiapi_core.errors import InvalidInput
+from kiapi_core.images import probe_image
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 _JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 _RATIO_MIN_BYTES = 1 << 20  # ratios are only judged on entries (and archives) of at least 1 MiB
 _MAX_LISTED = 20
-_MAX_IMAGE_PIXELS = 100_000_000
+#: Used only when the host does not say (``KIAPI_MAX_IMAGE_PIXELS``, the core's default).
+DEFAULT_MAX_PIXELS = 100_000_000
+_TRAIN_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 _CAPTION_MAX_BYTES = 64 * 1024
 
 
@@ -91,8 +100,11 @@ def _listed(items: list[str]) -> str:
     return shown + (f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
-def inspect(path: Path, limits: Limits) -> Plan:
-    """Validate the dataset ZIP at ``path``; raise :class:`InvalidInput` listing every problem."""
+def inspect(path: Path, limits: Limits, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Plan:
+    """Validate the dataset ZIP at ``path``; raise :class:`InvalidInput` listing every problem.
+
+    ``max_pixels=None`` checks the structure only (no image is decoded).
+    """
     problems: list[str] = []
     try:
         archive = zipfile.ZipFile(path)
@@ -128,8 +140,8 @@ def inspect(path: Path, limits: Limits) -> Plan:
                 continue
             files[info.filename] = info
         plan = _plan(files, problems)
-        if not problems:
-            _check_contents(archive, files, plan, problems)
+        if not problems and max_pixels is not None:
+            _check_contents(archive, files, plan, problems, max_pixels)
     _raise(problems)
     return plan
 
@@ -169,25 +181,25 @@ def _plan(files: dict[str, zipfile.ZipInfo], problems: list[str]) -> Plan:
 
 
 def _check_contents(archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo], plan: Plan,
-                    problems: list[str]) -> None:
-    from PIL import Image, UnidentifiedImageError
-
+                    problems: list[str], max_pixels: int) -> None:
     bad: list[str] = []
-    for name in plan.images:
-        try:
-            with archive.open(files[name]) as fh, Image.open(fh) as image:
-                width, height = image.size
-                if image.format not in ("PNG", "JPEG", "WEBP"):
-                    bad.append(f"{name} is a {image.format} image (use PNG, JPEG or WebP)")
-                elif width < 16 or height < 16:
-                    bad.append(f"{name} is {width}x{height}; training images must be at least 16x16")
-                elif width * height > _MAX_IMAGE_PIXELS:
-                    bad.append(f"{name} is {width}x{height}, over {_MAX_IMAGE_PIXELS} pixels")
-                else:
-                    image.load()  # decode it all: a truncated image must fail here, not in training
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, zipfile.BadZipFile,
-                ValueError, SyntaxError) as exc:
-            bad.append(f"{name} is not a readable image ({exc.__class__.__name__})")
+    with tempfile.TemporaryDirectory(prefix="kiapi-ernie-dataset-") as tmp:
+        for name in plan.images:
+            copy = Path(tmp) / "member"
+            try:
+                with archive.open(files[name]) as src, open(copy, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                width, height, fmt = probe_image(copy, max_pixels=max_pixels, what=name)
+            except InvalidInput as exc:
+                bad.append(exc.detail)
+                continue
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                bad.append(f"{name} cannot be read from the archive ({exc.__class__.__name__})")
+                continue
+            if fmt not in _TRAIN_FORMATS:
+                bad.append(f"{name} is a {fmt} image (use PNG, JPEG or WebP)")
+            elif width < 16 or height < 16:
+                bad.append(f"{name} is {width}x{height}; training images must be at least 16x16")
     if bad:
         problems.append(f"unusable images: {_listed(bad)}")
     empty: list[str] = []
@@ -213,8 +225,8 @@ def _raise(problems: list[str]) -> None:
 
 
 def extract(path: Path, dest: Path, limits: Limits) -> Plan:
-    """Re-validate and extract the training images and captions flat into ``dest``."""
-    plan = inspect(path, limits)
+    """Re-check the structure and extract the training images and captions flat into ``dest``."""
+    plan = inspect(path, limits, max_pixels=None)
     dest.mkdir(parents=True, exist_ok=True)
     budget = limits.max_bytes
     with zipfile.ZipFile(path) as archive:

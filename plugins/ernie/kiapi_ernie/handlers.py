@@ -11,6 +11,7 @@ from typing import Any
 from kiapi_core.images import EXTENSIONS, MEDIA_TYPES, encode_image
 
 from .schemas import ImageResponse, Timings
+from .validation import guidance_warnings
 
 SAVING_AT = 0.96
 
@@ -38,7 +39,8 @@ def _lora_options(job) -> dict[str, Any]:
 
 
 def _result_params(job) -> dict[str, Any]:
-    """The job's resolved params plus the file ids its FileRefs resolved to."""
+    """The job's resolved params (FileRefs already summarised by the core's ``ref_summary``),
+    with each FileRef replaced by the file id it resolved to, so the run can be repeated."""
     params = dict(job.params)
     if params.get("loras"):
         params["loras"] = [
@@ -54,6 +56,8 @@ def _result_params(job) -> dict[str, Any]:
 
 def _run_image(job, *, image_path: Path | None) -> ImageResponse:
     p = job.params
+    for note in guidance_warnings(p):
+        job.warn(note)
     runtime = job.runtime(quantize=p["quantize"], **_lora_options(job))
     started = time.perf_counter()
     image = runtime.generate(

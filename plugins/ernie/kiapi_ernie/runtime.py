@@ -12,8 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from kiapi_core.errors import WeightsMissing
+from kiapi_core.errors import InvalidInput, WeightsMissing
 
+from . import loras
 from .settings import ErnieSettings
 from .variants import VARIANTS, Variant
 
@@ -40,13 +41,32 @@ def model_source(variant: Variant, settings: Any, demo: bool, cache_dir: Path | 
     if local:
         path = Path(local).expanduser()
         if not (path / "transformer").is_dir():
-            setting = f"KIAPI_ERNIE_{variant.path_setting.upper()}"
             raise WeightsMissing(
-                f"{setting}={local} does not hold ERNIE weights (no transformer/ folder); point it at "
-                f"a download of {variant.repo} or run `kiapi activate ernie {variant.name}`"
+                f"{path_setting_env(variant)}={local} does not hold ERNIE weights (no transformer/ folder); "
+                f"point it at a download of {variant.repo} or run `kiapi activate ernie:{variant.name}`"
             )
         return str(path)
     return None
+
+
+def path_setting_env(variant: Variant) -> str:
+    return f"KIAPI_ERNIE_{variant.path_setting.upper()}"
+
+
+def looks_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the weights are not on this machine" (Hugging Face cache miss,
+    offline mode, no network, a missing file), the same test kiapi-seedvr2 uses.
+
+    Uses the core's ``kiapi_core.weights.is_missing_weights_error`` once it exists; until then a
+    copy of the rule (plugins do not import each other).
+    """
+    try:
+        from kiapi_core.weights import is_missing_weights_error  # type: ignore[attr-defined]
+    except ImportError:
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        return bool(names & {"FileNotFoundError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
+                             "RepositoryNotFoundError", "ConnectError", "ModelConfigError"})
+    return bool(is_missing_weights_error(exc))
 
 
 def build_model(variant: Variant, *, quantize: int | None, source: str | None, demo: bool,
@@ -77,15 +97,37 @@ def load(*, model, quantize: int | None, settings: Any = None, demo: bool = Fals
     variant = VARIANTS[model.name]
     settings = settings if settings is not None else ErnieSettings()
     source = model_source(variant, settings, demo, cache_dir)
-    ernie = build_model(variant, quantize=quantize, source=source, demo=demo,
-                        lora_paths=[str(p) for p in lora_paths] if lora_paths else None,
-                        lora_scales=list(lora_scales) if lora_scales else None)
+    try:
+        ernie = build_model(variant, quantize=quantize, source=source, demo=demo,
+                            lora_paths=[str(p) for p in lora_paths] if lora_paths else None,
+                            lora_scales=list(lora_scales) if lora_scales else None)
+    except Exception as exc:
+        lora_file_missing = isinstance(exc, FileNotFoundError) and "LoRA" in str(exc)
+        if looks_missing(exc) and not lora_file_missing:
+            where = f"{path_setting_env(variant)}={source}" if source and not demo else "the Hugging Face cache"
+            raise WeightsMissing(
+                f"ernie {variant.name} weights ({variant.repo}) are not available from {where} "
+                f"({type(exc).__name__}: {exc}). Run `kiapi activate ernie:{variant.name}`, or set "
+                f"{path_setting_env(variant)} to a local directory holding vae/, transformer/, text_encoder/ "
+                "and tokenizer/."
+            ) from exc
+        if lora_paths and (isinstance(exc, ValueError) or lora_file_missing):
+            # mflux's LoRALoader: a block the model lacks, half a pair, DoRA, unreadable file ...
+            raise InvalidInput(f"a LoRA does not fit the ernie {variant.name} model: {exc}") from exc
+        raise
+    if lora_paths:
+        misfits = loras.applied_shape_problems(ernie.transformer)
+        if misfits:
+            del ernie
+            gc.collect()
+            shown = "; ".join(misfits[:8]) + (f"; and {len(misfits) - 8} more" if len(misfits) > 8 else "")
+            raise InvalidInput(f"a LoRA does not fit the ernie {variant.name} model: {shown}")
     return ErnieRuntime(ernie, variant=variant, quantize=quantize, demo=demo,
                         lora_paths=list(lora_paths or ()), source=source)
 
 
 class MfluxProgress:
-    """mflux callback: reports ``denoising`` step k of n and ``decoding``; raising aborts.
+    """mflux callback: reports ``denoising step k/n`` and ``decoding``; raising aborts.
 
     k is computed from the callback's timestep ``t`` and ``config.init_time_step`` (img2img
     starts late), never from tqdm (its counter reads 0 inside callbacks).
@@ -94,11 +136,10 @@ class MfluxProgress:
     def __init__(self, job) -> None:
         self.job = job
         self.steps_done = 0
-        self.total = 0
 
     def call_before_loop(self, seed, prompt, latents, config, **kwargs) -> None:
-        self.total = max(0, config.num_inference_steps - config.init_time_step)
-        self.job.progress(DENOISE_START, "denoising")
+        n = max(1, config.num_inference_steps - config.init_time_step)
+        self.job.progress(DENOISE_START, f"denoising step 0/{n}")
 
     def call_in_loop(self, t, seed, prompt, latents, config, time_steps) -> None:
         import mlx.core as mx
@@ -107,7 +148,8 @@ class MfluxProgress:
         mx.eval(latents)  # mflux evaluates right after this call anyway; makes "step k done" true
         self.steps_done = t - config.init_time_step + 1
         n = max(1, config.num_inference_steps - config.init_time_step)
-        self.job.progress(DENOISE_START + (DENOISE_END - DENOISE_START) * self.steps_done / n, "denoising")
+        self.job.progress(DENOISE_START + (DENOISE_END - DENOISE_START) * self.steps_done / n,
+                          f"denoising step {self.steps_done}/{n}")
 
     def call_after_loop(self, seed, prompt, latents, config) -> None:
         self.job.progress(DECODE_AT, "decoding")

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import msgspec
 
-#: The quantization levels mflux supports for ERNIE (``nn.quantize`` bits; 2 works but is unusable).
-QUANTIZE_CHOICES: tuple[int, ...] = (3, 4, 5, 6, 8)
-
 
 class ErnieSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Plugin settings; the core fills them from defaults < config file < environment."""

@@ -23,19 +23,19 @@ import types
 from collections.abc import Iterator
 from pathlib import Path
 
-from .variants import TINY_LAYERS
+from .variants import TINY_ARCH
 
 # Channel counts: GroupNorm uses 32 groups -> multiples of 32; quantized Linear input dims must
 # be multiples of 64 (group size 64), which is why the last VAE block (mid attention) has 64.
 VAE_CH = (32, 32, 32, 64)  # 4 blocks keep the 8x spatial factor ERNIE's latent packing assumes
 TX = dict(
-    hidden_size=64,
+    hidden_size=TINY_ARCH.hidden,  # 64
     num_attention_heads=2,  # head_dim 32
-    num_layers=TINY_LAYERS,
-    ffn_hidden_size=128,
+    num_layers=TINY_ARCH.layers,
+    ffn_hidden_size=TINY_ARCH.ffn,
     in_channels=128,  # 32 latent channels x 2x2 packing, fixed by ErnieLatentCreator
-    out_channels=128,
-    text_in_dim=3072,  # ErniePromptEncoder.build_text_batch pads CFG batches with a fixed 3072
+    out_channels=TINY_ARCH.out_channels,
+    text_in_dim=TINY_ARCH.text_in,  # ErniePromptEncoder.build_text_batch pads CFG batches with a fixed 3072
     rope_axes_dim=[8, 12, 12],  # must sum to head_dim
 )
 TE = dict(

@@ -9,8 +9,12 @@ there is a single model thread anyway) three of its hooks are wrapped and always
   loss, right after the forward/backward pass: the step and loss are reported here, and
   ``job.progress`` raising :class:`JobCanceled` aborts the run before the optimizer update.
 
+* ``TrainingState.save``: mflux writes a checkpoint ZIP; an intermediate one (``save_frequency``)
+  is stored in the Files API right away and listed in the job's ``checkpoints`` metric, so a
+  canceled or failed run (which has no result) still leaves every checkpoint it reached.
+
 The adapter only exists inside mflux's checkpoint ZIPs (``NNNNNNN_adapter.safetensors``); the
-final one is the job's main artifact, earlier ones (``save_frequency``) are stored as well.
+final one is the job's main artifact (stored after training returns).
 No resume is offered, so the mflux resume bug (ErnieTrainingAdapter.load_lora_adapter without
 ``bake_lora=False``) does not apply.
 """
@@ -31,6 +35,7 @@ from pathlib import Path
 from . import dataset, trainconfig
 from .schemas import TrainResponse
 from .settings import ErnieSettings
+from .validation import train_warnings
 from .variants import VARIANTS
 
 _HOOK_LOCK = threading.Lock()
@@ -45,6 +50,26 @@ class _Tracker:
         self.state = None
         self.losses: list[tuple[int, float]] = []
         self.nonfinite = 0
+        self.checkpoints: list[str] = []  # file ids of the intermediate adapters, oldest first
+        self._stored_steps: set[int] = set()
+
+    def saved(self, state, training_spec) -> None:
+        """mflux just wrote the checkpoint of ``state``'s step: store an intermediate one now."""
+        iterator = state.iterator
+        step, total = iterator.num_iterations, iterator.total_number_of_steps()
+        if not 0 < step < total or step in self._stored_steps:
+            return  # the final adapter is stored by run_training once training returned
+        zip_path = Path(training_spec.checkpoint.output_path) / "checkpoints" / f"{step:07d}_checkpoint.zip"
+        if not zip_path.is_file():
+            return
+        params = self.job.params
+        stored = self.job.store_artifact(
+            _read_adapter(zip_path), filename=f"ernie_lora_{params['model']}_step{step:07d}.safetensors",
+            content_type="application/octet-stream",
+            meta={**_meta(self.job), "step": step, "final": False})
+        self._stored_steps.add(step)
+        self.checkpoints.append(stored.file_id)
+        self.job.metric("checkpoints", list(self.checkpoints))
 
     def encoding(self) -> None:
         self.encoded += 1
@@ -75,6 +100,7 @@ class _Tracker:
 
 @contextlib.contextmanager
 def _hooks(tracker: _Tracker) -> Iterator[None]:
+    from mflux.models.common.training.state.training_state import TrainingState
     from mflux.models.common.training.trainer import TrainingTrainer
     from mflux.models.ernie_image.training_adapter.ernie_training_adapter import ErnieTrainingAdapter
 
@@ -82,6 +108,7 @@ def _hooks(tracker: _Tracker) -> Iterator[None]:
         orig_encode = ErnieTrainingAdapter.__dict__["encode_data"]
         orig_train = TrainingTrainer.__dict__["train"]
         orig_finite = TrainingTrainer.__dict__["_step_is_finite"]
+        orig_save = TrainingState.__dict__["save"]
 
         def encode_data(self, **kwargs):
             tracker.encoding()
@@ -97,15 +124,21 @@ def _hooks(tracker: _Tracker) -> Iterator[None]:
             tracker.step(float(loss.item()) if finite else None)
             return finite
 
+        def save(self, adapter, training_spec) -> None:
+            orig_save(self, adapter, training_spec)
+            tracker.saved(self, training_spec)
+
         ErnieTrainingAdapter.encode_data = encode_data
         TrainingTrainer.train = staticmethod(train)
         TrainingTrainer._step_is_finite = staticmethod(step_is_finite)
+        TrainingState.save = save
         try:
             yield
         finally:
             ErnieTrainingAdapter.encode_data = orig_encode
             TrainingTrainer.train = orig_train
             TrainingTrainer._step_is_finite = orig_finite
+            TrainingState.save = orig_save
 
 
 def _model_path(job, settings: ErnieSettings) -> str | None:
@@ -127,6 +160,11 @@ def _adapters(output: Path) -> list[tuple[int, Path]]:
         with contextlib.suppress(ValueError):
             found.append((int(path.name.split("_", 1)[0]), path))
     return found
+
+
+def _meta(job) -> dict:
+    return {"capability": "ernie", "model": job.params["model"], "kind": "lora_adapter",
+            "job_id": getattr(job, "job_id", None), "demo": bool(job.demo)}
 
 
 def _read_adapter(zip_path: Path) -> bytes:
@@ -157,6 +195,8 @@ def run_training(job) -> TrainResponse:
     config_path = work / "train.json"
     config_path.write_text(json.dumps(config, indent=2))
 
+    for note in train_warnings(params):
+        job.warn(note)
     tracker = _Tracker(job, plan.num_images)
     adapter = spec = None
     try:
@@ -188,25 +228,19 @@ def run_training(job) -> TrainResponse:
     checkpoints = _adapters(output)
     if not checkpoints:
         raise RuntimeError(f"training finished but mflux wrote no checkpoint in {output}")
-    meta_base = {"capability": "ernie", "model": variant.name, "kind": "lora_adapter",
-                 "job_id": getattr(job, "job_id", None), "demo": bool(job.demo)}
-    intermediate: list[str] = []
-    for step, path in checkpoints[:-1]:
-        data = _read_adapter(path)
-        stored = job.store_artifact(data, filename=f"ernie_lora_{variant.name}_step{step:07d}.safetensors",
-                                    content_type="application/octet-stream",
-                                    meta={**meta_base, "step": step, "final": False})
-        intermediate.append(stored.file_id)
     final_step, final_zip = checkpoints[-1]
     data = _read_adapter(final_zip)
     final = job.store_artifact(data, filename=f"ernie_lora_{variant.name}.safetensors",
                                content_type="application/octet-stream",
-                               meta={**meta_base, "step": final_step, "final": True})
+                               meta={**_meta(job), "step": final_step, "final": True})
     targets = params["lora_layers"]["targets"]
     last_loss = tracker.losses[-1][1] if tracker.losses else None
     summary = {key: config[key] for key in ("model", "seed", "steps", "guidance", "quantize", "max_resolution",
                                             "low_ram", "training_loop", "optimizer")}
     summary["save_frequency"] = params.get("save_frequency")
+    for key in ("requested_steps", "requested_guidance"):
+        if key in params:
+            summary[key] = params[key]
     summary["total_steps"] = final_step
     summary["final_loss"] = None if last_loss is None or not math.isfinite(last_loss) else round(last_loss, 6)
     summary["lora_modules"] = trainconfig.count_modules(targets)
@@ -215,6 +249,6 @@ def run_training(job) -> TrainResponse:
         job.warn(f"{tracker.nonfinite} training step(s) had a non-finite loss and were skipped")
     return TrainResponse(
         model=variant.name, adapter_file_id=final.file_id, adapter_bytes=len(data), num_images=plan.num_images,
-        config=summary, lora_targets=targets, checkpoints=intermediate, params=dict(params),
+        config=summary, lora_targets=targets, checkpoints=list(tracker.checkpoints), params=dict(params),
         timings={"total_s": round(time.perf_counter() - started, 3), "train_s": round(train_s, 3)},
     )

@@ -23,8 +23,9 @@ class Variant:
     #: mflux training always uses ``ModelConfig.lora_training_steps/guidance`` (8/1.0, 50/4.0).
     train_steps: int
     train_guidance: float
-    #: The variant only supports guidance 1.0 (guidance-distilled; mflux's CLI refuses others).
-    fixed_guidance: bool
+    #: Guidance-distilled (tuned for guidance 1.0; mflux's CLI refuses others, its Python API
+    #: runs CFG anyway, so the plugin accepts other values and warns).
+    guidance_distilled: bool
     path_setting: str
     description: str
 
@@ -39,7 +40,7 @@ TURBO = Variant(
     guidance=1.0,
     train_steps=8,
     train_guidance=1.0,
-    fixed_guidance=True,
+    guidance_distilled=True,
     path_setting="turbo_path",
     description="baidu/ERNIE-Image-Turbo: fast, 8 steps, guidance 1.0 (the everyday choice).",
 )
@@ -53,7 +54,7 @@ BASE = Variant(
     guidance=4.0,
     train_steps=50,
     train_guidance=4.0,
-    fixed_guidance=False,
+    guidance_distilled=False,
     path_setting="base_path",
     description="baidu/ERNIE-Image: higher quality, slower: 50 steps, guidance 4.0 (CFG).",
 )
@@ -70,14 +71,32 @@ DOWNLOAD_PATTERNS: tuple[str, ...] = (
     "tokenizer/**",
 )
 
-#: Transformer blocks of the real models and of the tiny demo models (``tiny.TX["num_layers"]``).
-REAL_LAYERS = 36
-TINY_LAYERS = 2
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The transformer dimensions a LoRA must fit (``ErnieTransformer`` constructor arguments)."""
+
+    layers: int
+    hidden: int
+    ffn: int
+    text_in: int
+    out_channels: int
+
+
+#: Both variants share the real architecture (mflux's ``ErnieTransformer`` defaults).
+REAL_ARCH = Arch(layers=36, hidden=4096, ffn=12288, text_in=3072, out_channels=128)
+#: The tiny demo model (``tiny.TX`` is built from these).
+TINY_ARCH = Arch(layers=2, hidden=64, ffn=128, text_in=3072, out_channels=128)
 
 
 def variant(name: str) -> Variant:
     return VARIANTS[name]
 
 
+def arch(demo: bool) -> Arch:
+    return TINY_ARCH if demo else REAL_ARCH
+
+
 def num_layers(demo: bool) -> int:
-    return TINY_LAYERS if demo else REAL_LAYERS
+    return arch(demo).layers

@@ -36,8 +36,8 @@ _ids = itertools.count(1)
 class ErnieHost:
     """The bits of the host ``prepare``/``check`` use."""
 
-    def __init__(self, demo: bool = True, **settings: Any) -> None:
-        self.settings = msgspec.structs.replace(_CoreSettings(), demo=demo)
+    def __init__(self, demo: bool = True, max_image_pixels: int = 100_000_000, **settings: Any) -> None:
+        self.settings = _CoreSettings(demo=demo, max_image_pixels=max_image_pixels)
         self._plugin = ErnieSettings(**settings)
 
     def plugin_settings(self, name: str, schema: type | None = None) -> ErnieSettings:
@@ -47,6 +47,7 @@ class ErnieHost:
 
 class _CoreSettings(msgspec.Struct, frozen=True):
     demo: bool = True
+    max_image_pixels: int = 100_000_000
 
 
 def ernie_store(path_or_bytes: Path | bytes, root: Path, filename: str = "blob",

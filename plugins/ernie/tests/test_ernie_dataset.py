@@ -115,3 +115,44 @@ def test_check_train_uses_settings(tmp_path, png, ernie_helpers, ernie_files):
     validation.check_train(request, {}, {"dataset": stored}, ernie_helpers.Host())
     with pytest.raises(InvalidInput, match="KIAPI_ERNIE_DATASET_MAX_ENTRIES"):
         validation.check_train(request, {}, {"dataset": stored}, ernie_helpers.Host(dataset_max_entries=3))
+
+
+
+def test_images_are_probed_by_the_core_within_the_host_pixel_limit(tmp_path, png, ernie_helpers, ernie_files):
+    """Image members go through kiapi_core.images.probe_image with KIAPI_MAX_IMAGE_PIXELS."""
+    import io
+
+    from PIL import Image
+
+    from kiapi_core.files.refs import FileIDRef
+    from kiapi_ernie import validation
+    from kiapi_ernie.schemas import TrainRequest
+
+    big = ernie_helpers.png((64, 64))
+    noisy = io.BytesIO()
+    Image.frombytes("RGB", (20, 20), bytes(range(256)) * 4 + bytes(176)).save(noisy, format="PNG")
+    truncated = noisy.getvalue()[: len(noisy.getvalue()) // 2]
+    gif = io.BytesIO()
+    Image.new("RGB", (20, 20)).save(gif, format="GIF")
+    entries = {"a.png": big, "a.txt": "x", "b.png": truncated, "b.txt": "y", "c.png": gif.getvalue(), "c.txt": "z"}
+    stored = ernie_files(_write(tmp_path, entries).read_bytes())
+    request = TrainRequest(dataset=FileIDRef(file_id=stored.file_id))
+    with pytest.raises(InvalidInput) as info:
+        validation.check_train(request, {}, {"dataset": stored}, ernie_helpers.Host(max_image_pixels=1000))
+    text = " | ".join(info.value.extra["problems"])
+    assert "a.png is 64x64 = 4096 pixels, over the limit of 1000 (KIAPI_MAX_IMAGE_PIXELS)" in text
+    assert "b.png could not be decoded" in text
+    assert "c.png is a GIF image (use PNG, JPEG or WebP)" in text
+    ok = ernie_files(_write(tmp_path, {"a.png": big, "a.txt": "x"}, "ok.zip").read_bytes())
+    validation.check_train(request, {}, {"dataset": ok}, ernie_helpers.Host(max_image_pixels=4096))
+
+
+def test_extract_does_not_decode_images_again(tmp_path, png, monkeypatch):
+    """check_train decoded them before queueing; extraction on the model thread re-checks structure."""
+    calls = []
+    monkeypatch.setattr(dataset, "probe_image", lambda *a, **k: calls.append(a) or (64, 64, "PNG"))
+    path = _write(tmp_path, {"a.png": png, "a.txt": "apple"})
+    dataset.extract(path, tmp_path / "data", LIMITS)
+    assert calls == []
+    dataset.inspect(path, LIMITS)
+    assert len(calls) == 1

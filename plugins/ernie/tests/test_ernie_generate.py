@@ -50,10 +50,11 @@ def test_generate_is_reproducible_and_labels_progress(ernie_job):
     second = ernie_job("generate", _gen())
     second.run()
     assert _pixels(first)[2] == _pixels(second)[2]
-    assert second.labels == ["denoising", "decoding", "saving"]  # resident model already loaded
-    fractions = [f for f, label in second.events if label == "denoising" and f is not None]
+    # resident model already loaded; the label says which step of how many is done
+    assert second.labels == ["denoising step 0/2", "denoising step 1/2", "denoising step 2/2", "decoding", "saving"]
+    fractions = [f for f, label in second.events if label.startswith("denoising") and f is not None]
     assert fractions == sorted(fractions) and len(fractions) == 3  # start + step 1/2 + step 2/2
-    assert first.labels[0] in ("loading", "denoising")
+    assert first.labels[0] in ("loading", "denoising step 0/2")
 
 
 @pytest.mark.parametrize("fmt, pil", [("jpeg", "JPEG"), ("webp", "WEBP")])
@@ -78,7 +79,26 @@ def test_quantize_override_runs_transient(ernie_job):
 def test_base_with_cfg_and_negative_prompt(ernie_job):
     job = ernie_job("generate", _gen(model="base", guidance=4.0, negative_prompt="blurry, dark"))
     job.run()
-    assert _pixels(job)[1] == (64, 64)
+    assert _pixels(job)[1] == (64, 64) and job.warnings == []
+
+
+def test_turbo_runs_other_guidance_with_a_warning(ernie_job):
+    """mflux runs CFG on turbo too (its Python API does not refuse): accepted, run, explained."""
+    plain = ernie_job("generate", _gen())
+    plain.run()
+    job = ernie_job("generate", _gen(guidance=3.0))
+    result = job.run()
+    assert result.params["guidance"] == 3.0 and _pixels(job)[1] == (64, 64)
+    assert _pixels(job)[2] != _pixels(plain)[2]  # CFG really ran
+    assert len(job.warnings) == 1 and "guidance-distilled" in job.warnings[0]
+
+
+def test_demo_result_says_the_output_is_noise(ernie_job):
+    job = ernie_job("generate", _gen())
+    result = job.run()
+    assert result.params["demo"] is True
+    assert result.params["note"] == "demo mode: tiny random-weight model, the output is noise"
+    assert job.warnings == []  # the core adds the one demo warning per job, not the plugin
 
 
 def test_edit_from_stored_image_records_input(ernie_job, ernie_files, ernie_helpers):
@@ -92,8 +112,8 @@ def test_edit_from_stored_image_records_input(ernie_job, ernie_files, ernie_help
     assert result.params["kind"] == "edit" and result.params["image_strength"] == 0.5
     assert _pixels(job)[1] == (64, 64)
     # img2img starts at step int(4 * 0.5) = 2: two denoising steps, progress from the timestep
-    steps = [f for f, label in job.events if label == "denoising"]
-    assert len(steps) == 3
+    assert [label for label in job.labels if label.startswith("denoising")] == [
+        "denoising step 0/2", "denoising step 1/2", "denoising step 2/2"]
 
 
 def test_edit_params_never_echo_data_urls(ernie_job, ernie_files, ernie_helpers):
@@ -141,7 +161,7 @@ def test_lora_without_lora_tensors_and_over_cap(ernie_job, ernie_files, tmp_path
     path = tmp_path / "plain.safetensors"
     mx.save_safetensors(str(path), {"weight": mx.zeros((4, 4))})
     lora = ernie_files(path.read_bytes(), "plain.safetensors")
-    with pytest.raises(InvalidInput, match="no LoRA tensors"):
+    with pytest.raises(InvalidInput, match="holds no ERNIE-Image LoRA tensors"):
         ernie_job("generate", _gen(loras=[LoraRef(file=FileIDRef(file_id=lora.file_id))]),
                   inputs={"loras[0].file": lora})
     host = ernie_helpers.Host(demo=True, max_lora_mb=0.0001)
@@ -155,7 +175,7 @@ def test_cancel_mid_run_stops_denoising(ernie_job):
     job = ernie_job("generate", _gen(steps=6), cancel_after=2)
     with pytest.raises(JobCanceled):
         job.run()
-    steps = [f for f, label in job.events if label == "denoising"]
+    steps = [f for f, label in job.events if label and label.startswith("denoising")]
     assert 1 <= len(steps) < 7 and job.artifacts == [] and "decoding" not in job.labels
     # the resident model is still usable afterwards
     again = ernie_job("generate", _gen())
@@ -169,7 +189,7 @@ def test_missing_local_weights_is_503(tmp_path):
     from kiapi_ernie.settings import ErnieSettings
 
     turbo = CAPABILITY.models[0]
-    with pytest.raises(WeightsMissing, match="KIAPI_ERNIE_TURBO_PATH"):
+    with pytest.raises(WeightsMissing, match=r"KIAPI_ERNIE_TURBO_PATH.*kiapi activate ernie:turbo"):
         load(model=turbo, quantize=8, settings=ErnieSettings(turbo_path=str(tmp_path / "nope")), demo=False,
              cache_dir=tmp_path)
 
@@ -193,3 +213,126 @@ def test_non_square_edit_when_guard_lifted(ernie_job, ernie_files, ernie_helpers
     job = ernie_job("edit", request, inputs={"image": image}, host=ernie_helpers.Host(edit_require_square=False))
     result = job.run()
     assert (result.width, result.height) == (48, 80) and _pixels(job)[1] == (48, 80)
+
+
+def _lora_file(ernie_files, tmp_path, tensors, name="lora.safetensors"):
+    import mlx.core as mx
+
+    path = tmp_path / name
+    mx.save_safetensors(str(path), {k: mx.zeros(shape) for k, shape in tensors.items()})
+    return ernie_files(path.read_bytes(), name)
+
+
+def _with_lora(ernie_job, lora):
+    return ernie_job("generate", _gen(loras=[LoraRef(file=FileIDRef(file_id=lora.file_id))]),
+                     inputs={"loras[0].file": lora})
+
+
+@pytest.mark.parametrize("tensors, expected", [
+    # another model's names: nothing mflux's ERNIE mapping recognises
+    ({"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": (4, 64),
+      "transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight": (64, 4)}, "holds no ERNIE-Image LoRA"),
+    # an input width the layer does not have (was a [matmul] 500 mid-run)
+    ({"transformer.layers.0.self_attention.to_q.lora_A.weight": (4, 128),
+      "transformer.layers.0.self_attention.to_q.lora_B.weight": (64, 4)}, "takes 64 inputs"),
+    # the real model's sizes on the tiny demo model
+    ({"transformer.layers.0.mlp.gate_proj.lora_A.weight": (16, 4096),
+      "transformer.layers.0.mlp.gate_proj.lora_B.weight": (12288, 16)}, "expected [rank, 64]"),
+    # a wrong output width / rank mismatch (was a [broadcast_shapes] 500)
+    ({"transformer.layers.0.self_attention.to_q.lora_A.weight": (4, 64),
+      "transformer.layers.0.self_attention.to_q.lora_B.weight": (32, 4)}, "expected [64, 4]"),
+    # a block the model does not have (was "could not be applied" 500)
+    ({"transformer.layers.7.self_attention.to_q.lora_A.weight": (4, 64),
+      "transformer.layers.7.self_attention.to_q.lora_B.weight": (64, 4)}, "has 2 blocks"),
+    # half a pair
+    ({"lora_unet_text_proj.lora_down.weight": (4, 3072)}, "has lora_A/down but no lora_B/up"),
+    ({"transformer.layers.0.self_attention.to_q.lora_A.weight": (4, 64),
+      "transformer.layers.0.self_attention.to_q.lora_B.weight": (64, 4),
+      "transformer.layers.0.self_attention.to_q.lora_magnitude_vector": (64,)}, "DoRA"),
+])
+def test_lora_that_does_not_fit_is_400_before_queueing(ernie_job, ernie_files, tmp_path, tensors, expected):
+    lora = _lora_file(ernie_files, tmp_path, tensors)
+    with pytest.raises(InvalidInput) as info:
+        _with_lora(ernie_job, lora)
+    assert info.value.status == 400 and expected in info.value.detail
+    assert "loras[0].file does not fit" in info.value.detail or "loras[0].file" in info.value.detail
+
+
+def test_lora_fit_lists_every_mismatch(ernie_job, ernie_files, tmp_path):
+    lora = _lora_file(ernie_files, tmp_path, {
+        "transformer.layers.0.self_attention.to_q.lora_A.weight": (4, 128),
+        "transformer.layers.0.self_attention.to_q.lora_B.weight": (64, 4),
+        "transformer.text_proj.lora_A.weight": (4, 3072),
+        "transformer.text_proj.lora_B.weight": (32, 4),
+        "transformer.layers.9.mlp.up_proj.lora_A.weight": (4, 64),
+        "transformer.layers.9.mlp.up_proj.lora_B.weight": (128, 4),
+    })
+    with pytest.raises(InvalidInput) as info:
+        _with_lora(ernie_job, lora)
+    detail = info.value.detail
+    assert "layers.0.self_attention.to_q" in detail and "text_proj" in detail and "layers.9.mlp.up_proj" in detail
+    assert "tiny demo ERNIE-Image model (2 blocks, hidden 64" in detail
+
+
+def test_lora_in_kohya_and_bare_spellings_fits(ernie_job, ernie_files, tmp_path):
+    """Names mflux accepts are accepted: kohya lora_up/down, bare lora_A, extra keys ignored."""
+    lora = _lora_file(ernie_files, tmp_path, {
+        "lora_unet_layers_1_mlp_linear_fc2.lora_down.weight": (4, 128),
+        "lora_unet_layers_1_mlp_linear_fc2.lora_up.weight": (64, 4),
+        "lora_unet_layers_1_mlp_linear_fc2.alpha": (),
+        "layers.0.self_attention.to_out.0.lora_A": (2, 64),
+        "layers.0.self_attention.to_out.0.lora_B": (64, 2),
+        "lora_unet_adaLN_modulation_1.lora_down.weight": (2, 64),
+        "lora_unet_adaLN_modulation_1.lora_up.weight": (384, 2),
+        "text_encoder.some.layer.lora_A.weight": (4, 4),  # ignored by mflux, so ignored here
+    })
+    result = _with_lora(ernie_job, lora).run()
+    assert (result.width, result.height) == (64, 64)
+
+
+def test_real_model_lora_shapes_are_checked_against_the_real_dims():
+    from kiapi_ernie import loras
+    from kiapi_ernie.variants import REAL_ARCH
+
+    ok = {"transformer.layers.35.mlp.gate_proj.lora_A.weight": {"shape": [16, 4096]},
+          "transformer.layers.35.mlp.gate_proj.lora_B.weight": {"shape": [12288, 16]},
+          "transformer.text_proj.lora_A.weight": {"shape": [16, 3072]},
+          "transformer.text_proj.lora_B.weight": {"shape": [4096, 16]},
+          "transformer.adaln_modulation.lora_A.weight": {"shape": [16, 4096]},
+          "transformer.adaln_modulation.lora_B.weight": {"shape": [24576, 16]}}
+    assert loras.fit_problems(ok, REAL_ARCH, what="f", model="m") == []
+    bad = {"transformer.layers.36.self_attention.to_q.lora_A.weight": {"shape": [16, 4096]},
+           "transformer.layers.36.self_attention.to_q.lora_B.weight": {"shape": [4096, 16]}}
+    (problem,) = loras.fit_problems(bad, REAL_ARCH, what="f", model="ERNIE-Image")
+    assert "ERNIE-Image has 36 blocks" in problem
+
+
+def test_lora_misfit_at_model_build_is_400_not_500(ernie_cache_dir, tmp_path):
+    """The backstop when a LoRA reaches the loader unchecked: InvalidInput, never a 500."""
+    import mlx.core as mx
+
+    from kiapi_ernie.capability import CAPABILITY
+    from kiapi_ernie.runtime import load
+
+    wrong_width = tmp_path / "w.safetensors"
+    mx.save_safetensors(str(wrong_width), {"transformer.layers.0.self_attention.to_q.lora_A.weight": mx.zeros((4, 128)),
+                                           "transformer.layers.0.self_attention.to_q.lora_B.weight": mx.zeros((64, 4))})
+    unrelated = tmp_path / "u.safetensors"
+    mx.save_safetensors(str(unrelated), {"unet.down.0.lora_A.weight": mx.zeros((4, 4))})
+    for path, expected in ((wrong_width, "layers.0.self_attention.to_q"), (unrelated, "No LoRA layers")):
+        with pytest.raises(InvalidInput, match=expected):
+            load(model=CAPABILITY.models[0], quantize=8, demo=True, cache_dir=ernie_cache_dir,
+                 lora_paths=[str(path)], lora_scales=[1.0])
+
+
+def test_missing_hugging_face_weights_is_503_with_the_activate_command(tmp_path, monkeypatch):
+    from kiapi_ernie.capability import CAPABILITY
+    from kiapi_ernie.runtime import load
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"), raising=False)
+    with pytest.raises(WeightsMissing) as info:
+        load(model=CAPABILITY.models[0], quantize=8, demo=False, cache_dir=tmp_path)
+    assert "kiapi activate ernie:turbo" in info.value.detail and "KIAPI_ERNIE_TURBO_PATH" in info.value.detail

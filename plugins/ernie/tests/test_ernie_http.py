@@ -50,3 +50,33 @@ async def test_generate_edit_train_apply_over_http(kiapi_client_factory, ernie_h
                             json={"prompt": "owl", "width": 64, "height": 64, "steps": 2,
                                   "loras": [{"file": {"type": "file_id", "file_id": adapter}, "scale": 1.0}]})
         assert r.status_code == 200, r.text
+
+
+async def test_review_fixes_over_http(kiapi_client_factory, tmp_path):
+    """A LoRA for another shape is a 400 before queueing; turbo with guidance 3 runs and warns;
+    demo results say the output is noise once in params and once (from the core) in warnings."""
+    import mlx.core as mx
+
+    async with kiapi_client_factory(plugins=[kiapi_ernie]) as http:
+        path = tmp_path / "wrong.safetensors"
+        mx.save_safetensors(str(path), {"transformer.layers.0.self_attention.to_q.lora_A.weight": mx.zeros((4, 128)),
+                                        "transformer.layers.0.self_attention.to_q.lora_B.weight": mx.zeros((64, 4))})
+        lora = await http.upload(path.read_bytes(), "wrong.safetensors", "application/octet-stream")
+        r = await http.post("/v1/image/ernie/generate",
+                            json={"prompt": "owl", "width": 64, "height": 64, "steps": 2,
+                                  "loras": [{"file": {"type": "file_id", "file_id": lora}}]})
+        assert r.status_code == 400, r.text
+        assert "takes 64 inputs" in r.json()["detail"] and r.json()["code"] == "invalid_input"
+
+        r = await http.post("/v1/image/ernie/generate", headers={"accept": "application/json"},
+                            json={"prompt": "owl", "width": 64, "height": 64, "steps": 2, "guidance": 3.0})
+        assert r.status_code == 200, r.text
+        job = r.json()
+        assert job["result"]["params"]["guidance"] == 3.0
+        assert job["result"]["params"]["note"] == "demo mode: tiny random-weight model, the output is noise"
+        assert sum("guidance-distilled" in w for w in job["warnings"]) == 1
+        assert sum("noise" in w for w in job["warnings"]) == 1  # the core's one demo warning
+
+        r = await http.post("/v1/image/ernie/generate", json={"prompt": "owl", "width": 5000})
+        assert r.status_code == 422 and "exceeds the cap 2048" in r.json()["detail"]
+        assert "multiple of 16" not in r.json()["detail"]

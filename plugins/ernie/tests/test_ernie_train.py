@@ -42,8 +42,10 @@ def test_train_then_apply_adapter(ernie_job, ernie_dataset):
     final = job.artifacts[-1]
     assert result.adapter_file_id == final.file_id and result.adapter_bytes == final.record.size
     assert final.record.filename.endswith(".safetensors") and final.record.meta["final"] is True
-    # save_frequency=2 over 4 steps: the step-2 checkpoint is kept as well
+    # save_frequency=2 over 4 steps: the step-2 checkpoint is kept as well (stored when written)
     assert result.checkpoints == [job.artifacts[0].file_id] and job.artifacts[0].record.meta["step"] == 2
+    assert job.metrics["checkpoints"] == result.checkpoints and len(job.artifacts) == 2
+    assert result.params["note"].startswith("demo mode") and job.warnings == []
     keys = [k for k in _header(final.path) if k != "__metadata__"]
     assert "transformer.layers.1.self_attention.to_q.lora_A.weight" in keys and len(keys) == 18
     # progress: encoding per image, then per step with epoch and loss
@@ -62,12 +64,14 @@ def test_train_then_apply_adapter(ernie_job, ernie_dataset):
 
 
 def test_train_hooks_are_restored_and_cancel_stops(ernie_job, ernie_dataset):
+    from mflux.models.common.training.state.training_state import TrainingState
     from mflux.models.common.training.trainer import TrainingTrainer
     from mflux.models.ernie_image.ernie_image_initializer import ErnieImageInitializer
     from mflux.models.ernie_image.training_adapter.ernie_training_adapter import ErnieTrainingAdapter
 
     before = (TrainingTrainer.__dict__["train"], TrainingTrainer.__dict__["_step_is_finite"],
-              ErnieTrainingAdapter.__dict__["encode_data"], ErnieImageInitializer.__dict__["_init_models"])
+              ErnieTrainingAdapter.__dict__["encode_data"], ErnieImageInitializer.__dict__["_init_models"],
+              TrainingState.__dict__["save"])
     request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=50, lora_rank=4,
                            max_resolution=64)
     job = ernie_job("train", request, inputs={"dataset": ernie_dataset}, cancel_after=7)
@@ -76,5 +80,33 @@ def test_train_hooks_are_restored_and_cancel_stops(ernie_job, ernie_dataset):
     assert job.artifacts == []
     assert any(label.startswith("training epoch 1/50") for label in job.labels)
     after = (TrainingTrainer.__dict__["train"], TrainingTrainer.__dict__["_step_is_finite"],
-             ErnieTrainingAdapter.__dict__["encode_data"], ErnieImageInitializer.__dict__["_init_models"])
+             ErnieTrainingAdapter.__dict__["encode_data"], ErnieImageInitializer.__dict__["_init_models"],
+             TrainingState.__dict__["save"])
     assert after == before
+
+
+def test_canceled_training_keeps_the_checkpoints_it_wrote(ernie_job, ernie_dataset):
+    """A canceled job has no result: its save_frequency checkpoints are stored as they are written
+    and listed in the job's ``checkpoints`` metric (and its artifacts)."""
+    request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=50, lora_rank=4,
+                           max_resolution=64, save_frequency=1)
+    # events: extracting, loading, 2x encoding, training, then one per step: cancel at step 4
+    job = ernie_job("train", request, inputs={"dataset": ernie_dataset}, cancel_after=8)
+    with pytest.raises(JobCanceled):
+        job.run()
+    stored = job.metrics["checkpoints"]
+    assert len(stored) >= 2 and stored == [a.file_id for a in job.artifacts]
+    assert [a.record.meta["step"] for a in job.artifacts] == list(range(1, len(stored) + 1))
+    assert all(a.record.meta["final"] is False for a in job.artifacts)
+    keys = [k for k in _header(job.artifacts[-1].path) if k != "__metadata__"]
+    assert "transformer.text_proj.lora_A.weight" in keys
+
+
+def test_training_other_steps_and_guidance_run_the_variant_schedule(ernie_job, ernie_dataset):
+    request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=1, lora_rank=2,
+                           max_resolution=64, steps=20, guidance=2.5)
+    job = ernie_job("train", request, inputs={"dataset": ernie_dataset})
+    result = job.run()
+    assert (result.config["steps"], result.config["guidance"]) == (8, 1.0)
+    assert (result.config["requested_steps"], result.config["requested_guidance"]) == (20, 2.5)
+    assert len(job.warnings) == 2 and all("was not used" in w for w in job.warnings)

@@ -40,7 +40,7 @@ def _problem(fn, request, host, model=None) -> str:
     ({"width": 2064}, "width 2064 exceeds the cap 2048"),
     ({"height": 4096}, "KIAPI_ERNIE_MAX_HEIGHT"),
     ({"steps": 101}, "steps must be in 1..100 (got 101)"),
-    ({"quantize": 7}, "quantize must be one of 3, 4, 5, 6, 8 (got 7)"),
+    ({"quantize": 7}, "quantize must be one of 3, 4, 5, 6, 8 (or omitted for the resident q8 model); got 7"),
     ({"quantize": 2}, "quantize must be one of"),
     ({"prompt": "   "}, "prompt is empty"),
     ({"format": "gif"}, "format must be png, jpeg or webp"),
@@ -48,9 +48,10 @@ def _problem(fn, request, host, model=None) -> str:
     ({"quality": 101}, "quality must be in 1..100"),
     ({"loras": [LoraRef(file=FileIDRef(file_id=f"f{i}")) for i in range(5)]}, "at most 4 loras may be applied (got 5)"),
     ({"loras": [LoraRef(file=FileIDRef(file_id="f"), scale=float("nan"))]}, "loras[0].scale"),
-    ({"guidance": 3.0}, "only runs at guidance 1.0"),
     ({"guidance": -1.0}, "guidance must be a finite number >= 0"),
-    ({"seed": -5}, "seed must be in 0.."),
+    ({"guidance": float("inf")}, "guidance must be a finite number >= 0"),
+    ({"seed": -5}, "seed must be an integer from 0 to 2**64-1"),
+    ({"seed": 2**64}, "seed must be an integer from 0 to 2**64-1"),
     ({"scheduler": "os.system"}, "scheduler 'os.system' is not supported; use 'linear'"),
 ])
 def test_generate_rules(kw, expected, ernie_host):
@@ -68,7 +69,8 @@ def test_generate_defaults_and_seed(ernie_host):
     params = validation.prepare_generate(_gen(), _model(), ernie_host)
     assert (params["width"], params["height"], params["steps"], params["guidance"], params["quantize"]) == (
         1024, 1024, 8, 1.0, 8)
-    assert 0 <= params["seed"] < 2**31 and params["transient"] is False and params["demo"] is True
+    assert 0 <= params["seed"] < 2**32 and params["transient"] is False and params["demo"] is True
+    assert params["note"] == "demo mode: tiny random-weight model, the output is noise"
     base = validation.prepare_generate(_gen(model="base"), _model("baidu/ERNIE-Image"), ernie_host)
     assert (base["model"], base["steps"], base["guidance"]) == ("base", 50, 4.0)
     assert validation.prepare_generate(_gen(seed=5), _model(), ernie_host)["seed"] == 5
@@ -79,7 +81,7 @@ def test_generate_defaults_and_seed(ernie_host):
 def test_settings_change_the_limits(ernie_helpers):
     host = ernie_helpers.Host(demo=False, default_width=512, max_steps=10, max_loras=1)
     params = validation.prepare_generate(_gen(), _model(), host)
-    assert params["width"] == 512 and "demo" not in params
+    assert params["width"] == 512 and "demo" not in params and "note" not in params
     assert "steps must be in 1..10" in _problem(validation.prepare_generate, _gen(steps=11), host)
     loras = [LoraRef(file=FileIDRef(file_id="a")), LoraRef(file=FileIDRef(file_id="b"))]
     assert "at most 1 loras" in _problem(validation.prepare_generate, _gen(loras=loras), host)
@@ -145,17 +147,19 @@ def test_train_defaults(ernie_host, ernie_helpers):
 
 
 @pytest.mark.parametrize("kw, expected", [
-    ({"steps": 20}, "always runs the turbo schedule of 8 steps"),
-    ({"guidance": 3.0}, "always uses guidance 1.0"),
+    ({"steps": 0}, "steps must be in 1..100"),
+    ({"guidance": -1.0}, "guidance must be a finite number >= 0"),
+    ({"steps": 20, "timestep_high": 15}, "timestep_high <= 8, the turbo training schedule"),
     ({"quantize": 7}, "quantize must be one of 3, 4, 5, 6, 8"),
     ({"max_resolution": 8}, "max_resolution must be in 16..2048"),
+    ({"max_resolution": 4096}, "KIAPI_ERNIE_MAX_TRAIN_RESOLUTION"),
     ({"timestep_low": 5, "timestep_high": 3}, "0 <= timestep_low < timestep_high <= 8"),
     ({"timestep_high": 9}, "timestep_high <= 8"),
     ({"learning_rate": 0.0}, "learning_rate must be in (0, 1]"),
     ({"learning_rate": float("inf")}, "learning_rate must be in (0, 1]"),
     ({"save_frequency": 0}, "save_frequency must be >= 1"),
     ({"lora_rank": 1000}, "lora_rank must be in 1..256"),
-    ({"seed": -1}, "seed must be in 0.."),
+    ({"seed": -1}, "seed must be an integer from 0 to 2**64-1"),
     ({"lora_layers": {"targets": []}}, "non-empty targets list"),
     ({"lora_layers": {"targets": [{"module_path": "vae.encoder", "rank": 4}]}}, "is not an ERNIE LoRA target"),
     ({"lora_layers": {"targets": [{"module_path": "layers.{block}.self_attention.to_q", "rank": 4}]}}, "needs blocks"),
@@ -175,3 +179,66 @@ def test_train_custom_lora_layers_accepted(ernie_host):
                          "alpha": 8.0}, {"module_path": "final_linear", "rank": 4}]}
     params = validation.prepare_train(_train(lora_layers=spec), _model(), ernie_host)
     assert params["lora_layers"] == spec and params["lora_layers_custom"] is True
+
+
+@pytest.mark.parametrize("value, expected", [
+    (99999999999999999999999, "width 99999999999999999999999 exceeds the cap 2048; use at most 2048"),
+    (5000, "width 5000 exceeds the cap 2048; use at most 2048"),
+    (2040, "width must be a multiple of 16 (got 2040); use 2032 or 2048"),
+    (2047, "use 2032 or 2048"),
+    (8, "width must be a multiple of 16 (got 8); use 16"),
+])
+def test_size_bounds_come_before_the_multiple_rule(value, expected, ernie_host):
+    """Out-of-range sizes get the cap, not a 'multiple of 16' hint; hints stay within 16..cap."""
+    detail = _problem(validation.prepare_generate, _gen(width=value), ernie_host)
+    assert expected in detail
+    assert "2064" not in detail and "99999999999999999999984" not in detail
+
+
+def test_size_hints_respect_a_cap_that_is_not_a_multiple_of_16(ernie_helpers):
+    host = ernie_helpers.Host(demo=True, max_width=1000)
+    assert "use 992" in _problem(validation.prepare_generate, _gen(width=995), host)
+    assert "1008" not in _problem(validation.prepare_generate, _gen(width=995), host)
+    assert "use at most 992" in _problem(validation.prepare_generate, _gen(width=1001), host)
+
+
+@pytest.mark.parametrize("model, guidance", [("turbo", 3.0), ("turbo", 1.0), ("base", 7.5), ("turbo", 0.0)])
+def test_any_finite_guidance_is_accepted(model, guidance, ernie_host):
+    params = validation.prepare_generate(_gen(guidance=guidance), _model(model), ernie_host)
+    assert params["guidance"] == guidance
+
+
+def test_guidance_warnings_say_what_mflux_does(ernie_host):
+    def notes(model, **kw):
+        return validation.guidance_warnings(validation.prepare_generate(_gen(**kw), _model(model), ernie_host))
+
+    assert notes("turbo") == [] and notes("base") == [] and notes("base", guidance=1.0) == []
+    (turbo,) = notes("turbo", guidance=3.0)
+    assert "guidance-distilled" in turbo and "classifier-free guidance" in turbo and "'base'" in turbo
+    (low,) = notes("base", guidance=0.5)
+    assert "turns classifier-free guidance off" in low
+    assert any("negative_prompt only applies" in n for n in notes("turbo", negative_prompt="blurry"))
+    assert notes("base", negative_prompt="blurry") == []
+
+
+def test_train_accepts_other_steps_and_guidance_and_records_what_runs(ernie_host):
+    p = validation.prepare_train(_train(steps=20, guidance=3.0), _model(), ernie_host)
+    assert (p["steps"], p["guidance"], p["timestep_high"]) == (8, 1.0, 8)  # what mflux really uses
+    assert (p["requested_steps"], p["requested_guidance"]) == (20, 3.0)
+    notes = validation.train_warnings(p)
+    assert len(notes) == 2 and "steps 20 was not used" in notes[0] and "guidance 3 was not used" in notes[1]
+    same = validation.prepare_train(_train(steps=8, guidance=1.0), _model(), ernie_host)
+    assert "requested_steps" not in same and validation.train_warnings(same) == []
+
+
+def test_train_max_resolution_null_is_the_spec_default(ernie_host, ernie_helpers):
+    assert validation.prepare_train(_train(max_resolution=None), _model(), ernie_host)["max_resolution"] == 512
+    small_cap = ernie_helpers.Host(demo=True, max_train_resolution=256)
+    assert validation.prepare_train(_train(max_resolution=None), _model(), small_cap)["max_resolution"] == 256
+    assert validation.prepare_train(_train(max_resolution=1024), _model(), ernie_host)["max_resolution"] == 1024
+
+
+def test_seeds_use_the_full_64_bit_range(ernie_host):
+    top = 2**64 - 1
+    assert validation.prepare_generate(_gen(seed=top), _model(), ernie_host)["seed"] == top
+    assert validation.prepare_train(_train(seed=top), _model(), ernie_host)["seed"] == top

@@ -10,16 +10,22 @@ fp16 files are ~6.8 and ~16.5 GB) at ``bits + 0.5`` bits each (MLX affine quanti
 fp16 scale and bias per group of 64), plus the fp16 VAE (~0.5 GB, mostly convolutions, which
 mflux never quantizes). Unquantized: 2 bytes per parameter.
 
-:func:`estimate_upscale` (what one request adds on top of the resident weights) is a function of
-the **output** size, because mflux resizes the input to the output size before encoding, and
-the causal conv3d VAE intermediates dominate::
+:func:`estimate_upscale` (what one request adds on top of the resident weights) is mostly a
+function of the **output** size, because mflux resizes the input to the output size before
+encoding, and the causal conv3d VAE intermediates dominate; the input only matters while it is
+decoded and resized (``SeedVR2Util.preprocess_image``)::
 
-    gb = base + tile_gb_per_mpx * min(P, 0.262144) + gb_per_mpx * P
+    gb = base + tile_gb_per_mpx * min(P, 0.262144) + gb_per_mpx * P + INPUT_GB_PER_MPX * I
 
-with ``P`` the padded output in megapixels (both sides rounded up to 16). mflux tiles the VAE
-encode and decode in 512x512 px tiles (``TilingConfig``), so the conv3d term saturates at one
+with ``P`` the padded output and ``I`` the (EXIF-oriented) input in megapixels. mflux tiles the
+VAE encode and decode in 512x512 px tiles (``TilingConfig``), so the conv3d term saturates at one
 tile (0.262144 MP); the whole-image terms (the DiT over all latent tokens, and the float32 numpy
 copies of the image made by the tiler and the LAB/wavelet colour correction) stay linear.
+The input term is Pillow memory, the same for every variant and in demo mode: the decoded
+image (3-4 bytes per pixel), the copy ``convert("RGB")``/EXIF transposition make, and the
+resize's source access, ~12 bytes per input pixel (0.012 GB/MP), so a 100 MP input asked for a
+16 px output is admitted on ~1.2 GB, not on its output size alone. The decoded input is freed
+before the encode starts, so adding the terms is on the safe side.
 
 Where the numbers come from:
 
@@ -48,10 +54,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from kiapi_core.registry import Capability, Model, Operation, WeightFiles
+from kiapi_core.validation import QUANTIZE_LEVELS
 
 from . import docs
 from .schemas import ImageResponse, UpscaleRequest
-from .settings import QUANTIZE_LEVELS, RESIDENT_QUANTIZE, Seedvr2Settings
+from .settings import RESIDENT_QUANTIZE, Seedvr2Settings
 from .validation import check_upscale, padded_size, prepare_upscale
 
 REPO = "numz/SeedVR2_comfyUI"
@@ -85,6 +92,8 @@ _VARIANTS: dict[str, dict[str, Any]] = {
 }
 #: Tiny demo models (CPU measurements above); the weights are a few MB.
 _DEMO_ESTIMATE = {"base_gb": 0.05, "tile_gb_per_mpx": 11.0, "gb_per_mpx": 0.6}
+#: Decoding and resizing the input (Pillow), per input megapixel; see the module docstring.
+INPUT_GB_PER_MPX = 0.012
 _VAE_GB = 0.5
 
 
@@ -124,16 +133,19 @@ def _model(variant: str, demo: bool) -> Model:
 def estimate_upscale(params: Mapping[str, Any], model: Model) -> float:
     """Peak GB one upscale adds on top of the resident weights (see the module docstring).
 
-    Reads the output size that :func:`~kiapi_seedvr2.validation.check_upscale` put into
-    ``params``; without it, assumes a 2048x2048 output.
+    Reads the input and output sizes that :func:`~kiapi_seedvr2.validation.check_upscale` put
+    into ``params``; without them, assumes a 2048x2048 output from an input as large.
     """
     width, height = params.get("width"), params.get("height")
     if not width or not height:
         width, height = FALLBACK_SIZE
+    in_w, in_h = params.get("input_width") or width, params.get("input_height") or height
     pw, ph = padded_size(int(width), int(height))
     mpx = pw * ph / 1e6
+    input_mpx = int(in_w) * int(in_h) / 1e6
     k = model.info.get("estimate") or _VARIANTS["3b"]["metal"]
-    return round(k["base_gb"] + k["tile_gb_per_mpx"] * min(mpx, TILE_MPX) + k["gb_per_mpx"] * mpx, 3)
+    return round(k["base_gb"] + k["tile_gb_per_mpx"] * min(mpx, TILE_MPX) + k["gb_per_mpx"] * mpx
+                 + INPUT_GB_PER_MPX * input_mpx, 3)
 
 
 def smoke_test(model: Model, demo: bool = False) -> tuple[str, dict[str, Any]]:

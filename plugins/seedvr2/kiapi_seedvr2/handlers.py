@@ -7,10 +7,11 @@ from typing import Any
 from kiapi_core.images import EXTENSIONS, MEDIA_TYPES, encode_image
 
 from .schemas import ImageResponse, Timings
-from .validation import image_size, output_size
+from .validation import image_size, output_size, scale_factor
 
 SAVING = 0.96
-RESULT_PARAMS = ("model", "resolution", "softness", "seed", "quantize", "format", "quality", "image_file_id")
+RESULT_PARAMS = ("model", "resolution", "softness", "seed", "quantize", "format", "quality", "image",
+                 "image_file_id", "demo", "note")
 
 
 def upscale(job: Any) -> ImageResponse:
@@ -23,6 +24,8 @@ def upscale(job: Any) -> ImageResponse:
     else:
         in_w, in_h, out_w, out_h = params["input_width"], params["input_height"], params["width"], params["height"]
 
+    if min(out_w, out_h) <= min(in_w, in_h):
+        job.warn(not_larger_warning(in_w, in_h, out_w, out_h, params["resolution"]))
     runtime = job.runtime(quantize=params["quantize"])
     image, measured = runtime.upscale(
         image_file.path,
@@ -55,10 +58,22 @@ def upscale(job: Any) -> ImageResponse:
         input_height=in_h,
         width=image.width,
         height=image.height,
-        params=result_params(params),
+        params=result_params({**params, "image_file_id": image_file.file_id}),
         timings=Timings(total_s=measured["run_s"]),
     )
 
 
 def result_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: params[k] for k in RESULT_PARAMS if k in params}
+
+
+def not_larger_warning(in_w: int, in_h: int, out_w: int, out_h: int, resolution: int | str) -> str:
+    """Why the output is no larger than the input: the run still goes ahead (SeedVR2 restores
+    detail at any size), but a client asking for ``"1.5x"`` of a 16 px image expected more."""
+    short, out_short = min(in_w, in_h), min(out_w, out_h)
+    message = f"the {out_w}x{out_h} output is not larger than the {in_w}x{in_h} input"
+    factor = scale_factor(resolution)
+    if factor is not None and factor * short > out_short:
+        message += (f": {resolution!r} of a {short} px short side is {factor * short:g} px, which mflux floors "
+                    f"to a multiple of 16 ({out_short} px)")
+    return message + f"; to upscale, use an integer target above {short} (e.g. {2 * short}) or a larger factor"

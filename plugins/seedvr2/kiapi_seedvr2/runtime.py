@@ -151,7 +151,6 @@ class Seedvr2Runtime:
         ``width``/``height`` (the expected output size) only size the tile progress.
         ``report(fraction, label)`` may raise to cancel.
         """
-        import mlx.core as mx
         from mflux.utils.scale_factor import ScaleFactor
 
         from .validation import scale_factor
@@ -167,8 +166,7 @@ class Seedvr2Runtime:
 
         report(ENCODE[0], "encoding")  # may raise (canceled): nothing is registered yet
         callbacks = self.model.callbacks
-        mx.reset_peak_memory()
-        active_before = mx.get_active_memory()
+        # No MLX counters are read or reset here: the core measures each job's peak itself.
         started = time.perf_counter()
         run.mark("encoding")
         callbacks.register(run)
@@ -183,7 +181,6 @@ class Seedvr2Runtime:
                 if run in hooks:
                     hooks.remove(run)
         finished = time.perf_counter()
-        peak = mx.get_peak_memory()
         order = ["encoding", "upscaling", "decoding", "colour correction"]
         stamps = [run.marks.get(k) for k in order] + [finished]
         phases = {
@@ -191,12 +188,7 @@ class Seedvr2Runtime:
             for i, label in enumerate(order)
             if stamps[i] is not None and stamps[i + 1] is not None
         }
-        measurements = {
-            "run_s": round(finished - started, 4),
-            "peak_memory_gb": round(peak / 1e9, 4),
-            "request_peak_gb": round(max(0, peak - active_before) / 1e9, 4),
-            **phases,
-        }
+        measurements = {"run_s": round(finished - started, 4), **phases}
         return generated.image, measurements
 
     def close(self) -> None:
@@ -260,6 +252,14 @@ def _materialize(instance: Any) -> None:
 
 
 def _looks_missing(exc: BaseException) -> bool:
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"FileNotFoundError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
-                         "RepositoryNotFoundError", "ConnectError", "ModelConfigError"})
+    """Whether ``exc`` means "the weights are not on this machine" (Hugging Face cache miss,
+    offline mode, no network, a missing file). Uses the core's
+    ``kiapi_core.weights.is_missing_weights_error`` once it exists; until then this copy of the
+    rule, which kiapi-ernie repeats (plugins do not import each other)."""
+    try:
+        from kiapi_core.weights import is_missing_weights_error  # type: ignore[attr-defined]
+    except ImportError:
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        return bool(names & {"FileNotFoundError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
+                             "RepositoryNotFoundError", "ConnectError", "ModelConfigError"})
+    return bool(is_missing_weights_error(exc))

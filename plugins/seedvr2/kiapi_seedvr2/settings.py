@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import msgspec
 
-#: Quantization levels mflux supports for SeedVR2 (and that the request may ask for).
-QUANTIZE_LEVELS = (3, 4, 5, 6, 8)
 #: The quantization the resident instance of each variant uses.
 RESIDENT_QUANTIZE = 8
 

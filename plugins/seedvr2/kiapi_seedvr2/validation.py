@@ -2,10 +2,13 @@
 
 Two steps, both before the job is queued:
 
-* :func:`prepare_upscale` (event loop, cheap): checks every field and returns the resolved
-  parameters recorded on the job: ``model``, ``resolution`` (``768`` or ``"2x"``, normalised),
-  ``softness``, ``seed`` (drawn when omitted), ``quantize`` (the resident one when omitted),
-  ``format``, ``quality`` and ``image_file_id`` when the image is a Files-API id.
+* :func:`prepare_upscale` (event loop, cheap): checks every field (the core's ``Problems``,
+  ``resolve_seed`` and ``resolve_quantize``, so both plugins share one seed range and message)
+  and returns the resolved parameters recorded on the job: ``model``, ``resolution`` (``768`` or
+  ``"2x"``, normalised), ``softness``, ``seed`` (drawn when omitted), ``quantize`` (the resident
+  one when omitted), ``format``, ``quality``, ``image`` (the core's ``ref_summary``: never inline
+  data or URL secrets), ``image_file_id`` when the image is a Files-API id, and in demo mode
+  ``demo``/``note``.
 * :func:`check_upscale` (worker thread, after the image is stored): reads the input size,
   computes the output size exactly as mflux will, rejects outputs over the pixel cap, and adds
   ``input_width``, ``input_height``, ``width`` and ``height`` to ``params``, which is how the
@@ -21,17 +24,18 @@ from __future__ import annotations
 
 import math
 import re
-import secrets
 from typing import Any
 
 from kiapi_core.errors import InvalidRequest
+from kiapi_core.validation import Problems, ref_summary, resolve_quantize, resolve_seed
 
-from .settings import QUANTIZE_LEVELS, Seedvr2Settings, settings_from
+from .settings import Seedvr2Settings, settings_from
 
 #: mflux floors a scaled short side to a multiple of this (``DIMENSION_STEP_PIXELS``).
 STEP = 16
 FORMATS = ("png", "jpeg", "webp")
-MAX_SEED = 2**64 - 1
+#: What ``params["note"]`` says in demo mode (the core adds the one job warning).
+DEMO_NOTE = "demo mode: tiny random-weight model, the output is noise"
 _SCALE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*[xX]\s*$")
 _INTEGER = re.compile(r"^\s*\+?\d+\s*$")
 
@@ -114,38 +118,27 @@ def _as_mflux_number(factor: float) -> int | float:
 
 
 def prepare_upscale(request: Any, model: Any, host: Any) -> dict[str, Any]:
-    """Validate an UpscaleRequest and resolve its parameters (422 naming the fix)."""
+    """Validate an UpscaleRequest and resolve its parameters (one 422 listing every problem)."""
     settings = settings_from(host)
-    resolution = parse_resolution(request.resolution, settings)
+    p = Problems()
+    resolution: int | str | None = None
+    try:
+        resolution = parse_resolution(request.resolution, settings)
+    except InvalidRequest as exc:
+        p.add("resolution", exc.detail)
 
     softness = request.softness
     if isinstance(softness, bool) or not isinstance(softness, (int, float)) or not math.isfinite(softness) \
             or not 0.0 <= softness <= 1.0:
-        raise InvalidRequest(f"softness must be a number from 0 to 1 (0 = sharpest); got {softness!r}",
-                             field="softness")
-
-    quantize = request.quantize
-    if quantize is None:
-        quantize = model.resident_quantize
-    elif isinstance(quantize, bool) or quantize not in QUANTIZE_LEVELS:
-        raise InvalidRequest(
-            f"quantize must be one of 3, 4, 5, 6, 8 (or omitted for the resident q{model.resident_quantize}); "
-            f"got {quantize!r}",
-            field="quantize",
-        )
-
+        p.add("softness", f"softness must be a number from 0 to 1 (0 = sharpest); got {softness!r}")
+    quantize = resolve_quantize(request.quantize, model.resident_quantize, p)
     if request.format not in FORMATS:
-        raise InvalidRequest(f"format must be png, jpeg or webp; got {request.format!r}", field="format")
+        p.add("format", f"format must be png, jpeg or webp; got {request.format!r}")
     quality = request.quality
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise InvalidRequest(f"quality must be an integer from 1 to 100; got {quality!r}", field="quality")
-
-    seed = request.seed
-    if seed is None:
-        seed = secrets.randbelow(2**32)
-    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise InvalidRequest(f"seed must be an integer from 0 to 2**64-1, or omitted for a random one; got {seed!r}",
-                             field="seed")
+        p.add("quality", f"quality must be an integer from 1 to 100; got {quality!r}")
+    seed = resolve_seed(request.seed, p)
+    p.raise_if_any()
 
     params: dict[str, Any] = {
         "model": model.name,
@@ -155,10 +148,14 @@ def prepare_upscale(request: Any, model: Any, host: Any) -> dict[str, Any]:
         "quantize": quantize,
         "format": request.format,
         "quality": quality,
+        "image": ref_summary(request.image),
     }
     file_id = getattr(request.image, "file_id", None)
     if file_id:
         params["image_file_id"] = file_id
+    if getattr(getattr(host, "settings", None), "demo", False):
+        params["demo"] = True
+        params["note"] = DEMO_NOTE
     return params
 
 

@@ -60,15 +60,31 @@ def test_demo_declares_no_downloads():
 
 def test_estimate_grows_with_the_output_and_saturates_the_vae_tile():
     model = next(m for m in build_capability().models if m.name == "3b")
-    small = estimate_upscale({"width": 512, "height": 512}, model)
-    mid = estimate_upscale({"width": 768, "height": 768}, model)
-    big = estimate_upscale({"width": 2048, "height": 2048}, model)
+    def sized(w, h, iw=256, ih=256):
+        return {"width": w, "height": h, "input_width": iw, "input_height": ih}
+
+    small = estimate_upscale(sized(512, 512), model)
+    mid = estimate_upscale(sized(768, 768), model)
+    big = estimate_upscale(sized(2048, 2048), model)
     assert 0 < small < mid < big
     k = model.info["estimate"]
     assert big - mid == pytest.approx(k["gb_per_mpx"] * (2048**2 - 768**2) / 1e6, abs=0.01)  # tile term saturated
-    assert estimate_upscale({}, model) == big  # unsized: assume 2048x2048
+    # unsized: assume a 2048x2048 output from an input as large
+    assert estimate_upscale({}, model) == estimate_upscale(sized(2048, 2048, 2048, 2048), model)
     seven = next(m for m in build_capability().models if m.name == "7b")
     assert estimate_upscale({"width": 768, "height": 768}, seven) > mid
+
+
+def test_estimate_counts_the_input_pixels():
+    """A 100 MP input asked for a 16 px output is not admitted on its output size alone."""
+    from kiapi_seedvr2.capability import INPUT_GB_PER_MPX
+
+    model = next(m for m in build_capability().models if m.name == "3b")
+    tiny_output = {"width": 16, "height": 16}
+    small_in = estimate_upscale({**tiny_output, "input_width": 16, "input_height": 16}, model)
+    huge_in = estimate_upscale({**tiny_output, "input_width": 10_000, "input_height": 10_000}, model)
+    assert huge_in - small_in == pytest.approx(INPUT_GB_PER_MPX * (100 - 0.000256), abs=0.001)
+    assert huge_in > 1.2
 
 
 def test_plugin_import_stays_light():
