@@ -31,9 +31,9 @@ from .openapi import pages
 from .openapi.generate import capability_document
 from .openapi.root import root_document
 from .registry import Capability
+from .settings import DEMO_NOTE
 
 log = logging.getLogger("kiapi.http")
-DEMO_NOTE = "demo mode: a tiny random-weight model; its outputs are noise"
 
 
 def build_app(host: Host) -> Starlette:

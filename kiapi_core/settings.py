@@ -36,6 +36,10 @@ def _default_config_file() -> Path:
     return Path(base) / "kiapi" / "config.toml"
 
 
+#: What demo mode says wherever a result could be mistaken for a real one.
+DEMO_NOTE = "demo mode: tiny random-weight model, the output is noise"
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Every core setting. Field docs are shown by ``kiapi config`` and docs/settings.md."""
 

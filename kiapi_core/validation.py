@@ -60,15 +60,17 @@ def resolve_seed(seed: int | None, problems: Problems, field: str = "seed") -> i
     return seed
 
 
-def resolve_quantize(quantize: int | None, resident: int | None, problems: Problems,
-                     field: str = "quantize") -> int | None:
-    """The bits to run with: the resident model's when omitted, else one of QUANTIZE_LEVELS."""
+def resolve_quantize(quantize: int | None, default: int | None, problems: Problems,
+                     field: str = "quantize", default_means: str = "the resident model's") -> int | None:
+    """The bits to run with: ``default`` when omitted, else one of QUANTIZE_LEVELS.
+    ``default_means`` names what the default is in the message (training has its own)."""
     if quantize is None:
-        return resident
+        return default
     if isinstance(quantize, bool) or quantize not in QUANTIZE_LEVELS:
         levels = ", ".join(map(str, QUANTIZE_LEVELS))
-        problems.add(field, f"{field} must be one of {levels} (or omitted for the resident "
-                            f"{'q' + str(resident) if resident else 'unquantized'} model); got {quantize!r}")
+        bits = f"q{default}" if default else "unquantized"
+        problems.add(field, f"{field} must be one of {levels}, or omitted for {default_means} {bits}; "
+                            f"got {quantize!r}")
         return None
     return quantize
 

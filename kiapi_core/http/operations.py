@@ -33,6 +33,7 @@ from ..files.routes import file_response
 from ..jobs.models import AsyncJobResponse, Job, JobStatus
 from ..jobs.store import IdempotentReplay
 from ..registry import Capability, Operation
+from ..settings import DEMO_NOTE
 from ..validation import ref_summary
 from ..weights import missing_message, status
 from . import idempotency, negotiation
@@ -108,7 +109,7 @@ async def submit(host: Host, capability: Capability, operation: Operation, body:
             await asyncio.to_thread(operation.check, body, params, resolved.files, host)
         estimate = host.models.admit(capability, model, operation, params)
         if host.settings.demo:
-            warnings = [*warnings, "demo mode: tiny random-weight model, the output is noise"]
+            warnings = [*warnings, DEMO_NOTE]
         return host.jobs.submit(capability=capability, operation=operation, model=model, request=body,
                                 params=params, inputs=resolved.files, input_ids=resolved.summary,
                                 warnings=warnings, estimate_gb=estimate, idempotency=idempotency)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kiapi_core.errors import InvalidInput, WeightsMissing
+from kiapi_core.weights import is_missing_weights_error
 
 from . import loras
 from .settings import ErnieSettings
@@ -53,22 +54,6 @@ def path_setting_env(variant: Variant) -> str:
     return f"KIAPI_ERNIE_{variant.path_setting.upper()}"
 
 
-def looks_missing(exc: BaseException) -> bool:
-    """Whether ``exc`` means "the weights are not on this machine" (Hugging Face cache miss,
-    offline mode, no network, a missing file), the same test kiapi-seedvr2 uses.
-
-    Uses the core's ``kiapi_core.weights.is_missing_weights_error`` once it exists; until then a
-    copy of the rule (plugins do not import each other).
-    """
-    try:
-        from kiapi_core.weights import is_missing_weights_error  # type: ignore[attr-defined]
-    except ImportError:
-        names = {cls.__name__ for cls in type(exc).__mro__}
-        return bool(names & {"FileNotFoundError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
-                             "RepositoryNotFoundError", "ConnectError", "ModelConfigError"})
-    return bool(is_missing_weights_error(exc))
-
-
 def build_model(variant: Variant, *, quantize: int | None, source: str | None, demo: bool,
                 lora_paths: list[str] | None = None, lora_scales: list[float] | None = None):
     """Construct ``ErnieImage`` (tiny inside :func:`tiny.tiny_construct` in demo mode)."""
@@ -103,7 +88,7 @@ def load(*, model, quantize: int | None, settings: Any = None, demo: bool = Fals
                             lora_scales=list(lora_scales) if lora_scales else None)
     except Exception as exc:
         lora_file_missing = isinstance(exc, FileNotFoundError) and "LoRA" in str(exc)
-        if looks_missing(exc) and not lora_file_missing:
+        if is_missing_weights_error(exc) and not lora_file_missing:
             where = f"{path_setting_env(variant)}={source}" if source and not demo else "the Hugging Face cache"
             raise WeightsMissing(
                 f"ernie {variant.name} weights ({variant.repo}) are not available from {where} "

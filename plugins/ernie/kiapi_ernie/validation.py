@@ -25,7 +25,8 @@ from .variants import VARIANTS, Variant, arch, num_layers
 #: Schedulers mflux registers by name; anything else would make mflux import a module by path.
 SCHEDULERS = ("linear", "flow_match_euler_discrete")
 #: What ``params["note"]`` says in demo mode (the core adds the one job warning).
-DEMO_NOTE = "demo mode: tiny random-weight model, the output is noise"
+from kiapi_core.settings import DEMO_NOTE
+
 #: Training falls back to this ``max_resolution`` when the request sends null (the spec default).
 DEFAULT_TRAIN_RESOLUTION = 512
 
@@ -198,7 +199,7 @@ def prepare_train(request: Any, model: Any, host: Any) -> dict[str, Any]:
         p.add("guidance", f"guidance must be a finite number >= 0 (got {request.guidance}); omit it: ERNIE "
                           f"training of {variant.name} uses guidance {guidance}")
     seed = resolve_seed(request.seed, p)
-    quantize = resolve_quantize(request.quantize, settings.train_quantize, p)
+    quantize = resolve_quantize(request.quantize, settings.train_quantize, p, default_means="training's default")
     cap = settings.max_train_resolution
     max_res = min(DEFAULT_TRAIN_RESOLUTION, cap) if request.max_resolution is None else request.max_resolution
     if not 16 <= max_res <= cap:

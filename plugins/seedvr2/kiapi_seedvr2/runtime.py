@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kiapi_core.weights import is_missing_weights_error
+
 from .settings import DEFAULT_SETTINGS
 from .validation import padded_size
 
@@ -231,7 +233,7 @@ def load(*, model: Any, quantize: int | None, settings: Any = None, demo: bool =
     try:
         instance = SeedVR2(quantize=quantize, model_path=source, model_config=model_config)
     except Exception as exc:
-        if _looks_missing(exc):
+        if is_missing_weights_error(exc):
             raise WeightsMissing(
                 f"seedvr2 {variant} weights are not available ({type(exc).__name__}: {exc}). Run "
                 f"`kiapi activate seedvr2:{variant}` or set KIAPI_SEEDVR2_PATH_{variant.upper()} to a directory "
@@ -251,15 +253,3 @@ def _materialize(instance: Any) -> None:
     mx.eval(instance.parameters())
 
 
-def _looks_missing(exc: BaseException) -> bool:
-    """Whether ``exc`` means "the weights are not on this machine" (Hugging Face cache miss,
-    offline mode, no network, a missing file). Uses the core's
-    ``kiapi_core.weights.is_missing_weights_error`` once it exists; until then this copy of the
-    rule, which kiapi-ernie repeats (plugins do not import each other)."""
-    try:
-        from kiapi_core.weights import is_missing_weights_error  # type: ignore[attr-defined]
-    except ImportError:
-        names = {cls.__name__ for cls in type(exc).__mro__}
-        return bool(names & {"FileNotFoundError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
-                             "RepositoryNotFoundError", "ConnectError", "ModelConfigError"})
-    return bool(is_missing_weights_error(exc))

@@ -35,7 +35,8 @@ from .settings import Seedvr2Settings, settings_from
 STEP = 16
 FORMATS = ("png", "jpeg", "webp")
 #: What ``params["note"]`` says in demo mode (the core adds the one job warning).
-DEMO_NOTE = "demo mode: tiny random-weight model, the output is noise"
+from kiapi_core.settings import DEMO_NOTE
+
 _SCALE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*[xX]\s*$")
 _INTEGER = re.compile(r"^\s*\+?\d+\s*$")
 
