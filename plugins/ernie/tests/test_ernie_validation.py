@@ -40,7 +40,7 @@ def _problem(fn, request, host, model=None) -> str:
     ({"width": 2064}, "width 2064 exceeds the cap 2048"),
     ({"height": 4096}, "KIAPI_ERNIE_MAX_HEIGHT"),
     ({"steps": 101}, "steps must be in 1..100 (got 101)"),
-    ({"quantize": 7}, "quantize must be one of 3, 4, 5, 6, 8 or omitted for the resident model's q8; got 7"),
+    ({"quantize": 7}, "quantize must be one of 3, 4, 5, 6, 8, or omitted for the resident model's q8; got 7"),
     ({"quantize": 2}, "quantize must be one of"),
     ({"prompt": "   "}, "prompt is empty"),
     ({"format": "gif"}, "format must be png, jpeg or webp"),
