@@ -9,6 +9,7 @@ connection.
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import signal
 
@@ -60,6 +61,11 @@ def serve(host: Host) -> None:
         raise SystemExit(f"Error: cannot start: {exc}. Stop that server first, or give this one "
                          "its own data directory (--data-dir or KIAPI_DATA_DIR).") from None
     _raise_read_size()
+    # A server's stderr is its log: model libraries' console progress bars (tqdm) and their
+    # advice to install torch are noise there. Job progress is on the API. Set before any
+    # plugin loader imports them; an operator's own values win.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     app = build_app(host)
     config = Config()
     config.bind = [bind_address(host.settings.host, host.settings.port)]
