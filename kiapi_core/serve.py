@@ -9,8 +9,8 @@ connection.
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 import signal
 
 from .host import Host
