@@ -52,7 +52,7 @@ async def test_success_records_result_artifacts_metrics_and_cleans_up(rigs):
     assert job.result == {"label": "a", "runtime": {"model": "tiny", "quantize": 8, "options": {}},
                           "settings": {"namespace": "testcap"}, "demo": True, "inputs": ["image"]}
     assert len(job.artifacts) == 2 and job.error is None and job.queue_position is None
-    assert job.metrics == {"steps_done": 3, "peak_gb": 0.5}
+    assert job.metrics == {"admitted_gb": 1.0, "steps_done": 3, "peak_gb": 0.5}
     assert job.warnings == ["demo mode"] and set(job.inputs) == {"image"}
     assert job.started_at is not None and job.finished_at is not None
     meta = rig.files.stored[job.artifacts[1]].record.meta

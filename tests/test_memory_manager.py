@@ -419,17 +419,6 @@ def test_loader_strings_are_imported_lazily(env: Env, monkeypatch: pytest.Monkey
     env.manager.end_job("j")
 
 
-def test_begin_job_compat_form_without_operation(env: Env) -> None:
-    needed = env.manager.admit(env.cap, env.a, env.gen, {"peak": 6.0})  # 4 weights + 6 peak
-    assert needed == pytest.approx(10.0)
-    env.manager.begin_job("j", env.cap, env.a, {"peak": 6.0}, needed)  # weights not counted twice
-    [res] = env.manager.stats()["reservations"]
-    assert res["estimate_gb"] == pytest.approx(6.0) and res["operation"] is None
-    assert res["pending_weights_gb"] == pytest.approx(4.0)
-    assert env.manager.stats()["running"]["job_id"] == "j"
-    env.manager.end_job("j")
-
-
 def test_parse_warmup(env: Env) -> None:
     assert parse_warmup(["pix:A", " pix:bee ", "other:b", "pix:a", ""], env.registry) == [
         ("pix", "a"), ("pix", "b"), ("other", "b")]

@@ -157,9 +157,10 @@ class JobManager:
         raises :class:`IdempotentReplay` with it (same fingerprint) or Conflict (409)."""
         job = Job(type=operation.job_type, params=params, id=new_job_id(), created_at=time.time(),
                   capability=capability.name, model=model.name, inputs=dict(input_ids),
-                  warnings=list(warnings))
+                  warnings=list(warnings),
+                  metrics={} if estimate_gb is None else {"admitted_gb": round(estimate_gb, 4)})
         pending = Pending(job=job, capability=capability, operation=operation, model=model,
-                          request=request, inputs=inputs, estimate_gb=estimate_gb)
+                          request=request, inputs=inputs)
         with self._lock:
             if idempotency is not None:
                 existing = self._idempotent(*idempotency)

@@ -33,7 +33,7 @@ class ModelManagerLike(ModelSource, Protocol):
     """The ``kiapi_core.memory`` ModelManager calls made on the worker thread."""
 
     def begin_job(self, job_id: str, capability: Capability, model: Model, operation: Operation,
-                  params: Mapping[str, Any] | None = None, estimate_gb: float | None = None) -> Any:
+                  params: Mapping[str, Any] | None = None) -> Any:
         """Admit the job (may evict idle models or raise MemoryBudgetExceeded) and start
         measuring it."""
 
@@ -52,7 +52,6 @@ class Pending:
     model: Model
     request: Any
     inputs: Mapping[str, StoredFile]
-    estimate_gb: float | None
     cancel: threading.Event = field(default_factory=threading.Event)
     #: Why the job was canceled when it was not the client's doing (shutdown): the answer
     #: its sync caller gets instead of a plain 409.
@@ -201,7 +200,7 @@ class Worker(threading.Thread):
             ctx.check_canceled()
             handler = resolve_handler(pending.operation)
             self._models.begin_job(job_id, pending.capability, pending.model, pending.operation,
-                                   params=pending.job.params, estimate_gb=pending.estimate_gb)
+                                   params=pending.job.params)
             ctx.check_canceled()
             result = handler(ctx)
             builtins = msgspec.to_builtins(result) if result is not None else None

@@ -104,29 +104,18 @@ class ModelManager:
 
     # ------------------------------------------------------------------ model thread
     def begin_job(self, job_id: str, capability: Any, model: Any, operation: Any,
-                  params: Mapping[str, Any] | None = None, estimate_gb: float | None = None) -> float:
+                  params: Mapping[str, Any] | None = None) -> float:
         """Admit a job that reached the model thread, evicting exactly the idle models it needs gone.
 
         Reserves the job's corrected peak (+ the weights it will load) and starts measuring.
         Raises MemoryBudgetExceeded, evicting nothing, when it does not fit. Returns the
         reserved GB. Always pair with :meth:`end_job` (in a ``finally``) once this returned.
-
-        With an operation, ``estimate_gb`` is ignored: the estimate is recomputed from the
-        plugin and the observations as they are now, and so are the weights to load.
-        Compatibility: ``begin_job(job_id, capability, model, params, estimate_gb)`` (no
-        operation) is accepted; then ``estimate_gb`` (what :meth:`admit` returned: peak +
-        weights) less the weights the job needs now is reserved as its peak, and no observation
-        can be recorded for the job. Pass the operation.
+        The estimate is recomputed from the plugin and the observations as they are now (they
+        may have changed since :meth:`admit`), and so are the weights to load.
         """
-        if isinstance(operation, Mapping):
-            operation, params, estimate_gb = None, operation, (params if estimate_gb is None else estimate_gb)
         params = params or {}
-        raw = raw_estimate(operation, params, model)
-        if operation is None and estimate_gb:
-            with self._lock:
-                weights = self._needs(capability, model, None, params, 0.0)[3]
-            raw = max(0.0, float(estimate_gb) - weights)  # type: ignore[arg-type]
-        return self._begin(job_id, capability, model, operation, params, raw, kind="job")
+        return self._begin(job_id, capability, model, operation, params,
+                           raw_estimate(operation, params, model), kind="job")
 
     def _begin(self, job_id: str, capability: Any, model: Any, operation: Any, params: Mapping[str, Any],
                raw: float, *, kind: str) -> float:
