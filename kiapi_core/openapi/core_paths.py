@@ -65,6 +65,19 @@ def _error(description: str) -> Reply:
     return Reply(description=description, content=_json("ErrorResponse"))
 
 
+#: One server-sent event of ``/v1/jobs/{job_id}/events`` (OpenAPI 3.1 convention: the schema of
+#: an event stream describes each event; ``data`` is the Job JSON).
+_JOB_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "const": "job"},
+        "id": {"type": "string", "description": "Sequence number of the event, from 1."},
+        "data": {"type": "string", "contentMediaType": _JSON, "contentSchema": ref("Job"),
+                 "description": "The Job JSON after the change."},
+    },
+    "required": ["event", "data"],
+}
+
 _FILE_ID = Param(name="file_id", location="path", required=True, description="A Files-API id.")
 _JOB_ID = Param(name="job_id", location="path", required=True, description="A job id.")
 _NOT_FOUND = _error("No such id (or it expired).")
@@ -101,9 +114,11 @@ CORE_PATHS: tuple[CorePath, ...] = (
         responses={
             201: Reply(description="The stored file's metadata.", content=_json("FileRecord"),
                        headers={"Location": "URL of the new file's metadata."}),
-            400: _error("No `file` field in the form."),
+            400: _error("A malformed multipart body (bad boundary, cut off before its end) or more "
+                        "than one `file` field."),
             413: _error("The file exceeds the upload size cap."),
             415: _error("The body is not multipart/form-data."),
+            422: _error("No `file` field in the form."),
         },
     ),
     CorePath(
@@ -157,7 +172,8 @@ CORE_PATHS: tuple[CorePath, ...] = (
         "(at most 60): long polling without a tight loop.",
         params=(_JOB_ID, Param(name="wait", schema={"type": "number", "minimum": 0, "default": 0},
                                description="Seconds to wait for a change.")),
-        responses={200: Reply(description="The job.", content=_json("Job")), 404: _NOT_FOUND},
+        responses={200: Reply(description="The job.", content=_json("Job")), 404: _NOT_FOUND,
+                   422: _error("Invalid `wait` (not a number, or negative).")},
     ),
     CorePath(
         method="delete", path="/v1/jobs/{job_id}", tag="jobs", summary="Delete a job",
@@ -179,7 +195,8 @@ CORE_PATHS: tuple[CorePath, ...] = (
         description="Server-sent events: `event: job` with the Job JSON as `data` on every change, "
         "ending with the terminal state; `: keepalive` comments while nothing happens.",
         params=(_JOB_ID,),
-        responses={200: Reply(description="An event stream.", content={"text/event-stream": {"type": "string"}},
+        responses={200: Reply(description="An event stream; the schema describes one event.",
+                              content={"text/event-stream": _JOB_EVENT},
                               headers={"X-Kiapi-Job-Id": "The job being followed."}),
                    404: _NOT_FOUND},
     ),
