@@ -43,10 +43,10 @@ CORE_COMPONENTS = ("AsyncJobResponse", "CapabilityModelSpec", "FileDataURLRef", 
 
 def _spec(name: str) -> dict[str, Any]:
     env = os.environ.get("KIAPI_SPEC_DIR")
-    spec_dir = Path(env) if env else Path(__file__).resolve().parents[1] / ".." / "shared" / "spec"
+    spec_dir = Path(env) if env else Path(__file__).resolve().parents[1] / "spec"
     path = (spec_dir / f"{name}.openapi.json").resolve()
     if not path.is_file():
-        pytest.fail(f"contract file {path} is missing: clone shared/ beside the repository or set KIAPI_SPEC_DIR")
+        pytest.fail(f"contract file {path} is missing: the repository keeps it in spec/ (or set KIAPI_SPEC_DIR)")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -326,3 +326,14 @@ def test_openapi_package_imports_no_web_or_ml_stack() -> None:
             "print(sorted(m for m in ('starlette', 'mlx', 'mflux', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_repository_copy_of_the_contract_matches_the_shared_original():
+    """spec/ is a copy of the project's shared contract (../shared/spec beside a checkout, as
+    in CI); when the original is there, the copy must not have drifted from it."""
+    root = Path(__file__).resolve().parents[1]
+    shared = root.parent / "shared" / "spec"
+    if not shared.is_dir():
+        pytest.skip("no shared/spec beside this checkout to compare with")
+    for name in ("ernie.openapi.json", "seedvr2.openapi.json"):
+        assert (root / "spec" / name).read_bytes() == (shared / name).read_bytes(), name

@@ -26,10 +26,10 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 def _spec(name: str) -> dict[str, Any]:
     """Load a contract file; fail (never skip) when it is missing: the contract is the point."""
     env = os.environ.get("KIAPI_SPEC_DIR")
-    spec_dir = Path(env) if env else Path(__file__).resolve().parents[3] / ".." / "shared" / "spec"
+    spec_dir = Path(env) if env else Path(__file__).resolve().parents[3] / "spec"
     path = (spec_dir / f"{name}.openapi.json").resolve()
     if not path.is_file():
-        pytest.fail(f"contract file {path} is missing: clone shared/ beside the repository or set KIAPI_SPEC_DIR")
+        pytest.fail(f"contract file {path} is missing: the repository keeps it in spec/ (or set KIAPI_SPEC_DIR)")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
