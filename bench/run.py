@@ -174,7 +174,7 @@ class Server:
         cmd = [*kiapi_command(), "serve", "--host", LOOPBACK, "--port", str(self.port)]
         if demo:
             cmd.append("--demo")
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(cmd, env=environment, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
@@ -320,11 +320,11 @@ def measure_overhead(profile: Profile, server: Server, client: httpx.Client, par
                      clock: Clock, results: dict[str, Any]) -> None:
     """Warm sync generate over HTTP vs the same generation in this process, alternating."""
     import mlx.core as mx
+
+    from kiapi_core.images import encode_image
     from kiapi_ernie.runtime import build_model
     from kiapi_ernie.tiny import ensure_tiny_dir
     from kiapi_ernie.variants import VARIANTS
-
-    from kiapi_core.images import encode_image
 
     source = ensure_tiny_dir(server.data / "models" / "ernie")  # the server's own tiny weights
     started = time.perf_counter()
@@ -334,7 +334,7 @@ def measure_overhead(profile: Profile, server: Server, client: httpx.Client, par
 
     def direct() -> tuple[float, bytes]:
         t0 = time.perf_counter()
-        image = model.generate_image(
+        image = model.generate_image(  # noqa: F821 - deleted below, after the last call
             seed=params["seed"], prompt=params["prompt"], negative_prompt=params.get("negative_prompt"),
             num_inference_steps=params["steps"], width=params["width"], height=params["height"],
             guidance=params["guidance"], scheduler=params["scheduler"]).image

@@ -32,6 +32,7 @@ from .openapi.generate import capability_document
 from .openapi.root import root_document
 from .registry import Capability
 from .settings import DEMO_NOTE
+from .weights import model_readiness
 
 log = logging.getLogger("kiapi.http")
 
@@ -74,9 +75,13 @@ def _capability_routes(host: Host, capability: Capability) -> list[BaseRoute]:
     document = capability_document(capability, version=capability.version)
 
     async def models(request: Request) -> Response:
+        # Extension fields (clients written against the spec ignore them): whether the weights
+        # are there (`kiapi activate` otherwise), and in demo mode that outputs are noise.
         specs = msgspec.to_builtins(host.registry.model_specs(capability.name))
-        if host.settings.demo:  # an extension field: clients written against the spec ignore it
-            for spec in specs:
+        ready = await model_readiness(host, capability)
+        for spec in specs:
+            spec["ready"] = ready[spec["name"]]
+            if host.settings.demo:
                 spec["demo"] = DEMO_NOTE
         return JSONResponse(specs)
 

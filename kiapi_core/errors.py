@@ -126,3 +126,8 @@ class PluginError(Exception):
 
 class StartupError(Exception):
     """The host cannot start: conflicting registrations, invalid settings."""
+
+
+class SettingsError(StartupError):
+    """A setting has a value the host or a plugin cannot use. Always fatal: an operator's
+    mistake must not quietly disable a capability."""

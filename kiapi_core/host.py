@@ -16,11 +16,12 @@ from typing import Any
 import pluggy
 
 from . import __version__
-from .errors import StartupError, Unavailable
+from .errors import Unavailable
 from .files.store import FileStore
 from .jobs.manager import JobManager
 from .jobs.sqlite_store import SqliteJobStore
 from .memory.manager import ModelManager
+from .memory.warmup import parse_warmup
 from .plugins import PluginRecord, load_plugins, new_plugin_manager, register_capabilities
 from .registry import Registry
 from .settings import Loaded, Settings, load_settings
@@ -86,7 +87,7 @@ class Host:
         self.settings.data_path.mkdir(parents=True, exist_ok=True)
         log.info("kiapi %s: data in %s%s", self.version, self.settings.data_path,
                  " (demo mode: tiny random-weight models, outputs are noise)" if self.settings.demo else "")
-        log.info("memory budget: %s", self.models.budget_description())
+        log.info("%s", self.models.budget_description())
         await self.jobs.start()
         self._background.append(asyncio.create_task(self.files.sweep_forever()))
         self._background.append(asyncio.create_task(self._sweep_idle_models()))
@@ -140,9 +141,23 @@ def build_host(
     registry = Registry()
     host = _HostUnderConstruction(loaded, pm, records, registry)
     register_capabilities(pm, records, registry, host, loaded.settings)
-    if loaded.settings.strict_plugins and any(r.error for r in records):  # pragma: no cover - raised earlier
-        raise StartupError("plugin errors in strict mode")
-    return Host(loaded, pm, records, registry)
+    built = Host(loaded, pm, records, registry)
+    _check_settings(built)
+    return built
+
+
+def _check_settings(host: Host) -> None:
+    """Read every capability's settings and the warm-up list now, so a mistake stops start-up
+    with its message instead of failing requests later (SettingsError / StartupError)."""
+    for capability in host.registry:
+        host.plugin_settings(capability.name)
+    parse_warmup(host.settings.warmup, host.registry)
+    tables = [name for name, value in host.loaded.config.items() if isinstance(value, dict)]
+    strays = [name for name in tables if name not in host.registry]
+    if strays:
+        known = ", ".join(c.name for c in host.registry) or "none installed"
+        log.warning("config file %s: [%s] names no installed capability (capabilities: %s); "
+                    "its settings are ignored", host.loaded.config_file, "], [".join(strays), known)
 
 
 class _HostUnderConstruction:

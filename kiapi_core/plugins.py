@@ -21,7 +21,7 @@ import msgspec
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, StartupError
+from .errors import PluginError, SettingsError, StartupError
 from .registry import Capability, Registry
 from .settings import Settings
 
@@ -134,6 +134,8 @@ def register_capabilities(pm: pluggy.PluginManager, records: list[PluginRecord],
             staged = Registry()
             for capability in collected:
                 staged.add(capability, plugin=impl.plugin_name, distribution=distribution)
+        except SettingsError:
+            raise  # the operator's mistake, not the plugin's: never skip a plugin over it
         except Exception as exc:  # noqa: BLE001 - a plugin's own declaration problem
             if record is None:
                 raise
@@ -203,6 +205,11 @@ def _entry_points() -> Iterable[tuple[metadata.EntryPoint, metadata.Distribution
                                    f"{dist.metadata['Name']}; uninstall one of them")
             names[ep.name] = dist.metadata["Name"]
             yield ep, dist
+
+
+def installed_names() -> set[str]:
+    """Entry-point and distribution names of every installed plugin (loaded or not)."""
+    return {name for ep, dist in _entry_points() for name in (ep.name, dist.metadata["Name"])}
 
 
 def _wanted(name: str, dist: metadata.Distribution, settings: Settings) -> bool:

@@ -52,7 +52,8 @@ class Model(msgspec.Struct, frozen=True, kw_only=True):
     loader: str | None = None
     #: Quantization the resident instance uses (``None``: unquantized).
     resident_quantize: int | None = None
-    #: Resident weight size in GB by quantization bits (``None`` key: unquantized).
+    #: Resident weight size in GB (2**30 bytes, as MLX counts) by quantization bits (``None``:
+    #: unquantized).
     weights_gb: Mapping[int | None, float] = msgspec.field(default_factory=dict)
     weights: tuple[WeightFiles, ...] = ()
     #: Eviction order: lower priority goes first.

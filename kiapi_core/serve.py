@@ -9,9 +9,11 @@ connection.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 
 from .host import Host
 
@@ -41,6 +43,14 @@ def _raise_read_size() -> None:
         tcp_server.MAX_RECV = max(tcp_server.MAX_RECV, READ_SIZE)
 
 
+def quiet_model_libraries() -> None:
+    """Keep model libraries' console noise out of a server's log (its stderr): tqdm progress
+    bars and transformers' advice to install torch. Job progress is on the API. Call before a
+    plugin loader imports them; an operator's own values win."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
 def serve(host: Host) -> None:
     """Serve ``host`` until a shutdown signal; blocks.
 
@@ -61,14 +71,18 @@ def serve(host: Host) -> None:
         raise SystemExit(f"Error: cannot start: {exc}. Stop that server first, or give this one "
                          "its own data directory (--data-dir or KIAPI_DATA_DIR).") from None
     _raise_read_size()
-    # A server's stderr is its log: model libraries' console progress bars (tqdm) and their
-    # advice to install torch are noise there. Job progress is on the API. Set before any
-    # plugin loader imports them; an operator's own values win.
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    quiet_model_libraries()
+    try:
+        listener = _listen(host.settings.host, host.settings.port)
+    except SystemExit:
+        lock.release()
+        raise
+    address = bind_address(*listener.getsockname()[:2])
     app = build_app(host)
     config = Config()
-    config.bind = [bind_address(host.settings.host, host.settings.port)]
+    # We bind the socket ourselves, before the lifespan starts anything: a port in use is a
+    # one-line error, and the log names the real port (also when asked for port 0).
+    config.bind = [f"fd://{listener.fileno()}"]
     # Hypercorn's default of 3 s would cut off SSE streams and sync waits during shutdown.
     config.graceful_timeout = host.settings.shutdown_grace_s + 10
     config.accesslog = logging.getLogger("kiapi.access")
@@ -98,10 +112,33 @@ def serve(host: Host) -> None:
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)
-        log.info("serving on http://%s (docs at /docs)", config.bind[0])
+        log.info("serving on http://%s (API docs at /docs)", address)
         await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
     try:
         asyncio.run(main())
     finally:
+        listener.detach()  # Hypercorn owns the descriptor and has closed it: never close it twice
         lock.release()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``, or SystemExit with a sentence saying why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:
+        raise SystemExit(f"Error: cannot listen on {host}: {exc}. Check --host / KIAPI_HOST.") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise SystemExit(f"Error: {bind_address(host, port)} is already in use; stop what listens there "
+                             "or choose another port (--port or KIAPI_PORT).") from None
+        raise SystemExit(f"Error: cannot listen on {bind_address(host, port)}: {exc.strerror or exc}.") from None
+    sock.set_inheritable(True)
+    return sock

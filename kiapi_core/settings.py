@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
-from .errors import StartupError
+from .errors import SettingsError, StartupError
 
 T = TypeVar("T")
 
@@ -45,8 +45,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     host: str = "127.0.0.1"
     "Address `kiapi serve` binds to."
-    port: Annotated[int, Meta(ge=1, le=65535)] = 8000
-    "Port `kiapi serve` listens on."
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    "Port `kiapi serve` listens on (0: any free port, shown in the log)."
     demo: bool = False
     "Serve tiny random-weight demo models instead of real weights (outputs are noise)."
     data_dir: str = msgspec.field(default_factory=_default_data_dir)
@@ -112,7 +112,7 @@ class Loaded(msgspec.Struct, frozen=True, kw_only=True):
         """Build a plugin's settings Struct from the same sources, under ``namespace``."""
         table = self.config.get(namespace, {})
         if not isinstance(table, dict):
-            raise StartupError(f"config file: [{namespace}] must be a table")
+            raise SettingsError(f"config file: [{namespace}] must be a table")
         return _build(schema, table, self.env, {}, prefix=f"KIAPI_{_env_name(namespace)}_",
                       where=f"[{namespace}]")
 
@@ -177,7 +177,7 @@ def _build(schema: type[T], table: Mapping[str, Any], env: Mapping[str, str], fl
     sources = {name: "default" for name in fields}
     unknown = [k for k in table if k not in fields]
     if unknown:
-        raise StartupError(f"config file {where}: unknown setting(s) {', '.join(sorted(unknown))}; "
+        raise SettingsError(f"config file {where}: unknown setting(s) {', '.join(sorted(unknown))}; "
                            f"known: {', '.join(sorted(fields))}")
     for name, value in table.items():
         values[name] = value
@@ -197,9 +197,9 @@ def _build(schema: type[T], table: Mapping[str, Any], env: Mapping[str, str], fl
         message, _, path = str(exc).partition(" - at `$.")
         name = path.rstrip("`").split(".")[0].split("[")[0]
         if name in fields:
-            raise StartupError(f"invalid setting {prefix}{name.upper()} = {values.get(name)!r} "
+            raise SettingsError(f"invalid setting {prefix}{name.upper()} = {values.get(name)!r} "
                                f"(from {sources[name]}): {message}") from None
-        raise StartupError(f"invalid setting: {exc}") from None
+        raise SettingsError(f"invalid setting: {exc}") from None
 
 
 def _from_env(raw: str, annotation: Any) -> Any:

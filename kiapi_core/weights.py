@@ -346,3 +346,17 @@ def is_missing_weights_error(exc: BaseException) -> bool:
     """Whether a loader's exception means missing weights (answer 503 with ``kiapi activate``)
     rather than a bug (500). Matched by class name so no hub library needs importing."""
     return bool({cls.__name__ for cls in type(exc).__mro__} & _MISSING_WEIGHTS_ERRORS)
+
+
+async def model_readiness(host: Any, capability: Capability) -> dict[str, bool]:
+    """Model name → whether it can run now: demo models and weightless ones always can; others
+    when their weights are present. Checked off the event loop (it reads the disk)."""
+    import asyncio
+
+    settings = host.plugin_settings(capability.name)
+
+    def check() -> dict[str, bool]:
+        return {m.name: host.settings.demo or not m.weights or status(capability, m, settings).state == "present"
+                for m in capability.models}
+
+    return await asyncio.to_thread(check)

@@ -79,3 +79,24 @@ def test_plugins_lists_the_workspace_plugins(tmp_path):
     assert records["kiapi-ernie"]["models"] == {"ernie": ["turbo", "base"]}
     assert records["kiapi-seedvr2"]["models"] == {"seedvr2": ["3b", "7b"]}
     assert records["kiapi-ernie"]["entry_point"] == "ernie = kiapi_ernie"
+
+
+def test_serve_on_a_port_in_use_is_a_one_line_error():
+    import socket
+
+    from kiapi_core.serve import _listen
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"127.0.0.1:{port} is already in use"):
+            _listen("127.0.0.1", port)
+    free = _listen("127.0.0.1", 0)  # port 0: any free port, which the server then logs
+    assert free.getsockname()[1] > 0
+    free.close()
+
+
+def test_plugins_notes_selection_names_that_match_nothing(run):
+    result = run("plugins", env={"KIAPI_LOAD_PLUGINS": "nope"})
+    assert "selects none" in result.output and "no installed plugin is called 'nope'" in result.output

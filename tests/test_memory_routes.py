@@ -93,6 +93,6 @@ async def test_memory_admin_errors(tmp_path: Path) -> None:
         response = await client.post("/v1/memory/models/nope/turbo/load")
         assert response.status_code == 404
         response = await client.post("/v1/memory/models/ernie/zzz/load")
-        assert response.status_code == 400 and response.json()["code"] == "unknown_model"
+        assert response.status_code == 404 and response.json()["code"] == "not_found" and response.json()["valid"]
     assert host.models.resident_keys() == []
     host.jobs.executor.shutdown()

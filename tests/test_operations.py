@@ -83,13 +83,13 @@ async def test_model_alias_any_case(client):
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"text": "x", "repeat": 0}, "repeat"), ({"repeat": 1}, "$"), ({"text": 5}, "text"),
-     ({"text": "x", "image": {"type": "file_id"}}, "image"), ({"text": "x", "mode": "later"}, "mode")],
+    [({"text": "x", "repeat": 0}, "repeat"), ({"repeat": 1}, "text"), ({"text": 5}, "text"),
+     ({"text": "x", "image": {"type": "file_id"}}, "image.file_id"), ({"text": "x", "mode": "later"}, "mode")],
 )
 async def test_schema_errors_are_422_naming_the_field(client, body, field):
     r = await client.post("/v1/text/echo/render", json=body)
     assert r.status_code == 422, r.text
-    assert r.json()["code"] == "invalid_request" and r.json()["field"] == field or field == "$"
+    assert r.json()["code"] == "invalid_request" and r.json()["field"] == field, r.json()
     assert r.json()["detail"]
 
 
@@ -172,9 +172,9 @@ async def test_models_list_matches_the_catalogue_shape(client):
     r = await client.get("/v1/text/echo/models")
     assert r.json() == [
         {"name": "small", "family": "echo", "domain": "text", "aliases": ["echo-small", "Tiny"], "default": True,
-         "features": ["text"]},
+         "features": ["text"], "ready": True},
         {"name": "large", "family": "echo", "domain": "text", "aliases": ["echo-large"], "default": False,
-         "features": ["text"]},
+         "features": ["text"], "ready": True},
     ]
 
 

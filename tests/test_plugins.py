@@ -115,3 +115,50 @@ def test_default_plugins_are_listed_as_such(tmp_path):
     defaults = [r for r in host.plugins if r.default]
     assert {r.name.rsplit(".", 1)[-1] for r in defaults} == {"health", "files", "jobs", "memory"}
     assert all(r.distribution == "kiapi-core" for r in defaults)
+
+
+def test_plugin_setting_mistakes_stop_start_up_even_without_strict_mode(tmp_path):
+    """An operator's typo in a plugin's settings must not quietly disable the plugin."""
+    import msgspec
+
+    from kiapi_core import Capability, Model, hookimpl
+    from kiapi_core.errors import SettingsError
+    from kiapi_core.host import build_host
+    from kiapi_core.settings import Settings, load_settings
+
+    class Knobs(msgspec.Struct, kw_only=True):
+        level: int = 1
+
+    class Configurable:
+        @hookimpl
+        def register_capabilities(self, register, host):
+            register(Capability(name="knobs", domain="text", title="Knobs", models=(Model(name="m"),),
+                                settings=Knobs))
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path}"\n[knobs]\nlevle = 2\n')
+    with pytest.raises(SettingsError, match="levle"):
+        build_host(load_settings(env={}, config_file=config), plugins=[Configurable()], load_entrypoints=False)
+    config.write_text(f'data_dir = "{tmp_path}"\n')
+    with pytest.raises(SettingsError, match="KIAPI_KNOBS_LEVEL = 'high'"):
+        build_host(load_settings(env={"KIAPI_KNOBS_LEVEL": "high"}, config_file=config),
+                   plugins=[Configurable()], load_entrypoints=False)
+    host = build_host(load_settings(env={"KIAPI_KNOBS_LEVEL": "3"}, config_file=config),
+                      plugins=[Configurable()], load_entrypoints=False)
+    assert host.plugin_settings("knobs") == Knobs(level=3)
+    assert Settings  # imported for the reader: core settings are checked the same way
+
+
+def test_config_tables_naming_no_capability_are_reported(tmp_path, caplog):
+    from kiapi_core.host import build_host
+    from kiapi_core.settings import load_settings
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path}"\n[ehco]\nx = 1\n')
+    build_host(load_settings(env={}, config_file=config), plugins=[kiapi_echo], load_entrypoints=False)
+    assert "[ehco] names no installed capability" in caplog.text and "echo" in caplog.text
+
+
+def test_bad_warmup_entries_stop_start_up(tmp_path):
+    with pytest.raises(StartupError, match="echo:small"):
+        build_test_host(tmp_path, plugins=[kiapi_echo], warmup=["small"])

@@ -43,9 +43,10 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, COMMANDS[name][2]) for name in sorted(COMMANDS)])
 
     def _plugin_command(self, name: str) -> click.Command | None:
-        from ..host import build_host
-
-        host = build_host()
+        ctx = click.get_current_context(silent=True)
+        if ctx is None:
+            return None
+        host = make_host(ctx)  # with the same --config as any command; errors are ClickExceptions
         extra = click.Group()
         host.pm.hook.register_commands(cli=extra)
         return extra.commands.get(name)

@@ -55,7 +55,9 @@ def check(ctx: click.Context, selectors: tuple[str, ...], demo: bool, data_dir: 
     data directory: stop it, or use another KIAPI_DATA_DIR.
     """
     from ..lockfile import DataDirLock, LockHeld
+    from ..serve import quiet_model_libraries
 
+    quiet_model_libraries()
     host = make_host(ctx, demo=demo, data_dir=data_dir)
     caps = list(host.registry)
     if not caps:

@@ -25,10 +25,20 @@ def plugins(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     if as_json:
         _dump(records)
         return
+    selected = host.settings.load_plugins
     if not records:
-        click.echo("no plugins installed; try `pip install kiapi-ernie`")
+        click.echo("no plugins loaded: KIAPI_LOAD_PLUGINS selects none of the installed ones"
+                   if selected is not None else "no plugins installed; try `pip install kiapi-ernie`")
+    from ..plugins import installed_names
+
+    known = installed_names() | {name for r in host.plugins for name in (r.name, r.distribution)}
+    for name in [*(selected or []), *host.settings.disable_plugins]:
+        if name not in known:
+            click.secho(f"note: no installed plugin is called {name!r} (KIAPI_LOAD_PLUGINS / "
+                        "KIAPI_DISABLE_PLUGINS name entry points or distributions)", fg="yellow")
     for r in records:
-        click.echo(f"{r.distribution} {r.version}" + (f"  (entry point {r.entry_point})" if r.entry_point else ""))
+        label = r.name if r.default else f"{r.distribution} {r.version}"
+        click.echo(label + (f"  (entry point {r.entry_point})" if r.entry_point else ""))
         if r.error:
             click.secho(f"  error: {r.error}", fg="red")
         for capability, models in r.models.items():

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.requests import Request
 from starlette.routing import Route
 
 from ..hookspecs import hookimpl
 from ..http.auth import AUTHENTICATED
 from ..http.responses import JSONResponse
-from ..weights import status
+from ..weights import model_readiness
 
 
 async def health(request: Request) -> JSONResponse:
@@ -20,14 +18,8 @@ async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": host.version})
     capabilities = []
     for capability in host.registry:
-        settings = host.plugin_settings(capability.name)
-        models = []
-        for model in capability.models:
-            if host.settings.demo or not model.weights:
-                ready = True
-            else:
-                ready = (await asyncio.to_thread(status, capability, model, settings)).state == "present"
-            models.append({"name": model.name, "default": model.default, "ready": ready})
+        ready = await model_readiness(host, capability)
+        models = [{"name": m.name, "default": m.default, "ready": ready[m.name]} for m in capability.models]
         capabilities.append({"name": capability.name, "domain": capability.domain,
                              "title": capability.title, "openapi": f"{capability.prefix}/openapi.json",
                              "models": models})

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..host import Host
 
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`$")
 #: Request fields the core itself interprets; they are not recorded as ignored.
 _CORE_FIELDS = ("mode", "model")
 #: Deepest nesting of JSON arrays/objects accepted in a request body (no operation needs more;
@@ -129,7 +130,7 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
     if job.status in (JobStatus.failed, JobStatus.canceled):
         error = host.jobs.error_of(job.id) or KiapiError(job.error or "the job did not finish",
                                                           code=job.error_code or "internal_error")
-        return error_response(error, job_id=job.id)
+        return error_response(error, job_id=job.id, headers=headers)
     artifact = None
     if len(job.artifacts) == 1:
         artifact = host.files.get(job.artifacts[0])
@@ -207,8 +208,13 @@ def _convert(raw: Any, schema: type) -> tuple[Any, list[str]]:
         message = str(exc)
         match = _PATH.search(message)
         path = match.group(1) if match else "$"
-        field = path[2:] if path.startswith("$.") else path
         what = message[: match.start()] if match else message
+        missing = _MISSING.match(what)
+        if missing:  # name the missing field itself, not the object that lacks it
+            path = f"{path}.{missing.group(1)}"
+            field = path[2:]
+            raise InvalidRequest(f"{field} is required", field=field, path=path) from None
+        field = path[2:] if path.startswith("$.") else path
         raise InvalidRequest(f"{field}: {what}" if field != "$" else what, field=field, path=path) from None
     ignored = sorted(_unknown_fields(raw, body, ""))
     warnings = [f"ignored unknown field{'s' if len(ignored) > 1 else ''}: {', '.join(ignored)}"] if ignored else []

@@ -126,7 +126,7 @@ class RunningJob(JobContext):
             if label is not None:
                 self._label = label
             self._published_at = now
-            value, text = new, self._label
+            value, text = round(new, 4), self._label  # no float noise like 0.42999999999999994
 
         def change(job: Job) -> None:
             job.progress = value

@@ -13,7 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ..errors import NotFound, Unavailable
+from ..errors import NotFound, Unavailable, UnknownModel
 from ..http.responses import JSONResponse
 
 
@@ -45,7 +45,10 @@ def _resolve(host: Any, request: Request) -> tuple[str, str]:
     if family not in host.registry:
         known = ", ".join(c.name for c in host.registry) or "none installed"
         raise NotFound(f"no capability {family!r}; capabilities: {known}")
-    model = host.registry.resolve_model(family, request.path_params["model"])  # 400 if unknown
+    try:
+        model = host.registry.resolve_model(family, request.path_params["model"])
+    except UnknownModel as exc:  # a path names a resource: unknown is 404, not a bad body (400)
+        raise NotFound(exc.detail, valid=exc.extra.get("valid")) from None
     return family, model.name
 
 

@@ -9,7 +9,7 @@ measurements of MLX peak memory; none were measured on real weights here, no GPU
   Both variants share the architecture.
 * **Bytes per parameter**: bf16 = 2. ``nn.quantize`` (group 64) stores ``bits/8`` per weight
   plus a bf16 scale and bias per 64 weights (+0.0625 B). mflux quantizes every Linear and the
-  embedding; the VAE's convolutions stay bf16. So q8 ~ 12.4 GB, q4 ~ 6.6 GB, bf16 ~ 23.1 GB.
+  embedding; the VAE's convolutions stay bf16. So q8 ~ 11.5 GB, q4 ~ 6.2 GB, bf16 ~ 21.5 GB (GB = 2**30 bytes).
   On disk (the Hugging Face bf16 snapshot) ~ 23.2 GB per variant.
 * **Denoising activations** scale with the image tokens ``(w/16) * (h/16)`` (4096 at 1024^2)
   and the batch (2 with CFG, i.e. guidance > 1): each block keeps ~24 hidden-sized bf16
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
-GB = 1e9
+GB = 1024**3  # the core counts GB as 2**30 bytes (MLX and mflux do too)
 TRANSFORMER_PARAMS = 8.033e9
 TEXT_ENCODER_PARAMS = 3.429e9
 VAE_PARAMS = 0.084e9

@@ -3,8 +3,8 @@
 ``build_capability(demo=...)`` is what the plugin registers. Importing this module never imports
 mlx or mflux (the handler and loader are ``"module:function"`` strings resolved on first use).
 
-Memory (GB = 10**9 bytes)
--------------------------
+Memory (GB = 2**30 bytes, as the core counts them)
+--------------------------------------------------
 ``weights_gb`` per quantization: the DiT's parameters (3.3 G for 3b, 7.0 G for 7b; the published
 fp16 files are ~6.8 and ~16.5 GB) at ``bits + 0.5`` bits each (MLX affine quantization stores an
 fp16 scale and bias per group of 64), plus the fp16 VAE (~0.5 GB, mostly convolutions, which

@@ -1,9 +1,12 @@
 """Texts of the seedvr2 capability's OpenAPI document.
 
-The Markdown guide (``info.description``) and the upscale operation's summary, operationId and
-description, copied from ``spec/seedvr2.openapi.json``. Plain constants so the Capability
-declaration imports them and the OpenAPI contract test can build the document without the
-plugin's runtime code.
+The upscale operation's summary, operationId and description are copied from
+``spec/seedvr2.openapi.json``; the Markdown guide (``info.description``) is the spec's guide with
+the same sections, updated where kiapi differs (the text-to-image family it points to, the
+server never downloads weights, where the performance figures were measured). Plain constants so
+the Capability declaration imports them and the OpenAPI contract test can build the document
+without the plugin's runtime code; ``test_seedvr2_openapi`` lists the spec sentences replaced
+here.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ DESCRIPTION = (
     "One operation: `/upscale` takes an input image and produces a higher-resolution\n"
     "version. SeedVR2 is diffusion-based super-resolution, **not** prompt-driven image\n"
     "generation — there is no prompt. To create or edit images from text, use the\n"
-    "qwen / flux2 / zimage / ideogram4 families instead.\n"
+    "ernie family (`/v1/image/ernie/generate`, `/v1/image/ernie/edit`) instead.\n"
     "\n"
     "## Upstream docs\n"
     "- [mflux — SeedVR2](https://github.com/filipstrand/mflux/blob/main/src/mflux/models/seedvr2/README.md) — the MLX engine kiapi runs\n"
@@ -55,12 +58,17 @@ DESCRIPTION = (
     "- Upscaling a large source image to a high `resolution` raises peak memory; the\n"
     "  request can 503 if it does not fit the global memory budget — try the `3b`\n"
     "  variant or a smaller target.\n"
-    "- First use downloads the SeedVR2 weights; run `kiapi activate` ahead of time to\n"
-    "  avoid a cold-start download on the first request.\n"
+    "- The server never downloads weights. Run `kiapi activate seedvr2:3b` (or\n"
+    "  `seedvr2:7b`) ahead of time; until then a request for that model answers 503\n"
+    "  (`weights_missing`) naming the `kiapi activate` command to run.\n"
     "\n"
     "## Performance\n"
-    "- **3b**: 256→512 q8 first-run peak ~3929 MiB; cached 256→768 peak ~1756 MiB.\n"
+    "- **3b**: 256→512 q8 first-run peak ~3929 MiB; cached 256→768 peak ~1756 MiB\n"
+    "  (measured by an earlier kiapi on Apple Silicon with the real weights).\n"
     "- **7b**: larger variant; estimate only until measured locally.\n"
+    "- Demo mode (`kiapi serve --demo`, tiny random-weight models on the MLX CPU\n"
+    "  backend, outputs are noise): 3D convolutions are slow on the CPU, so keep demo\n"
+    "  inputs and targets small (a 32x32 input with `\"resolution\": 64`).\n"
 )
 
 UPSCALE_SUMMARY = "Upscale Seedvr2 Endpoint"
