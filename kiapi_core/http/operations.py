@@ -133,7 +133,7 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
         return error_response(error, job_id=job.id, headers=headers)
     artifact = None
     if len(job.artifacts) == 1:
-        artifact = host.files.get(job.artifacts[0])
+        artifact = await host.files.aget(job.artifacts[0])
     choice = negotiation.choose(request.headers.get("accept"), artifact.content_type if artifact else None)
     if choice is None:
         offered = "application/json" + (f" or {artifact.content_type}" if artifact else "")
