@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -28,11 +29,11 @@ from ..errors import (
     UnsupportedMediaType,
     WeightsMissing,
 )
-from ..files.resolve import resolve_inputs
+from ..files.resolve import ResolvedInputs, resolve_inputs
 from ..files.routes import file_response
 from ..jobs.models import AsyncJobResponse, Job, JobStatus
 from ..jobs.store import IdempotentReplay
-from ..registry import Capability, Operation
+from ..registry import Capability, Model, Operation
 from ..settings import DEMO_NOTE
 from ..validation import ref_summary
 from ..weights import missing_message, status
@@ -63,7 +64,7 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
         idem = idempotency.from_request(request, raw, auth_token=host.settings.auth_token)
         replayed = host.jobs.find_idempotent(*idem) if idem is not None else None
         if replayed is None:
-            body, warnings = _convert(raw, operation.request)
+            body, warnings = decode_body(raw, operation.request)
             try:
                 job = await submit(host, capability, operation, body, warnings, idempotency=idem)
             except IdempotentReplay as replay:  # an identical request won the race
@@ -98,6 +99,34 @@ async def submit(host: Host, capability: Capability, operation: Operation, body:
     when a job with the same idempotency key and request exists by then)."""
     model = host.registry.resolve_model(capability.name, getattr(body, "model", None))
     host.jobs.check_capacity()  # cheap 503s before any download or file check
+    checked = await validate(host, capability, operation, body, model)
+    try:
+        if host.settings.demo:
+            warnings = [*warnings, DEMO_NOTE]
+        return host.jobs.submit(capability=capability, operation=operation, model=model, request=body,
+                                params=checked.params, inputs=checked.inputs.files,
+                                input_ids=checked.inputs.summary, warnings=warnings,
+                                estimate_gb=checked.estimate_gb, idempotency=idempotency)
+    except BaseException:
+        await _discard(host, checked.inputs.created)
+        raise
+
+
+@dataclass
+class Validated:
+    """What :func:`validate` accepted: the job's params, its resolved inputs and memory need."""
+
+    model: Model
+    params: dict[str, Any]
+    inputs: ResolvedInputs
+    estimate_gb: float
+
+
+async def validate(host: Host, capability: Capability, operation: Operation, body: Any,
+                   model: Model) -> Validated:
+    """Every check between the model and the queue: weights (503), the plugin's ``prepare``
+    (422), FileRef resolution (400), the plugin's ``check`` (in a thread) and memory admission
+    (503). Used by :func:`submit` and by ``kiapi_core.testing.HandlerHarness``."""
     plugin_settings = host.plugin_settings(capability.name)
     if not host.settings.demo and model.weights:
         found = await asyncio.to_thread(status, capability, model, plugin_settings)
@@ -109,16 +138,16 @@ async def submit(host: Host, capability: Capability, operation: Operation, body:
         if operation.check is not None:
             await asyncio.to_thread(operation.check, body, params, resolved.files, host)
         estimate = host.models.admit(capability, model, operation, params)
-        if host.settings.demo:
-            warnings = [*warnings, DEMO_NOTE]
-        return host.jobs.submit(capability=capability, operation=operation, model=model, request=body,
-                                params=params, inputs=resolved.files, input_ids=resolved.summary,
-                                warnings=warnings, estimate_gb=estimate, idempotency=idempotency)
     except BaseException:
-        # Inputs this request materialised (URL, data URL) belong to no job: do not keep them.
-        for file_id in resolved.created:
-            await host.files.adelete(file_id)
+        await _discard(host, resolved.created)
         raise
+    return Validated(model=model, params=params, inputs=resolved, estimate_gb=estimate)
+
+
+async def _discard(host: Host, created: list[str]) -> None:
+    """Inputs a request materialised (URL, data URL) belong to no job: do not keep them."""
+    for file_id in created:
+        await host.files.adelete(file_id)
 
 
 async def respond_finished(host: Host, request: Request, job: Job, headers: dict[str, str]) -> Response:
@@ -199,7 +228,9 @@ def _depth_ok(value: Any, limit: int) -> bool:
     return True
 
 
-def _convert(raw: Any, schema: type) -> tuple[Any, list[str]]:
+def decode_body(raw: Any, schema: type) -> tuple[Any, list[str]]:
+    """The request Struct for a JSON body (InvalidRequest naming the field) and a warning
+    listing the fields it ignored."""
     if not isinstance(raw, dict):
         raise InvalidRequest(f"the request body must be a JSON object, not {type(raw).__name__}")
     try:
@@ -266,4 +297,4 @@ def _with_job(error: KiapiError, job: Job) -> KiapiError:
     return error
 
 
-__all__ = ["BadRequest", "operation_route", "respond_finished", "submit"]
+__all__ = ["BadRequest", "Validated", "decode_body", "operation_route", "respond_finished", "submit", "validate"]

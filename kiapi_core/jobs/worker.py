@@ -141,6 +141,9 @@ def resolve_handler(operation: Operation) -> Callable[..., Any]:
 
 
 class Worker(threading.Thread):
+    #: The JobContext built for each job (``kiapi_core.testing`` substitutes a recording subclass).
+    context_class: type[RunningJob] = RunningJob
+
     def __init__(self, *, board: WorkerBoard, files: FileSink, models: ModelManagerLike,
                  plugin_settings: Callable[[str], Any], cache_dir: Callable[[str], Path],
                  work_root: Path, demo: bool) -> None:
@@ -175,7 +178,7 @@ class Worker(threading.Thread):
         job_id = pending.job.id
         ctx: RunningJob | None = None
         try:
-            ctx = RunningJob(
+            ctx = self.context_class(
                 job=pending.job, board=self._board, cancel=pending.cancel,
                 capability=pending.capability, model=pending.model, request=pending.request,
                 params=pending.job.params, inputs=pending.inputs, files=self._files,

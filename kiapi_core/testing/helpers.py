@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,25 @@ import httpx
 import msgspec
 
 from ..host import Host, build_host
-from ..settings import Settings
+from ..settings import Loaded, Settings
 
 __all__ = ["KiapiClient", "LifespanRunner", "build_test_host", "client"]
 
 
 def build_test_host(data_dir: str | Path, *, plugins: Sequence[Any] = (), load_entrypoints: bool = False,
-                    **settings: Any) -> Host:
-    """A host for one test: strict plugin loading, demo mode on, state under ``data_dir``."""
+                    plugin_settings: Mapping[str, Mapping[str, Any]] | None = None, **settings: Any) -> Host:
+    """A host for one test: strict plugin loading, demo mode on, state under ``data_dir``.
+
+    ``settings`` are core settings (``demo=False``, ``max_image_pixels=...``);
+    ``plugin_settings`` maps a capability to its settings, as the config file's table would
+    (``{"ernie": {"max_steps": 10}}``). The environment is not read.
+    """
     values: dict[str, Any] = {"data_dir": str(data_dir), "strict_plugins": True, "demo": True}
     values.update(settings)
-    return build_host(msgspec.convert(values, Settings), plugins=plugins, load_entrypoints=load_entrypoints)
+    tables = {name: dict(table) for name, table in (plugin_settings or {}).items()}
+    loaded = Loaded(settings=msgspec.convert(values, Settings), sources={}, config_file=None, config=tables,
+                    env={})
+    return build_host(loaded, plugins=plugins, load_entrypoints=load_entrypoints)
 
 
 class LifespanRunner:

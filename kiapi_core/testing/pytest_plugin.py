@@ -2,7 +2,11 @@
 
 * ``kiapi_host_factory(plugins=[...], **settings)`` builds isolated hosts under ``tmp_path``;
 * ``kiapi_client_factory(plugins=[...], **settings)`` is an async context manager yielding a
-  :class:`~kiapi_core.testing.KiapiClient` with the app's lifespan running.
+  :class:`~kiapi_core.testing.KiapiClient` with the app's lifespan running;
+* ``kiapi_harness_factory(plugins=[...], capability=None, **settings)`` returns a
+  :class:`~kiapi_core.testing.HandlerHarness` that runs one handler directly.
+
+``settings`` are core settings, plus ``plugin_settings={"family": {...}}`` for plugins.
 
 Nothing heavy is imported until a fixture is used.
 """
@@ -39,5 +43,15 @@ def kiapi_client_factory(kiapi_host_factory) -> Callable[..., Any]:
         host = kiapi_host_factory(plugins=plugins, **settings)
         async with client(host, headers=headers) as http:
             yield http
+
+    return factory
+
+
+@pytest.fixture
+def kiapi_harness_factory(kiapi_host_factory) -> Callable[..., Any]:
+    from .handlers import HandlerHarness
+
+    def factory(plugins=(), capability: str | None = None, **settings: Any) -> Any:
+        return HandlerHarness(kiapi_host_factory(plugins=plugins, **settings), capability)
 
     return factory

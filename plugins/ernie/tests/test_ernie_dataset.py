@@ -112,9 +112,9 @@ def test_check_train_uses_settings(tmp_path, png, ernie_helpers, ernie_files):
 
     stored = ernie_files(_write(tmp_path, {"a.png": png, "a.txt": "x", "b.png": png, "b.txt": "y"}).read_bytes())
     request = TrainRequest(dataset=FileIDRef(file_id=stored.file_id))
-    validation.check_train(request, {}, {"dataset": stored}, ernie_helpers.Host())
+    validation.check_train(request, {}, {"dataset": stored}, ernie_helpers.host())
     with pytest.raises(InvalidInput, match="KIAPI_ERNIE_DATASET_MAX_ENTRIES"):
-        validation.check_train(request, {}, {"dataset": stored}, ernie_helpers.Host(dataset_max_entries=3))
+        validation.check_train(request, {}, {"dataset": stored}, ernie_helpers.host(dataset_max_entries=3))
 
 
 
@@ -138,13 +138,13 @@ def test_images_are_probed_by_the_core_within_the_host_pixel_limit(tmp_path, png
     stored = ernie_files(_write(tmp_path, entries).read_bytes())
     request = TrainRequest(dataset=FileIDRef(file_id=stored.file_id))
     with pytest.raises(InvalidInput) as info:
-        validation.check_train(request, {}, {"dataset": stored}, ernie_helpers.Host(max_image_pixels=1000))
+        validation.check_train(request, {}, {"dataset": stored}, ernie_helpers.host(max_image_pixels=1000))
     text = " | ".join(info.value.extra["problems"])
     assert "a.png is 64x64 = 4096 pixels, over the limit of 1000 (KIAPI_MAX_IMAGE_PIXELS)" in text
     assert "b.png could not be decoded" in text
     assert "c.png is a GIF image (use PNG, JPEG or WebP)" in text
     ok = ernie_files(_write(tmp_path, {"a.png": big, "a.txt": "x"}, "ok.zip").read_bytes())
-    validation.check_train(request, {}, {"dataset": ok}, ernie_helpers.Host(max_image_pixels=4096))
+    validation.check_train(request, {}, {"dataset": ok}, ernie_helpers.host(max_image_pixels=4096))
 
 
 def test_extract_does_not_decode_images_again(tmp_path, png, monkeypatch):

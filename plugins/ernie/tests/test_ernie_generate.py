@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kiapi_core.errors import InvalidInput, JobCanceled, WeightsMissing
+from kiapi_core.errors import InvalidInput, WeightsMissing
 from kiapi_core.files.refs import FileDataURLRef, FileIDRef
 from kiapi_ernie.schemas import EditRequest, GenerateRequest, LoraRef
 
@@ -29,13 +29,14 @@ def _gen(**kw) -> GenerateRequest:
 
 
 @pytest.mark.parametrize("model, steps, guidance", [("turbo", 8, 1.0), ("ernie-image", 50, 4.0)])
-def test_generate_both_variants_resolve_defaults(ernie_job, model, steps, guidance):
-    job = ernie_job("generate", GenerateRequest(prompt="an owl", model=model, width=64, height=64))
-    assert job.params["steps"] == steps and job.params["guidance"] == guidance
-    assert job.params["quantize"] == 8 and job.params["transient"] is False
-    assert isinstance(job.params["seed"], int)
-    job.params["steps"] = 2  # keep the run short; the defaults are what is checked above
-    result = job.run()
+def test_generate_both_variants_resolve_defaults(ernie, model, steps, guidance):
+    prepared = ernie.prepare("generate", GenerateRequest(prompt="an owl", model=model, width=64, height=64))
+    assert prepared.params["steps"] == steps and prepared.params["guidance"] == guidance
+    assert prepared.params["quantize"] == 8 and prepared.params["transient"] is False
+    assert isinstance(prepared.params["seed"], int)
+    prepared.params["steps"] = 2  # keep the run short; the defaults are what is checked above
+    job = ernie.run(prepared)
+    result = job.raise_for_status().returned
     fmt, size, _ = _pixels(job)
     assert (fmt, size) == ("PNG", (64, 64))
     assert result.model == job.model.name and result.width == 64 and result.height == 64
@@ -44,11 +45,9 @@ def test_generate_both_variants_resolve_defaults(ernie_job, model, steps, guidan
     assert job.runtime_calls == [{"quantize": 8}]
 
 
-def test_generate_is_reproducible_and_labels_progress(ernie_job):
-    first = ernie_job("generate", _gen())
-    first.run()
-    second = ernie_job("generate", _gen())
-    second.run()
+def test_generate_is_reproducible_and_labels_progress(ernie):
+    first = ernie.run("generate", _gen()).raise_for_status()
+    second = ernie.run("generate", _gen()).raise_for_status()
     assert _pixels(first)[2] == _pixels(second)[2]
     # resident model already loaded; the label says which step of how many is done
     assert second.labels == ["denoising step 0/2", "denoising step 1/2", "denoising step 2/2", "decoding", "saving"]
@@ -58,55 +57,52 @@ def test_generate_is_reproducible_and_labels_progress(ernie_job):
 
 
 @pytest.mark.parametrize("fmt, pil", [("jpeg", "JPEG"), ("webp", "WEBP")])
-def test_generate_encodes_requested_format(ernie_job, fmt, pil):
-    job = ernie_job("generate", _gen(format=fmt, quality=70))
-    job.run()
+def test_generate_encodes_requested_format(ernie, fmt, pil):
+    job = ernie.run("generate", _gen(format=fmt, quality=70)).raise_for_status()
     stored = job.artifacts[-1]
     assert _pixels(job)[0] == pil
     assert stored.record.content_type == f"image/{fmt}"
     assert stored.record.filename.endswith(".jpg" if fmt == "jpeg" else ".webp")
 
 
-def test_quantize_override_runs_transient(ernie_job):
-    job = ernie_job("generate", _gen(quantize=4))
+def test_quantize_override_runs_transient(ernie):
+    job = ernie.run("generate", _gen(quantize=4)).raise_for_status()
     assert job.params["transient"] is True
-    job.run()
-    assert job.runtime_calls == [{"quantize": 4}]
-    assert "loading" in job.labels and job._transient == []  # freed after the job
+    assert job.runtime_calls == [{"quantize": 4}] == job.loads
+    assert "loading" in job.labels and job.runtimes[0].model is None  # freed after the job
     assert _pixels(job)[1] == (64, 64)
 
 
-def test_base_with_cfg_and_negative_prompt(ernie_job):
-    job = ernie_job("generate", _gen(model="base", guidance=4.0, negative_prompt="blurry, dark"))
-    job.run()
+def test_base_with_cfg_and_negative_prompt(ernie):
+    job = ernie.run("generate", _gen(model="base", guidance=4.0, negative_prompt="blurry, dark")).raise_for_status()
     assert _pixels(job)[1] == (64, 64) and job.warnings == []
 
 
-def test_turbo_runs_other_guidance_with_a_warning(ernie_job):
+def test_turbo_runs_other_guidance_with_a_warning(ernie):
     """mflux runs CFG on turbo too (its Python API does not refuse): accepted, run, explained."""
-    plain = ernie_job("generate", _gen())
-    plain.run()
-    job = ernie_job("generate", _gen(guidance=3.0))
-    result = job.run()
+    plain = ernie.run("generate", _gen()).raise_for_status()
+    job = ernie.run("generate", _gen(guidance=3.0))
+    result = job.raise_for_status().returned
     assert result.params["guidance"] == 3.0 and _pixels(job)[1] == (64, 64)
     assert _pixels(job)[2] != _pixels(plain)[2]  # CFG really ran
     assert len(job.warnings) == 1 and "guidance-distilled" in job.warnings[0]
 
 
-def test_demo_result_says_the_output_is_noise(ernie_job):
-    job = ernie_job("generate", _gen())
-    result = job.run()
+def test_demo_result_says_the_output_is_noise(ernie):
+    job = ernie.run("generate", _gen())
+    result = job.raise_for_status().returned
     assert result.params["demo"] is True
     assert result.params["note"] == "demo mode: tiny random-weight model, the output is noise"
     assert job.warnings == []  # the core adds the one demo warning per job, not the plugin
 
 
-def test_edit_from_stored_image_records_input(ernie_job, ernie_files, ernie_helpers):
+def test_edit_from_stored_image_records_input(ernie, ernie_files, ernie_helpers):
     image = ernie_files(ernie_helpers.png((64, 64), (30, 160, 60)), "in.png", "image/png")
     request = EditRequest(prompt="make it autumn", image=FileIDRef(file_id=image.file_id), width=64, height=64,
                           steps=4, seed=3, image_strength=0.5)
-    job = ernie_job("edit", request, inputs={"image": image})
-    result = job.run()
+    job = ernie.run("edit", request)
+    result = job.raise_for_status().returned
+    assert job.inputs["image"].file_id == image.file_id
     assert result.params["image_file_id"] == image.file_id
     assert result.params["image"] == {"type": "file_id", "file_id": image.file_id}
     assert result.params["kind"] == "edit" and result.params["image_strength"] == 0.5
@@ -116,29 +112,27 @@ def test_edit_from_stored_image_records_input(ernie_job, ernie_files, ernie_help
         "denoising step 0/2", "denoising step 1/2", "denoising step 2/2"]
 
 
-def test_edit_params_never_echo_data_urls(ernie_job, ernie_files, ernie_helpers):
+def test_edit_params_never_echo_data_urls(ernie, ernie_helpers):
     import base64
 
     png = ernie_helpers.png((64, 64))
     data_url = "data:image/png;base64," + base64.b64encode(png).decode()
-    image = ernie_files(png, "in.png", "image/png")
     request = EditRequest(prompt="x", image=FileDataURLRef(data_url=data_url), width=64, height=64, steps=2)
-    job = ernie_job("edit", request, inputs={"image": image})
+    job = ernie.run("edit", request)  # the core decodes and stores the data URL, as for POST
     assert job.params["image"] == {"type": "data_url", "media_type": "image/png", "chars": len(data_url)}
-    result = job.run()
-    assert "base64" not in repr(result.params)
-    assert result.params["image_file_id"] == image.file_id
+    result = job.raise_for_status().returned
+    assert "base64" not in repr(result.params) and "base64" not in repr(job.result)
+    image = job.inputs["image"]
+    assert result.params["image_file_id"] == image.file_id and image.path.read_bytes() == png
 
 
-def test_lora_changes_the_image(ernie_job, ernie_files, tmp_path):
+def test_lora_changes_the_image(ernie, ernie_files, tmp_path):
     from kiapi_ernie.tiny import make_tiny_lora
 
-    plain = ernie_job("generate", _gen())
-    plain.run()
+    plain = ernie.run("generate", _gen()).raise_for_status()
     lora = ernie_files(make_tiny_lora(tmp_path / "tiny_lora.safetensors").read_bytes(), "tiny.safetensors")
-    job = ernie_job("generate", _gen(loras=[LoraRef(file=FileIDRef(file_id=lora.file_id), scale=0.8)]),
-                    inputs={"loras[0].file": lora})
-    result = job.run()
+    job = ernie.run("generate", _gen(loras=[LoraRef(file=FileIDRef(file_id=lora.file_id), scale=0.8)]))
+    result = job.raise_for_status().returned
     assert job.params["transient"] is True
     assert job.runtime_calls[0]["lora_scales"] == [0.8]
     assert job.runtime_calls[0]["lora_paths"][0].endswith(".safetensors")
@@ -146,40 +140,39 @@ def test_lora_changes_the_image(ernie_job, ernie_files, tmp_path):
     assert _diff(_pixels(plain)[2], _pixels(job)[2]) > 0.5
 
 
-def test_corrupt_lora_is_rejected_before_queueing(ernie_job, ernie_files):
+def test_corrupt_lora_is_rejected_before_queueing(ernie, ernie_files):
     for payload in (b"not a safetensors file at all", b"\x10\x00\x00\x00\x00\x00\x00\x00{broken json!!!}",
                     b"\x02\x00\x00\x00\x00\x00\x00\x00{}"):
         lora = ernie_files(payload, "bad.safetensors")
         with pytest.raises(InvalidInput, match=r"loras\[0\]\.file"):
-            ernie_job("generate", _gen(loras=[LoraRef(file=FileIDRef(file_id=lora.file_id))]),
-                      inputs={"loras[0].file": lora})
+            ernie.prepare("generate", _gen(loras=[LoraRef(file=FileIDRef(file_id=lora.file_id))]))
 
 
-def test_lora_without_lora_tensors_and_over_cap(ernie_job, ernie_files, tmp_path, ernie_helpers):
+def test_lora_without_lora_tensors_and_over_cap(ernie, ernie_files, tmp_path, ernie_helpers):
     import mlx.core as mx
 
     path = tmp_path / "plain.safetensors"
     mx.save_safetensors(str(path), {"weight": mx.zeros((4, 4))})
     lora = ernie_files(path.read_bytes(), "plain.safetensors")
     with pytest.raises(InvalidInput, match="holds no ERNIE-Image LoRA tensors"):
-        ernie_job("generate", _gen(loras=[LoraRef(file=FileIDRef(file_id=lora.file_id))]),
-                  inputs={"loras[0].file": lora})
-    host = ernie_helpers.Host(demo=True, max_lora_mb=0.0001)
+        ernie.prepare("generate", _gen(loras=[LoraRef(file=FileIDRef(file_id=lora.file_id))]))
+    capped = ernie_helpers.harness(demo=True, max_lora_mb=0.0001)
+    lora = capped.store(path.read_bytes(), "plain.safetensors")
     with pytest.raises(InvalidInput, match="KIAPI_ERNIE_MAX_LORA_MB"):
-        ernie_job("generate", _gen(loras=[LoraRef(file=FileIDRef(file_id=lora.file_id))]),
-                  inputs={"loras[0].file": lora}, host=host)
+        capped.prepare("generate", _gen(loras=[LoraRef(file=FileIDRef(file_id=lora.file_id))]))
 
 
-def test_cancel_mid_run_stops_denoising(ernie_job):
-    # events: loading?, denoising start, step 1 -> cancel requested after the 2nd event
-    job = ernie_job("generate", _gen(steps=6), cancel_after=2)
-    with pytest.raises(JobCanceled):
-        job.run()
+def test_cancel_mid_run_stops_denoising(ernie):
+    from kiapi_core.errors import JobCanceled
+
+    # the cancel is requested once step 2 of 6 is reported: the next step boundary stops the run
+    job = ernie.run("generate", _gen(steps=6), cancel_on="denoising step 2/6")
+    assert job.canceled and isinstance(job.error, JobCanceled)
     steps = [f for f, label in job.events if label and label.startswith("denoising")]
     assert 1 <= len(steps) < 7 and job.artifacts == [] and "decoding" not in job.labels
+    assert job.labels[-1] == "denoising step 2/6"  # step 3 never reported
     # the resident model is still usable afterwards
-    again = ernie_job("generate", _gen())
-    again.run()
+    again = ernie.run("generate", _gen()).raise_for_status()
     assert len(again.artifacts) == 1
 
 
@@ -207,11 +200,12 @@ def test_runtime_close_frees_and_refuses(ernie_cache_dir):
                          guidance=4.0, scheduler="linear")
 
 
-def test_non_square_edit_when_guard_lifted(ernie_job, ernie_files, ernie_helpers):
-    image = ernie_files(ernie_helpers.png((48, 80)), "in.png", "image/png")
+def test_non_square_edit_when_guard_lifted(ernie_helpers):
+    lifted = ernie_helpers.harness(edit_require_square=False)
+    image = lifted.store(ernie_helpers.png((48, 80)), "in.png", "image/png")
     request = EditRequest(prompt="x", image=FileIDRef(file_id=image.file_id), width=48, height=80, steps=2)
-    job = ernie_job("edit", request, inputs={"image": image}, host=ernie_helpers.Host(edit_require_square=False))
-    result = job.run()
+    job = lifted.run("edit", request)
+    result = job.raise_for_status().returned
     assert (result.width, result.height) == (48, 80) and _pixels(job)[1] == (48, 80)
 
 
@@ -223,9 +217,8 @@ def _lora_file(ernie_files, tmp_path, tensors, name="lora.safetensors"):
     return ernie_files(path.read_bytes(), name)
 
 
-def _with_lora(ernie_job, lora):
-    return ernie_job("generate", _gen(loras=[LoraRef(file=FileIDRef(file_id=lora.file_id))]),
-                     inputs={"loras[0].file": lora})
+def _with_lora(ernie, lora):
+    return ernie.prepare("generate", _gen(loras=[LoraRef(file=FileIDRef(file_id=lora.file_id))]))
 
 
 @pytest.mark.parametrize("tensors, expected", [
@@ -250,15 +243,15 @@ def _with_lora(ernie_job, lora):
       "transformer.layers.0.self_attention.to_q.lora_B.weight": (64, 4),
       "transformer.layers.0.self_attention.to_q.lora_magnitude_vector": (64,)}, "DoRA"),
 ])
-def test_lora_that_does_not_fit_is_400_before_queueing(ernie_job, ernie_files, tmp_path, tensors, expected):
+def test_lora_that_does_not_fit_is_400_before_queueing(ernie, ernie_files, tmp_path, tensors, expected):
     lora = _lora_file(ernie_files, tmp_path, tensors)
     with pytest.raises(InvalidInput) as info:
-        _with_lora(ernie_job, lora)
+        _with_lora(ernie, lora)
     assert info.value.status == 400 and expected in info.value.detail
     assert "loras[0].file does not fit" in info.value.detail or "loras[0].file" in info.value.detail
 
 
-def test_lora_fit_lists_every_mismatch(ernie_job, ernie_files, tmp_path):
+def test_lora_fit_lists_every_mismatch(ernie, ernie_files, tmp_path):
     lora = _lora_file(ernie_files, tmp_path, {
         "transformer.layers.0.self_attention.to_q.lora_A.weight": (4, 128),
         "transformer.layers.0.self_attention.to_q.lora_B.weight": (64, 4),
@@ -268,13 +261,13 @@ def test_lora_fit_lists_every_mismatch(ernie_job, ernie_files, tmp_path):
         "transformer.layers.9.mlp.up_proj.lora_B.weight": (128, 4),
     })
     with pytest.raises(InvalidInput) as info:
-        _with_lora(ernie_job, lora)
+        _with_lora(ernie, lora)
     detail = info.value.detail
     assert "layers.0.self_attention.to_q" in detail and "text_proj" in detail and "layers.9.mlp.up_proj" in detail
     assert "tiny demo ERNIE-Image model (2 blocks, hidden 64" in detail
 
 
-def test_lora_in_kohya_and_bare_spellings_fits(ernie_job, ernie_files, tmp_path):
+def test_lora_in_kohya_and_bare_spellings_fits(ernie, ernie_files, tmp_path):
     """Names mflux accepts are accepted: kohya lora_up/down, bare lora_A, extra keys ignored."""
     lora = _lora_file(ernie_files, tmp_path, {
         "lora_unet_layers_1_mlp_linear_fc2.lora_down.weight": (4, 128),
@@ -286,7 +279,7 @@ def test_lora_in_kohya_and_bare_spellings_fits(ernie_job, ernie_files, tmp_path)
         "lora_unet_adaLN_modulation_1.lora_up.weight": (384, 2),
         "text_encoder.some.layer.lora_A.weight": (4, 4),  # ignored by mflux, so ignored here
     })
-    result = _with_lora(ernie_job, lora).run()
+    result = ernie.run(_with_lora(ernie, lora)).raise_for_status().returned
     assert (result.width, result.height) == (64, 64)
 
 

@@ -29,11 +29,11 @@ def _header(path) -> dict:
     return json.loads(raw[8:8 + length])
 
 
-def test_train_then_apply_adapter(ernie_job, ernie_dataset):
+def test_train_then_apply_adapter(ernie, ernie_dataset):
     request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=2, lora_rank=4,
                            save_frequency=2, max_resolution=64)
-    job = ernie_job("train", request, inputs={"dataset": ernie_dataset})
-    result = job.run()
+    job = ernie.run("train", request)
+    result = job.raise_for_status().returned
     assert result.num_images == 2 and result.model == "turbo"
     assert result.config["training_loop"] == {"num_epochs": 2, "batch_size": 1, "timestep_low": 1, "timestep_high": 8}
     assert result.config["optimizer"] == {"name": "AdamW", "learning_rate": 1e-4}
@@ -54,16 +54,14 @@ def test_train_then_apply_adapter(ernie_job, ernie_dataset):
     assert steps[0].startswith("training epoch 1/2 step 1/4 loss ") and steps[-1].startswith("training epoch 2/2 step 4/4")
     assert job.metrics["step"] == 4 and job.metrics["epoch"] == 2 and isinstance(job.metrics["loss"], float)
 
-    plain = ernie_job("generate", GenerateRequest(prompt="a red apple", width=64, height=64, steps=2, seed=1))
-    plain.run()
-    gen = ernie_job("generate", GenerateRequest(prompt="a red apple", width=64, height=64, steps=2, seed=1,
-                                                loras=[LoraRef(file=FileIDRef(file_id=final.file_id))]),
-                    inputs={"loras[0].file": final})
-    gen.run()
+    plain = ernie.run("generate", GenerateRequest(prompt="a red apple", width=64, height=64, steps=2, seed=1))
+    gen = ernie.run("generate", GenerateRequest(prompt="a red apple", width=64, height=64, steps=2, seed=1,
+                                                loras=[LoraRef(file=FileIDRef(file_id=final.file_id))]))
+    assert plain.succeeded and gen.succeeded and gen.inputs["loras[0].file"].file_id == final.file_id
     assert gen.artifacts[-1].path.read_bytes() != plain.artifacts[-1].path.read_bytes()
 
 
-def test_train_hooks_are_restored_and_cancel_stops(ernie_job, ernie_dataset):
+def test_train_hooks_are_restored_and_cancel_stops(ernie, ernie_dataset):
     from mflux.models.common.training.state.training_state import TrainingState
     from mflux.models.common.training.trainer import TrainingTrainer
     from mflux.models.ernie_image.ernie_image_initializer import ErnieImageInitializer
@@ -74,9 +72,9 @@ def test_train_hooks_are_restored_and_cancel_stops(ernie_job, ernie_dataset):
               TrainingState.__dict__["save"])
     request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=50, lora_rank=4,
                            max_resolution=64)
-    job = ernie_job("train", request, inputs={"dataset": ernie_dataset}, cancel_after=7)
-    with pytest.raises(JobCanceled):
-        job.run()
+    # the cancel is requested once step 2 (of epoch 1) is reported
+    job = ernie.run("train", request, cancel_on=lambda _fraction, label: " step 2/" in (label or ""))
+    assert job.canceled and isinstance(job.error, JobCanceled)
     assert job.artifacts == []
     assert any(label.startswith("training epoch 1/50") for label in job.labels)
     after = (TrainingTrainer.__dict__["train"], TrainingTrainer.__dict__["_step_is_finite"],
@@ -85,15 +83,14 @@ def test_train_hooks_are_restored_and_cancel_stops(ernie_job, ernie_dataset):
     assert after == before
 
 
-def test_canceled_training_keeps_the_checkpoints_it_wrote(ernie_job, ernie_dataset):
+def test_canceled_training_keeps_the_checkpoints_it_wrote(ernie, ernie_dataset):
     """A canceled job has no result: its save_frequency checkpoints are stored as they are written
     and listed in the job's ``checkpoints`` metric (and its artifacts)."""
     request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=50, lora_rank=4,
                            max_resolution=64, save_frequency=1)
-    # events: extracting, loading, 2x encoding, training, then one per step: cancel at step 4
-    job = ernie_job("train", request, inputs={"dataset": ernie_dataset}, cancel_after=8)
-    with pytest.raises(JobCanceled):
-        job.run()
+    # cancel at step 4: steps 1-3 wrote their checkpoints by then
+    job = ernie.run("train", request, cancel_on=lambda _fraction, label: " step 4/" in (label or ""))
+    assert job.canceled and isinstance(job.error, JobCanceled)
     stored = job.metrics["checkpoints"]
     assert len(stored) >= 2 and stored == [a.file_id for a in job.artifacts]
     assert [a.record.meta["step"] for a in job.artifacts] == list(range(1, len(stored) + 1))
@@ -102,11 +99,11 @@ def test_canceled_training_keeps_the_checkpoints_it_wrote(ernie_job, ernie_datas
     assert "transformer.text_proj.lora_A.weight" in keys
 
 
-def test_training_other_steps_and_guidance_run_the_variant_schedule(ernie_job, ernie_dataset):
+def test_training_other_steps_and_guidance_run_the_variant_schedule(ernie, ernie_dataset):
     request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=1, lora_rank=2,
                            max_resolution=64, steps=20, guidance=2.5)
-    job = ernie_job("train", request, inputs={"dataset": ernie_dataset})
-    result = job.run()
+    job = ernie.run("train", request)
+    result = job.raise_for_status().returned
     assert (result.config["steps"], result.config["guidance"]) == (8, 1.0)
     assert (result.config["requested_steps"], result.config["requested_guidance"]) == (20, 2.5)
     assert len(job.warnings) == 2 and all("was not used" in w for w in job.warnings)

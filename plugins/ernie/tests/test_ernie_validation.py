@@ -79,7 +79,7 @@ def test_generate_defaults_and_seed(ernie_host):
 
 
 def test_settings_change_the_limits(ernie_helpers):
-    host = ernie_helpers.Host(demo=False, default_width=512, max_steps=10, max_loras=1)
+    host = ernie_helpers.host(demo=False, default_width=512, max_steps=10, max_loras=1)
     params = validation.prepare_generate(_gen(), _model(), host)
     assert params["width"] == 512 and "demo" not in params and "note" not in params
     assert "steps must be in 1..10" in _problem(validation.prepare_generate, _gen(steps=11), host)
@@ -114,7 +114,7 @@ def test_edit_rules(kw, expected, ernie_host):
 
 def test_edit_square_guard_can_be_lifted(ernie_helpers, ernie_host):
     params = validation.prepare_edit(_edit(width=512, height=768),
-                                     _model(), ernie_helpers.Host(demo=True, edit_require_square=False))
+                                     _model(), ernie_helpers.host(demo=True, edit_require_square=False))
     assert (params["width"], params["height"]) == (512, 768)
     ok = validation.prepare_edit(_edit(), _model(), ernie_host)
     assert ok["image"] == {"type": "file_id", "file_id": "file_img"} and ok["image_strength"] == 0.4
@@ -136,7 +136,7 @@ def test_train_defaults(ernie_host, ernie_helpers):
         "layers.{block}.self_attention.to_v", "layers.{block}.self_attention.to_out.0", "text_proj"]
     assert targets[0]["blocks"] == {"start": 0, "end": 2}  # demo: the tiny model has 2 blocks
     real = validation.prepare_train(_train(model="base", lora_include_ff=True), _model("base"),
-                                    ernie_helpers.Host(demo=False))
+                                    ernie_helpers.host(demo=False))
     assert (real["steps"], real["guidance"], real["timestep_high"]) == (50, 4.0, 50)
     paths = [t["module_path"] for t in real["lora_layers"]["targets"]]
     assert len(paths) == 12 and real["lora_layers"]["targets"][0]["blocks"] == {"start": 0, "end": 36}
@@ -196,7 +196,7 @@ def test_size_bounds_come_before_the_multiple_rule(value, expected, ernie_host):
 
 
 def test_size_hints_respect_a_cap_that_is_not_a_multiple_of_16(ernie_helpers):
-    host = ernie_helpers.Host(demo=True, max_width=1000)
+    host = ernie_helpers.host(demo=True, max_width=1000)
     assert "use 992" in _problem(validation.prepare_generate, _gen(width=995), host)
     assert "1008" not in _problem(validation.prepare_generate, _gen(width=995), host)
     assert "use at most 992" in _problem(validation.prepare_generate, _gen(width=1001), host)
@@ -233,7 +233,7 @@ def test_train_accepts_other_steps_and_guidance_and_records_what_runs(ernie_host
 
 def test_train_max_resolution_null_is_the_spec_default(ernie_host, ernie_helpers):
     assert validation.prepare_train(_train(max_resolution=None), _model(), ernie_host)["max_resolution"] == 512
-    small_cap = ernie_helpers.Host(demo=True, max_train_resolution=256)
+    small_cap = ernie_helpers.host(demo=True, max_train_resolution=256)
     assert validation.prepare_train(_train(max_resolution=None), _model(), small_cap)["max_resolution"] == 256
     assert validation.prepare_train(_train(max_resolution=1024), _model(), ernie_host)["max_resolution"] == 1024
 

@@ -133,7 +133,7 @@ def test_tiny_weights_are_built_once_and_atomically(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]  # no temporary leftovers
 
 
-def test_tiny_swap_is_scoped_and_wrappers_are_per_instance(seedvr2_harness):
+def test_tiny_swap_is_scoped_and_wrappers_are_per_instance(seedvr2):
     from mflux.models.seedvr2.model.seedvr2_vae.vae import SeedVR2VAE
     from mflux.models.seedvr2.seedvr2_initializer import SeedVR2Initializer
 
@@ -144,7 +144,6 @@ def test_tiny_swap_is_scoped_and_wrappers_are_per_instance(seedvr2_harness):
         assert SeedVR2Initializer.__dict__["_init_models"] is not original
         raise RuntimeError("boom")
     assert SeedVR2Initializer.__dict__["_init_models"] is original
-    seedvr2_harness.run({"seed": 1})
-    runtime = seedvr2_harness.host.resident["3b"]
+    runtime = seedvr2.run({"seed": 1})[1].runtimes[0]  # the resident 3b model
     assert SeedVR2VAE.encode is not runtime.model.vae.encode
     assert SeedVR2VAE().encode.__func__ is SeedVR2VAE.encode  # a fresh VAE is untouched

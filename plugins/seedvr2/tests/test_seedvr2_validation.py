@@ -34,25 +34,25 @@ def test_rejected_resolution_forms(value):
     ({"quantize": 7}, "quantize"), ({"quantize": 0}, "quantize"), ({"quantize": True}, "quantize"),
     ({"seed": -1}, "seed"), ({"seed": 2**64}, "seed"), ({"quality": 0}, "quality"), ({"format": "gif"}, "format"),
 ])
-def test_prepare_rejects_with_422(seedvr2_harness, body, field):
+def test_prepare_rejects_with_422(seedvr2_host, body, field):
     from kiapi_seedvr2.schemas import UpscaleRequest
 
-    model = seedvr2_harness.host.registry.resolve_model("seedvr2", None)
+    model = seedvr2_host.registry.resolve_model("seedvr2", None)
     request = UpscaleRequest(image={"type": "file_id", "file_id": "file_1"}, **body)  # bypasses schema bounds
     with pytest.raises(InvalidRequest) as err:
-        seedvr2_harness.host.capability.operations[0].prepare(request, model, seedvr2_harness.host)
+        seedvr2_host.registry.get("seedvr2").operations[0].prepare(request, model, seedvr2_host)
     assert err.value.status == 422 and err.value.extra["field"] == field
 
 
-def test_quantize_message_names_the_levels(seedvr2_harness):
+def test_quantize_message_names_the_levels(seedvr2):
     with pytest.raises(InvalidRequest, match=r"3, 4, 5, 6, 8"):
-        seedvr2_harness.prepare({"quantize": 7}, seedvr2_harness.image(16, 16))
+        seedvr2.prepare({"quantize": 7}, seedvr2.image(16, 16))
 
 
-def test_prepare_resolves_defaults_and_draws_a_seed(seedvr2_harness):
-    image = seedvr2_harness.image(16, 16)
-    _, _, a = seedvr2_harness.prepare({}, image)
-    _, _, b = seedvr2_harness.prepare({}, image)
+def test_prepare_resolves_defaults_and_draws_a_seed(seedvr2):
+    image = seedvr2.image(16, 16)
+    a = seedvr2.prepare({}, image).params
+    b = seedvr2.prepare({}, image).params
     assert {k: a[k] for k in ("model", "resolution", "softness", "quantize", "format", "quality")} == {
         "model": "3b", "resolution": "2x", "softness": 0.0, "quantize": 8, "format": "png", "quality": 90}
     assert isinstance(a["seed"], int) and 0 <= a["seed"] < 2**32 and a["seed"] != b["seed"]
@@ -94,22 +94,17 @@ def test_output_size_matches_mflux_preprocessing(tmp_path):
             assert ours == (true_w, true_h), (w, h, resolution)
 
 
-def test_check_rejects_outputs_over_the_pixel_cap(seedvr2_harness):
-    host = seedvr2_harness.host
-    saved = host.seedvr2_settings
-    host.seedvr2_settings = Seedvr2Settings(max_output_pixels=40 * 40)
-    try:
-        with pytest.raises(InvalidRequest) as err:
-            seedvr2_harness.prepare({"resolution": "4x"}, seedvr2_harness.image(16, 16))
-        assert "64x64" in err.value.detail and "KIAPI_SEEDVR2_MAX_OUTPUT_PIXELS" in err.value.detail
-        assert "1600" in err.value.detail
-        _, _, params = seedvr2_harness.prepare({"resolution": "2x"}, seedvr2_harness.image(16, 16))
-        assert params["width"] * params["height"] <= 1600
-    finally:
-        host.seedvr2_settings = saved
+def test_check_rejects_outputs_over_the_pixel_cap(seedvr2_with):
+    capped = seedvr2_with(max_output_pixels=40 * 40)
+    with pytest.raises(InvalidRequest) as err:
+        capped.prepare({"resolution": "4x"}, capped.image(16, 16))
+    assert "64x64" in err.value.detail and "KIAPI_SEEDVR2_MAX_OUTPUT_PIXELS" in err.value.detail
+    assert "1600" in err.value.detail
+    params = capped.prepare({"resolution": "2x"}, capped.image(16, 16)).params
+    assert params["width"] * params["height"] <= 1600
 
 
-def test_default_cap_allows_2048_short_side_at_2_to_1(seedvr2_harness):
+def test_default_cap_allows_2048_short_side_at_2_to_1():
     from kiapi_seedvr2.validation import size_output
 
     params = {"resolution": 2048}
@@ -119,14 +114,14 @@ def test_default_cap_allows_2048_short_side_at_2_to_1(seedvr2_harness):
         size_output({"resolution": 2048}, 2100, 1000, SETTINGS)
 
 
-def test_check_rejects_a_scale_that_floors_to_nothing(seedvr2_harness):
+def test_check_rejects_a_scale_that_floors_to_nothing(seedvr2):
     with pytest.raises(InvalidRequest, match="at least 16"):
-        seedvr2_harness.prepare({"resolution": "0.5x"}, seedvr2_harness.image(16, 16))
+        seedvr2.prepare({"resolution": "0.5x"}, seedvr2.image(16, 16))
 
 
-def test_check_uses_the_exif_orientation(seedvr2_harness):
-    image = seedvr2_harness.image(24, 16, exif_orientation=6)  # rotated 90 degrees: displays 16x24
-    _, _, params = seedvr2_harness.prepare({"resolution": "2x"}, image)
+def test_check_uses_the_exif_orientation(seedvr2):
+    image = seedvr2.image(24, 16, exif_orientation=6)  # rotated 90 degrees: displays 16x24
+    params = seedvr2.prepare({"resolution": "2x"}, image).params
     assert (params["input_width"], params["input_height"], params["width"], params["height"]) == (16, 24, 32, 48)
     from mflux.utils.exif_orientation import oriented_size
     assert oriented_size(image.path) == (16, 24)

@@ -1,10 +1,20 @@
-"""Declaration-level tests: the contract, the models and request validation."""
+"""Declaration-level tests: the contract, the models, request validation and a handler run."""
+
+import io
 
 import msgspec
 import pytest
 
 from kiapi_core import InvalidRequest
 from kiapi_core.contract import DEFAULT_HEAVY, assert_plugin_contract
+
+
+def _png(size=(64, 32)) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "red").save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def test_plugin_keeps_the_kiapi_contract():
@@ -45,32 +55,14 @@ def test_estimate_is_exact_for_a_box_and_bounded_otherwise():
         2**20 * BYTES_PER_PIXEL / 2**30)
 
 
-def test_a_canceled_job_stops_before_resizing(tmp_path):
-    from PIL import Image
+def test_resize_handler_reports_progress_and_stops_when_canceled(kiapi_harness_factory):
+    from kiapi_core.testing import file_ref
 
-    from kiapi_core import JobCanceled
-    from kiapi_pillow.handlers import resize
-    from kiapi_pillow.runtime import Resampler
-
-    path = tmp_path / "in.png"
-    Image.new("RGB", (8, 8)).save(path)
-
-    class CanceledJob:
-        params = {"width": 4, "height": None, "scale": None, "fit": "contain", "format": None, "quality": 90,
-                  "max_output_pixels": 100}
-        inputs = {"image": type("Stored", (), {"path": path})()}
-        labels: list[str] = []
-
-        def runtime(self):
-            return Resampler("LANCZOS")
-
-        def progress(self, fraction=None, label=None):
-            self.labels.append(label)
-
-        def check_canceled(self):
-            raise JobCanceled()
-
-    job = CanceledJob()
-    with pytest.raises(JobCanceled):
-        resize(job)
-    assert job.labels == ["decoding"]
+    harness = kiapi_harness_factory(plugins=["kiapi_pillow"])
+    image = harness.store(_png((8, 8)), "in.png", "image/png")
+    run = harness.run("resize", {"image": file_ref(image), "width": 4})
+    assert run.succeeded and run.result["width"] == 4 and run.artifacts[0].content_type == "image/png"
+    assert run.labels == ["loading", "decoding", "resizing", "encoding", "saving"]
+    # a cancel requested while decoding is honoured before the resize (the model stays loaded)
+    canceled = harness.run("resize", {"image": file_ref(image), "width": 4}, cancel_on="decoding")
+    assert canceled.canceled and canceled.labels == ["decoding"] and canceled.artifacts == []
