@@ -16,12 +16,15 @@ Normalisation, so that equivalent documents compare equal:
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["PROSE_KEYS", "compare_documents", "resolve_pointer", "unresolved_refs"]
+__all__ = ["PROSE_KEYS", "compare_documents", "guide_differences", "resolve_pointer", "unresolved_refs",
+           "without_guide"]
 
 #: Keywords that carry prose, not structure.
 PROSE_KEYS = frozenset({"title", "description", "summary", "examples", "example", "externalDocs", "tags"})
@@ -203,3 +206,34 @@ def unresolved_refs(document: Any) -> list[str]:
 
     walk(document, "$", None)
     return problems
+
+
+def guide_differences(actual: str, spec: str, changes: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """How a capability's Markdown guide departs from the contract's guide ``spec``.
+
+    The guide must keep the spec's ``## `` sections in order and its wording, except for the
+    listed ``(spec text, replacement)`` changes, each of which must name text found exactly once
+    in the spec: a plugin documents what it really does without drifting silently.
+    """
+    problems: list[str] = []
+    headings = [[line for line in text.splitlines() if line.startswith("## ")] for text in (actual, spec)]
+    if headings[0] != headings[1]:
+        problems.append(f"guide sections {headings[0]} differ from the spec's {headings[1]}")
+    expected = spec
+    for old, new in changes:
+        if spec.count(old) != 1:
+            problems.append(f"change not found exactly once in the spec's guide: {old!r}")
+        elif old == new:
+            problems.append(f"change replaces a text with itself: {old!r}")
+        expected = expected.replace(old, new)
+    if expected != actual:
+        diff = difflib.unified_diff(expected.splitlines(), actual.splitlines(), "spec + changes", "guide",
+                                    lineterm="")
+        problems.append("guide differs from the spec beyond the listed changes:\n" + "\n".join(diff))
+    return problems
+
+
+def without_guide(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` without ``info.description`` (compared by :func:`guide_differences`)."""
+    info = {k: v for k, v in document.get("info", {}).items() if k != "description"}
+    return {**document, "info": info}
