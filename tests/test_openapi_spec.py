@@ -9,7 +9,6 @@ be present: a missing contract fails, it never skips.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 import pytest
+from helpers_spec import spec_document
 
 from kiapi_core.files.models import FileRecord
 from kiapi_core.files.refs import FileRef
@@ -39,15 +39,6 @@ from kiapi_core.registry import Capability, Model, ModelSpec, Operation, Registr
 SPEC_NAMES = ("ernie", "seedvr2")
 CORE_COMPONENTS = ("AsyncJobResponse", "CapabilityModelSpec", "FileDataURLRef", "FileID", "FileIDRef",
                    "FileRef", "FileURLRef", "JobID", "JobStatus", "JobType")
-
-
-def _spec(name: str) -> dict[str, Any]:
-    env = os.environ.get("KIAPI_SPEC_DIR")
-    spec_dir = Path(env) if env else Path(__file__).resolve().parents[1] / "spec"
-    path = (spec_dir / f"{name}.openapi.json").resolve()
-    if not path.is_file():
-        pytest.fail(f"contract file {path} is missing: the repository keeps it in spec/ (or set KIAPI_SPEC_DIR)")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 # --- a capability made of test-local Structs -------------------------------------------------
@@ -86,7 +77,7 @@ def _capability(**kw: Any) -> Capability:
 @pytest.mark.parametrize("name", SPEC_NAMES)
 def test_core_components_match_spec(name: str) -> None:
     generated = capability_document(_capability())["components"]["schemas"]
-    spec = _spec(name)["components"]["schemas"]
+    spec = spec_document(name)["components"]["schemas"]
     for component in CORE_COMPONENTS:
         diffs = compare_documents(generated[component], spec[component], prose=True)
         assert diffs == [], f"{component}:\n" + "\n".join(diffs)
@@ -217,7 +208,7 @@ def test_templates_describe_runtime_structs() -> None:
 
 
 def test_comparator_reports_structural_differences_with_paths() -> None:
-    spec = _spec("seedvr2")
+    spec = spec_document("seedvr2")
     changed = json.loads(json.dumps(spec))
     props = changed["components"]["schemas"]["UpscaleRequest"]["properties"]
     props["quality"]["maximum"] = 99

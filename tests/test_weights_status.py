@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -30,15 +29,6 @@ from kiapi_core.cli import cli  # noqa: E402
 from kiapi_core.weights import SelectionError, mlx_note, select, status  # noqa: E402
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "hf"
-    path.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(path))
-    monkeypatch.setenv("KIAPI_DATA_DIR", str(tmp_path / "data"))
-    return path
-
-
 def run(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
@@ -47,7 +37,7 @@ def model(name: str):
     return next(m for m in TOY.models if m.name == name)
 
 
-def test_missing_when_the_cache_is_empty(cache):
+def test_missing_when_the_cache_is_empty(hf_cache):
     found = status(TOY, model("small"), ToySettings())
     assert found.state == "missing" and found.size_bytes == 0
     assert found.expected_bytes == 2000
@@ -56,37 +46,37 @@ def test_missing_when_the_cache_is_empty(cache):
     assert found.location.endswith(f"snapshots/{TOY_REV}")
 
 
-def test_present_counts_the_blobs_behind_the_links(cache):
-    build_snapshot(cache, TOY_REPO, TOY_REV, TOY_FILES)
+def test_present_counts_the_blobs_behind_the_links(hf_cache):
+    build_snapshot(hf_cache, TOY_REPO, TOY_REV, TOY_FILES)
     found = status(TOY, model("small"), ToySettings())
     assert found.state == "present", found.missing
     assert found.size_bytes == 2 + 1000 + 100  # extra/unused.bin is not selected
     assert found.source == "hf-cache" and found.parts[0].files == 3
 
 
-def test_partial_when_a_pattern_matches_nothing(cache):
+def test_partial_when_a_pattern_matches_nothing(hf_cache):
     files = {k: v for k, v in TOY_FILES.items() if not k.startswith("tokenizer/")}
-    build_snapshot(cache, TOY_REPO, TOY_REV, files)
+    build_snapshot(hf_cache, TOY_REPO, TOY_REV, files)
     found = status(TOY, model("small"), ToySettings())
     assert found.state == "partial" and found.missing == [f"{TOY_REPO}: tokenizer/**"]
 
 
-def test_partial_on_a_broken_blob_link(cache):
-    snapshot = build_snapshot(cache, TOY_REPO, TOY_REV, TOY_FILES)
+def test_partial_on_a_broken_blob_link(hf_cache):
+    snapshot = build_snapshot(hf_cache, TOY_REPO, TOY_REV, TOY_FILES)
     (snapshot / "unet/model.safetensors").resolve().unlink()
     found = status(TOY, model("small"), ToySettings())
     assert found.state == "partial"
     assert any("broken link" in m for m in found.missing)
 
 
-def test_only_the_pinned_revision_counts(cache):
-    build_snapshot(cache, TOY_REPO, "c" * 40, TOY_FILES)
+def test_only_the_pinned_revision_counts(hf_cache):
+    build_snapshot(hf_cache, TOY_REPO, "c" * 40, TOY_FILES)
     found = status(TOY, model("small"), ToySettings())
     assert found.state == "missing"
     assert found.notes and "cccccccc" in found.notes[0] and "pinned" in found.notes[0]
 
 
-def test_a_configured_local_directory_wins(cache, tmp_path):
+def test_a_configured_local_directory_wins(hf_cache, tmp_path):
     local = tmp_path / "mine"
     for rel, data in TOY_FILES.items():
         (local / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -98,8 +88,8 @@ def test_a_configured_local_directory_wins(cache, tmp_path):
     assert missing.state == "missing" and "KIAPI_TOY_SMALL_PATH" in missing.missing[0]
 
 
-def test_shared_files_count_for_each_variant(cache):
-    build_snapshot(cache, FLAT_REPO, FLAT_REV, {k: v for k, v in FLAT_FILES.items() if k != "b.safetensors"})
+def test_shared_files_count_for_each_variant(hf_cache):
+    build_snapshot(hf_cache, FLAT_REPO, FLAT_REV, {k: v for k, v in FLAT_FILES.items() if k != "b.safetensors"})
     assert status(TOY, model("a"), None).state == "present"
     b = status(TOY, model("b"), None)
     assert b.state == "partial" and b.size_bytes == 700
@@ -122,7 +112,7 @@ def test_mlx_note_never_imports_mlx():
 
 # -- the real plugins' layouts -------------------------------------------------------------
 @needs_plugins
-def test_status_on_an_empty_cache_lists_every_model_as_missing(cache):
+def test_status_on_an_empty_cache_lists_every_model_as_missing(hf_cache):
     result = run("status")
     assert result.exit_code == 0, result.output
     for name in ("ernie:turbo", "ernie:base", "seedvr2:3b", "seedvr2:7b"):
@@ -133,9 +123,9 @@ def test_status_on_an_empty_cache_lists_every_model_as_missing(cache):
 
 
 @needs_plugins
-def test_status_json_with_real_layouts(cache):
-    build_snapshot(cache, *ERNIE_TURBO, ERNIE_FILES)
-    build_snapshot(cache, *SEEDVR2, {k: v for k, v in SEEDVR2_FILES.items() if "7b" not in k})
+def test_status_json_with_real_layouts(hf_cache):
+    build_snapshot(hf_cache, *ERNIE_TURBO, ERNIE_FILES)
+    build_snapshot(hf_cache, *SEEDVR2, {k: v for k, v in SEEDVR2_FILES.items() if "7b" not in k})
     result = run("status", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -146,30 +136,30 @@ def test_status_json_with_real_layouts(cache):
     assert states["seedvr2:3b"]["state"] == "present" and states["seedvr2:3b"]["size_bytes"] == 3500
     assert states["seedvr2:7b"]["state"] == "partial"
     assert states["seedvr2:7b"]["missing"] == [f"{SEEDVR2[0]}: seedvr2_ema_7b_fp16.safetensors"]
-    assert data["hf_cache"] == str(cache)
+    assert data["hf_cache"] == str(hf_cache)
     assert "mlx" in data
 
 
 @needs_plugins
-def test_a_missing_shard_named_by_the_index_makes_it_partial(cache):
+def test_a_missing_shard_named_by_the_index_makes_it_partial(hf_cache):
     files = {k: v for k, v in ERNIE_FILES.items() if "00002-of" not in k}
-    build_snapshot(cache, *ERNIE_TURBO, files)
+    build_snapshot(hf_cache, *ERNIE_TURBO, files)
     data = json.loads(run("status", "--json").output)
     turbo = next(m for m in data["models"] if m["model"] == "turbo")
     assert turbo["state"] == "partial"
     assert turbo["missing"] == [f"{ERNIE_TURBO[0]}: transformer/diffusion_pytorch_model-00002-of-00002.safetensors"]
 
 
-def test_status_with_no_plugins(cache, monkeypatch):
+def test_status_with_no_plugins(hf_cache, monkeypatch):
     monkeypatch.setenv("KIAPI_LOAD_PLUGINS", "[]")
     result = run("status")
     assert result.exit_code == 0 and "no capability plugins are installed" in result.output
     assert json.loads(run("status", "--json").output)["models"] == []
 
 
-def test_status_table_with_the_toy_plugin(cache, monkeypatch):
+def test_status_table_with_the_toy_plugin(hf_cache, monkeypatch):
     use_toy_plugin(monkeypatch)
-    build_snapshot(cache, TOY_REPO, TOY_REV, TOY_FILES)
+    build_snapshot(hf_cache, TOY_REPO, TOY_REV, TOY_FILES)
     result = run("status")
     assert result.exit_code == 0, result.output
     line = next(ln for ln in result.output.splitlines() if ln.startswith("toy:small"))
@@ -177,7 +167,7 @@ def test_status_table_with_the_toy_plugin(cache, monkeypatch):
     assert "kiapi activate toy:small" not in result.output and "kiapi activate toy:a" in result.output
 
 
-def test_status_does_not_import_heavy_modules(cache):
+def test_status_does_not_import_heavy_modules(hf_cache):
     import subprocess
 
     code = ("import sys; from click.testing import CliRunner; from kiapi_core.cli import cli; "

@@ -7,19 +7,15 @@ without the plugin's runtime code (no mlx, no mflux).
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Any
-
 import msgspec
 import pytest
+from helpers_spec import spec_document
 
 from kiapi_core.files.refs import FileIDRef, FileURLRef
 from kiapi_core.openapi import capability_document, compare_documents, unresolved_refs
 from kiapi_core.openapi.compare import guide_differences, without_guide
-from kiapi_core.registry import Capability, Model, Operation
 from kiapi_ernie import docs, schemas
+from kiapi_ernie.capability import build_capability
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 
@@ -49,80 +45,44 @@ GUIDE_CHANGES: tuple[tuple[str, str], ...] = (
 )
 
 
-def _spec(name: str) -> dict[str, Any]:
-    """Load a contract file; fail (never skip) when it is missing: the contract is the point."""
-    env = os.environ.get("KIAPI_SPEC_DIR")
-    spec_dir = Path(env) if env else Path(__file__).resolve().parents[3] / "spec"
-    path = (spec_dir / f"{name}.openapi.json").resolve()
-    if not path.is_file():
-        pytest.fail(f"contract file {path} is missing: the repository keeps it in spec/ (or set KIAPI_SPEC_DIR)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _capability() -> Capability:
-    def op(name: str, request: type, result: type, job_type: str, **kw: Any) -> Operation:
-        return Operation(name=name, request=request, result=result, handler=f"kiapi_ernie.handlers:{name}",
-                         job_type=job_type, **kw)
-
-    return Capability(
-        name="ernie",
-        domain="image",
-        title=docs.TITLE,
-        summary=docs.SUMMARY,
-        description=docs.DESCRIPTION,
-        models=(Model(name="turbo", aliases=("ernie-image-turbo",), default=True),
-                Model(name="base", aliases=("ernie-image",))),
-        operations=(
-            op("generate", schemas.GenerateRequest, schemas.ImageResponse, "ernie", produces=IMAGE_TYPES,
-               summary=docs.GENERATE_SUMMARY, operation_id=docs.GENERATE_OPERATION_ID,
-               description=docs.GENERATE_DESCRIPTION),
-            op("edit", schemas.EditRequest, schemas.ImageResponse, "ernie-edit", produces=IMAGE_TYPES,
-               summary=docs.EDIT_SUMMARY, operation_id=docs.EDIT_OPERATION_ID, description=docs.EDIT_DESCRIPTION),
-            op("train", schemas.TrainRequest, schemas.TrainResponse, "ernie-train", always_async=True,
-               summary=docs.TRAIN_SUMMARY, operation_id=docs.TRAIN_OPERATION_ID,
-               description=docs.TRAIN_DESCRIPTION, responses=docs.TRAIN_RESPONSES),
-        ),
-    )
-
-
 def test_guide_follows_the_spec() -> None:
     """The guide keeps the spec's sections, in order, and its wording except the listed changes."""
-    problems = guide_differences(docs.DESCRIPTION, _spec(SPEC_NAME)["info"]["description"], GUIDE_CHANGES)
+    problems = guide_differences(docs.DESCRIPTION, spec_document(SPEC_NAME)["info"]["description"], GUIDE_CHANGES)
     assert problems == [], "\n".join(problems)
-    assert capability_document(_capability())["info"]["description"] == docs.DESCRIPTION
+    assert capability_document(build_capability())["info"]["description"] == docs.DESCRIPTION
 
 
 def test_document_matches_spec_structurally() -> None:
-    diffs = compare_documents(capability_document(_capability(), "0.1.0"), _spec("ernie"))
+    diffs = compare_documents(capability_document(build_capability(), "0.1.0"), spec_document("ernie"))
     assert diffs == [], "\n".join(diffs)
 
 
 def test_schema_texts_match_spec() -> None:
     """Field descriptions and titles are part of what clients read; they are copied verbatim."""
-    doc = capability_document(_capability())
-    spec = _spec("ernie")
+    doc = capability_document(build_capability())
+    spec = spec_document("ernie")
     diffs = compare_documents(doc["components"], spec["components"], prose=True)
     assert diffs == [], "\n".join(diffs)
 
 
 def test_document_texts_match_spec() -> None:
     """Every text but the guide word for word (title, summaries, operation and field texts)."""
-    doc = capability_document(_capability())
-    diffs = compare_documents(without_guide(doc), without_guide(_spec("ernie")), prose=True)
+    doc = capability_document(build_capability())
+    diffs = compare_documents(without_guide(doc), without_guide(spec_document("ernie")), prose=True)
     assert diffs == [], "\n".join(diffs)
 
 
 def test_every_ref_resolves() -> None:
-    assert unresolved_refs(capability_document(_capability())) == []
+    assert unresolved_refs(capability_document(build_capability())) == []
 
 
 def test_derived_names_equal_the_spec_ones() -> None:
     """Without explicit summaries/operationIds the host derives the same names."""
-    cap = _capability()
+    cap = build_capability()
     plain = msgspec.structs.replace(
         cap, operations=tuple(msgspec.structs.replace(o, summary=None, operation_id=None) for o in cap.operations)
     )
-    diffs = compare_documents(without_guide(capability_document(plain)), without_guide(_spec("ernie")), prose=True)
+    diffs = compare_documents(without_guide(capability_document(plain)), without_guide(spec_document("ernie")), prose=True)
     assert diffs == [], "\n".join(diffs)
 
 
@@ -154,11 +114,3 @@ def test_train_response_round_trips() -> None:
     assert msgspec.json.decode(msgspec.json.encode(result), type=schemas.TrainResponse) == result
 
 
-def test_declared_capability_matches_spec() -> None:
-    """The plugin's real declaration (what the host serves) meets the contract too."""
-    from kiapi_ernie.capability import build_capability
-
-    doc = capability_document(build_capability(), "0.1.0")
-    diffs = compare_documents(doc, _spec("ernie"))
-    assert diffs == [], "\n".join(diffs)
-    assert unresolved_refs(doc) == []

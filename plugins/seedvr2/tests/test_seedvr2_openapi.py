@@ -6,19 +6,15 @@ checked without the plugin's runtime code (no mlx, no mflux).
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Any
-
 import msgspec
 import pytest
+from helpers_spec import spec_document
 
 from kiapi_core.files.refs import FileDataURLRef
 from kiapi_core.openapi import capability_document, compare_documents, unresolved_refs
 from kiapi_core.openapi.compare import guide_differences, without_guide
-from kiapi_core.registry import Capability, Model, Operation
 from kiapi_seedvr2 import docs, schemas
+from kiapi_seedvr2.capability import build_capability
 
 SPEC_NAME = "seedvr2"
 
@@ -48,57 +44,27 @@ GUIDE_CHANGES: tuple[tuple[str, str], ...] = (
 )
 
 
-def _spec(name: str) -> dict[str, Any]:
-    """Load a contract file; fail (never skip) when it is missing: the contract is the point."""
-    env = os.environ.get("KIAPI_SPEC_DIR")
-    spec_dir = Path(env) if env else Path(__file__).resolve().parents[3] / "spec"
-    path = (spec_dir / f"{name}.openapi.json").resolve()
-    if not path.is_file():
-        pytest.fail(f"contract file {path} is missing: the repository keeps it in spec/ (or set KIAPI_SPEC_DIR)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _capability() -> Capability:
-    return Capability(
-        name="seedvr2",
-        domain="image",
-        title=docs.TITLE,
-        summary=docs.SUMMARY,
-        description=docs.DESCRIPTION,
-        models=(Model(name="3b", aliases=("seedvr2-3b",), default=True), Model(name="7b", aliases=("seedvr2-7b",))),
-        operations=(
-            Operation(
-                name="upscale", request=schemas.UpscaleRequest, result=schemas.ImageResponse,
-                handler="kiapi_seedvr2.handlers:upscale", job_type="seedvr2",
-                produces=("image/png", "image/jpeg", "image/webp"),
-                summary=docs.UPSCALE_SUMMARY, operation_id=docs.UPSCALE_OPERATION_ID,
-                description=docs.UPSCALE_DESCRIPTION,
-            ),
-        ),
-    )
-
-
 def test_guide_follows_the_spec() -> None:
     """The guide keeps the spec's sections, in order, and its wording except the listed changes."""
-    problems = guide_differences(docs.DESCRIPTION, _spec(SPEC_NAME)["info"]["description"], GUIDE_CHANGES)
+    problems = guide_differences(docs.DESCRIPTION, spec_document(SPEC_NAME)["info"]["description"], GUIDE_CHANGES)
     assert problems == [], "\n".join(problems)
-    assert capability_document(_capability())["info"]["description"] == docs.DESCRIPTION
+    assert capability_document(build_capability())["info"]["description"] == docs.DESCRIPTION
 
 
 def test_document_matches_spec_structurally() -> None:
-    diffs = compare_documents(capability_document(_capability(), "0.1.0"), _spec("seedvr2"))
+    diffs = compare_documents(capability_document(build_capability(), "0.1.0"), spec_document("seedvr2"))
     assert diffs == [], "\n".join(diffs)
 
 
 def test_document_texts_match_spec() -> None:
     """Every text but the guide word for word (title, summaries, operation and field texts)."""
-    doc = capability_document(_capability())
-    diffs = compare_documents(without_guide(doc), without_guide(_spec("seedvr2")), prose=True)
+    doc = capability_document(build_capability())
+    diffs = compare_documents(without_guide(doc), without_guide(spec_document("seedvr2")), prose=True)
     assert diffs == [], "\n".join(diffs)
 
 
 def test_every_ref_resolves() -> None:
-    assert unresolved_refs(capability_document(_capability())) == []
+    assert unresolved_refs(capability_document(build_capability())) == []
 
 
 def test_upscale_request_defaults_and_resolution_forms() -> None:
@@ -119,11 +85,3 @@ def test_upscale_request_rejects_values_outside_the_spec(extra: bytes) -> None:
         msgspec.json.decode(body, type=schemas.UpscaleRequest)
 
 
-def test_declared_capability_matches_spec() -> None:
-    """The plugin's real declaration (what the host serves) meets the contract too."""
-    from kiapi_seedvr2.capability import build_capability
-
-    doc = capability_document(build_capability(), "0.1.0")
-    diffs = compare_documents(doc, _spec("seedvr2"))
-    assert diffs == [], "\n".join(diffs)
-    assert unresolved_refs(doc) == []
