@@ -84,7 +84,7 @@ def refusal(*, capability: Any, model: Any, quantize: int | None, estimate_gb: f
     """
     needed = estimate_gb + weights_gb
     family = getattr(capability, "name", str(capability))
-    hint = _hint(capability, model, quantize, needed, budget_gb)
+    hint = _hint(capability, model, quantize, estimate_gb, budget_gb)
     if now:
         detail = (f"{family} model {model.name!r} needs about {needed:.2f} GB "
                   f"({estimate_gb:.2f} GB for this request + {weights_gb:.2f} GB of weights to load) "
@@ -104,13 +104,19 @@ def refusal(*, capability: Any, model: Any, quantize: int | None, estimate_gb: f
     )
 
 
-def _hint(capability: Any, model: Any, quantize: int | None, needed_gb: float, budget_gb: float) -> str:
+def _hint(capability: Any, model: Any, quantize: int | None, estimate_gb: float, budget_gb: float) -> str:
     tips = ["Try a smaller size (width/height, upscale target) or fewer images per request"]
     current = declared_weights_gb(model, quantize)
-    lower = sorted(q for q, gb in (model.weights_gb or {}).items()
-                   if q is not None and gb < current and (quantize is None or q < quantize))
-    if lower:
-        tips.append(f"a lower quantize ({', '.join(str(q) for q in lower)})")
+    declared = {q: gb for q, gb in (model.weights_gb or {}).items() if q is not None and gb < current}
+    # Only quantizations with which this very request would fit are worth naming.
+    fitting = sorted(q for q, gb in declared.items() if gb + estimate_gb <= budget_gb)
+    setting = (getattr(model, "info", None) or {}).get("resident_quantize_setting")
+    if fitting and setting and quantize == model.resident_quantize:
+        # A per-request quantize would build a second copy next to the resident one on every
+        # call; lowering the resident quantization is what actually helps.
+        tips.append(f"{setting}={fitting[-1]} (the resident model's quantization; restart the server)")
+    elif fitting:
+        tips.append(f"a lower quantize ({', '.join(str(q) for q in fitting)})")
     others = []
     for other in getattr(capability, "models", ()):
         if other.name == model.name:

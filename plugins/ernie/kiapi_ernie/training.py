@@ -9,6 +9,9 @@ there is a single model thread anyway) three of its hooks are wrapped and always
   loss, right after the forward/backward pass: the step and loss are reported here, and
   ``job.progress`` raising :class:`JobCanceled` aborts the run before the optimizer update.
 
+* ``LoRALinear.from_linear``: mflux's computes a 3/5/6-bit layer's input width wrong
+  (:func:`lora_from_linear` is the fixed copy), so training works at every quantization.
+
 * ``TrainingState.save``: mflux writes a checkpoint ZIP; an intermediate one (``save_frequency``)
   is stored in the Files API right away and listed in the job's ``checkpoints`` metric, so a
   canceled or failed run (which has no result) still leaves every checkpoint it reached.
@@ -98,8 +101,26 @@ class _Tracker:
         self.job.progress(TRAIN_START + (TRAIN_END - TRAIN_START) * step / total, label)
 
 
+def lora_from_linear(linear, r: int = 16, scale: float = 1.0):
+    """mflux 0.24's ``LoRALinear.from_linear`` with the input width of a 3-, 5- or 6-bit
+    QuantizedLinear computed right (mflux's ``cols * (32 // bits)`` is exact only for 2/4/8 bits,
+    so training at those bits failed in the first matmul, after the whole model had loaded)."""
+    import mlx.nn as nn
+    from mflux.models.common.lora.layer.linear_lora_layer import LoRALinear
+
+    from .loras import quantized_input_width
+
+    output_dims, input_dims = linear.weight.shape
+    if isinstance(linear, nn.QuantizedLinear):
+        input_dims = quantized_input_width(input_dims, linear.bits)
+    lora = LoRALinear(input_dims=input_dims, output_dims=output_dims, r=r, scale=scale)
+    lora.linear = linear
+    return lora
+
+
 @contextlib.contextmanager
 def _hooks(tracker: _Tracker) -> Iterator[None]:
+    from mflux.models.common.lora.layer.linear_lora_layer import LoRALinear
     from mflux.models.common.training.state.training_state import TrainingState
     from mflux.models.common.training.trainer import TrainingTrainer
     from mflux.models.ernie_image.training_adapter.ernie_training_adapter import ErnieTrainingAdapter
@@ -109,6 +130,7 @@ def _hooks(tracker: _Tracker) -> Iterator[None]:
         orig_train = TrainingTrainer.__dict__["train"]
         orig_finite = TrainingTrainer.__dict__["_step_is_finite"]
         orig_save = TrainingState.__dict__["save"]
+        orig_from_linear = LoRALinear.__dict__["from_linear"]
 
         def encode_data(self, **kwargs):
             tracker.encoding()
@@ -132,6 +154,7 @@ def _hooks(tracker: _Tracker) -> Iterator[None]:
         TrainingTrainer.train = staticmethod(train)
         TrainingTrainer._step_is_finite = staticmethod(step_is_finite)
         TrainingState.save = save
+        LoRALinear.from_linear = staticmethod(lora_from_linear)
         try:
             yield
         finally:
@@ -139,6 +162,7 @@ def _hooks(tracker: _Tracker) -> Iterator[None]:
             TrainingTrainer.train = orig_train
             TrainingTrainer._step_is_finite = orig_finite
             TrainingState.save = orig_save
+            LoRALinear.from_linear = orig_from_linear
 
 
 def _model_path(job, settings: ErnieSettings) -> str | None:
@@ -236,7 +260,7 @@ def run_training(job) -> TrainResponse:
     targets = params["lora_layers"]["targets"]
     last_loss = tracker.losses[-1][1] if tracker.losses else None
     summary = {key: config[key] for key in ("model", "seed", "steps", "guidance", "quantize", "max_resolution",
-                                            "low_ram", "training_loop", "optimizer")}
+                                            "low_ram", "gradient_checkpointing", "training_loop", "optimizer")}
     summary["save_frequency"] = params.get("save_frequency")
     for key in ("requested_steps", "requested_guidance"):
         if key in params:
