@@ -382,3 +382,18 @@ def test_missing_hugging_face_weights_is_503_with_the_activate_command(tmp_path,
     with pytest.raises(WeightsMissing) as info:
         load(model=CAPABILITY.models[0], quantize=8, demo=False, cache_dir=tmp_path)
     assert "kiapi activate ernie:turbo" in info.value.detail and "KIAPI_ERNIE_TURBO_PATH" in info.value.detail
+
+
+@pytest.mark.parametrize("bits", [3, 5, 6])
+def test_lora_applies_at_3_5_and_6_bits(ernie, ernie_files, tmp_path, bits):
+    """A 3/5/6-bit QuantizedLinear's input width is cols * 32 / bits (not cols * (32 // bits))."""
+    from kiapi_ernie.loras import quantized_input_width
+    from kiapi_ernie.tiny import make_tiny_lora
+
+    assert [quantized_input_width(4096 * b // 32, b) for b in (3, 4, 5, 6, 8)] == [4096] * 5
+    lora = ernie_files(make_tiny_lora(tmp_path / "l.safetensors").read_bytes(), "l.safetensors")
+    plain = ernie.run("generate", _gen(quantize=bits)).raise_for_status()
+    job = ernie.run("generate", _gen(quantize=bits, loras=[LoraRef(file=FileIDRef(file_id=lora.file_id))]))
+    job.raise_for_status()
+    assert job.runtime_calls == [{"quantize": bits}]
+    assert _diff(_pixels(plain)[2], _pixels(job)[2]) > 0.5

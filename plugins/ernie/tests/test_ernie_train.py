@@ -107,3 +107,13 @@ def test_training_other_steps_and_guidance_run_the_variant_schedule(ernie, ernie
     assert (result.config["steps"], result.config["guidance"]) == (8, 1.0)
     assert (result.config["requested_steps"], result.config["requested_guidance"]) == (20, 2.5)
     assert len(job.warnings) == 2 and all("was not used" in w for w in job.warnings)
+
+
+def test_training_at_3_bits_with_low_ram_checkpoints_each_block(ernie, ernie_dataset):
+    """mflux 0.24 computes a 3/5/6-bit layer's LoRA width wrong and crashed; low_ram turns on
+    mflux's gradient checkpointing."""
+    request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=1, lora_rank=4,
+                           max_resolution=64, quantize=3, low_ram=True)
+    result = ernie.run("train", request).raise_for_status().returned
+    assert result.config["quantize"] == 3 and result.config["total_steps"] == 2
+    assert result.config["low_ram"] is True and result.config["gradient_checkpointing"] is True
