@@ -7,8 +7,9 @@ Memory (GB = 2**30 bytes, as the core counts them)
 --------------------------------------------------
 ``weights_gb`` per quantization: the DiT's parameters (3.3 G for 3b, 7.0 G for 7b; the published
 fp16 files are ~6.8 and ~16.5 GB) at ``bits + 0.5`` bits each (MLX affine quantization stores an
-fp16 scale and bias per group of 64), plus the fp16 VAE (~0.5 GB, mostly convolutions, which
-mflux never quantizes). Unquantized: 2 bytes per parameter.
+fp16 scale and bias per group of 64), x 1.1 because quantizing gives the weights the two streams
+share their own copies, plus the fp16 VAE (~0.5 GB, mostly convolutions, which mflux never
+quantizes). Unquantized: 2 bytes per parameter.
 
 :func:`estimate_upscale` (what one request adds on top of the resident weights) is mostly a
 function of the **output** size, because mflux resizes the input to the output size before
@@ -97,10 +98,16 @@ INPUT_GB_PER_MPX = 0.012
 _VAE_GB = 0.5
 
 
+#: Quantized, the DiT holds ~10 % more than its parameter count says: mflux's quantization
+#: gives the attention weights SeedVR2 shares between its two streams their own quantized copies
+#: (q8 3b holds ~4.4 GB, not 4.0).
+_QUANTIZED_SHARING = 1.1
+
+
 def weights_gb(dit_params_g: float) -> dict[int | None, float]:
     table: dict[int | None, float] = {None: round(dit_params_g * 2 + _VAE_GB, 1)}
     for bits in QUANTIZE_LEVELS:
-        table[bits] = round(dit_params_g * (bits + 0.5) / 8 + _VAE_GB, 1)
+        table[bits] = round(dit_params_g * _QUANTIZED_SHARING * (bits + 0.5) / 8 + _VAE_GB, 1)
     return table
 
 
