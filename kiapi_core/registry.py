@@ -121,6 +121,10 @@ class Capability(msgspec.Struct, frozen=True, kw_only=True):
     #: real request for ``model`` (a 256-px 1-step generate, a tiny upscale), run by
     #: ``kiapi check``; ``demo`` (optional parameter) asks for the demo models' size.
     smoke_test: Callable[[Model], tuple[str, dict[str, Any]]] | None = None
+    #: ``memory_examples(model) -> [(label, operation name, params), ...]``: typical requests,
+    #: with resolved params as ``prepare``/``check`` would record them, that ``kiapi models
+    #: --budget-gb N`` sizes against a budget ("will this run on my 16 GB Mac?").
+    memory_examples: Callable[[Model], list[tuple[str, str, dict[str, Any]]]] | None = None
 
     @property
     def prefix(self) -> str:

@@ -11,7 +11,8 @@ from kiapi_core import Capability, Model, Operation, WeightFiles
 from . import docs, memory, validation
 from .schemas import EditRequest, GenerateRequest, ImageResponse, TrainRequest, TrainResponse
 from .settings import ErnieSettings
-from .variants import BASE, DOWNLOAD_PATTERNS, TURBO, Variant
+from .trainconfig import default_lora_targets
+from .variants import BASE, DOWNLOAD_PATTERNS, REAL_ARCH, TURBO, VARIANTS, Variant
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 
@@ -69,6 +70,27 @@ def smoke_test(model: Model, demo: bool = False) -> tuple[str, dict]:
                         "width": size, "height": size, "steps": 1, "seed": 1}
 
 
+#: A rank-16 attention + text_proj adapter over 36 blocks, as /train writes it (f32): ~75 MB.
+TYPICAL_LORA_MB = 75.0
+
+
+def memory_examples(model: Model) -> list[tuple[str, str, dict]]:
+    """Typical requests with their resolved params, for ``kiapi models --budget-gb`` and the
+    per-Mac table in docs/memory.md."""
+    variant = VARIANTS[model.name]
+    image = {"model": variant.name, "steps": variant.steps, "guidance": variant.guidance, "quantize": None}
+    examples: list[tuple[str, str, dict]] = [
+        (f"generate {side}x{side}", "generate", {**image, "width": side, "height": side}) for side in (512, 1024, 2048)]
+    examples.append(("edit 1024x1024", "edit", {**image, "width": 1024, "height": 1024}))
+    examples.append(("generate 1024x1024 + LoRA", "generate",
+                     {**image, "width": 1024, "height": 1024, "lora_mb": TYPICAL_LORA_MB}))
+    train = {"model": variant.name, "quantize": ErnieSettings().train_quantize, "max_resolution": 512, "batch_size": 1,
+             "lora_layers": {"targets": default_lora_targets(16, False, REAL_ARCH.layers)}}
+    examples.append(("train 512 (low_ram)", "train", {**train, "low_ram": True}))
+    examples.append(("train 512", "train", {**train, "low_ram": False}))
+    return examples
+
+
 def build_capability(settings: ErnieSettings | None = None, *, demo: bool = False,
                      budget_gb: float | None = None) -> Capability:
     """The Capability; ``settings`` (else the memory budget ``budget_gb``, see
@@ -115,6 +137,7 @@ def build_capability(settings: ErnieSettings | None = None, *, demo: bool = Fals
         ),
         settings=ErnieSettings,
         smoke_test=smoke_test,
+        memory_examples=memory_examples,
     )
 
 

@@ -303,29 +303,36 @@ def train_warnings(params: dict[str, Any]) -> list[str]:
 
 
 def train_memory_problem(params: dict[str, Any], budget_gb: float | None) -> MemoryBudgetExceeded | None:
-    """A 503 saying which training mode fits when the requested one never can (else ``None``)."""
+    """A 503 naming the training set-up that fits when the requested one never can (else ``None``).
+
+    Tried in order, nearest to the request first: ``low_ram: true``; then lower ``quantize``
+    values with low_ram; then a smaller ``max_resolution`` at 4 bits with low_ram.
+    """
     if budget_gb is None or params.get("demo"):
         return None
     need = memory.train_gb(params)
     if need <= budget_gb:
         return None
-    low_ram = bool(params.get("low_ram"))
-    other = memory.train_gb(params, low_ram=not low_ram)
-    if not low_ram and other <= budget_gb:
-        hint = (f"Send low_ram: true: it turns on gradient checkpointing and needs about {other:.1f} GB "
-                "(slower, ~30 %, but it fits).")
-    else:
-        fits = [r for r in (1024, 768, 512, 384, 256)
-                if r < int(params.get("max_resolution") or 512) and memory.train_gb({**params, "max_resolution": r, "low_ram": True,
-                                                                     "batch_size": 1}) <= budget_gb]
-        hint = (f"Even low_ram: true needs about {min(need, other):.1f} GB. " if not low_ram or other < need else "")
-        hint += (f"Use low_ram: true with batch_size 1 and max_resolution {fits[0]}"
-                 if fits else "Use a lower quantize (4 or 3) with low_ram: true")
-        hint += ", or a machine with more memory (KIAPI_MEMORY_LIMIT_GB sets the budget)."
-    mode = "with low_ram (gradient checkpointing)" if low_ram else "without low_ram"
-    detail = (f"ernie training {mode} at max_resolution {params.get('max_resolution')}, batch_size "
-              f"{params.get('batch_size', 1)}, quantize {params.get('quantize')} needs about {need:.1f} GB but the "
-              f"memory budget is {budget_gb:.2f} GB, so it can never run here. {hint}")
+    bits = params.get("quantize")
+    side = int(params.get("max_resolution") or DEFAULT_TRAIN_RESOLUTION)
+    tries: list[tuple[str, dict[str, Any]]] = []
+    if not params.get("low_ram"):
+        tries.append(("low_ram: true (gradient checkpointing; ~30 % slower)", {"low_ram": True}))
+    tries += [(f"quantize {q} with low_ram: true", {"low_ram": True, "quantize": q})
+              for q in (6, 5, 4, 3) if bits is None or q < bits]
+    tries += [(f"max_resolution {r} with quantize 4 and low_ram: true",
+               {"low_ram": True, "quantize": min(4, bits or 4), "max_resolution": r})
+              for r in (384, 256) if r < side]
+    hint = "A machine with more memory (KIAPI_MEMORY_LIMIT_GB sets the budget) is needed for ERNIE training."
+    for label, change in tries:
+        gb = memory.train_gb({**params, **change})
+        if gb <= budget_gb:
+            hint = f"Send {label}: it needs about {gb:.1f} GB."
+            break
+    mode = "with low_ram (gradient checkpointing)" if params.get("low_ram") else "without low_ram"
+    detail = (f"ernie training {mode} at max_resolution {side}, batch_size {params.get('batch_size', 1)}, "
+              f"quantize {bits} needs about {need:.1f} GB but the memory budget is {budget_gb:.2f} GB, so it can "
+              f"never run here. {hint}")
     return MemoryBudgetExceeded(detail, needed_gb=round(need, 3), budget_gb=round(budget_gb, 3), hint=hint,
                                 low_ram_gb=round(memory.train_gb(params, low_ram=True), 3),
                                 without_low_ram_gb=round(memory.train_gb(params, low_ram=False), 3))

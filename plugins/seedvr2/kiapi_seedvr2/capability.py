@@ -173,6 +173,13 @@ def smoke_test(model: Model, demo: bool = False) -> tuple[str, dict[str, Any]]:
                        "resolution": "2x", "seed": 1}
 
 
+def memory_examples(model: Model) -> list[tuple[str, str, dict[str, Any]]]:
+    """Typical upscales with their sized params, for ``kiapi models --budget-gb``."""
+    return [(f"upscale {w}x{h} -> {2 * w}x{2 * h}", "upscale",
+             {"model": model.name, "quantize": None, "resolution": "2x", "input_width": w, "input_height": h,
+              "width": 2 * w, "height": 2 * h}) for w, h in ((512, 512), (1024, 1024), (1920, 1080))]
+
+
 def build_capability(*, demo: bool = False) -> Capability:
     """The seedvr2 capability; ``demo`` swaps in the tiny random-weight models."""
     return Capability(
@@ -201,4 +208,5 @@ def build_capability(*, demo: bool = False) -> Capability:
         ),
         settings=Seedvr2Settings,
         smoke_test=smoke_test,
+        memory_examples=memory_examples,
     )
