@@ -324,16 +324,18 @@ def train_memory_problem(params: dict[str, Any], budget_gb: float | None) -> Mem
                {"low_ram": True, "quantize": min(4, bits or 4), "max_resolution": r})
               for r in (384, 256) if r < side]
     hint = "A machine with more memory (KIAPI_MEMORY_LIMIT_GB sets the budget) is needed for ERNIE training."
+    suggestion = None
     for label, change in tries:
         gb = memory.train_gb({**params, **change})
         if gb <= budget_gb:
-            hint = f"Send {label}: it needs about {gb:.1f} GB."
+            hint, suggestion = f"Send {label}: it needs about {gb:.1f} GB.", change
             break
     mode = "with low_ram (gradient checkpointing)" if params.get("low_ram") else "without low_ram"
     detail = (f"ernie training {mode} at max_resolution {side}, batch_size {params.get('batch_size', 1)}, "
               f"quantize {bits} needs about {need:.1f} GB but the memory budget is {budget_gb:.2f} GB, so it can "
               f"never run here. {hint}")
     return MemoryBudgetExceeded(detail, needed_gb=round(need, 3), budget_gb=round(budget_gb, 3), hint=hint,
+                                suggestion=suggestion,
                                 low_ram_gb=round(memory.train_gb(params, low_ram=True), 3),
                                 without_low_ram_gb=round(memory.train_gb(params, low_ram=False), 3))
 
