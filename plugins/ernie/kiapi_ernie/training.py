@@ -41,7 +41,7 @@ from .settings import ErnieSettings
 from .validation import train_warnings
 from .variants import VARIANTS
 
-_HOOK_LOCK = threading.Lock()
+_HOOK_LOCK = threading.RLock()
 ENCODE_START, TRAIN_START, TRAIN_END = 0.05, 0.15, 0.95
 
 
@@ -119,18 +119,30 @@ def lora_from_linear(linear, r: int = 16, scale: float = 1.0):
 
 
 @contextlib.contextmanager
-def _hooks(tracker: _Tracker) -> Iterator[None]:
+def quantized_lora_widths() -> Iterator[None]:
+    """While the block runs, mflux's ``LoRALinear.from_linear`` is :func:`lora_from_linear`."""
     from mflux.models.common.lora.layer.linear_lora_layer import LoRALinear
+
+    with _HOOK_LOCK:
+        original = LoRALinear.__dict__["from_linear"]
+        LoRALinear.from_linear = staticmethod(lora_from_linear)
+        try:
+            yield
+        finally:
+            LoRALinear.from_linear = original
+
+
+@contextlib.contextmanager
+def _hooks(tracker: _Tracker) -> Iterator[None]:
     from mflux.models.common.training.state.training_state import TrainingState
     from mflux.models.common.training.trainer import TrainingTrainer
     from mflux.models.ernie_image.training_adapter.ernie_training_adapter import ErnieTrainingAdapter
 
-    with _HOOK_LOCK:
+    with _HOOK_LOCK, quantized_lora_widths():
         orig_encode = ErnieTrainingAdapter.__dict__["encode_data"]
         orig_train = TrainingTrainer.__dict__["train"]
         orig_finite = TrainingTrainer.__dict__["_step_is_finite"]
         orig_save = TrainingState.__dict__["save"]
-        orig_from_linear = LoRALinear.__dict__["from_linear"]
 
         def encode_data(self, **kwargs):
             tracker.encoding()
@@ -154,7 +166,6 @@ def _hooks(tracker: _Tracker) -> Iterator[None]:
         TrainingTrainer.train = staticmethod(train)
         TrainingTrainer._step_is_finite = staticmethod(step_is_finite)
         TrainingState.save = save
-        LoRALinear.from_linear = staticmethod(lora_from_linear)
         try:
             yield
         finally:
@@ -162,7 +173,6 @@ def _hooks(tracker: _Tracker) -> Iterator[None]:
             TrainingTrainer.train = orig_train
             TrainingTrainer._step_is_finite = orig_finite
             TrainingState.save = orig_save
-            LoRALinear.from_linear = orig_from_linear
 
 
 def _model_path(job, settings: ErnieSettings) -> str | None:
