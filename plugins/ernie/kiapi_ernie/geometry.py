@@ -110,11 +110,11 @@ def random_like(module) -> None:
 def write_dir(root: Path, *, seed: int = 0) -> Path:
     """Write the real-geometry model under ``root`` in the published layout; returns ``root``."""
     import mlx.core as mx
-    from mlx.utils import tree_flatten
     from mflux.models.ernie_image.model.ernie_text_encoder.text_encoder import ErnieMistralTextEncoder
     from mflux.models.ernie_image.model.ernie_transformer.transformer import ErnieTransformer
     from mflux.models.ernie_image.weights.ernie_weight_mapping import ErnieWeightMapping
     from mflux.models.flux2.model.flux2_vae.vae import Flux2VAE
+    from mlx.utils import tree_flatten
 
     from .tiny import _make_tokenizer
 
