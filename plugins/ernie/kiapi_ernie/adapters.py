@@ -78,6 +78,8 @@ def read_adapter(file_id: str, path: str | Path) -> Adapter:
     import mlx.core as mx
 
     try:
+        loaded: Any
+        metadata: Any
         loaded, metadata = mx.load(str(path), return_metadata=True)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise InvalidInput(f"LoRA file {file_id} could not be read: {exc}") from exc

@@ -103,8 +103,8 @@ def random_like(module) -> None:
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
 
-    module.update(tree_unflatten([(k, fill(v.shape) if v.ndim >= 2 else v.astype(mx.bfloat16))
-                                  for k, v in tree_flatten(module.parameters())]))
+    flat: list[tuple[str, Any]] = tree_flatten(module.parameters())  # type: ignore[assignment]
+    module.update(tree_unflatten([(k, fill(v.shape) if v.ndim >= 2 else v.astype(mx.bfloat16)) for k, v in flat]))
 
 
 def write_dir(root: Path, *, seed: int = 0) -> Path:

@@ -210,7 +210,8 @@ def edit_size(image_size: tuple[int, int], width: int | None, height: int | None
         w = snap(math.sqrt(area * ratio), settings.max_width)
         return w, snap(w / ratio, settings.max_height)
     if width is None:
-        return snap(height * ratio, settings.max_width), int(height)  # type: ignore[operator]
+        assert height is not None
+        return snap(height * ratio, settings.max_width), int(height)
     return int(width), snap(width / ratio, settings.max_height)
 
 
