@@ -35,6 +35,9 @@ class WeightFiles(msgspec.Struct, frozen=True, kw_only=True):
     size_gb: float = 0.0
     #: Name of the plugin setting that may point at a local directory instead (``turbo_path``).
     local_dir_setting: str | None = None
+    #: Other pattern sets that also make a *local directory* complete, e.g. an ``mflux-save``d
+    #: model (``("transformer/*.safetensors", "vae/*.safetensors")``) instead of the repo's files.
+    local_alternatives: tuple[tuple[str, ...], ...] = ()
 
 
 class Model(msgspec.Struct, frozen=True, kw_only=True):

@@ -67,6 +67,8 @@ REPO = "numz/SeedVR2_comfyUI"
 #: keeps the two in step.
 REVISION = "09ced71023636e9bc8cdf9cdecfb2625d1e691e8"
 VAE_FILE = "ema_vae_fp16.safetensors"
+#: What ``mflux-save`` writes for SeedVR2 (component folders of shards), also accepted locally.
+MFLUX_SAVED = ("transformer/*.safetensors", "vae/*.safetensors")
 TILE_MPX = 512 * 512 / 1e6
 #: Output size assumed when the estimate runs without ``check`` having sized the output.
 FALLBACK_SIZE = (2048, 2048)
@@ -131,7 +133,8 @@ def _model(variant: str, demo: bool) -> Model:
         weights_gb={q: 0.01 for q in (None, *QUANTIZE_LEVELS)} if demo else weights_gb(spec["dit_params_g"]),
         weights=() if demo else (
             WeightFiles(repo=REPO, revision=REVISION, patterns=files, size_gb=spec["disk_gb"],
-                        local_dir_setting=f"path_{variant}"),
+                        local_dir_setting=f"path_{variant}",
+                        local_alternatives=(MFLUX_SAVED,)),
         ),
         info={"variant": variant, "files": files, "estimate": dict(estimate), "demo": demo},
     )
