@@ -67,7 +67,7 @@ class _Tracker:
             return
         params = self.job.params
         stored = self.job.store_artifact(
-            _read_adapter(zip_path), filename=f"ernie_lora_{params['model']}_step{step:07d}.safetensors",
+            _read_adapter(zip_path, params["lora_layers"]["targets"]), filename=f"ernie_lora_{params['model']}_step{step:07d}.safetensors",
             content_type="application/octet-stream",
             meta={**_meta(self.job), "step": step, "final": False})
         self._stored_steps.add(step)
@@ -201,12 +201,37 @@ def _meta(job) -> dict:
             "job_id": getattr(job, "job_id", None), "demo": bool(job.demo)}
 
 
-def _read_adapter(zip_path: Path) -> bytes:
+def _read_adapter(zip_path: Path, targets: list[dict] | None = None) -> bytes:
     with zipfile.ZipFile(zip_path) as archive:
         names = [n for n in archive.namelist() if n.endswith("_adapter.safetensors")]
         if not names:
             raise RuntimeError(f"no *_adapter.safetensors inside {zip_path.name}")
-        return archive.read(names[0])
+        data = archive.read(names[0])
+    return with_alphas(data, targets or [], zip_path.parent)
+
+
+def with_alphas(data: bytes, targets: list[dict], scratch: Path) -> bytes:
+    """The adapter with a ``<module>.alpha`` tensor for every target trained with a custom
+    ``alpha``: mflux trains at scale ``alpha / rank`` but saves only lora_A/lora_B, so the
+    adapter would otherwise apply at scale 1 (mflux's loader reads ``.alpha`` back)."""
+    alphas = {path: alpha for path, _rank, alpha in trainconfig.expand_targets(targets) if alpha is not None}
+    if not alphas:
+        return data
+    import mlx.core as mx
+
+    source, out = scratch / ".adapter_in.safetensors", scratch / ".adapter_out.safetensors"
+    source.write_bytes(data)
+    try:
+        loaded, metadata = mx.load(str(source), return_metadata=True)
+        weights = dict(loaded.items())  # type: ignore[union-attr]
+        for path, alpha in alphas.items():
+            if f"transformer.{path}.lora_A.weight" in weights:
+                weights[f"transformer.{path}.alpha"] = mx.array(float(alpha))
+        mx.save_safetensors(str(out), weights, metadata=dict(metadata or {}))  # type: ignore[arg-type]
+        return out.read_bytes()
+    finally:
+        source.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
 
 
 def run_training(job) -> TrainResponse:
@@ -263,7 +288,7 @@ def run_training(job) -> TrainResponse:
     if not checkpoints:
         raise RuntimeError(f"training finished but mflux wrote no checkpoint in {output}")
     final_step, final_zip = checkpoints[-1]
-    data = _read_adapter(final_zip)
+    data = _read_adapter(final_zip, params["lora_layers"]["targets"])
     final = job.store_artifact(data, filename=f"ernie_lora_{variant.name}.safetensors",
                                content_type="application/octet-stream",
                                meta={**_meta(job), "step": final_step, "final": True})
