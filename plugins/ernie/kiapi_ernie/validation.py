@@ -349,7 +349,7 @@ def check_train(request: Any, params: dict[str, Any], inputs: Any, host: Any) ->
     if stored is None:
         return
     dataset.inspect(Path(stored.path), dataset.Limits.from_settings(plugin_settings(host)),
-                    max_pixels=_max_image_pixels(host))
+                    max_pixels=_max_image_pixels(host), max_resolution=params.get("max_resolution"))
 
 
 def _max_image_pixels(host: Any) -> int:
