@@ -396,3 +396,23 @@ def test_lora_applies_at_3_5_and_6_bits(ernie, ernie_files, tmp_path, bits):
     job.raise_for_status()
     assert job.runtime_calls == [{"quantize": bits}]
     assert _diff(_pixels(plain)[2], _pixels(job)[2]) > 0.5
+
+
+def test_a_pre_quantized_directory_is_recorded_with_its_stored_bits(ernie_cache_dir, tmp_path):
+    """mflux keeps the bits a saved directory was quantized to, whatever `quantize` asks."""
+    from mflux.models.common.config import ModelConfig
+    from mflux.models.ernie_image import ErnieImage
+
+    from kiapi_ernie.runtime import BoundedCache, stored_bits
+    from kiapi_ernie.tiny import ensure_tiny_dir, tiny_construct
+
+    with tiny_construct():
+        ErnieImage(quantize=4, model_path=str(ensure_tiny_dir(ernie_cache_dir)),
+                   model_config=ModelConfig.ernie_image_turbo()).save_model(str(tmp_path / "q4"))
+        reloaded = ErnieImage(quantize=8, model_path=str(tmp_path / "q4"), model_config=ModelConfig.ernie_image_turbo())
+    assert stored_bits(reloaded, 8) == 4
+    cache = BoundedCache(2)  # the prompt cache: least recently used dropped first
+    cache["a"], cache["b"] = 1, 2
+    assert cache["a"] == 1
+    cache["c"] = 3
+    assert list(cache) == ["a", "c"]
