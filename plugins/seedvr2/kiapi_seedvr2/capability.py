@@ -7,8 +7,8 @@ Memory (GB = 2**30 bytes, as the core counts them)
 --------------------------------------------------
 ``weights_gb`` per quantization: the DiT's parameters (3.3 G for 3b, 7.0 G for 7b; the published
 fp16 files are ~6.8 and ~16.5 GB) at ``bits + 0.5`` bits each (MLX affine quantization stores an
-fp16 scale and bias per group of 64), x 1.1 because quantizing gives the weights the two streams
-share their own copies, plus the fp16 VAE (~0.5 GB, mostly convolutions, which mflux never
+fp16 scale and bias per group of 64), more because quantizing gives the weights the two streams
+share their own copies (x 1.12, measured at real width), plus the fp16 VAE (~0.5 GB, mostly convolutions, which mflux never
 quantizes). Unquantized: 2 bytes per parameter.
 
 :func:`estimate_upscale` (what one request adds on top of the resident weights) is mostly a
@@ -102,8 +102,8 @@ _VAE_GB = 0.5
 
 #: Quantized, the DiT holds ~10 % more than its parameter count says: mflux's quantization
 #: gives the attention weights SeedVR2 shares between its two streams their own quantized copies
-#: (q8 3b holds ~4.4 GB, not 4.0).
-_QUANTIZED_SHARING = 1.1
+#: (q8 3b holds ~4.4 GB, not 4.0; measured 1.11-1.12x at real width, tests/test_seedvr2_real_geometry.py).
+_QUANTIZED_SHARING = 1.12
 
 
 def weights_gb(dit_params_g: float) -> dict[int | None, float]:
