@@ -61,9 +61,10 @@ class Model(msgspec.Struct, frozen=True, kw_only=True):
     weights: tuple[WeightFiles, ...] = ()
     #: Eviction order: lower priority goes first.
     priority: int = 0
-    #: Plugin-private facts (repo ids, mflux config names); never served, except
-    #: ``resident_quantize_chosen_by`` (model lists) and ``resident_quantize_setting`` (the
-    #: setting a 503 hint names when a lower resident quantization would fit).
+    #: Plugin-private facts (repo ids, mflux config names); never served as such, but the core
+    #: reads ``resident_quantize_chosen_by`` (``kiapi models``, ``GET /v1/memory``) and
+    #: ``resident_quantize_setting`` (the setting a 503 hint names when a lower resident
+    #: quantization would fit).
     info: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -143,11 +144,6 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     aliases: list[str] = msgspec.field(default_factory=list)
     default: bool = False
     features: list[str] = msgspec.field(default_factory=list)
-    #: Quantization bits of the resident instance, its weight size, and who chose it (the
-    #: plugin's setting, or the memory budget): "will this run on my machine?" at a glance.
-    resident_quantize: int | None = None
-    resident_weights_gb: float | None = None
-    resident_quantize_chosen_by: str | None = None
 
 
 class Registered(msgspec.Struct, frozen=True, kw_only=True):
@@ -234,9 +230,7 @@ class Registry:
         return [
             ModelSpec(
                 name=m.name, family=family, domain=capability.domain, aliases=list(m.aliases),
-                default=m.default, features=list(m.features), resident_quantize=m.resident_quantize,
-                resident_weights_gb=m.weights_gb.get(m.resident_quantize) if m.weights_gb else None,
-                resident_quantize_chosen_by=m.info.get("resident_quantize_chosen_by"),
+                default=m.default, features=list(m.features),
             )
             for m in capability.models
         ]

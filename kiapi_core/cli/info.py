@@ -63,12 +63,20 @@ def models(ctx: click.Context, as_json: bool, budget_gb: float | None) -> None:
         return
     for spec in specs:
         aliases = f"  aliases: {', '.join(spec.aliases)}" if spec.aliases else ""
-        resident = ""
-        if spec.resident_weights_gb is not None:
-            bits = "bf16" if spec.resident_quantize is None else f"q{spec.resident_quantize}"
-            chosen = f", chosen by {spec.resident_quantize_chosen_by}" if spec.resident_quantize_chosen_by else ""
-            resident = f"  resident {bits} ({spec.resident_weights_gb:.1f} GB{chosen})"
-        click.echo(f"{spec.family}:{spec.name}{' (default)' if spec.default else ''}{resident}{aliases}")
+        click.echo(f"{spec.family}:{spec.name}{' (default)' if spec.default else ''}"
+                   f"{_resident(host.registry.resolve_model(spec.family, spec.name))}{aliases}")
+
+
+def _resident(model: object) -> str:
+    """``  resident q5 (7.5 GB, chosen by memory budget 10.67 GB)`` for a model with weights."""
+    weights = getattr(model, "weights_gb", None) or {}
+    bits = getattr(model, "resident_quantize", None)
+    if getattr(model, "loader", None) is None or not weights:
+        return ""
+    gb = weights.get(bits, max(weights.values()))
+    chosen = (getattr(model, "info", None) or {}).get("resident_quantize_chosen_by")
+    label = "bf16" if bits is None else f"q{bits}"
+    return f"  resident {label} ({gb:.1f} GB{f', chosen by {chosen}' if chosen else ''})"
 
 
 def _models_for_budget(ctx: click.Context, budget_gb: float, as_json: bool) -> None:

@@ -44,7 +44,7 @@ DESCRIPTION = (
     "## Resident vs transient runs\n"
     "The warmed, resident model uses the server's resident quantization\n"
     "(`KIAPI_ERNIE_RESIDENT_QUANTIZE`, else chosen from the memory budget: q8 from 24 GB\n"
-    "Macs, q5 on 16 GB; `resident_quantize` in `GET /v1/image/ernie/models`). `loras` are\n"
+    "Macs, q5 on 16 GB; see `models` in `GET /v1/memory`). `loras` are\n"
     "applied to the resident model for the call and taken off afterwards: no weights\n"
     "load, only the adapter (kept by file id). A `quantize` differing from the resident\n"
     "one builds a **one-off transient model** for that call — weights load fresh, so it\n"

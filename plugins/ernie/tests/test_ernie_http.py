@@ -83,8 +83,7 @@ async def test_review_fixes_over_http(kiapi_client_factory, tmp_path):
 
 
 async def test_a_16_gb_mac_over_http(kiapi_client_factory, ernie_helpers, tmp_path):
-    """Budget 10.67 GB (a 16 GB Mac), real declarations: the model list and /v1/memory report the
-    budget-chosen q5; a default training request is refused before queueing with the set-up that
+    """Budget 10.67 GB (a 16 GB Mac), real declarations: /v1/memory reports the budget-chosen q5; a default training request is refused before queueing with the set-up that
     would fit. (Weight files are stand-ins: nothing is loaded.)"""
     weights = tmp_path / "turbo"
     for name in ("vae/w.safetensors", "vae/config.json", "transformer/w.safetensors", "transformer/config.json",
@@ -93,10 +92,6 @@ async def test_a_16_gb_mac_over_http(kiapi_client_factory, ernie_helpers, tmp_pa
         (weights / name).write_bytes(b"{}")
     async with kiapi_client_factory(plugins=[kiapi_ernie], demo=False, memory_limit_gb=10.67,
                                     plugin_settings={"ernie": {"turbo_path": str(weights)}}) as http:
-        models = (await http.get("/v1/image/ernie/models")).json()
-        turbo = next(m for m in (models["data"] if isinstance(models, dict) else models) if m["name"] == "turbo")
-        assert (turbo["resident_quantize"], turbo["resident_weights_gb"]) == (5, 7.5)
-        assert turbo["resident_quantize_chosen_by"] == "memory budget 10.67 GB"
         memory = (await http.get("/v1/memory")).json()
         assert {"family": "ernie", "model": "turbo", "resident_quantize": 5, "weights_gb": 7.5,
                 "chosen_by": "memory budget 10.67 GB"} in memory["models"]
