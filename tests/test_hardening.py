@@ -1,0 +1,177 @@
+"""Issue #15: no request, page or configuration can stall, bloat or hijack the server.
+
+Each case of the hostile review, through HTTP on an in-process host (the cases that need a real
+socket, a real process or a signal are in ``test_hardening_server.py``). Numbers refer to the
+issue's cases; docs/security.md and docs/reliability.md list them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+import kiapi_echo
+
+RENDER = "/v1/text/echo/render"
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+async def echo(kiapi_client_factory):
+    async with kiapi_client_factory(plugins=[kiapi_echo]) as http:
+        yield http
+
+
+def _peak_rss_reset() -> bool:
+    """Reset this process's peak RSS (Linux); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+async def _max_health_latency_s(http, until: asyncio.Future) -> float:
+    worst = 0.0
+    while not until.done():
+        started = time.perf_counter()
+        assert (await http.get("/health")).status_code == 200
+        worst = max(worst, time.perf_counter() - started)
+        await asyncio.sleep(0.01)
+    return worst
+
+
+# --- 1. wide JSON bodies ------------------------------------------------------------------------
+
+async def test_1_wide_body_neither_blocks_the_loop_nor_bloats_memory(echo):
+    body = b'{"text": "a", "junk": [' + b"{}," * (20 * MiB) + b"{}]}"  # 60 MiB of empty objects
+    measured = _peak_rss_reset()
+    base_mb = _peak_rss_mb() if measured else 0.0
+    request = asyncio.ensure_future(echo.post(RENDER, content=body, headers={"content-type": "application/json"}))
+    worst_s = await _max_health_latency_s(echo, request)
+    r = await request
+    assert r.status_code == 400 and r.json()["code"] == "body_too_complex", r.text
+    assert worst_s < 0.25, f"/health waited {worst_s:.3f}s behind one request body"
+    if measured:  # the body (60 MiB) is held by the test and the server: a few copies at most
+        assert _peak_rss_mb() - base_mb < 400, _peak_rss_mb() - base_mb
+    assert (await echo.get("/v1/jobs")).json()["data"] == []
+
+
+async def test_1_large_string_bodies_still_work(kiapi_client_factory):
+    async with kiapi_client_factory(plugins=[kiapi_echo], max_text_chars=40 * MiB) as http:
+        text = "x" * (30 * MiB)
+        r = await http.post(RENDER, json={"text": text, "mode": "async"})
+        assert r.status_code == 202, r.text[:300]
+        job = await http.wait_job(r.json()["job_id"])
+        assert job["status"] == "succeeded"
+
+
+# --- 3. CSRF and DNS rebinding ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["attacker.example", "attacker.example:8000", "kiapi.test"])
+async def test_3_foreign_host_names_are_refused(echo, host):
+    for method, path in (("GET", "/v1/files"), ("POST", RENDER), ("GET", "/docs")):
+        r = await echo.request(method, path, json={"text": "a"}, headers={"Host": host})
+        assert r.status_code == 400 and r.json()["code"] == "host_not_allowed", r.text
+        assert "KIAPI_ALLOWED_HOSTS" in r.json()["detail"]
+    assert (await echo.get("/v1/jobs")).json()["data"] == []
+
+
+@pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1:8000", "[::1]:8000", "192.168.1.7:8000",
+                                  "kiapi.localhost"])
+async def test_3_loopback_names_and_addresses_are_served(echo, host):
+    assert (await echo.get("/v1/files", headers={"Host": host})).status_code == 200
+
+
+async def test_3_allowed_hosts_setting(kiapi_client_factory):
+    async with kiapi_client_factory(plugins=[kiapi_echo], allowed_hosts=["gpu-box.lan"]) as http:
+        assert (await http.get("/v1/files", headers={"Host": "gpu-box.lan:8000"})).status_code == 200
+        assert (await http.get("/v1/files", headers={"Host": "other.lan"})).status_code == 400
+
+
+async def test_3_foreign_origins_cannot_change_state(echo):
+    upload = {"file": ("a.txt", b"hello", "text/plain")}
+    foreign = {"Origin": "https://attacker.example"}
+    assert (await echo.post(RENDER, json={"text": "a"}, headers=foreign)).status_code == 403
+    r = await echo.post("/v1/files", files=upload, headers=foreign)
+    assert r.status_code == 403 and r.json()["code"] == "origin_not_allowed"
+    assert "KIAPI_CORS_ORIGINS" in r.json()["detail"]
+    assert (await echo.post("/v1/files", files=upload, headers={"Origin": "null"})).status_code == 403
+    assert (await echo.get("/v1/files")).json()["data"] == []
+    assert (await echo.get("/v1/jobs")).json()["data"] == []
+    # the server's own pages (same origin) and clients without Origin keep working
+    same = {"Origin": "http://localhost"}
+    assert (await echo.post(RENDER, json={"text": "a"}, headers=same)).status_code == 200
+    assert (await echo.post("/v1/files", files=upload)).status_code == 201
+    file_id = (await echo.get("/v1/files")).json()["data"][0]["file_id"]
+    assert (await echo.delete(f"/v1/files/{file_id}", headers=foreign)).status_code == 403
+    assert (await echo.delete(f"/v1/files/{file_id}", headers=same)).status_code == 200
+
+
+async def test_3_cors_origins_get_real_cors(kiapi_client_factory):
+    origin = "https://studio.example"
+    async with kiapi_client_factory(plugins=[kiapi_echo], cors_origins=[origin]) as http:
+        pre = await http.options(RENDER, headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == origin
+        r = await http.post(RENDER, json={"text": "a"}, headers={"Origin": origin, "Accept": "application/json"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+        assert "x-kiapi-job-id" in r.headers["access-control-expose-headers"].lower()
+        r = await http.post(RENDER, json={"text": "a"}, headers={"Origin": "https://evil.example"})
+        assert r.status_code == 403
+
+
+# --- 7. control characters in unknown keys ----------------------------------------------------------
+
+async def test_7_control_characters_in_field_names_make_a_legal_header(echo):
+    r = await echo.post(RENDER, json={"text": "a", "a\r\nSet-Cookie: x=1": 1, "b\x00\x7f": 2})
+    assert r.status_code == 200, r.text
+    warning = r.headers["x-kiapi-warnings"]
+    assert "\\x0d\\x0aSet-Cookie" in warning and "set-cookie" not in r.headers
+    assert r.headers["x-kiapi-job-id"]
+
+
+# --- 14. Accept decided before queueing --------------------------------------------------------------
+
+async def test_14_unacceptable_accept_is_406_before_queueing(echo):
+    r = await echo.post(RENDER, json={"text": "a"}, headers={"Accept": "application/pdf"})
+    assert r.status_code == 406 and "job_id" not in r.json()
+    assert (await echo.get("/v1/jobs")).json()["data"] == []
+
+
+# --- 15. small ones --------------------------------------------------------------------------------
+
+async def test_15_405_lists_every_method_of_the_path(echo):
+    r = await echo.put("/v1/files")
+    assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+    assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+    assert "GET or POST" in r.json()["detail"]
+    r = await echo.get(RENDER)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert "application/json" in r.json()["detail"]
+
+
+async def test_15_trailing_slash_does_not_reflect_the_host(echo):
+    r = await echo.get("/v1/files/", headers={"Host": "127.0.0.1:9"})
+    assert r.status_code == 404 and "location" not in r.headers
+    assert "did you mean /v1/files?" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/v1/text/echo/docs", "/v1/text/echo/redoc"])
+async def test_15_docs_pages_have_csp_and_frame_protection(echo, path):
+    r = await echo.get(path)
+    assert r.status_code == 200
+    csp = r.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self' 'sha256-" in csp
+    assert r.headers["x-frame-options"] == "DENY"
