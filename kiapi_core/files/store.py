@@ -158,7 +158,10 @@ class BlobWriter:
                 await self._send_batch()
             except OSError as exc:
                 await self.abort()
-                raise disk_full(exc, f"this {self._what}") or exc from None
+                full = disk_full(exc, f"this {self._what}")
+                if full is None:
+                    raise
+                raise full from None
 
     async def commit(self, *, filename: str, content_type: str | None = None,
                      meta: Mapping[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile:

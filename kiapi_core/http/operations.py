@@ -37,13 +37,12 @@ from ..validation import ref_summary
 from ..weights import missing_message, status
 from . import idempotency, negotiation
 from .body import BodyGate, check_json_content_type, decode_json, read_body
+from .decode import decode_body
 from .responses import JSONResponse, error_response
 
 if TYPE_CHECKING:
     from ..host import Host
 
-_PATH = re.compile(r" - at `(\$[^`]*)`$")
-_MISSING = re.compile(r"^Object missing required field `([^`]+)`$")
 #: Request fields the core itself interprets; they are not recorded as ignored.
 _CORE_FIELDS = ("mode", "model")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -67,7 +66,7 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
             replayed = host.jobs.find_idempotent(*idem) if idem is not None else None
             mode = raw.get("mode", "sync") if isinstance(raw, dict) else "sync"
             if replayed is None:
-                body, warnings = await asyncio.to_thread(decode_body, raw, operation.request)
+                body, warnings = await _decode(host, capability, operation, raw)
                 mode = getattr(body, "mode", "sync")
             del raw  # a large body's text is not kept while the job runs
             mode = "async" if operation.always_async else mode
@@ -126,6 +125,44 @@ def check_acceptable(request: Request, operation: Operation) -> None:
     offered = ", ".join(["application/json", *operation.produces])
     raise NotAcceptable(f"the Accept header ({accept[:200]}) allows none of what this operation "
                         f"answers: {offered}; send Accept: application/json (or */*)")
+
+
+async def _decode(host: Host, capability: Capability, operation: Operation, raw: Any) -> tuple[Any, list[str]]:
+    """:func:`decode_body` in a thread; a 422 there also lists what ``prepare`` finds in the
+    fields that did convert, so one answer names every problem of the request."""
+    settings = host.settings
+    try:
+        return await asyncio.to_thread(decode_body, raw, operation.request, unknown=settings.unknown_fields,
+                                       max_text_chars=settings.max_text_chars)
+    except InvalidRequest as error:
+        if operation.prepare is not None and isinstance(raw, dict):
+            more = await asyncio.to_thread(_prepare_problems, host, capability, operation, raw, error)
+            if more:
+                raise _merged(error, more) from None
+        raise
+
+
+def _prepare_problems(host: Host, capability: Capability, operation: Operation, raw: dict[str, Any],
+                      error: InvalidRequest) -> list[dict[str, str]]:
+    """What ``prepare`` says about ``raw`` without the fields ``error`` already names."""
+    listed = error.extra.get("errors") or [{"field": error.extra.get("field", "$")}]
+    bad = {re.split(r"[.\[]", str(item["field"]))[0] for item in listed}
+    try:
+        body = msgspec.convert({k: v for k, v in raw.items() if k not in bad}, operation.request)
+        model = host.registry.resolve_model(capability.name, getattr(body, "model", None))
+        assert operation.prepare is not None
+        operation.prepare(body, model, host)
+    except InvalidRequest as found:
+        items = found.extra.get("errors") or [{"field": found.extra.get("field", "$"), "detail": found.detail}]
+        return [item for item in items if re.split(r"[.\[]", str(item["field"]))[0] not in bad]
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        return []
+    return []
+
+
+def _merged(error: InvalidRequest, more: list[dict[str, str]]) -> InvalidRequest:
+    items = (error.extra.get("errors") or [{"field": error.extra.get("field", "$"), "detail": error.detail}]) + more
+    return InvalidRequest("; ".join(item["detail"] for item in items), errors=items)
 
 
 async def submit(host: Host, capability: Capability, operation: Operation, body: Any,
@@ -209,50 +246,6 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
     assert artifact is not None
     return await file_response(request, artifact, disposition="inline",
                                headers={**headers, "X-Kiapi-File-Id": artifact.file_id})
-
-
-def decode_body(raw: Any, schema: type) -> tuple[Any, list[str]]:
-    """The request Struct for a JSON body (InvalidRequest naming the field) and a warning
-    listing the fields it ignored."""
-    if not isinstance(raw, dict):
-        raise InvalidRequest(f"the request body must be a JSON object, not {type(raw).__name__}")
-    try:
-        body = msgspec.convert(raw, schema)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        match = _PATH.search(message)
-        path = match.group(1) if match else "$"
-        what = message[: match.start()] if match else message
-        missing = _MISSING.match(what)
-        if missing:  # name the missing field itself, not the object that lacks it
-            path = f"{path}.{missing.group(1)}"
-            field = path[2:]
-            raise InvalidRequest(f"{field} is required", field=field, path=path) from None
-        field = path[2:] if path.startswith("$.") else path
-        raise InvalidRequest(f"{field}: {what}" if field != "$" else what, field=field, path=path) from None
-    ignored = sorted(_unknown_fields(raw, body, ""))
-    warnings = [f"ignored unknown field{'s' if len(ignored) > 1 else ''}: {', '.join(ignored)}"] if ignored else []
-    return body, warnings
-
-
-def _unknown_fields(raw: Any, value: Any, prefix: str) -> list[str]:
-    """Dotted paths of object keys that ``value``'s Struct types do not declare."""
-    found: list[str] = []
-    if isinstance(value, msgspec.Struct) and isinstance(raw, dict):
-        info = msgspec.structs.fields(value)
-        known = {f.encode_name: f.name for f in info}
-        tag_field = value.__struct_config__.tag_field
-        for key, item in raw.items():
-            if key == tag_field:
-                continue
-            if key not in known:
-                found.append(prefix + key)
-            else:
-                found += _unknown_fields(item, getattr(value, known[key]), f"{prefix}{key}.")
-    elif isinstance(value, (list, tuple)) and isinstance(raw, list):
-        for index, (r, v) in enumerate(zip(raw, value)):
-            found += _unknown_fields(r, v, f"{prefix.rstrip('.')}[{index}].")
-    return found
 
 
 def _default_params(body: Any) -> dict[str, Any]:
