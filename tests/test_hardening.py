@@ -8,6 +8,7 @@ issue's cases; docs/security.md and docs/reliability.md list them.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -175,3 +176,153 @@ async def test_15_docs_pages_have_csp_and_frame_protection(echo, path):
     csp = r.headers["content-security-policy"]
     assert "frame-ancestors 'none'" in csp and "script-src 'self' 'sha256-" in csp
     assert r.headers["x-frame-options"] == "DENY"
+
+
+# --- 2. the disk: training bounds and the storage quota ---------------------------------------------
+
+async def test_2_storage_quota_refuses_uploads_and_artifacts_with_507(kiapi_client_factory):
+    async with kiapi_client_factory(plugins=[kiapi_echo], max_storage_gb=0.001) as http:  # 1 MB
+        first = await http.upload(os.urandom(600_000), "a.bin")
+        r = await http.post("/v1/files", files={"file": ("b.bin", os.urandom(600_000), "application/octet-stream")})
+        assert r.status_code == 507 and r.json()["code"] == "insufficient_storage", r.text
+        body = r.json()
+        assert body["used_bytes"] >= 600_000 and body["limit_bytes"] == 1_000_000
+        assert "DELETE /v1/files/" in body["detail"] and "KIAPI_MAX_STORAGE_GB" in body["detail"]
+        assert len((await http.get("/v1/files")).json()["data"]) == 1
+        assert os.listdir(http.host.files.root / ".partial") == []
+        # an artifact that would pass the quota fails its job with 507, not 500
+        r = await http.post(RENDER, json={"text": "x" * 50_000, "repeat": 10})
+        assert r.status_code == 507 and r.json()["code"] == "insufficient_storage", r.text[:300]
+        assert r.json()["job_id"]
+        # freeing space makes room again
+        assert (await http.delete(f"/v1/files/{first}")).status_code == 200
+        assert (await http.post(RENDER, json={"text": "x" * 50_000, "repeat": 10})).status_code == 200
+
+
+async def test_2_full_disk_is_507_never_500(echo, monkeypatch):
+    import errno
+
+    from kiapi_core.files import store as store_module
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module.BlobWriter, "_write_batch", full)
+    r = await echo.post("/v1/files", files={"file": ("a.bin", os.urandom(3 * MiB), "application/octet-stream")})
+    assert r.status_code == 507 and r.json()["code"] == "insufficient_storage", r.text
+    assert "disk" in r.json()["detail"]
+    assert os.listdir(echo.host.files.root / ".partial") == []
+
+
+async def test_2_training_requests_are_bounded(kiapi_client_factory):
+    kiapi_ernie = pytest.importorskip("kiapi_ernie")
+    from tests.test_hostile_input import GOOD, make_zip
+
+    async with kiapi_client_factory(plugins=[kiapi_ernie]) as http:
+        dataset = {"type": "file_id", "file_id": await http.upload(make_zip(GOOD), "d.zip", "application/zip")}
+        r = await http.post("/v1/image/ernie/train", json={"dataset": dataset, "num_epochs": 2_000_000,
+                                                           "batch_size": 100_000})
+        assert r.status_code == 422, r.text
+        assert {e["field"] for e in r.json()["errors"]} == {"num_epochs", "batch_size"}
+        r = await http.post("/v1/image/ernie/train", json={"dataset": dataset, "num_epochs": 500,
+                                                           "save_frequency": 1})
+        assert r.status_code == 422 and r.json()["field"] == "save_frequency", r.text
+        assert "500 checkpoints" in r.json()["detail"] and "KIAPI_ERNIE_MAX_CHECKPOINTS" in r.json()["detail"]
+        assert (await http.get("/v1/jobs")).json()["data"] == []
+
+
+# --- 4. unbounded texts and warnings ---------------------------------------------------------------
+
+async def test_4_long_texts_and_many_unknown_fields_are_bounded(echo):
+    r = await echo.post(RENDER, json={"text": "x" * 100_001})
+    assert r.status_code == 422 and "KIAPI_MAX_TEXT_CHARS" in r.json()["detail"] and r.json()["field"] == "text"
+    r = await echo.post(RENDER, json={"text": "a", "extra": {"deep": "y" * 200_000}})
+    assert r.status_code == 422 and r.json()["field"] == "extra.deep"
+    junk = {f"zz_unknown_{i}_" + "k" * 500: 1 for i in range(5000)}
+    r = await echo.post(RENDER, json={"text": "a", "mode": "async", **junk})
+    assert r.status_code == 202, r.text[:300]
+    job = (await echo.get(f"/v1/jobs/{r.json()['job_id']}")).json()
+    assert len(job["warnings"]) == 2 and len(job["warnings"][0]) < 3000, len(job["warnings"][0])
+    assert "and 4980 more" in job["warnings"][0]
+    assert len((await echo.get("/v1/jobs")).content) < 20_000
+
+
+# --- 5. misspelt fields ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field,meant", [("txet", "text"), ("Text", "text"), ("repaet", "repeat"),
+                                         ("modle", "model"), ("imgae", "image")])
+async def test_5_a_near_miss_of_a_declared_field_is_422(echo, field, meant):
+    r = await echo.post(RENDER, json={"text": "a", field: 2} if field != "Text" else {"text": "a", "Text": "b"})
+    assert r.status_code == 422, r.text
+    assert f"did you mean `{meant}`?" in r.json()["detail"] and r.json()["field"] == field
+
+
+async def test_5_unrelated_extra_fields_are_accepted_with_a_warning(echo):
+    r = await echo.post(RENDER, json={"text": "a", "user": "me", "metadata": {"k": 1}})
+    assert r.status_code == 200 and "metadata, user" in r.headers["x-kiapi-warnings"]
+
+
+async def test_5_unknown_fields_setting(kiapi_client_factory):
+    async with kiapi_client_factory(plugins=[kiapi_echo], unknown_fields="reject") as http:
+        r = await http.post(RENDER, json={"text": "a", "user": "me"})
+        assert r.status_code == 422 and "unknown field `user`" in r.json()["detail"]
+    async with kiapi_client_factory(plugins=[kiapi_echo], unknown_fields="warn") as http:
+        r = await http.post(RENDER, json={"text": "a", "txet": "b"})
+        assert r.status_code == 200 and "txet (did you mean text?)" in r.headers["x-kiapi-warnings"]
+
+
+async def test_5_ernie_widht_is_422_did_you_mean_width(kiapi_client_factory):
+    kiapi_ernie = pytest.importorskip("kiapi_ernie")
+    async with kiapi_client_factory(plugins=[kiapi_ernie]) as http:
+        for typo, meant in (("widht", "width"), ("stpes", "steps"), ("negative_promt", "negative_prompt")):
+            r = await http.post("/v1/image/ernie/generate", json={"prompt": "a", typo: 64, "height": 64})
+            assert r.status_code == 422 and f"did you mean `{meant}`?" in r.json()["detail"], r.text
+
+
+# --- error messages a person can act on --------------------------------------------------------------
+
+async def test_errors_list_every_problem_and_enum_values(kiapi_client_factory):
+    kiapi_ernie = pytest.importorskip("kiapi_ernie")
+    async with kiapi_client_factory(plugins=[kiapi_ernie]) as http:
+        r = await http.post("/v1/image/ernie/generate", json={
+            "prompt": "a", "steps": 0, "width": 5, "height": 7, "guidance": -1, "mode": "asnyc"})
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert {e["field"] for e in body["errors"]} == {"steps", "width", "height", "guidance", "mode"}
+        assert "valid values: sync, async" in body["detail"]
+        assert "steps must be an int >= 1 (got 0)" in body["detail"]
+        r = await http.post("/v1/image/ernie/generate", json={"prompt": "a", "model": "nope"})
+        assert r.status_code == 400 and "turbo, base" in r.json()["detail"]  # the contract says 400
+
+
+# --- 8. strict numbers in the Files API --------------------------------------------------------------
+
+@pytest.mark.parametrize("limit", ["²", "٣", "1" * 5000, "-1", "1e3", " 5"])
+async def test_8_odd_limits_are_422(echo, limit):
+    r = await echo.get("/v1/files", params={"limit": limit})
+    assert r.status_code == 422 and r.json()["field"] == "limit"
+
+
+@pytest.mark.parametrize("header", ["bytes=²-", "bytes=0-²", "bytes=" + "9" * 5000 + "-", "bytes=-" + "9" * 5000,
+                                    "bytes=¹-³"])
+async def test_8_odd_ranges_are_ignored_not_500(echo, header):
+    file_id = await echo.upload(b"0123456789", "a.txt")
+    r = await echo.get(f"/v1/files/{file_id}/download", headers={"Range": header.encode("latin-1")})
+    assert r.status_code == 200 and r.content == b"0123456789"
+
+
+# --- 13. SSRF refusals name the class, not the address ------------------------------------------------
+
+async def test_13_refusals_do_not_reveal_resolved_addresses(echo, monkeypatch):
+    from kiapi_core.files.fetch import AddressPolicy, URLFetcher
+
+    async def resolver(host, port):
+        return ["10.11.12.13"]
+
+    def from_settings(cls, settings, **overrides):
+        return cls(policy=AddressPolicy(), resolver=resolver, timeout_s=1, max_bytes=1000)
+
+    monkeypatch.setattr(URLFetcher, "from_settings", classmethod(from_settings))
+    r = await echo.post(RENDER, json={"text": "a", "image": {"type": "url", "url": "http://intranet.example/x"}})
+    assert r.status_code == 400 and r.json()["address_class"] == "private"
+    assert "10.11.12.13" not in r.text and "private address" in r.json()["detail"]

@@ -34,6 +34,7 @@ _UNBOUNDED_KEYS = frozenset({"data_url"})
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`$")
 _ENUM = re.compile(r"^Invalid enum value ")
+_EXPECTED = re.compile(r"^Expected `([^`]+)`(.*)$")
 
 
 def decode_body(raw: Any, schema: type, *, unknown: UnknownFields = "typos",
@@ -98,11 +99,12 @@ def field_problems(raw: dict[str, Any], schema: type, error: msgspec.ValidationE
         try:
             msgspec.convert(raw[info.encode_name], info.type)
         except msgspec.ValidationError as exc:
-            problems.append(_problem(str(exc), info.type, prefix=info.encode_name))
+            problems.append(_problem(str(exc), info.type, prefix=info.encode_name,
+                                     value=raw[info.encode_name]))
     return problems or [_problem(str(error), None, prefix="")]
 
 
-def _problem(message: str, annotation: Any, *, prefix: str) -> dict[str, str]:
+def _problem(message: str, annotation: Any, *, prefix: str, value: Any = None) -> dict[str, str]:
     match = _PATH.search(message)
     path = match.group(1) if match else "$"
     what = message[: match.start()] if match else message
@@ -115,6 +117,13 @@ def _problem(message: str, annotation: Any, *, prefix: str) -> dict[str, str]:
         values = _enum_values(annotation)
         if values:
             what += f"; valid values: {', '.join(values)}"
+    expected = _EXPECTED.match(what)
+    if expected and field == prefix:  # "Expected `int` >= 1" -> "steps must be an int >= 1 (got 0)"
+        kind = expected.group(1)
+        article = "an" if kind[:1] in "aeiou" else "a"
+        shown = msgspec.json.encode(value).decode(errors="replace")
+        shown = shown if len(shown) <= 40 else shown[:40] + "..."
+        return {"field": field, "detail": f"{field} must be {article} {kind}{expected.group(2)} (got {shown})"}
     return {"field": field, "detail": f"{field}: {what}" if field != "$" else what}
 
 
