@@ -326,3 +326,71 @@ async def test_13_refusals_do_not_reveal_resolved_addresses(echo, monkeypatch):
     r = await echo.post(RENDER, json={"text": "a", "image": {"type": "url", "url": "http://intranet.example/x"}})
     assert r.status_code == 400 and r.json()["address_class"] == "private"
     assert "10.11.12.13" not in r.text and "private address" in r.json()["detail"]
+
+
+# --- 6. input-driven memory ------------------------------------------------------------------------
+
+def _image(size, mode="RGBA", fmt="PNG") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, size, (10, 20, 30, 255) if mode == "RGBA" else (10, 20, 30)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+async def test_6_decoded_input_size_counts_in_memory_admission(kiapi_client_factory):
+    async with kiapi_client_factory(plugins=[kiapi_echo], memory_limit_gb=0.1) as http:
+        big = await http.upload(_image((4000, 4000)), "big.png", "image/png")  # small file, 16 M pixels
+        assert (await http.get(f"/v1/files/{big}")).json()["size"] < 1_000_000
+        r = await http.post(RENDER, json={"text": "a", "image": {"type": "file_id", "file_id": big}})
+        assert r.status_code == 503 and r.json()["code"] == "memory_budget", r.text
+        small = await http.upload(_image((64, 64)), "small.png", "image/png")
+        r = await http.post(RENDER, json={"text": "a", "mode": "async",
+                                          "image": {"type": "file_id", "file_id": small}})
+        assert r.status_code == 202, r.text
+        job = await http.wait_job(r.json()["job_id"])
+        assert job["params"]["input_gb"] == round(64 * 64 * 16 / 1e9, 4)
+        assert job["metrics"]["admitted_gb"] >= job["params"]["input_gb"]
+
+
+async def test_6_large_bodies_are_processed_a_few_at_a_time(echo):
+    from kiapi_core.http.body import LARGE_BODY_SLOTS
+
+    release = asyncio.Event()
+    started: list[int] = []
+
+    def body(i: int):
+        async def chunks():
+            started.append(i)
+            yield b'{"text": "a", "mode": "async", "pad": ['
+            await release.wait()
+            yield b",".join([b'"' + b"x" * 50_000 + b'"'] * 21) + b"]}"  # over LARGE_BODY_BYTES
+        return chunks()
+
+    posts = [asyncio.ensure_future(echo.post(RENDER, content=body(i), headers={"content-type": "application/json"}))
+             for i in range(LARGE_BODY_SLOTS + 3)]
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if len(started) >= LARGE_BODY_SLOTS:
+            break
+    await asyncio.sleep(0.2)
+    assert len(started) == LARGE_BODY_SLOTS, started  # the others wait before their body is read
+    release.set()
+    responses = await asyncio.gather(*posts)
+    assert all(r.status_code == 202 for r in responses), [r.text[:200] for r in responses]
+    assert len(started) == LARGE_BODY_SLOTS + 3
+
+
+# --- 15. image formats -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt,mode", [("GIF", "RGB"), ("BMP", "RGB"), ("TIFF", "RGB")])
+async def test_15_only_png_jpeg_webp_inputs_as_documented(echo, fmt, mode):
+    file_id = await echo.upload(_image((32, 32), mode, fmt), f"a.{fmt.lower()}", f"image/{fmt.lower()}")
+    r = await echo.post(RENDER, json={"text": "a", "image": {"type": "file_id", "file_id": file_id}})
+    assert r.status_code == 400 and f"is a {fmt} image; send PNG, JPEG or WebP" in r.json()["detail"]
+    for ok_fmt in ("PNG", "JPEG", "WEBP"):
+        ok = await echo.upload(_image((32, 32), "RGB", ok_fmt), "ok", "image/png")
+        r = await echo.post(RENDER, json={"text": "a", "image": {"type": "file_id", "file_id": ok}})
+        assert r.status_code == 200, (ok_fmt, r.text)

@@ -29,8 +29,10 @@ from ..errors import (
 )
 from ..files.resolve import ResolvedInputs, resolve_inputs
 from ..files.routes import file_response
+from ..images import INPUT_BYTES_PER_PIXEL
 from ..jobs.models import AsyncJobResponse, Job, JobStatus
 from ..jobs.store import IdempotentReplay
+from ..memory.loaders import INPUT_GB
 from ..registry import Capability, Model, Operation
 from ..settings import DEMO_NOTE
 from ..validation import ref_summary
@@ -206,6 +208,8 @@ async def validate(host: Host, capability: Capability, operation: Operation, bod
             raise WeightsMissing(missing_message(found), activate=found.activate)
     params = redact(operation.prepare(body, model, host) if operation.prepare else _default_params(body))
     resolved = await resolve_inputs(body, operation.inputs, store=host.files, settings=host.settings)
+    if resolved.pixels:  # a 388 KB PNG can decode to gigabytes: admission must know
+        params[INPUT_GB] = round(sum(resolved.pixels.values()) * INPUT_BYTES_PER_PIXEL / 1e9, 4)
     try:
         if operation.check is not None:
             await asyncio.to_thread(operation.check, body, params, resolved.files, host)
