@@ -157,6 +157,9 @@ def load_settings(
     core_table = {k: v for k, v in config.items() if not isinstance(v, dict)}
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     settings, sources = _build(Settings, core_table, env, flags, prefix="KIAPI_", where=str(path))
+    if settings.auth_token is not None and not settings.auth_token.strip():
+        raise SettingsError(f"KIAPI_AUTH_TOKEN (from {sources['auth_token']}) is blank; a blank token would "
+                            "let `Authorization: Bearer` with nothing after it in. Set a real token or unset it")
     return Loaded(settings=settings, sources=sources, config_file=str(path) if path else None,
                   config=config, env=env)
 

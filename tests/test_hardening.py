@@ -394,3 +394,18 @@ async def test_15_only_png_jpeg_webp_inputs_as_documented(echo, fmt, mode):
         ok = await echo.upload(_image((32, 32), "RGB", ok_fmt), "ok", "image/png")
         r = await echo.post(RENDER, json={"text": "a", "image": {"type": "file_id", "file_id": ok}})
         assert r.status_code == 200, (ok_fmt, r.text)
+
+
+# --- 10. work directories left by a crash --------------------------------------------------------------
+
+async def test_10_work_dirs_of_crashed_jobs_are_swept_at_start(kiapi_host_factory):
+    from kiapi_core.testing import client
+
+    host = kiapi_host_factory(plugins=[kiapi_echo])
+    left = host.settings.data_path / "work" / "job_cut_off_by_kill_9"
+    (left / "checkpoints").mkdir(parents=True)
+    (left / "checkpoints" / "0000100_checkpoint.zip").write_bytes(os.urandom(100_000))
+    async with client(host) as http:
+        assert not left.exists()
+        r = await http.post(RENDER, json={"text": "a"})  # jobs still get their own work dirs
+        assert r.status_code == 200
