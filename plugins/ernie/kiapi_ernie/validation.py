@@ -289,12 +289,13 @@ def check_train(request: Any, params: dict[str, Any], inputs: Any, host: Any) ->
 def check_train_size(params: dict[str, Any], num_images: int, settings: ErnieSettings) -> None:
     """422 when the run would take more steps, or store more checkpoints, than allowed: a small
     dataset with huge ``num_epochs`` and ``save_frequency: 1`` would otherwise fill the disk."""
-    batches = -(-max(num_images, 1) // params["batch_size"])
-    total = batches * params["num_epochs"]
+    batch_size, epochs = params.get("batch_size", 1), params.get("num_epochs", 1)
+    batches = -(-max(num_images, 1) // batch_size)
+    total = batches * epochs
     p = Problems()
     if total > settings.max_train_steps:
-        p.add("num_epochs", f"{params['num_epochs']} epochs of {batches} batch(es) ({num_images} images, "
-                            f"batch_size {params['batch_size']}) is {total} steps, more than "
+        p.add("num_epochs", f"{epochs} epochs of {batches} batch(es) ({num_images} images, "
+                            f"batch_size {batch_size}) is {total} steps, more than "
                             f"{settings.max_train_steps} (KIAPI_ERNIE_MAX_TRAIN_STEPS); lower num_epochs")
     every = params.get("save_frequency")
     if every and total // every > settings.max_checkpoints:
