@@ -42,7 +42,7 @@ def check_exposure(host: str, port: int, *, token: str | None, insecure_no_auth:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         return  # _listen reports an unusable address
-    addresses = {info[4][0] for info in infos}
+    addresses = {str(info[4][0]) for info in infos}
     if all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
         return
     raise SystemExit(

@@ -177,8 +177,9 @@ class BlobWriter:
             await self._close_file()
             await asyncio.to_thread(_unlink, self._tmp)
             self._release()
-            if isinstance(exc, OSError) and disk_full(exc, f"this {self._what}") is not None:
-                raise disk_full(exc, f"this {self._what}") from None
+            full = disk_full(exc, f"this {self._what}") if isinstance(exc, OSError) else None
+            if full is not None:
+                raise full from None
             raise
         if self._store.quota is not None:
             self._store.quota.commit(self._reserved)

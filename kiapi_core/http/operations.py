@@ -150,7 +150,7 @@ def _prepare_problems(host: Host, capability: Capability, operation: Operation, 
     listed = error.extra.get("errors") or [{"field": error.extra.get("field", "$")}]
     bad = {re.split(r"[.\[]", str(item["field"]))[0] for item in listed}
     try:
-        body = msgspec.convert({k: v for k, v in raw.items() if k not in bad}, operation.request)
+        body: Any = msgspec.convert({k: v for k, v in raw.items() if k not in bad}, operation.request)
         model = host.registry.resolve_model(capability.name, getattr(body, "model", None))
         assert operation.prepare is not None
         operation.prepare(body, model, host)
