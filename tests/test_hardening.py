@@ -143,6 +143,20 @@ async def test_7_control_characters_in_field_names_make_a_legal_header(echo):
     assert r.headers["x-kiapi-job-id"]
 
 
+async def test_7_a_failure_after_the_job_exists_still_names_the_job(echo, monkeypatch):
+    from kiapi_core.http import operations
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("the answer could not be built")
+
+    monkeypatch.setattr(operations, "respond_finished", broken)
+    r = await echo.post(RENDER, json={"text": "a"})
+    assert r.status_code == 500 and r.json()["code"] == "internal_error"
+    job_id = r.json()["job_id"]
+    assert r.headers["x-kiapi-job-id"] == job_id and f"GET /v1/jobs/{job_id}" in r.json()["detail"]
+    assert (await echo.wait_job(job_id))["status"] == "succeeded"
+
+
 # --- 14. Accept decided before queueing --------------------------------------------------------------
 
 async def test_14_unacceptable_accept_is_406_before_queueing(echo):
