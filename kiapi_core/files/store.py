@@ -237,17 +237,21 @@ class FileStore:
     def put_bytes(self, data: bytes, *, filename: str, content_type: str | None = None,
                   meta: Mapping[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile:
         """Store ``data`` atomically."""
-        tmp = self._temp_path()
         with self._counted(len(data), filename):
-            try:
-                with open(tmp, "xb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                return self._install(tmp, len(data), hashlib.sha256(data).hexdigest(), filename=filename,
-                                     content_type=content_type, meta=meta, ttl_s=ttl_s)
-            finally:
-                _unlink(tmp)
+            return self._put_bytes(data, filename=filename, content_type=content_type, meta=meta, ttl_s=ttl_s)
+
+    def _put_bytes(self, data: bytes, *, filename: str, content_type: str | None,
+                   meta: Mapping[str, Any] | None, ttl_s: float | None) -> StoredFile:
+        tmp = self._temp_path()
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return self._install(tmp, len(data), hashlib.sha256(data).hexdigest(), filename=filename,
+                                 content_type=content_type, meta=meta, ttl_s=ttl_s)
+        finally:
+            _unlink(tmp)
 
     def put_path(self, path: Path | str, *, filename: str | None = None, content_type: str | None = None,
                  meta: Mapping[str, Any] | None = None, move: bool = True,
