@@ -309,6 +309,18 @@ async def test_errors_list_every_problem_and_enum_values(kiapi_client_factory):
         assert r.status_code == 400 and "turbo, base" in r.json()["detail"]  # the contract says 400
 
 
+async def test_errors_name_valid_values_of_unions_and_literals(echo):
+    r = await echo.post(RENDER, json={"text": "a", "image": {"type": "nope"}})
+    assert r.status_code == 422 and "valid values: file_id, url, data_url" in r.json()["detail"]
+    r = await echo.post(RENDER, json={"text": "a", "image": {"file_id": "x"}})
+    assert "image.type is required (one of: file_id, url, data_url)" in r.json()["detail"]
+    r = await echo.post(RENDER, json={"repeat": "x", "mode": 1})
+    assert {e["detail"] for e in r.json()["errors"]} == {
+        "text is required", "mode must be one of: sync, async (got 1)", 'repeat must be an int (got "x")'}
+    r = await echo.request("PATCH", "/v1/jobs")
+    assert r.status_code == 405 and r.json()["allowed"] == ["GET", "HEAD"]
+
+
 # --- 8. strict numbers in the Files API --------------------------------------------------------------
 
 @pytest.mark.parametrize("limit", ["²", "٣", "1" * 5000, "-1", "1e3", " 5"])

@@ -35,6 +35,7 @@ _PATH = re.compile(r" - at `(\$[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`$")
 _ENUM = re.compile(r"^Invalid enum value ")
 _EXPECTED = re.compile(r"^Expected `([^`]+)`(.*)$")
+_GOT = re.compile(r", got `[^`]*`")
 
 
 def decode_body(raw: Any, schema: type, *, unknown: UnknownFields = "typos",
@@ -109,22 +110,39 @@ def _problem(message: str, annotation: Any, *, prefix: str, value: Any = None) -
     path = match.group(1) if match else "$"
     what = message[: match.start()] if match else message
     field = prefix + path[1:] if prefix else (path[2:] if path.startswith("$.") else path)
+    tags = _tag_values(annotation)
     missing = _MISSING.match(what)
     if missing:  # name the missing field itself, not the object that lacks it
         field = f"{field}.{missing.group(1)}" if field != "$" else missing.group(1)
-        return {"field": field, "detail": f"{field} is required"}
-    if _ENUM.match(what) and field == prefix:
-        values = _enum_values(annotation)
-        if values:
-            what += f"; valid values: {', '.join(values)}"
+        one_of = f" (one of: {', '.join(tags[1])})" if tags and field == f"{prefix}.{tags[0]}" else ""
+        return {"field": field, "detail": f"{field} is required{one_of}"}
+    if tags and field == f"{prefix}.{tags[0]}" and what.startswith("Invalid value"):
+        return {"field": field, "detail": f"{field}: {what}; valid values: {', '.join(tags[1])}"}
+    values = _enum_values(annotation) if field == prefix else []
+    if values and _ENUM.match(what):
+        what += f"; valid values: {', '.join(values)}"
     expected = _EXPECTED.match(what)
     if expected and field == prefix:  # "Expected `int` >= 1" -> "steps must be an int >= 1 (got 0)"
-        kind = expected.group(1)
-        article = "an" if kind[:1] in "aeiou" else "a"
         shown = msgspec.json.encode(value).decode(errors="replace")
         shown = shown if len(shown) <= 40 else shown[:40] + "..."
-        return {"field": field, "detail": f"{field} must be {article} {kind}{expected.group(2)} (got {shown})"}
+        if values:
+            return {"field": field, "detail": f"{field} must be one of: {', '.join(values)} (got {shown})"}
+        kind, rest = expected.group(1), _GOT.sub("", expected.group(2))
+        article = "an" if kind[:1] in "aeiou" else "a"
+        return {"field": field, "detail": f"{field} must be {article} {kind}{rest} (got {shown})"}
     return {"field": field, "detail": f"{field}: {what}" if field != "$" else what}
+
+
+def _tag_values(annotation: Any) -> tuple[str, list[str]] | None:
+    """``(tag field, tags)`` of a tagged union of Structs (a FileRef), through Annotated and
+    Optional; ``None`` for anything else."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) is not typing.Annotated \
+        else typing.get_args(typing.get_args(annotation)[0]) or (typing.get_args(annotation)[0],)
+    structs = [a for a in args if isinstance(a, type) and issubclass(a, msgspec.Struct)
+               and a.__struct_config__.tag_field]
+    if not structs:
+        return None
+    return structs[0].__struct_config__.tag_field or "", [str(a.__struct_config__.tag) for a in structs]
 
 
 def _enum_values(annotation: Any) -> list[str]:
