@@ -50,3 +50,11 @@ class ErnieSettings(msgspec.Struct, frozen=True, kw_only=True):
     "Largest total uncompressed size of a training dataset ZIP, in MiB."
     dataset_max_ratio: float = 200.0
     "Largest compression ratio of a dataset ZIP entry (and of the whole archive); zip-bomb guard."
+    max_train_epochs: int = 1000
+    "Largest `num_epochs` a training request may ask for."
+    max_train_batch_size: int = 64
+    "Largest `batch_size` a training request may ask for."
+    max_train_steps: int = 20_000
+    "Most optimizer steps (epochs x batches per epoch) one training job may run."
+    max_checkpoints: int = 20
+    "Most intermediate checkpoints (`save_frequency`) one training job may store."

@@ -247,6 +247,12 @@ def prepare_train(request: Any, model: Any, host: Any) -> dict[str, Any]:
     lr = request.learning_rate
     if not math.isfinite(lr) or not 0 < lr <= 1:
         p.add("learning_rate", f"learning_rate must be in (0, 1] (got {lr}); 1e-4 is the default")
+    if not 1 <= request.num_epochs <= settings.max_train_epochs:
+        p.add("num_epochs", f"num_epochs must be in 1..{settings.max_train_epochs} (got {request.num_epochs}); "
+                            "KIAPI_ERNIE_MAX_TRAIN_EPOCHS sets the cap")
+    if not 1 <= request.batch_size <= settings.max_train_batch_size:
+        p.add("batch_size", f"batch_size must be in 1..{settings.max_train_batch_size} (got {request.batch_size}); "
+                            "KIAPI_ERNIE_MAX_TRAIN_BATCH_SIZE sets the cap")
     if request.save_frequency is not None and request.save_frequency < 1:
         p.add("save_frequency", f"save_frequency must be >= 1 step (got {request.save_frequency}); "
                                 "omit it to keep only the final checkpoint")
@@ -348,8 +354,30 @@ def check_train(request: Any, params: dict[str, Any], inputs: Any, host: Any) ->
     stored = inputs.get("dataset") if inputs is not None else None
     if stored is None:
         return
-    dataset.inspect(Path(stored.path), dataset.Limits.from_settings(plugin_settings(host)),
-                    max_pixels=_max_image_pixels(host), max_resolution=params.get("max_resolution"))
+    settings = plugin_settings(host)
+    plan = dataset.inspect(Path(stored.path), dataset.Limits.from_settings(settings),
+                           max_pixels=_max_image_pixels(host), max_resolution=params.get("max_resolution"))
+    check_train_size(params, plan.num_images, settings)
+
+
+def check_train_size(params: dict[str, Any], num_images: int, settings: ErnieSettings) -> None:
+    """422 when the run would take more steps, or store more checkpoints, than allowed: a small
+    dataset with huge ``num_epochs`` and ``save_frequency: 1`` would otherwise fill the disk."""
+    batch_size, epochs = params.get("batch_size", 1), params.get("num_epochs", 1)
+    batches = -(-max(num_images, 1) // batch_size)
+    total = batches * epochs
+    p = Problems()
+    if total > settings.max_train_steps:
+        p.add("num_epochs", f"{epochs} epochs of {batches} batch(es) ({num_images} images, "
+                            f"batch_size {batch_size}) is {total} steps, more than "
+                            f"{settings.max_train_steps} (KIAPI_ERNIE_MAX_TRAIN_STEPS); lower num_epochs")
+    every = params.get("save_frequency")
+    if every and total // every > settings.max_checkpoints:
+        p.add("save_frequency", f"save_frequency {every} would store {total // every} checkpoints of this "
+                                f"{total}-step run, more than {settings.max_checkpoints} "
+                                f"(KIAPI_ERNIE_MAX_CHECKPOINTS); use save_frequency >= "
+                                f"{-(-total // settings.max_checkpoints)} or omit it")
+    p.raise_if_any()
 
 
 def _max_image_pixels(host: Any) -> int:

@@ -142,7 +142,7 @@ def test_images_are_probed_by_the_core_within_the_host_pixel_limit(tmp_path, png
     text = " | ".join(info.value.extra["problems"])
     assert "a.png is 64x64 = 4096 pixels, over the limit of 1000 (KIAPI_MAX_IMAGE_PIXELS)" in text
     assert "b.png could not be decoded" in text
-    assert "c.png is a GIF image (use PNG, JPEG or WebP)" in text
+    assert "c.png is a GIF image; send PNG, JPEG or WebP" in text
     ok = ernie_files(_write(tmp_path, {"a.png": big, "a.txt": "x"}, "ok.zip").read_bytes())
     validation.check_train(request, {}, {"dataset": ok}, ernie_helpers.host(max_image_pixels=4096))
 

@@ -86,8 +86,8 @@ def test_train_hooks_are_restored_and_cancel_stops(ernie, ernie_dataset):
 def test_canceled_training_keeps_the_checkpoints_it_wrote(ernie, ernie_dataset):
     """A canceled job has no result: its save_frequency checkpoints are stored as they are written
     and listed in the job's ``checkpoints`` metric (and its artifacts)."""
-    request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=50, lora_rank=4,
-                           max_resolution=64, save_frequency=1)
+    request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=10, lora_rank=4,
+                           max_resolution=64, save_frequency=1)  # 20 steps: KIAPI_ERNIE_MAX_CHECKPOINTS
     # cancel at step 4: steps 1-3 wrote their checkpoints by then
     job = ernie.run("train", request, cancel_on=lambda _fraction, label: " step 4/" in (label or ""))
     assert job.canceled and isinstance(job.error, JobCanceled)
