@@ -158,8 +158,9 @@ def test_training_lora_layers_have_the_right_width_at_every_quantization(residen
     assert lora(x).shape == (1, 2, 4096)
 
 
-def test_training_step_at_3_bits_on_the_real_geometry_model(geometry_dir, tmp_path):
-    """A whole mflux TrainingRunner step at 3 bits: it crashed in mflux 0.24 (LoRA width)."""
+@pytest.mark.parametrize("bits", [4, 3])
+def test_training_step_on_the_real_geometry_model(geometry_dir, tmp_path, bits):
+    """A whole mflux TrainingRunner step at 4 and at 3 bits (3 crashed in mflux 0.24: LoRA width)."""
     import json
 
     from mflux.models.common.training.runner import TrainingRunner
@@ -173,7 +174,7 @@ def test_training_step_at_3_bits_on_the_real_geometry_model(geometry_dir, tmp_pa
     (tmp_path / "data" / "a.txt").write_text("a red apple")
     targets = [{"module_path": "layers.{block}.self_attention.to_q", "blocks": {"start": 0, "end": 1}, "rank": 4},
                {"module_path": "layers.{block}.mlp.linear_fc2", "blocks": {"start": 0, "end": 1}, "rank": 4}]
-    params = {"seed": 1, "steps": 8, "guidance": 1.0, "quantize": 3, "max_resolution": 16, "low_ram": False,
+    params = {"seed": 1, "steps": 8, "guidance": 1.0, "quantize": bits, "max_resolution": 16, "low_ram": False,
               "num_epochs": 1, "batch_size": 1, "timestep_low": 1, "timestep_high": 8, "learning_rate": 1e-4,
               "save_frequency": None, "lora_layers": {"targets": targets}}
     config = trainconfig.build_config(params, mflux_name="ernie-image-turbo", model_path=str(geometry_dir),
@@ -189,7 +190,7 @@ def test_training_step_at_3_bits_on_the_real_geometry_model(geometry_dir, tmp_pa
     with _hooks(tracker), geometry.geometry_construct():
         adapter, _ = TrainingRunner.train(config_path=str(tmp_path / "train.json"), resume_path=None)
     assert len(tracker.losses) == 1 and tracker.losses[0][1] == tracker.losses[0][1]  # one finite step
-    assert adapter.transformer().layers[0].self_attention.to_q.linear.bits == 3
+    assert adapter.transformer().layers[0].self_attention.to_q.linear.bits == bits
 
 
 def test_block_memory_is_within_the_estimates(published_transformer):
