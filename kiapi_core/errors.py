@@ -120,6 +120,30 @@ class JobCanceled(Exception):
     """
 
 
+def _subclasses(base: type[KiapiError]) -> list[type[KiapiError]]:
+    found = [base]
+    for sub in base.__subclasses__():
+        found += _subclasses(sub)
+    return found
+
+
+def error_classes() -> dict[str, type[KiapiError]]:
+    """Every error code and its class (the most specific one defined for it): the table a
+    stored ``error_code`` is turned back into an error with its HTTP status. Computed on each
+    call, so classes plugins define (subclasses with their own ``code``) are included."""
+    table: dict[str, type[KiapiError]] = {}
+    for cls in _subclasses(KiapiError):
+        table.setdefault(cls.code, cls)
+    return table
+
+
+def error_from_code(code: str | None, detail: str, **extra: Any) -> KiapiError:
+    """The error ``code`` names, with ``detail``: the right class (so the right HTTP status)
+    for a known code, a 500 :class:`KiapiError` carrying the code otherwise."""
+    cls = error_classes().get(code or "", KiapiError)
+    return cls(detail, code=code, **extra)
+
+
 class PluginError(Exception):
     """A plugin could not be loaded or registered (import error, clash, bad declaration)."""
 

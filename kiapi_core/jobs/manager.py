@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from ..errors import Conflict, KiapiError, NotFound, QueueFull, Unavailable
+from ..errors import Conflict, KiapiError, NotFound, QueueFull, Unavailable, error_from_code
 from ..files.models import StoredFile
 from ..registry import Capability, Model, Operation
 from ..settings import Settings
@@ -243,7 +243,8 @@ class JobManager:
         with self._lock:
             job = self._get(job_id)
             if job.status is JobStatus.failed:
-                return self._errors.get(job_id) or KiapiError(job.error or "the job failed")
+                # After a restart only the record is left: its code gives back the status.
+                return self._errors.get(job_id) or error_from_code(job.error_code, job.error or "the job failed")
             if job.status is JobStatus.canceled:
                 return self._errors.get(job_id) or Conflict(f"job {job_id} was canceled", code="canceled")
             return None
