@@ -16,6 +16,7 @@ resolves model names. It never imports a plugin's heavy code.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -24,6 +25,16 @@ import msgspec
 from .errors import StartupError, UnknownModel
 
 InputKind = Literal["image", "file"]
+
+#: Capability, domain and operation names are URL path segments: lower-case ASCII letters and
+#: digits, ``-`` and ``_`` inside, at most 64 characters.
+NAME_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?")
+#: First path segments under ``/v1/`` the core uses itself; no capability domain may take them.
+RESERVED_DOMAINS = frozenset({"files", "jobs", "memory", "models", "webhooks", "metrics", "admin", "plugins"})
+#: Path segments under a capability's prefix the core serves itself.
+RESERVED_OPERATIONS = frozenset({"models", "openapi.json", "docs", "redoc"})
+#: Model names (aliases may also hold ``/``, as Hugging Face repo ids do): printable, no spaces, no ``/`` or ``:`` (``kiapi activate ernie:turbo``).
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 
 class WeightFiles(msgspec.Struct, frozen=True, kw_only=True):
@@ -183,6 +194,15 @@ class Registry:
         for op in capability.operations:
             self._routes[f"{capability.prefix}/{op.name}"] = distribution
 
+    def remove(self, name: str) -> None:
+        """Take a capability out again (its plugin was skipped after registering)."""
+        registered = self._capabilities.pop(name, None)
+        if registered is None:
+            return
+        self._names = {k: v for k, v in self._names.items() if k[0] != name}
+        prefix = registered.capability.prefix + "/"
+        self._routes = {path: d for path, d in self._routes.items() if not path.startswith(prefix)}
+
     def __iter__(self):
         return iter(r.capability for r in sorted(self._capabilities.values(), key=_order))
 
@@ -237,10 +257,36 @@ def _order(registered: Registered) -> tuple[str, str]:
     return (registered.capability.domain, registered.capability.name)
 
 
+def name_problem(kind: str, name: object) -> str | None:
+    """Why ``name`` cannot be a capability, domain or operation name, or ``None``."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        return (f"{kind} name {name!r} is not a valid URL path segment: use 1-64 lower-case ASCII "
+                "letters, digits, '-' or '_' (starting and ending with a letter or digit)")
+    return None
+
+
 def _check_declaration(capability: Capability, distribution: str) -> None:
     where = f"{distribution}: capability {capability.name!r}"
-    if not capability.name.replace("-", "").replace("_", "").isalnum() or not capability.name.islower():
-        raise StartupError(f"{where}: names must be lower-case letters, digits, '-' or '_'")
+    problems = [p for p in (name_problem("capability", capability.name), name_problem("domain", capability.domain))
+                if p]
+    if capability.domain in RESERVED_DOMAINS:
+        problems.append(f"domain {capability.domain!r} is reserved for the core's own /v1/{capability.domain} "
+                        "endpoints; choose a media domain such as 'image', 'video', 'audio' or 'text'")
+    for op in capability.operations:
+        problem = name_problem("operation", op.name)
+        if problem:
+            problems.append(problem)
+        elif op.name in RESERVED_OPERATIONS:
+            problems.append(f"operation name {op.name!r} is reserved ({', '.join(sorted(RESERVED_OPERATIONS))} "
+                            "are served by the core under every capability)")
+    for model in capability.models:
+        if not isinstance(model.name, str) or not MODEL_NAME_PATTERN.fullmatch(model.name):
+            problems.append(f"model name {model.name!r} is invalid: use 1-64 ASCII letters, digits, "
+                            "'.', '_', '+' or '-', without spaces, '/' or ':' (aliases may be freer)")
+        problems += [f"model {model.name!r} has an empty or blank alias" for alias in model.aliases
+                     if not isinstance(alias, str) or not alias.strip()]
+    if problems:
+        raise StartupError(f"{where}: " + "; ".join(problems))
     if not capability.models:
         raise StartupError(f"{where} declares no models")
     defaults = [m.name for m in capability.models if m.default]
@@ -249,5 +295,3 @@ def _check_declaration(capability: Capability, distribution: str) -> None:
     ops = [op.name for op in capability.operations]
     if len(set(ops)) != len(ops):
         raise StartupError(f"{where} declares an operation twice")
-    if "models" in ops or "openapi.json" in ops or "docs" in ops or "redoc" in ops:
-        raise StartupError(f"{where}: operation names models, openapi.json, docs and redoc are reserved")
