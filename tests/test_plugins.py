@@ -6,6 +6,7 @@ import pytest
 
 import kiapi_broken
 import kiapi_echo
+from kiapi_core import hookimpl as hookimpl_marker
 from kiapi_core.errors import PluginError, StartupError
 from kiapi_core.testing import build_test_host
 
@@ -168,3 +169,25 @@ def test_config_tables_naming_no_capability_are_reported(tmp_path, caplog):
 def test_bad_warmup_entries_stop_start_up(tmp_path):
     with pytest.raises(StartupError, match="echo:small"):
         build_test_host(tmp_path, plugins=[kiapi_echo], warmup=["small"])
+
+
+def test_editable_installs_show_their_distribution_and_version(tmp_path):
+    import kiapi_ernie
+
+    host = build_test_host(tmp_path, plugins=[kiapi_ernie])
+    record = next(r for r in host.plugins if r.name == "kiapi_ernie")
+    assert (record.distribution, record.version) == ("kiapi-ernie", kiapi_ernie.__version__)
+
+
+def test_every_plugin_with_a_misspelled_hook_is_reported(tmp_path):
+    class Other:
+        @hookimpl_marker
+        def register_route(self, host):  # the typo is the point
+            return []
+
+    host = build_test_host(tmp_path, plugins=[kiapi_echo, kiapi_broken.Misspelled(), Other()],
+                           strict_plugins=False)
+    errors = {r.name: r.error for r in host.plugins if r.error}
+    assert "register_capabilitys" in errors["Misspelled"] and "register_route'" in errors["Other"]
+    assert [c.name for c in host.registry] == ["echo"]
+
