@@ -113,6 +113,12 @@ class SyncTimeout(KiapiError):
     code = "sync_timeout"
 
 
+class InvalidResult(KiapiError):
+    """500: a handler returned a result its operation does not declare (a bug in the plugin)."""
+
+    code = "invalid_result"
+
+
 class JobCanceled(Exception):
     """Raised inside a handler (by ``JobContext.check_canceled``) to stop a canceled job.
 

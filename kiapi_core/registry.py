@@ -265,8 +265,8 @@ def name_problem(kind: str, name: object) -> str | None:
     return None
 
 
-def _check_declaration(capability: Capability, distribution: str) -> None:
-    where = f"{distribution}: capability {capability.name!r}"
+def naming_problems(capability: Capability) -> list[str]:
+    """Capability, domain, operation and model names that cannot be served (each a sentence)."""
     problems = [p for p in (name_problem("capability", capability.name), name_problem("domain", capability.domain))
                 if p]
     if capability.domain in RESERVED_DOMAINS:
@@ -285,6 +285,12 @@ def _check_declaration(capability: Capability, distribution: str) -> None:
                             "'.', '_', '+' or '-', without spaces, '/' or ':' (aliases may be freer)")
         problems += [f"model {model.name!r} has an empty or blank alias" for alias in model.aliases
                      if not isinstance(alias, str) or not alias.strip()]
+    return problems
+
+
+def _check_declaration(capability: Capability, distribution: str) -> None:
+    where = f"{distribution}: capability {capability.name!r}"
+    problems = naming_problems(capability)
     if problems:
         raise StartupError(f"{where}: " + "; ".join(problems))
     if not capability.models:

@@ -146,7 +146,7 @@ def test_component_name_clashing_with_another_plugin_is_reported(site):
 @pytest.mark.filterwarnings("ignore:coroutine 'register_capabilities' was never awaited:RuntimeWarning")
 def test_async_hooks_and_missing_hookimpl_are_reported(site):
     problems = check_plugin(_plugin(site, "contract_async", hook_def="async def"))
-    assert any("hook register_capabilities is async def" in p for p in problems), problems
+    assert any("implements 'register_capabilities' with 'async def'" in p for p in problems), problems
     (site / "contract_unmarked.py").write_text("def register_capabilities(register):\n    pass\n")
     assert any("implements no kiapi hook" in p for p in check_plugin("contract_unmarked"))
 
@@ -266,3 +266,14 @@ def test_plugin_objects_are_checked_too():
 
     problems = check_plugin(Inline())
     assert any("exactly one model must be default=True, found 0" in p for p in problems), problems
+
+
+def test_invalid_names_are_reported(site):
+    problems = check_plugin(_plugin(site, "contract_names", name="Café"))
+    assert any("capability name 'Café' is not a valid URL path segment" in p for p in problems), problems
+
+
+def test_clash_with_an_installed_capability_is_reported(site):
+    # kiapi-ernie is installed in this workspace: a plugin registering "ernie" would lose to it.
+    problems = check_plugin(_plugin(site, "contract_ernie_clash", name="ernie"))
+    assert any("'ernie' is also registered by the installed kiapi-ernie" in p for p in problems), problems

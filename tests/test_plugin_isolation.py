@@ -11,11 +11,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import misbehaving
+import msgspec
 import pytest
 
+from kiapi_core import Capability, Model, Operation, hookimpl
 from kiapi_core.errors import PluginError
 from kiapi_core.testing import build_test_host
 
@@ -132,3 +135,38 @@ def _wait_healthy(http: httpx.Client, proc: subprocess.Popen, log: Path) -> dict
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "server did not start:\n" + log.read_text()
         time.sleep(0.1)
+
+
+class _LiarResult(msgspec.Struct, kw_only=True):
+    file_id: str
+    count: int
+
+
+class _LiarRequest(msgspec.Struct, kw_only=True):
+    give: Literal["good", "wrong", "nothing"] = "good"
+    model: str | None = None
+    mode: Literal["sync", "async"] = "sync"
+
+
+def _liar(job):
+    return {"good": _LiarResult(file_id="f", count=1), "wrong": {"file_id": 3}, "nothing": None}[job.request.give]
+
+
+class _Liar:
+    @hookimpl
+    def register_capabilities(self, register):
+        register(Capability(name="liar", domain="text", title="Liar", models=(Model(name="m", default=True),),
+                            operations=(Operation(name="go", request=_LiarRequest, result=_LiarResult,
+                                                  handler=_liar, job_type="liar"),)))
+
+
+async def test_a_result_not_matching_its_struct_fails_the_job(kiapi_client_factory):
+    async with kiapi_client_factory(plugins=[_Liar()]) as http:
+        good = await http.post("/v1/text/liar/go", json={"give": "good"})
+        assert good.status_code == 200 and good.json()["result"] == {"file_id": "f", "count": 1}
+        for give, phrase in (("wrong", "does not match its declared _LiarResult"), ("nothing", "returned nothing")):
+            bad = await http.post("/v1/text/liar/go", json={"give": give})
+            assert bad.status_code == 500 and bad.json()["code"] == "invalid_result", bad.text
+            assert phrase in bad.json()["detail"] and "bug in the plugin" in bad.json()["detail"]
+            job = (await http.get(f"/v1/jobs/{bad.json()['job_id']}")).json()
+            assert job["status"] == "failed" and job["result"] is None

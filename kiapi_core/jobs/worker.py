@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ..errors import JobCanceled, KiapiError
+from ..errors import InvalidResult, JobCanceled, KiapiError
 from ..files.models import StoredFile
 from ..registry import Capability, Model, Operation
 from .models import Job, JobStatus
@@ -205,8 +205,7 @@ class Worker(threading.Thread):
             self._models.begin_job(job_id, pending.capability, pending.model, pending.operation,
                                    params=pending.job.params)
             ctx.check_canceled()
-            result = handler(ctx)
-            builtins = msgspec.to_builtins(result) if result is not None else None
+            builtins = checked_result(pending.operation, handler(ctx))
         except JobCanceled:
             log.info("job %s: canceled while running", job_id)
             return Outcome(JobStatus.canceled)
@@ -218,6 +217,24 @@ class Worker(threading.Thread):
                 return Outcome(JobStatus.canceled)
             return _failure(job_id, exc)
         return Outcome(JobStatus.succeeded, result=builtins)
+
+
+def checked_result(operation: Operation, result: Any) -> Any:
+    """The handler's result as JSON-ready builtins, checked against the operation's declared
+    result Struct: a result that does not match is the plugin's bug and fails the job (500
+    ``invalid_result``) instead of being served as if it matched."""
+    declared = operation.result
+    if not (isinstance(declared, type) and issubclass(declared, msgspec.Struct)):
+        return msgspec.to_builtins(result) if result is not None else None
+    if result is None:
+        raise InvalidResult(f"the handler of {operation.name!r} returned nothing, but the operation declares "
+                            f"a {declared.__name__} result; this is a bug in the plugin")
+    try:
+        msgspec.json.decode(msgspec.json.encode(result), type=declared, strict=False)
+    except (msgspec.ValidationError, TypeError) as exc:
+        raise InvalidResult(f"the handler of {operation.name!r} returned a result that does not match its "
+                            f"declared {declared.__name__}: {exc}; this is a bug in the plugin") from exc
+    return msgspec.to_builtins(result)
 
 
 def _failure(job_id: str, exc: BaseException) -> Outcome:
