@@ -109,6 +109,14 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     operation_id: str | None = None
     #: Extra response descriptions by status code for the OpenAPI document.
     responses: Mapping[int, str] = msgspec.field(default_factory=dict)
+    #: ``False`` when the handler (and its model's loader) never touches MLX (Pillow, numpy,
+    #: torch, pure Python): its jobs then run on a separate bounded pool of threads
+    #: (``KIAPI_POOL_WORKERS``), never queued behind a model job, and are measured by RSS.
+    uses_mlx: bool = True
+    #: How this operation's jobs are measured: ``"mlx"`` (MLX's allocator) or ``"rss"``
+    #: (process resident set). ``None``: ``Model.info["memory_backend"]``, else ``"rss"`` when
+    #: ``uses_mlx`` is ``False``, else ``"mlx"`` when mlx is installed, else ``"rss"``.
+    memory_backend: Literal["mlx", "rss"] | None = None
 
 
 class Capability(msgspec.Struct, frozen=True, kw_only=True):

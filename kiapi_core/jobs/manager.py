@@ -30,6 +30,7 @@ from ..registry import Capability, Model, Operation
 from ..settings import Settings
 from . import watch
 from .models import Job, JobStatus
+from .pool import PoolBoard, PoolModels, start_pool_workers
 from .running import FileSink
 from .store import IdempotentReplay, JobPage, JobStore, MemoryJobStore, idempotent_job
 from .worker import AdminTask, ModelManagerLike, Outcome, Pending, Worker
@@ -60,8 +61,16 @@ class JobManager:
         self.store = store if store is not None else MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_jobs)
         self._worker = Worker(board=self, files=files, models=models, plugin_settings=plugin_settings,
                               cache_dir=cache_dir, work_root=work_root, demo=demo)
+        # Operations declared uses_mlx=False run on the light pool, never behind the model thread.
+        self._pool_models = PoolModels(plugin_settings=plugin_settings, cache_dir=cache_dir, demo=demo)
+        self._pool_args = dict(files=files, plugin_settings=plugin_settings, cache_dir=cache_dir,
+                               work_root=work_root, demo=demo)
+        self._pool_workers: list[Worker] = []
+        self._pool_queue: collections.deque[Pending] = collections.deque()
+        self._pool_running: set[str] = set()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        self._pool_cond = threading.Condition(self._lock)
         self._queue: collections.deque[Pending] = collections.deque()
         self._tasks: collections.deque[AdminTask] = collections.deque()  # run before queued jobs
         self._active: dict[str, Pending] = {}   # queued and running
@@ -83,6 +92,8 @@ class JobManager:
 
         await asyncio.to_thread(self._locked, self.store.open)  # jobs a crash cut off end failed
         self._worker.start()
+        self._pool_workers = start_pool_workers(self.settings.pool_workers, board=PoolBoard(self),
+                                                models=self._pool_models, **self._pool_args)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, cancel queued jobs, give the running one ``grace_s``, then cancel it.
@@ -91,6 +102,7 @@ class JobManager:
         goes away. Then the store is closed (records stay readable in memory)."""
         try:
             await self._stop(grace_s)
+            await self._stop_pool()
         finally:
             with self._lock:
                 self.store.close()
@@ -100,8 +112,9 @@ class JobManager:
         with self._lock:
             self._accepting = False
             self._exit = True
-            dropped, tasks = list(self._queue), list(self._tasks)
+            dropped, tasks = [*self._queue, *self._pool_queue], list(self._tasks)
             self._queue.clear()
+            self._pool_queue.clear()
             self._tasks.clear()
             for task in tasks:
                 task.settle(None, Unavailable("the server is shutting down", code="shutting_down"))
@@ -110,6 +123,7 @@ class JobManager:
                     "the server shut down before the job started; submit it again",
                     code="shutting_down")))
             self._cond.notify_all()
+            self._pool_cond.notify_all()
         self._watchers.notify(*(p.job.id for p in dropped))
         if not self._worker.is_alive() or self._exited is None:
             return
@@ -166,15 +180,16 @@ class JobManager:
                 existing = self._idempotent(*idempotency)
                 if existing is not None:
                     raise IdempotentReplay(existing)
-            self._check_capacity()
-            job.queue_position = len(self._queue)
-            self._queue.append(pending)
+            queue = self._queue if operation.uses_mlx else self._pool_queue
+            self._check_capacity(queue)
+            job.queue_position = len(queue)
+            queue.append(pending)
             self._active[job.id] = pending
             self._pin_inputs(job.id, inputs)
             self._totals["submitted"] += 1
             self.store.add(job, idempotency)
             self._prune()
-            self._cond.notify()
+            (self._cond if queue is self._queue else self._pool_cond).notify()
             return snapshot(job)
 
     def check_capacity(self) -> None:
@@ -183,11 +198,11 @@ class JobManager:
         with self._lock:
             self._check_capacity()
 
-    def _check_capacity(self) -> None:
+    def _check_capacity(self, queue: collections.deque[Pending] | None = None) -> None:
         if not self._accepting:
             raise Unavailable("the server is shutting down and takes no new jobs",
                               code="shutting_down", headers={"Retry-After": "30"})
-        if len(self._queue) >= self.max_queue:
+        if len(self._queue if queue is None else queue) >= self.max_queue:
             wait = self._retry_after()
             raise QueueFull(
                 f"the job queue is full ({self.max_queue} jobs waiting); retry in about {wait} s",
@@ -263,6 +278,8 @@ class JobManager:
                 "kept": len(self.store),
                 "totals": dict(self._totals),
                 "worker_alive": self._worker.is_alive(),
+                "pool": {"workers": len(self._pool_workers), "queued": len(self._pool_queue),
+                         "running": len(self._pool_running)},
             }
 
     # --- cancel and delete ------------------------------------------------------------------
@@ -281,7 +298,7 @@ class JobManager:
         if pending is None or job.status.terminal:
             return job
         if job.status is JobStatus.queued:
-            self._queue.remove(pending)
+            (self._queue if pending in self._queue else self._pool_queue).remove(pending)
             self._terminate(job, Outcome(JobStatus.canceled))
             self._renumber()
         else:
@@ -327,11 +344,7 @@ class JobManager:
                 return self._tasks.popleft()
             pending = self._queue.popleft()
             job = pending.job
-            job.status = JobStatus.running
-            job.started_at = time.time()
-            job.progress = 0.0
-            job.progress_label = "running"
-            job.queue_position = None
+            self._mark_running(job)
             self._running = pending
             self._renumber()
             self.store.save(job)
@@ -351,7 +364,9 @@ class JobManager:
         job = pending.job
         self._unpin_inputs(job.id)
         with self._lock:
-            self._running = None
+            if self._running is pending:
+                self._running = None
+            self._pool_running.discard(job.id)
             self._active.pop(job.id, None)
             job.metrics.update(metrics)
             if outcome.status is JobStatus.canceled and pending.cancel_reason is not None:
@@ -364,6 +379,40 @@ class JobManager:
             self._prune()
         self._watchers.notify(job.id)
 
+    def next_pool_job(self) -> Pending | None:
+        """For the pool threads: block until a pool job is queued (marked running), ``None`` to exit."""
+        with self._lock:
+            while not self._pool_queue and not self._exit:
+                self._pool_cond.wait()
+            if self._exit:
+                return None
+            pending = self._pool_queue.popleft()
+            self._mark_running(pending.job)
+            self._pool_running.add(pending.job.id)
+            self._renumber()
+            ids = [pending.job.id, *self._queued_ids()]
+        self._watchers.notify(*ids)
+        return pending
+
+    async def _stop_pool(self) -> None:
+        """After the model thread: cancel pool jobs still running, wait for the threads."""
+        with self._lock:
+            self._pool_cond.notify_all()
+            running = [self._active[i] for i in self._pool_running if i in self._active]
+            for pending in running:
+                pending.cancel_reason = Unavailable("the server shut down while the job was running; "
+                                                    "submit it again", code="shutting_down")
+                pending.cancel.set()
+        for worker in self._pool_workers:
+            await asyncio.to_thread(worker.join, CANCEL_WAIT_S)
+        with self._lock:
+            stuck = [p for p in running if not p.job.status.terminal]
+            for pending in stuck:  # ignores cancellation: answer its waiters anyway
+                self._terminate(pending.job, Outcome.of(JobStatus.failed, Unavailable(
+                    "the server shut down while the job was running", code="shutting_down")))
+        self._watchers.notify(*(p.job.id for p in stuck))
+        await asyncio.to_thread(self._pool_models.close)
+
     def worker_exited(self) -> None:
         loop, exited = self._watchers.loop, self._exited
         if loop is not None and exited is not None:
@@ -373,6 +422,14 @@ class JobManager:
                 pass
 
     # --- helpers (lock held) -------------------------------------------------------------------
+    @staticmethod
+    def _mark_running(job: Job) -> None:
+        job.status = JobStatus.running
+        job.started_at = time.time()
+        job.progress = 0.0
+        job.progress_label = "running"
+        job.queue_position = None
+
     def _pin_inputs(self, job_id: str, inputs: Mapping[str, StoredFile]) -> None:
         ids = sorted({stored.file_id for stored in inputs.values()})
         pin = getattr(self._files, "pin", None)
@@ -406,13 +463,14 @@ class JobManager:
             return fn()
 
     def _renumber(self) -> None:
-        for position, pending in enumerate(self._queue):
-            if pending.job.queue_position != position:
-                pending.job.queue_position = position
-                self.store.save(pending.job)
+        for queue in (self._queue, self._pool_queue):
+            for position, pending in enumerate(queue):
+                if pending.job.queue_position != position:
+                    pending.job.queue_position = position
+                    self.store.save(pending.job)
 
     def _queued_ids(self) -> list[str]:
-        return [p.job.id for p in self._queue]
+        return [p.job.id for p in (*self._queue, *self._pool_queue)]
 
     def _prune(self) -> None:
         for job_id in self.store.prune():

@@ -76,11 +76,13 @@ CAPABILITY = Capability(
         Operation(name="resize", request=PillowResizeRequest, result=PillowImage,
                   handler="kiapi_pillow.handlers:resize", job_type="pillow-resize",
                   prepare=prepare_resize, inputs={"image": "image"}, estimate=estimate,
-                  produces=IMAGE_TYPES, summary="Resize an image"),
+                  produces=IMAGE_TYPES, summary="Resize an image",
+                  uses_mlx=False),  # Pillow only: the light pool, measured by RSS
         Operation(name="convert", request=PillowConvertRequest, result=PillowImage,
                   handler="kiapi_pillow.handlers:convert", job_type="pillow-convert",
                   prepare=prepare_convert, inputs={"image": "image"}, estimate=estimate,
-                  produces=IMAGE_TYPES, summary="Convert an image to another format"),
+                  produces=IMAGE_TYPES, summary="Convert an image to another format",
+                  uses_mlx=False),
     ),
     settings=PillowSettings,
 )
