@@ -22,7 +22,7 @@ from .registry import Capability, Model, Operation, WeightFiles
 
 __version__ = "0.1.0"
 #: Bumped when a hook or declaration changes incompatibly; plugins state the core range they support.
-PLUGIN_API_VERSION = 1
+from .plugin_api import PLUGIN_API_VERSION  # noqa: E402
 
 __all__ = [
     "BadRequest",

@@ -24,6 +24,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, SettingsError, StartupError
+from .plugin_api import adapt
 from .registry import Capability, Registry
 from .settings import Settings
 
@@ -216,6 +217,7 @@ def _call_register(impl: Any, record: PluginRecord, host: Any, settings: Setting
 
     try:
         impl.function(**{k: v for k, v in {"register": register, "host": host}.items() if k in impl.argnames})
+        collected[:] = [adapt(capability, host) for capability in collected]  # plugin API 1 or 2
         staged = Registry()
         for capability in collected:
             staged.add(capability, plugin=impl.plugin_name, distribution=record.distribution)

@@ -83,22 +83,28 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     #: model thread with a :class:`kiapi_core.jobs.JobContext`.
     handler: str | Callable[..., Any]
     job_type: str
-    #: ``prepare(request, model, host) -> dict``: cheap validation on the event loop before
-    #: anything is queued; raises :class:`~kiapi_core.errors.InvalidRequest`; returns the
-    #: resolved parameters recorded on the job (defaults filled in, seed drawn).
-    prepare: Callable[..., dict[str, Any]] | None = None
+    #: ``prepare(request, ctx) -> params`` (plugin API 2; API 1: ``prepare(request, model,
+    #: host) -> dict``): cheap validation on the event loop before anything is queued; raises
+    #: :class:`~kiapi_core.errors.InvalidRequest`; returns the resolved parameters recorded on
+    #: the job (defaults filled in, seed drawn), an instance of ``params`` (or a dict).
+    prepare: Callable[..., Any] | None = None
+    #: The params Struct ``prepare`` returns (plugin API 2): the job records it as JSON and the
+    #: handler gets it back as this type in ``job.params``; ``None``: a plain dict.
+    params: type | None = None
     #: FileRef fields (dotted paths, ``[]`` for lists: ``"loras[].file"``) and what they must
     #: hold. ``image`` inputs are checked with Pillow before the job is queued.
     inputs: Mapping[str, InputKind] = msgspec.field(default_factory=dict)
-    #: ``check(request, params, inputs, host)``: slower input checks (archive layout, file
-    #: headers) run in a thread after FileRefs are resolved and before the job is queued.
-    check: Callable[..., None] | None = None
-    #: ``estimate(params, model) -> float``: peak memory in GB this request adds on top of the
-    #: resident weights.
+    #: ``check(request, params, ctx) -> params | None`` (API 2; API 1: ``check(request, params,
+    #: inputs, host)``): slower input checks (archive layout, file headers) run in a thread
+    #: after FileRefs are resolved (``ctx.inputs``) and before the job is queued; returns new
+    #: params (never mutates them), or ``None`` to keep them.
+    check: Callable[..., Any] | None = None
+    #: ``estimate(params, ctx) -> float`` (API 1: ``estimate(params, model)``): peak memory in
+    #: GiB (2**30 bytes) this request adds on top of the resident weights.
     estimate: Callable[..., float] | None = None
     #: ``transient(params) -> bool``: whether this request builds a one-off model even at the
     #: resident quantization (LoRAs); admission then counts a second copy of the weights.
-    transient: Callable[[dict[str, Any]], bool] | None = None
+    transient: Callable[[Any], bool] | None = None
     #: The handler builds its own model (training): ``estimate`` is the whole job's memory and
     #: no resident weights are counted for it.
     own_model: bool = False
@@ -134,6 +140,10 @@ class Capability(msgspec.Struct, frozen=True, kw_only=True):
     #: A msgspec Struct of plugin settings, read from ``KIAPI_{NAME}_{FIELD}`` and the
     #: ``[{name}]`` table of the config file.
     settings: type | None = None
+    #: The plugin API version the declaration is written for: 1 (``from kiapi_core import
+    #: Capability``, accepted for one more release) or 2 (``from kiapi_core.sdk import
+    #: Capability``, where it is the default). See docs/plugins/compatibility.md.
+    plugin_api: int = 1
     #: ``smoke_test(model, demo=False) -> (operation name, JSON request body)``: the smallest
     #: real request for ``model`` (a 256-px 1-step generate, a tiny upscale), run by
     #: ``kiapi check``; ``demo`` (optional parameter) asks for the demo models' size.

@@ -98,3 +98,15 @@ def strip_url_secrets(url: str) -> str:
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     except ValueError:
         return "<unparsable URL, not recorded>"
+
+
+def redact(value: Any) -> Any:
+    """``value`` with every FileRef-shaped dict reduced to :func:`ref_summary`: job params never
+    carry inline data or URL secrets, whatever a plugin's ``prepare`` or ``check`` returned."""
+    if isinstance(value, dict):
+        if value.get("type") in ("data_url", "url") and ({"data_url", "url"} & value.keys()):
+            return ref_summary(value)
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value

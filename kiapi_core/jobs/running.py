@@ -67,7 +67,7 @@ class RunningJob(JobContext):
     """The :class:`JobContext` implementation used by the worker thread."""
 
     def __init__(self, *, job: Job, board: JobBoard, cancel: threading.Event, capability: Capability,
-                 model: Model, request: Any, params: dict[str, Any], inputs: Mapping[str, StoredFile],
+                 model: Model, request: Any, params: Any, inputs: Mapping[str, StoredFile],
                  files: FileSink, models: ModelSource, settings: Any, demo: bool, work_root: Path,
                  cache_dir: Callable[[str], Path]) -> None:
         self._job = job

@@ -22,6 +22,7 @@ import msgspec
 
 from ..errors import InvalidResult, JobCanceled, KiapiError
 from ..files.models import StoredFile
+from ..plugin_api import typed_params
 from ..registry import Capability, Model, Operation
 from .models import Job, JobStatus
 from .running import FileSink, JobBoard, ModelSource, RunningJob
@@ -181,7 +182,7 @@ class Worker(threading.Thread):
             ctx = self.context_class(
                 job=pending.job, board=self._board, cancel=pending.cancel,
                 capability=pending.capability, model=pending.model, request=pending.request,
-                params=pending.job.params, inputs=pending.inputs, files=self._files,
+                params=typed_params(pending.operation, pending.job.params), inputs=pending.inputs, files=self._files,
                 models=self._models, settings=self._plugin_settings(pending.capability.name),
                 demo=self._demo, work_root=self._work_root, cache_dir=self._cache_dir)
             outcome = self._run_handler(pending, ctx)
