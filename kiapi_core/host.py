@@ -77,6 +77,7 @@ class Host:
             if schema is None:
                 self._plugin_settings[family] = None
             else:
+                value: Any
                 value, sources = self.loaded.plugin(family, schema)
                 self._plugin_settings[family] = value
                 self._plugin_setting_sources[family] = sources

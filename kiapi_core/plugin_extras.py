@@ -45,7 +45,8 @@ def collect_routes(pm: pluggy.PluginManager, records: list[PluginRecord], regist
         record = by_name.get(impl.plugin_name)
         label = record.distribution if record else impl.plugin_name
         try:
-            routes = list(impl.function(**_kwargs(impl, host=host)) or [])
+            returned: Any = impl.function(**_kwargs(impl, host=host))
+            routes = list(returned or [])
             prefixes = None if record is None or record.default else [
                 registry.get(name).prefix + "/" for name in record.capabilities]
             claimed = _check_routes(routes, prefixes, taken, label)

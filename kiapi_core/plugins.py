@@ -90,9 +90,9 @@ def load_plugins(
                           f"KIAPI_DISABLE_PLUGINS={taken_by} or uninstall one of them")
                 fail(record, reason, settings, PluginError(reason))
                 continue
-            reason = core_incompatibility(dist)
-            if reason is not None:  # skipped before import: its hooks may not fit this core
-                fail(record, reason, settings, PluginError(reason))
+            incompatible = core_incompatibility(dist)
+            if incompatible is not None:  # skipped before import: its hooks may not fit this core
+                fail(record, incompatible, settings, PluginError(incompatible))
                 continue
             try:
                 plugin = ep.load()
@@ -103,8 +103,8 @@ def load_plugins(
     for item in extra:
         plugin = importlib.import_module(item) if isinstance(item, str) else item
         name = getattr(plugin, "__name__", None) or type(plugin).__name__
-        dist = _distribution_of(plugin)
-        record = PluginRecord(name=name, distribution=dist[0], version=dist[1])
+        dist_name, version = _distribution_of(plugin)
+        record = PluginRecord(name=name, distribution=dist_name, version=version)
         records.append(record)
         _register_checked(pm, plugin, record, settings)
     return records

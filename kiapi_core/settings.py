@@ -174,7 +174,7 @@ def _env_name(namespace: str) -> str:
 
 def _build(schema: type[T], table: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[str, Any],
            *, prefix: str, where: str) -> tuple[T, dict[str, str]]:
-    fields = {f.name: f for f in msgspec.structs.fields(schema)}
+    fields = {f.name: f for f in msgspec.structs.fields(schema)}  # type: ignore[arg-type]  # T: a Struct type
     values: dict[str, Any] = {}
     sources = {name: "default" for name in fields}
     unknown = [k for k in table if k not in fields]

@@ -80,8 +80,9 @@ def ref_summary(ref: Any) -> dict[str, Any]:
     get = ref.get if isinstance(ref, dict) else lambda name, default=None: getattr(ref, name, default)
     if get("file_id") is not None:
         return {"type": "file_id", "file_id": get("file_id")}
-    if get("url") is not None:
-        return {"type": "url", "url": strip_url_secrets(get("url"))}
+    url = get("url")
+    if isinstance(url, str):
+        return {"type": "url", "url": strip_url_secrets(url)}
     data_url = get("data_url")
     if isinstance(data_url, str):
         head = data_url[5:data_url.find(",")] if data_url.startswith("data:") else ""

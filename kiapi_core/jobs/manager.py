@@ -63,8 +63,7 @@ class JobManager:
                               cache_dir=cache_dir, work_root=work_root, demo=demo)
         # Operations declared uses_mlx=False run on the light pool, never behind the model thread.
         self._pool_models = PoolModels(plugin_settings=plugin_settings, cache_dir=cache_dir, demo=demo)
-        self._pool_args = dict(files=files, plugin_settings=plugin_settings, cache_dir=cache_dir,
-                               work_root=work_root, demo=demo)
+        self._pool_args = (files, plugin_settings, cache_dir, work_root, demo)
         self._pool_workers: list[Worker] = []
         self._pool_queue: collections.deque[Pending] = collections.deque()
         self._pool_running: set[str] = set()
@@ -92,8 +91,11 @@ class JobManager:
 
         await asyncio.to_thread(self._locked, self.store.open)  # jobs a crash cut off end failed
         self._worker.start()
+        files, plugin_settings, cache_dir, work_root, demo = self._pool_args
         self._pool_workers = start_pool_workers(self.settings.pool_workers, board=PoolBoard(self),
-                                                models=self._pool_models, **self._pool_args)
+                                                models=self._pool_models, files=files,
+                                                plugin_settings=plugin_settings, cache_dir=cache_dir,
+                                                work_root=work_root, demo=demo)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, cancel queued jobs, give the running one ``grace_s``, then cancel it.
@@ -439,8 +441,9 @@ class JobManager:
 
     def _unpin_inputs(self, job_id: str) -> None:
         ids = self._pinned.pop(job_id, None)
-        if ids:
-            self._files.unpin(ids)
+        unpin = getattr(self._files, "unpin", None)  # like pin: not every FileSink pins
+        if ids and unpin is not None:
+            unpin(ids)
 
     def _terminate(self, job: Job, outcome: Outcome) -> None:
         """Make a job terminal: at the worker's end, on a queued cancel, or at shutdown."""

@@ -56,7 +56,7 @@ class ModelSource(Protocol):
                 options: Mapping[str, Any], on_loading: Callable[[], None]) -> Any: ...
 
 
-class _JobLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _JobLog(logging.LoggerAdapter):
     """Prefixes every line with the job id so a job's log lines can be found."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
