@@ -94,24 +94,17 @@ def check_plugin(
 
 def declaration_problems(capability: Capability) -> list[str]:
     """Problems of one declaration: defaults, aliases, memory estimates, operation wiring."""
-    from .registry import naming_problems
+    from .registry import declaration_problems as registry_problems
 
     where = f"capability {capability.name!r}"
-    problems: list[str] = [f"{where}: {p}" for p in naming_problems(capability)]
-    defaults = [m.name for m in capability.models if m.default]
-    if len(defaults) != 1:
-        problems.append(f"{where}: exactly one model must be default=True, found {len(defaults)}"
-                        + (f" ({', '.join(defaults)})" if defaults else ""))
-    owners: dict[str, str] = {}
+    # The registry's own rules first (what would make it refuse the capability), then lints.
+    problems: list[str] = [f"{where}: {p}" for p in registry_problems(capability)]
     for model in capability.models:
-        for name in (model.name, *model.aliases):
-            key = name.lower()
-            if key in owners:
-                other = owners[key]
-                problems.append(f"{where}: the name {name!r} is used twice"
-                                + (f" (models {other!r} and {model.name!r})" if other != model.name
-                                   else f" by model {model.name!r}"))
-            owners[key] = model.name
+        seen: set[str] = set()
+        for name in (model.name, *model.aliases):  # harmless to the registry, but a slip
+            if name.lower() in seen:
+                problems.append(f"{where}: the name {name!r} is used twice by model {model.name!r}")
+            seen.add(name.lower())
         if model.loader is not None and not model.weights_gb:
             problems.append(f"{where}: model {model.name!r} has a loader but no weights_gb; declare its "
                             "resident size per quantization ({None: 0.0} when it holds no weights)")

@@ -197,16 +197,7 @@ class Registry:
                 raise StartupError(
                     f"route POST {path} is registered by both {self._routes[path]} and {distribution}"
                 )
-        names: dict[tuple[str, str], Model] = {}
-        for model in capability.models:
-            for alias in (model.name, *model.aliases):
-                key = (name, alias.lower())
-                if key in names and names[key] is not model:
-                    raise StartupError(
-                        f"{distribution}: capability {name!r} uses the name {alias!r} for both "
-                        f"{names[key].name!r} and {model.name!r}"
-                    )
-                names[key] = model
+        names = {(name, alias.lower()): model for model in capability.models for alias in (model.name, *model.aliases)}
         self._capabilities[name] = Registered(capability=capability, plugin=plugin, distribution=distribution)
         self._names.update(names)
         for op in capability.operations:
@@ -306,16 +297,29 @@ def naming_problems(capability: Capability) -> list[str]:
     return problems
 
 
-def _check_declaration(capability: Capability, distribution: str) -> None:
-    where = f"{distribution}: capability {capability.name!r}"
+def declaration_problems(capability: Capability) -> list[str]:
+    """Why the registry refuses ``capability`` (each a sentence), empty when it accepts it: the
+    one set of rules the registry enforces and the contract check reports."""
     problems = naming_problems(capability)
-    if problems:
-        raise StartupError(f"{where}: " + "; ".join(problems))
     if not capability.models:
-        raise StartupError(f"{where} declares no models")
+        problems.append("declares no models")
     defaults = [m.name for m in capability.models if m.default]
     if len(defaults) > 1:
-        raise StartupError(f"{where} marks several models as default: {', '.join(defaults)}")
+        problems.append(f"marks several models as default ({', '.join(defaults)}); mark one, or none to make "
+                        "the first the default")
     ops = [op.name for op in capability.operations]
-    if len(set(ops)) != len(ops):
-        raise StartupError(f"{where} declares an operation twice")
+    problems += [f"declares the operation {name!r} twice" for name in sorted({n for n in ops if ops.count(n) > 1})]
+    owners: dict[str, str] = {}
+    for model in capability.models:
+        for name in (model.name, *model.aliases):
+            key = str(name).lower()
+            if owners.get(key, model.name) != model.name:
+                problems.append(f"the name {name!r} is used twice (models {owners[key]!r} and {model.name!r})")
+            owners.setdefault(key, model.name)
+    return problems
+
+
+def _check_declaration(capability: Capability, distribution: str) -> None:
+    problems = declaration_problems(capability)
+    if problems:
+        raise StartupError(f"{distribution}: capability {capability.name!r}: " + "; ".join(problems))

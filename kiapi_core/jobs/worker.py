@@ -9,7 +9,6 @@ outcome, ``models.end_job`` runs whatever happened, and the loop goes on to the 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import threading
 import traceback
@@ -22,6 +21,7 @@ import msgspec
 
 from ..errors import InvalidResult, JobCanceled, KiapiError
 from ..files.models import StoredFile
+from ..imports import resolve_callable
 from ..plugin_api import typed_params
 from ..registry import Capability, Model, Operation
 from .models import Job, JobStatus
@@ -120,25 +120,12 @@ class WorkerBoard(JobBoard, Protocol):
         """The thread is about to end."""
 
 
-_handlers: dict[str, Callable[..., Any]] = {}
-_handlers_lock = threading.Lock()
-
-
 def resolve_handler(operation: Operation) -> Callable[..., Any]:
     """The operation's handler; ``"module:function"`` is imported on first use, then cached."""
-    handler = operation.handler
-    if callable(handler):
-        return handler
-    with _handlers_lock:
-        if handler not in _handlers:
-            module_name, _, attr = handler.partition(":")
-            if not module_name or not attr:
-                raise KiapiError(f"handler {handler!r} is not of the form 'module:function'")
-            target: Any = importlib.import_module(module_name)
-            for part in attr.split("."):
-                target = getattr(target, part)
-            _handlers[handler] = target
-        return _handlers[handler]
+    try:
+        return resolve_callable(operation.handler, "handler")
+    except ValueError as exc:
+        raise KiapiError(str(exc)) from exc
 
 
 class Worker(threading.Thread):

@@ -80,15 +80,6 @@ class MlxBackend:
         if mx is not None:
             mx.clear_cache()
 
-    def recommended_working_set_bytes(self) -> int | None:
-        """``max_recommended_working_set_size`` on Apple Silicon; ``None`` elsewhere or unloaded."""
-        mx = self._mx()
-        if mx is None:
-            return None
-        info = mx.device_info()
-        value = info.get("max_recommended_working_set_size") if isinstance(info, dict) else None
-        return int(value) if value else None
-
 
 class RssBackend:
     """Process resident set size (``/proc/self/status`` on Linux, ``getrusage`` elsewhere)."""
