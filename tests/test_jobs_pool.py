@@ -17,6 +17,7 @@ from kiapi_core.memory.backends import backend_for_model
 
 class QuickRequest(msgspec.Struct, kw_only=True):
     allocate_mb: int = 0
+    wait: bool = False
     model: str | None = None
     mode: Literal["sync", "async"] = "sync"
 
@@ -41,6 +42,9 @@ def load(*, model, quantize, settings, demo, cache_dir, **options) -> Resampler:
 
 def quick(job) -> QuickResult:
     runtime = job.runtime()
+    while job.request.wait:  # until canceled (the server's shutdown cancels it)
+        job.progress(0.5, "waiting")
+        time.sleep(0.01)
     if job.request.allocate_mb:
         block = bytearray(job.request.allocate_mb * 2**20)
         for i in range(0, len(block), 4096):  # touch every page: RSS counts committed pages
@@ -97,3 +101,14 @@ def test_backend_is_chosen_per_operation():
     forced = msgspec.structs.replace(light, memory_backend="mlx")
     assert backend_for_model(model, forced).name == "mlx"
     assert backend_for_model(Model(name="m", info={"memory_backend": "rss"}), None).name == "rss"
+
+
+async def test_shutdown_cancels_a_running_pool_job_and_answers_it(kiapi_client_factory):
+    async with kiapi_client_factory(plugins=[Quick()]) as http:
+        started = await http.post("/v1/text/quick/go", json={"wait": True, "mode": "async"})
+        job_id = started.json()["job_id"]
+        while (await http.get(f"/v1/jobs/{job_id}")).json()["progress_label"] != "waiting":
+            await asyncio.sleep(0.01)
+        manager = http.host.jobs
+    job = manager.get(job_id)  # the lifespan has stopped the host
+    assert job.status == "canceled" and job.error_code == "shutting_down", job

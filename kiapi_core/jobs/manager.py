@@ -30,7 +30,7 @@ from ..registry import Capability, Model, Operation
 from ..settings import Settings
 from . import watch
 from .models import Job, JobStatus
-from .pool import PoolBoard, PoolModels, start_pool_workers
+from .pool import LightPool
 from .running import FileSink
 from .store import IdempotentReplay, JobPage, JobStore, MemoryJobStore, idempotent_job
 from .worker import AdminTask, ModelManagerLike, Outcome, Pending, Worker
@@ -61,15 +61,11 @@ class JobManager:
         self.store = store if store is not None else MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_jobs)
         self._worker = Worker(board=self, files=files, models=models, plugin_settings=plugin_settings,
                               cache_dir=cache_dir, work_root=work_root, demo=demo)
-        # Operations declared uses_mlx=False run on the light pool, never behind the model thread.
-        self._pool_models = PoolModels(plugin_settings=plugin_settings, cache_dir=cache_dir, demo=demo)
-        self._pool_args = (files, plugin_settings, cache_dir, work_root, demo)
-        self._pool_workers: list[Worker] = []
-        self._pool_queue: collections.deque[Pending] = collections.deque()
-        self._pool_running: set[str] = set()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._pool_cond = threading.Condition(self._lock)
+        # Operations declared uses_mlx=False run on the light pool, never behind the model thread.
+        self._pool = LightPool(self, self._lock, size=settings.pool_workers, files=files,
+                               plugin_settings=plugin_settings, cache_dir=cache_dir, work_root=work_root, demo=demo)
         self._queue: collections.deque[Pending] = collections.deque()
         self._tasks: collections.deque[AdminTask] = collections.deque()  # run before queued jobs
         self._active: dict[str, Pending] = {}   # queued and running
@@ -91,11 +87,7 @@ class JobManager:
 
         await asyncio.to_thread(self._locked, self.store.open)  # jobs a crash cut off end failed
         self._worker.start()
-        files, plugin_settings, cache_dir, work_root, demo = self._pool_args
-        self._pool_workers = start_pool_workers(self.settings.pool_workers, board=PoolBoard(self),
-                                                models=self._pool_models, files=files,
-                                                plugin_settings=plugin_settings, cache_dir=cache_dir,
-                                                work_root=work_root, demo=demo)
+        self._pool.start()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, cancel queued jobs, give the running one ``grace_s``, then cancel it.
@@ -104,7 +96,7 @@ class JobManager:
         goes away. Then the store is closed (records stay readable in memory)."""
         try:
             await self._stop(grace_s)
-            await self._stop_pool()
+            await self._pool.stop(CANCEL_WAIT_S)
         finally:
             with self._lock:
                 self.store.close()
@@ -114,9 +106,8 @@ class JobManager:
         with self._lock:
             self._accepting = False
             self._exit = True
-            dropped, tasks = [*self._queue, *self._pool_queue], list(self._tasks)
+            dropped, tasks = [*self._queue, *self._pool.drain()], list(self._tasks)
             self._queue.clear()
-            self._pool_queue.clear()
             self._tasks.clear()
             for task in tasks:
                 task.settle(None, Unavailable("the server is shutting down", code="shutting_down"))
@@ -125,7 +116,6 @@ class JobManager:
                     "the server shut down before the job started; submit it again",
                     code="shutting_down")))
             self._cond.notify_all()
-            self._pool_cond.notify_all()
         self._watchers.notify(*(p.job.id for p in dropped))
         if not self._worker.is_alive() or self._exited is None:
             return
@@ -182,7 +172,7 @@ class JobManager:
                 existing = self._idempotent(*idempotency)
                 if existing is not None:
                     raise IdempotentReplay(existing)
-            queue = self._queue if operation.uses_mlx else self._pool_queue
+            queue = self._queue if operation.uses_mlx else self._pool.queue
             self._check_capacity(queue)
             job.queue_position = len(queue)
             queue.append(pending)
@@ -191,7 +181,7 @@ class JobManager:
             self._totals["submitted"] += 1
             self.store.add(job, idempotency)
             self._prune()
-            (self._cond if queue is self._queue else self._pool_cond).notify()
+            (self._cond if queue is self._queue else self._pool.cond).notify()
             return snapshot(job)
 
     def check_capacity(self) -> None:
@@ -280,8 +270,7 @@ class JobManager:
                 "kept": len(self.store),
                 "totals": dict(self._totals),
                 "worker_alive": self._worker.is_alive(),
-                "pool": {"workers": len(self._pool_workers), "queued": len(self._pool_queue),
-                         "running": len(self._pool_running)},
+                "pool": self._pool.stats(),
             }
 
     # --- cancel and delete ------------------------------------------------------------------
@@ -300,9 +289,10 @@ class JobManager:
         if pending is None or job.status.terminal:
             return job
         if job.status is JobStatus.queued:
-            (self._queue if pending in self._queue else self._pool_queue).remove(pending)
+            (self._queue if pending in self._queue else self._pool.queue).remove(pending)
             self._terminate(job, Outcome(JobStatus.canceled))
             self._renumber()
+            self._pool.renumber()
         else:
             pending.cancel.set()
             log.info("job %s: cancel requested while running", job_id)
@@ -346,7 +336,11 @@ class JobManager:
                 return self._tasks.popleft()
             pending = self._queue.popleft()
             job = pending.job
-            self._mark_running(job)
+            job.status = JobStatus.running
+            job.started_at = time.time()
+            job.progress = 0.0
+            job.progress_label = "running"
+            job.queue_position = None
             self._running = pending
             self._renumber()
             self.store.save(job)
@@ -368,7 +362,7 @@ class JobManager:
         with self._lock:
             if self._running is pending:
                 self._running = None
-            self._pool_running.discard(job.id)
+            self._pool.running.discard(job.id)
             self._active.pop(job.id, None)
             job.metrics.update(metrics)
             if outcome.status is JobStatus.canceled and pending.cancel_reason is not None:
@@ -384,36 +378,22 @@ class JobManager:
     def next_pool_job(self) -> Pending | None:
         """For the pool threads: block until a pool job is queued (marked running), ``None`` to exit."""
         with self._lock:
-            while not self._pool_queue and not self._exit:
-                self._pool_cond.wait()
-            if self._exit:
-                return None
-            pending = self._pool_queue.popleft()
-            self._mark_running(pending.job)
-            self._pool_running.add(pending.job.id)
-            self._renumber()
-            ids = [pending.job.id, *self._queued_ids()]
+            pending = self._pool.take(lambda: self._exit)
+            ids = [] if pending is None else [pending.job.id, *self._pool.renumber()]
         self._watchers.notify(*ids)
         return pending
 
-    async def _stop_pool(self) -> None:
-        """After the model thread: cancel pool jobs still running, wait for the threads."""
+    def active_pending(self) -> list[Pending]:
+        """Queued and running jobs (lock held by the caller)."""
+        return list(self._active.values())
+
+    def terminate_stuck(self, stuck: list[Pending], reason: KiapiError) -> None:
+        """End jobs whose handler ignored a shutdown cancel, so their waiters get an answer."""
         with self._lock:
-            self._pool_cond.notify_all()
-            running = [self._active[i] for i in self._pool_running if i in self._active]
-            for pending in running:
-                pending.cancel_reason = Unavailable("the server shut down while the job was running; "
-                                                    "submit it again", code="shutting_down")
-                pending.cancel.set()
-        for worker in self._pool_workers:
-            await asyncio.to_thread(worker.join, CANCEL_WAIT_S)
-        with self._lock:
-            stuck = [p for p in running if not p.job.status.terminal]
-            for pending in stuck:  # ignores cancellation: answer its waiters anyway
-                self._terminate(pending.job, Outcome.of(JobStatus.failed, Unavailable(
-                    "the server shut down while the job was running", code="shutting_down")))
+            for pending in stuck:
+                if not pending.job.status.terminal:
+                    self._terminate(pending.job, Outcome.of(JobStatus.failed, reason))
         self._watchers.notify(*(p.job.id for p in stuck))
-        await asyncio.to_thread(self._pool_models.close)
 
     def worker_exited(self) -> None:
         loop, exited = self._watchers.loop, self._exited
@@ -424,14 +404,6 @@ class JobManager:
                 pass
 
     # --- helpers (lock held) -------------------------------------------------------------------
-    @staticmethod
-    def _mark_running(job: Job) -> None:
-        job.status = JobStatus.running
-        job.started_at = time.time()
-        job.progress = 0.0
-        job.progress_label = "running"
-        job.queue_position = None
-
     def _pin_inputs(self, job_id: str, inputs: Mapping[str, StoredFile]) -> None:
         ids = sorted({stored.file_id for stored in inputs.values()})
         pin = getattr(self._files, "pin", None)
@@ -466,14 +438,13 @@ class JobManager:
             return fn()
 
     def _renumber(self) -> None:
-        for queue in (self._queue, self._pool_queue):
-            for position, pending in enumerate(queue):
-                if pending.job.queue_position != position:
-                    pending.job.queue_position = position
-                    self.store.save(pending.job)
+        for position, pending in enumerate(self._queue):
+            if pending.job.queue_position != position:
+                pending.job.queue_position = position
+                self.store.save(pending.job)
 
     def _queued_ids(self) -> list[str]:
-        return [p.job.id for p in (*self._queue, *self._pool_queue)]
+        return [p.job.id for p in self._queue]
 
     def _prune(self) -> None:
         for job_id in self.store.prune():

@@ -17,17 +17,22 @@ eviction, and each job is measured with its operation's memory backend (RSS by d
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import Unavailable
 from ..memory.backends import MemoryBackend, backend_for_model
 from ..memory.loaders import close_runtime, resolve_loader
 from ..registry import Capability, Model, Operation
+from .models import JobStatus
 from .running import FileSink
-from .worker import Pending, Worker, WorkerBoard
+from .worker import Pending, Worker
 
 log = logging.getLogger("kiapi.jobs")
 GIB = 2**30
@@ -118,17 +123,83 @@ class PoolBoard:
         pass
 
 
-def start_pool_workers(size: int, *, board: WorkerBoard, files: FileSink, models: PoolModels,
-                       plugin_settings: Callable[[str], Any], cache_dir: Callable[[str], Path],
-                       work_root: Path, demo: bool) -> list[Worker]:
-    workers = []
-    for index in range(size):
-        worker = Worker(board=board, files=files, models=models, plugin_settings=plugin_settings,
-                        cache_dir=cache_dir, work_root=work_root, demo=demo)
-        worker.name = f"kiapi-pool-{index}"
-        worker.start()
-        workers.append(worker)
-    return workers
+class LightPool:
+    """The pool's queue, threads and model source; its state is guarded by the job manager's
+    lock (``cond`` is a condition on it), so queueing, cancel and stats stay consistent with
+    the model queue."""
+
+    def __init__(self, manager: Any, lock: threading.Lock, *, size: int, files: FileSink,
+                 plugin_settings: Callable[[str], Any], cache_dir: Callable[[str], Path], work_root: Path,
+                 demo: bool) -> None:
+        self.cond = threading.Condition(lock)
+        self.queue: collections.deque[Pending] = collections.deque()
+        self.running: set[str] = set()
+        self.models = PoolModels(plugin_settings=plugin_settings, cache_dir=cache_dir, demo=demo)
+        self._manager = manager
+        self._size = size
+        self._make_worker = lambda: Worker(board=PoolBoard(manager), models=self.models, files=files,
+                                           plugin_settings=plugin_settings, cache_dir=cache_dir,
+                                           work_root=work_root, demo=demo)
+        self.workers: list[Worker] = []
+
+    def start(self) -> None:
+        for index in range(self._size):
+            worker = self._make_worker()
+            worker.name = f"kiapi-pool-{index}"
+            worker.start()
+            self.workers.append(worker)
+
+    # --- lock held -----------------------------------------------------------------------------
+    def take(self, exiting: Callable[[], bool]) -> Pending | None:
+        """The next pool job, marked running (blocks); ``None`` once the manager exits."""
+        while not self.queue and not exiting():
+            self.cond.wait()
+        if exiting():
+            return None
+        pending = self.queue.popleft()
+        job = pending.job
+        job.status, job.started_at, job.progress, job.progress_label = JobStatus.running, time.time(), 0.0, "running"
+        job.queue_position = None
+        self.running.add(job.id)
+        self._manager.store.save(job)
+        return pending
+
+    def renumber(self) -> list[str]:
+        """Queue positions after a change; returns the ids whose position moved."""
+        moved = []
+        for position, pending in enumerate(self.queue):
+            if pending.job.queue_position != position:
+                pending.job.queue_position = position
+                self._manager.store.save(pending.job)
+                moved.append(pending.job.id)
+        return moved
+
+    def drain(self) -> list[Pending]:
+        """Take every queued job out (shutdown) and wake the threads so they exit."""
+        queued = list(self.queue)
+        self.queue.clear()
+        self.cond.notify_all()
+        return queued
+
+    def stats(self) -> dict[str, int]:
+        return {"workers": len(self.workers), "queued": len(self.queue), "running": len(self.running)}
+
+    # --- event loop ----------------------------------------------------------------------------
+    async def stop(self, wait_s: float) -> None:
+        """After the model thread stopped: cancel the pool jobs still running, wait for the
+        threads, end any job that ignored the cancel, close the pool's runtimes."""
+        reason = Unavailable("the server shut down while the job was running; submit it again",
+                             code="shutting_down")
+        with self.cond:
+            self.cond.notify_all()
+            running = [p for p in self._manager.active_pending() if p.job.id in self.running]
+            for pending in running:
+                pending.cancel_reason = reason
+                pending.cancel.set()
+        for worker in self.workers:
+            await asyncio.to_thread(worker.join, wait_s)
+        self._manager.terminate_stuck([p for p in running if not p.job.status.terminal], reason)
+        await asyncio.to_thread(self.models.close)
 
 
-__all__ = ["PoolBoard", "PoolModels", "start_pool_workers"]
+__all__ = ["LightPool", "PoolBoard", "PoolModels"]
