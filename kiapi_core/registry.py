@@ -275,17 +275,20 @@ def name_problem(kind: str, name: object) -> str | None:
 
 
 def naming_problems(capability: Capability) -> list[str]:
-    """Capability, domain, operation and model names that cannot be served (each a sentence)."""
-    problems = [p for p in (name_problem("capability", capability.name), name_problem("domain", capability.domain))
-                if p]
+    """Capability, domain and operation names that cannot be served (each a sentence)."""
+    named = [("capability", capability.name), ("domain", capability.domain),
+             *(("operation", op.name) for op in capability.operations)]
+    invalid = [f"{kind} name {name!r}" for kind, name in named if name_problem(kind, name)]
+    problems = []
+    if invalid:
+        verb = "is not a valid URL path segment" if len(invalid) == 1 else "are not valid URL path segments"
+        problems.append(f"{', '.join(invalid)} {verb}: use 1-64 lower-case ASCII letters, digits, '-' or '_' "
+                        "(starting and ending with a letter or digit)")
     if capability.domain in RESERVED_DOMAINS:
         problems.append(f"domain {capability.domain!r} is reserved for the core's own /v1/{capability.domain} "
                         "endpoints; choose a media domain such as 'image', 'video', 'audio' or 'text'")
     for op in capability.operations:
-        problem = name_problem("operation", op.name)
-        if problem:
-            problems.append(problem)
-        elif op.name in RESERVED_OPERATIONS:
+        if op.name in RESERVED_OPERATIONS:
             problems.append(f"operation name {op.name!r} is reserved ({', '.join(sorted(RESERVED_OPERATIONS))} "
                             "are served by the core under every capability)")
     for model in capability.models:
