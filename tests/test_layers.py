@@ -37,4 +37,7 @@ def test_services_and_the_sdk_never_import_the_http_layer():
         if relative.startswith(HTTP_AND_FRONT_ENDS) or relative.endswith("routes.py"):
             continue
         offenders += [f"{relative}:{line} imports {name}" for line, name in _imports(path) if _is_http(name)]
-    assert offenders == [], "a service imports the HTTP layer:\n" + "\n".join(offenders)
+    assert offenders == [], (
+        "a service imports the HTTP layer (Starlette, http/, app.py, a routes module):\n" + "\n".join(offenders)
+        + "\nroute handlers belong in a module named routes.py (or under http/); a module that is part of the "
+          "HTTP layer goes into HTTP_AND_FRONT_ENDS here")
