@@ -167,8 +167,8 @@ def build_host(
     from .cli import COMMANDS
 
     built.plugin_commands = collect_commands(pm, records, registry, settings_, COMMANDS)
-    failed = {r.name for r in records if r.error}
-    built.plugin_routes = {name: r for name, r in routes.items() if name not in failed}
+    serving = {r.name for r in records if r.error is None}  # a skipped record may share a winner's name
+    built.plugin_routes = {name: r for name, r in routes.items() if name in serving}
     _check_settings(built, records if diagnose else None)
     return built
 

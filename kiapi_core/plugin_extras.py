@@ -31,7 +31,7 @@ from .settings import Settings
 def collect_routes(pm: pluggy.PluginManager, records: list[PluginRecord], registry: Registry, host: Any,
                    settings: Settings) -> dict[str, list[Any]]:
     """Each plugin's routes by plugin name, in precedence order; offenders are skipped."""
-    by_name = {r.name: r for r in records}
+    by_name = {r.name: r for r in records if r.error is None}
     taken: dict[tuple[str, str], str] = {}
     for capability in registry.registered():
         for op in capability.capability.operations:
@@ -88,7 +88,7 @@ def collect_commands(pm: pluggy.PluginManager, records: list[PluginRecord], regi
                      settings: Settings, core_commands: Collection[str]) -> dict[str, click.Command]:
     """Every plugin's CLI commands by name; a plugin taking a core command's name or an
     earlier plugin's is skipped."""
-    by_name = {r.name: r for r in records}
+    by_name = {r.name: r for r in records if r.error is None}
     owners: dict[str, str] = {name: "kiapi-core" for name in core_commands}
     commands: dict[str, click.Command] = {}
     impls = sorted(pm.hook.register_commands.get_hookimpls(),

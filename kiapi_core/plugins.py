@@ -80,13 +80,15 @@ def load_plugins(
         records.append(PluginRecord(name=name, distribution="kiapi-core", version=_core_version(),
                                     default=True, hooks=_hooks(pm, module)))
     if load_entrypoints:
-        for ep, dist, taken_by in _entry_points():
+        owners: dict[str, str] = {}  # entry-point name -> the (wanted) distribution using it first
+        for ep, dist, _ in _entry_points():
             if not _wanted(ep.name, dist, settings):
                 continue
             record = PluginRecord(name=ep.name, distribution=dist.metadata["Name"], version=dist.version,
                                   entry_point=f"{ep.name} = {ep.value}")
             records.append(record)
-            if taken_by is not None:
+            taken_by = owners.setdefault(ep.name, record.distribution)
+            if taken_by != record.distribution:
                 reason = (f"uses the plugin name {ep.name!r}, which {taken_by} (first in precedence order) "
                           f"already uses; {taken_by} is loaded instead. To load this one, set "
                           f"KIAPI_DISABLE_PLUGINS={taken_by} or uninstall one of them")
@@ -156,7 +158,7 @@ def register_capabilities(pm: pluggy.PluginManager, records: list[PluginRecord],
     one capability name: the first in precedence order (see :func:`precedence`) is kept, the
     other skipped with an error naming both. ``diagnose`` (``kiapi plugins``) records a
     plugin's settings mistake on the plugin instead of raising it."""
-    by_name = {r.name: r for r in records}
+    by_name = {r.name: r for r in records if r.error is None}  # registered ones (names are unique there)
     staged: list[_Staged] = []
     for impl in pm.hook.register_capabilities.get_hookimpls():
         record = by_name.get(impl.plugin_name)

@@ -191,3 +191,18 @@ def test_every_plugin_with_a_misspelled_hook_is_reported(tmp_path):
     assert "register_capabilitys" in errors["Misspelled"] and "register_route'" in errors["Other"]
     assert [c.name for c in host.registry] == ["echo"]
 
+
+
+def test_entry_point_name_clash_keeps_the_first_and_disabling_it_serves_the_other(tmp_path, fake_site):
+    _install_fake_distribution(fake_site, "kiapi-echo-a", {"echo": "kiapi_echo"}, {})
+    _install_fake_distribution(fake_site, "kiapi-echo-b", {"echo": "kiapi_echo"}, {})
+    host = build_test_host(tmp_path, load_entrypoints=True, strict_plugins=False,
+                           load_plugins=["kiapi-echo-a", "kiapi-echo-b"])
+    loser = next(r for r in host.plugins if r.distribution == "kiapi-echo-b")
+    assert "kiapi-echo-a" in loser.error and "KIAPI_DISABLE_PLUGINS=kiapi-echo-a" in loser.error
+    assert host.registry.registered()[0].distribution == "kiapi-echo-a"
+    # Following the hint serves the other one, with no error left.
+    host = build_test_host(tmp_path / "b", load_entrypoints=True, load_plugins=["kiapi-echo-a", "kiapi-echo-b"],
+                           disable_plugins=["kiapi-echo-a"])
+    assert host.registry.registered()[0].distribution == "kiapi-echo-b"
+    assert not [r for r in host.plugins if r.error]
