@@ -206,3 +206,55 @@ def test_entry_point_name_clash_keeps_the_first_and_disabling_it_serves_the_othe
                            disable_plugins=["kiapi-echo-a"])
     assert host.registry.registered()[0].distribution == "kiapi-echo-b"
     assert not [r for r in host.plugins if r.error]
+
+
+def test_diagnosis_records_a_plugin_settings_mistake_on_the_plugin(tmp_path):
+    """`kiapi plugins` (diagnose=True) lists a settings mistake on its plugin instead of failing."""
+    import msgspec
+
+    from kiapi_core import Capability, Model, hookimpl
+    from kiapi_core.errors import SettingsError
+    from kiapi_core.host import build_host
+    from kiapi_core.settings import load_settings
+
+    class Knobs(msgspec.Struct, kw_only=True):
+        level: int = 1
+
+    class Configurable:
+        @hookimpl
+        def register_capabilities(self, register):
+            register(Capability(name="knobs", domain="text", title="Knobs", models=(Model(name="m"),),
+                                settings=Knobs))
+
+    loaded = load_settings(env={"KIAPI_KNOBS_LEVEL": "high", "KIAPI_DATA_DIR": str(tmp_path),
+                                "KIAPI_STRICT_PLUGINS": "1"}, config_file=None)
+    with pytest.raises(SettingsError):
+        build_host(loaded, plugins=[Configurable(), kiapi_echo], load_entrypoints=False)
+    host = build_host(loaded, plugins=[Configurable(), kiapi_echo], load_entrypoints=False, diagnose=True)
+    record = next(r for r in host.plugins if r.name == "Configurable")
+    assert record.error.startswith("settings:") and "KIAPI_KNOBS_LEVEL" in record.error
+    assert "echo" in host.registry
+
+
+def test_a_second_plugin_cannot_take_over_another_plugins_command(tmp_path):
+    import click
+
+    from kiapi_core import hookimpl
+
+    def plugin(label):
+        class Commands:
+            @hookimpl
+            def register_commands(self, cli):
+                @cli.command(name="hello")
+                def hello():
+                    click.echo(label)
+
+        Commands.__name__ = f"Commands{label}"
+        return Commands()
+
+    host = build_test_host(tmp_path, plugins=[plugin("A"), plugin("B")], strict_plugins=False)
+    assert host.plugin_commands["hello"].callback.__qualname__.endswith("hello")
+    errors = {r.name: r.error for r in host.plugins if r.error}
+    assert list(errors) == ["CommandsB"] and "'hello' (already" in errors["CommandsB"]
+    with pytest.raises(PluginError, match="hello"):
+        build_test_host(tmp_path / "strict", plugins=[plugin("A"), plugin("B")])
