@@ -11,6 +11,7 @@ mutating them. Version-1 declarations are served unchanged for one more release.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,9 +33,44 @@ def adapt(capability: Capability, host: Any) -> Capability:
                           f"this kiapi-core serves versions {', '.join(map(str, SUPPORTED_PLUGIN_APIS))}")
     if capability.plugin_api == 1:
         return capability
+    problems = [p for op in capability.operations for p in signature_problems(op)]
+    if problems:
+        raise PluginError(f"capability {capability.name!r} (plugin API 2): " + "; ".join(problems))
     contexts = _Contexts(capability, host)
     operations = tuple(_adapt(op, contexts) for op in capability.operations)
     return msgspec.structs.replace(capability, operations=operations)
+
+
+#: The positional arguments each hook of plugin API 2 is called with.
+_V2_ARGUMENTS = {"prepare": ("request", "ctx"), "check": ("request", "params", "ctx"),
+                 "estimate": ("params", "ctx"), "transient": ("params",)}
+
+
+def signature_problems(op: Operation) -> list[str]:
+    """Hooks of ``op`` that cannot be called the plugin API 2 way (a version-1 ``prepare(request,
+    model, host)`` under a version-2 Capability, say): found at registration, not at the first
+    request."""
+    problems = []
+    for name, arguments in _V2_ARGUMENTS.items():
+        hook = getattr(op, name)
+        if hook is None:
+            continue
+        try:
+            inspect.signature(hook).bind(*arguments)
+        except TypeError:
+            problems.append(f"operation {op.name!r}: {name} must accept ({', '.join(arguments)}), "
+                            f"not {_describe(hook)}; a version-1 hook needs the version-1 Capability "
+                            "(from kiapi_core import Capability) or the plugin_api=1 field")
+        except ValueError:  # no signature (a builtin): called and reported at request time
+            continue
+    return problems
+
+
+def _describe(hook: Callable[..., Any]) -> str:
+    try:
+        return str(inspect.signature(hook))
+    except (TypeError, ValueError):
+        return repr(hook)
 
 
 def typed_params(operation: Operation, params: Mapping[str, Any]) -> Any:

@@ -153,3 +153,18 @@ def test_plugins_import_only_the_sdk(package):
                 if name.split(".")[0] == "kiapi_core" and name != "kiapi_core.sdk":
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {name}")
     assert offenders == [], "plugins must import only kiapi_core.sdk:\n" + "\n".join(offenders)
+
+
+def test_a_version_1_hook_under_a_version_2_capability_is_refused_at_registration(tmp_path):
+    def prepare_v1(request, model, host):
+        return {}
+
+    class Mixed:
+        @sdk.hookimpl
+        def register_capabilities(self, register):
+            register(sdk.Capability(name="mixed", domain="text", title="M", models=(sdk.Model(name="m"),),
+                                    operations=(sdk.Operation(name="go", request=ScaleRequest, result=None,
+                                                              handler=handle, job_type="m", prepare=prepare_v1),)))
+
+    with pytest.raises(PluginError, match=r"prepare must accept \(request, ctx\), not \(request, model, host\)"):
+        build_test_host(tmp_path, plugins=[Mixed()])
