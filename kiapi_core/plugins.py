@@ -81,7 +81,7 @@ def load_plugins(
                                     default=True, hooks=_hooks(pm, module)))
     if load_entrypoints:
         owners: dict[str, str] = {}  # entry-point name -> the (wanted) distribution using it first
-        for ep, dist, _ in _entry_points():
+        for ep, dist in _entry_points():
             if not _wanted(ep.name, dist, settings):
                 continue
             record = PluginRecord(name=ep.name, distribution=dist.metadata["Name"], version=dist.version,
@@ -282,10 +282,9 @@ def fail(record: PluginRecord, message: str, settings: Settings, exc: BaseExcept
     log.error("%s; skipped it%s", text, "\n" + trace if trace else "")
 
 
-def _entry_points() -> list[tuple[metadata.EntryPoint, metadata.Distribution, str | None]]:
+def _entry_points() -> list[tuple[metadata.EntryPoint, metadata.Distribution]]:
     """Entry points of the kiapi group, once each even if a distribution is seen twice, sorted
-    by distribution name and entry-point name (the precedence order). The third item names the
-    distribution that already uses the same entry-point name, or is ``None``."""
+    by distribution name and entry-point name: the precedence order."""
     seen: set[tuple[str, str]] = set()
     found: list[tuple[metadata.EntryPoint, metadata.Distribution]] = []
     for dist in metadata.distributions():
@@ -293,22 +292,15 @@ def _entry_points() -> list[tuple[metadata.EntryPoint, metadata.Distribution, st
             if ep.group != ENTRY_POINT_GROUP:
                 continue
             key = (_canonical(dist.metadata["Name"]), ep.value)
-            if key in seen:
-                continue
-            seen.add(key)
-            found.append((ep, dist))
-    found.sort(key=lambda pair: (_canonical(pair[1].metadata["Name"]), pair[0].name))
-    names: dict[str, str] = {}
-    result: list[tuple[metadata.EntryPoint, metadata.Distribution, str | None]] = []
-    for ep, dist in found:
-        owner = names.setdefault(ep.name, dist.metadata["Name"])
-        result.append((ep, dist, None if owner == dist.metadata["Name"] else owner))
-    return result
+            if key not in seen:
+                seen.add(key)
+                found.append((ep, dist))
+    return sorted(found, key=lambda pair: (_canonical(pair[1].metadata["Name"]), pair[0].name))
 
 
 def installed_names() -> set[str]:
     """Entry-point and distribution names of every installed plugin (loaded or not)."""
-    return {name for ep, dist, _ in _entry_points() for name in (ep.name, dist.metadata["Name"])}
+    return {name for ep, dist in _entry_points() for name in (ep.name, dist.metadata["Name"])}
 
 
 def _wanted(name: str, dist: metadata.Distribution, settings: Settings) -> bool:
@@ -336,7 +328,7 @@ def _installed_as(top: str, path: tuple[str, ...]) -> tuple[str, str]:
         return dist_name, metadata.version(dist_name)
     # Editable installs list a .pth file, not the package: find the distribution by its
     # entry point instead.
-    for ep, dist, _ in _entry_points():
+    for ep, dist in _entry_points():
         if ep.value.split(":")[0].split(".")[0] == top:
             return dist.metadata["Name"], dist.version
     return f"{top} (not installed)", "0"
