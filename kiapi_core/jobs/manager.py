@@ -181,7 +181,11 @@ class JobManager:
             self._totals["submitted"] += 1
             self.store.add(job, idempotency)
             self._prune()
-            (self._cond if queue is self._queue else self._pool.cond).notify()
+            if queue is self._queue:
+                self._cond.notify()
+            else:
+                self._pool.ensure_threads()
+                self._pool.cond.notify()
             return snapshot(job)
 
     def check_capacity(self) -> None:

@@ -141,8 +141,17 @@ class LightPool:
                                            plugin_settings=plugin_settings, cache_dir=cache_dir,
                                            work_root=work_root, demo=demo)
         self.workers: list[Worker] = []
+        self._started = False
 
     def start(self) -> None:
+        """Allow the threads to start: they do with the first pool job (a host serving only
+        model operations never starts them)."""
+        self._started = True
+
+    def ensure_threads(self) -> None:
+        """Start the threads if the host started and they are not running yet (lock held)."""
+        if not self._started or self.workers:
+            return
         for index in range(self._size):
             worker = self._make_worker()
             worker.name = f"kiapi-pool-{index}"
