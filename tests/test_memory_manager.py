@@ -102,7 +102,7 @@ class Env:
         self.manager = ModelManager(settings=self.settings, registry=self.registry,
                                     plugin_settings=lambda family: {"family": family},
                                     cache_dir=lambda family: tmp_path / family, demo=demo,
-                                    clock=self.clock, backend_for=lambda model, operation=None: self.backend)
+                                    clock=self.clock, backend_for=lambda model: self.backend)
 
     def load(self, *, model: Model, quantize: int | None, settings: Any, demo: bool, cache_dir: Path,
              **options: Any) -> FakeRuntime:

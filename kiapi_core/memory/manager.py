@@ -46,7 +46,7 @@ class ModelManager:
     def __init__(self, *, settings: Any, registry: Any, plugin_settings: Callable[[str], Any],
                  cache_dir: Callable[[str], Path], demo: bool, clock: Callable[[], float] = time.monotonic,
                  budget: Budget | None = None,
-                 backend_for: Callable[[Any, Any], MemoryBackend] | None = None) -> None:
+                 backend_for: Callable[[Any], MemoryBackend] | None = None) -> None:
         self._settings = settings
         self._registry = registry
         self._plugin_settings = plugin_settings
@@ -54,7 +54,7 @@ class ModelManager:
         self._demo = demo
         self._clock = clock
         self.budget = budget or resolve_budget(settings)
-        self._backend_for = backend_for or backend_for_model
+        self._backend_for = backend_for  # tests inject one; else chosen per operation
         self._lock = threading.Lock()
         self._residents: dict[Key, Resident] = {}
         self._reservations: dict[str, Reservation] = {}
@@ -121,7 +121,7 @@ class ModelManager:
     def _begin(self, job_id: str, capability: Any, model: Any, operation: Any, params: Mapping[str, Any],
                raw: float, *, kind: str) -> float:
         family = capability.name
-        backend = self._backend_for(model, operation)
+        backend = self._backend_for(model) if self._backend_for else backend_for_model(model, operation)
         with self._lock:
             if job_id in self._reservations:
                 raise RuntimeError(f"job {job_id} has already begun")
