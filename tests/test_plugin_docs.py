@@ -129,7 +129,7 @@ def test_every_sdk_export_and_error_code_is_documented():
 
 #: Codes the core answers with itself; plugins never raise them.
 _PRIVATE_CODES = {"malformed_json", "unknown_model", "unauthorized", "not_acceptable", "payload_too_large",
-                  "unsupported_media_type", "queue_full", "memory_budget", "sync_timeout", "insufficient_storage"}
+                  "unsupported_media_type", "queue_full", "sync_timeout", "insufficient_storage"}
 
 
 @pytest.mark.parametrize("hook", sorted(_hooks()))

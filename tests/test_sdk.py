@@ -134,12 +134,7 @@ def test_sdk_exports_what_all_lists():
     assert sdk.error_classes()["invalid_request"] is sdk.InvalidRequest
 
 
-#: Plugins not yet moved to the SDK (being edited for #13 concurrently); emptied once they are.
-NOT_YET_MIGRATED = {"kiapi_ernie", "kiapi_seedvr2"}
-
-
-@pytest.mark.parametrize("package", [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="not migrated yet"))
-                                     if p in NOT_YET_MIGRATED else p for p in sorted(PLUGIN_PACKAGES)])
+@pytest.mark.parametrize("package", sorted(PLUGIN_PACKAGES))
 def test_plugins_import_only_the_sdk(package):
     offenders = []
     for path in sorted(PLUGIN_PACKAGES[package].rglob("*.py")):
