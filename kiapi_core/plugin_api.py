@@ -18,9 +18,12 @@ from typing import Any
 import msgspec
 
 from .errors import PluginError
+from .memory.loaders import INPUT_GB
 from .registry import Capability, Model, Operation
 from .validation import redact
 
+#: Params keys the core itself sets (``input_gb``: decoding the image inputs, for admission).
+CORE_PARAM_KEYS = (INPUT_GB,)
 #: The plugin API this core implements, and the versions it still accepts.
 PLUGIN_API_VERSION = 2
 SUPPORTED_PLUGIN_APIS = (1, 2)
@@ -112,8 +115,9 @@ def _adapt(op: Operation, contexts: _Contexts) -> Operation:
             new = check(request, typed_params(op, params), contexts(model, inputs))
             if new is not None:  # the plugin returned new params; the record takes them
                 replacement = _builtins(new)
+                core = {k: params[k] for k in CORE_PARAM_KEYS if k in params}  # set by the core, kept
                 params.clear()
-                params.update(replacement)
+                params.update(replacement, **core)
         changes["check"] = check_v1
     if estimate is not None:
         def estimate_v1(params: Mapping[str, Any], model: Model) -> float:

@@ -163,3 +163,28 @@ def test_a_version_1_hook_under_a_version_2_capability_is_refused_at_registratio
 
     with pytest.raises(PluginError, match=r"prepare must accept \(request, ctx\), not \(request, model, host\)"):
         build_test_host(tmp_path, plugins=[Mixed()])
+
+
+async def test_check_returning_new_params_keeps_what_the_core_recorded(kiapi_client_factory):
+    import io
+
+    from PIL import Image
+
+    class Picture(ScalePlugin):
+        @sdk.hookimpl
+        def register_capabilities(self, register):
+            register(sdk.Capability(
+                name="picture", domain="image", title="Picture", settings=Knobs,
+                models=(sdk.Model(name="m", default=True),),
+                operations=(sdk.Operation(name="run", request=ScaleRequest, result=ScaleResult, handler=handle,
+                                          job_type="picture", prepare=prepare, check=check, estimate=estimate,
+                                          params=ScaleParams, inputs={"image": "image"}),)))
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buffer, "PNG")
+    async with kiapi_client_factory(plugins=[Picture()]) as http:
+        upload = await http.upload(buffer.getvalue(), "in.png", "image/png")
+        ran = await http.post("/v1/image/picture/run", json={"value": 1, "image": {"type": "file_id",
+                                                                                   "file_id": upload}})
+    assert ran.status_code == 200, ran.text
+    assert ran.json()["params"]["checked"] is True and ran.json()["params"]["input_gb"] > 0
