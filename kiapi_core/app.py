@@ -51,8 +51,8 @@ def build_app(host: Host) -> Starlette:
     ]
     for capability in host.registry:
         routes += _capability_routes(host, capability)
-    for extra in host.pm.hook.register_routes(host=host):
-        routes += list(extra or [])
+    for extra in host.plugin_routes.values():  # collected and checked per plugin by build_host
+        routes += extra
     _check_unique(routes)
 
     @contextlib.asynccontextmanager
@@ -97,7 +97,9 @@ def _middleware(host: Host) -> list[Middleware]:
 
 def _capability_routes(host: Host, capability: Capability) -> list[BaseRoute]:
     prefix = capability.prefix
-    document = capability_document(capability, version=capability.version)
+    registered = next(r for r in host.registry.registered() if r.capability is capability)
+    document = capability_document(capability, version=capability.version,
+                                   extra_routes=host.plugin_routes.get(registered.plugin, ()))
 
     async def models(request: Request) -> Response:
         # Extension fields (clients written against the spec ignore them): whether the weights

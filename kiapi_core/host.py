@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pluggy
 
 from . import __version__
-from .errors import Unavailable
+from .errors import SettingsError, Unavailable
 from .files.quota import StorageQuota
 from .files.store import FileStore
 from .jobs.manager import JobManager
@@ -25,6 +26,7 @@ from .jobs.sqlite_store import SqliteJobStore
 from .memory.budget import Budget, resolve_budget
 from .memory.manager import ModelManager
 from .memory.warmup import parse_warmup
+from .plugin_extras import collect_commands, collect_routes
 from .plugins import PluginRecord, load_plugins, new_plugin_manager, register_capabilities
 from .registry import Registry
 from .settings import Loaded, Settings, load_settings
@@ -60,6 +62,15 @@ class Host:
                                store=SqliteJobStore(data / "jobs.sqlite3", ttl_s=self.settings.job_ttl_s,
                                                     max_jobs=self.settings.max_jobs))
         self._background: list[asyncio.Task[Any]] = []
+        #: Routes and CLI commands plugins added (``register_routes``/``register_commands``),
+        #: checked and by plugin name; filled in by :func:`build_host`.
+        self.plugin_routes: dict[str, list[Any]] = {}
+        self.plugin_commands: dict[str, Any] = {}
+
+    @property
+    def plugin_errors(self) -> list[PluginRecord]:
+        """The plugins that failed to load or register (skipped), for ``/health`` and the CLI."""
+        return [p for p in self.plugins if p.error]
 
     # -- plugin facing -------------------------------------------------------------------
     def plugin_settings(self, family: str, schema: type | None = None) -> Any:
@@ -72,6 +83,7 @@ class Host:
             if schema is None:
                 self._plugin_settings[family] = None
             else:
+                value: Any
                 value, sources = self.loaded.plugin(family, schema)
                 self._plugin_settings[family] = value
                 self._plugin_setting_sources[family] = sources
@@ -135,32 +147,56 @@ def build_host(
     *,
     plugins: Sequence[Any] = (),
     load_entrypoints: bool = True,
+    diagnose: bool = False,
 ) -> Host:
     """Build a host: load plugins (entry points unless disabled, plus ``plugins``), register
-    their capabilities and create the services. Raises StartupError/PluginError on fatal
-    problems (clashes between distributions; any plugin failure in strict mode)."""
+    their capabilities, routes and commands, and create the services.
+
+    A plugin that fails in any way is recorded (``host.plugins``) and skipped; the rest is
+    served. Raises PluginError for any plugin failure in strict mode, SettingsError for a
+    settings mistake. ``diagnose`` (``kiapi plugins``) never raises for a plugin: strict mode
+    is off and a plugin's settings mistake is recorded on the plugin."""
     if settings is None:
         loaded = load_settings()
     elif isinstance(settings, Settings):
         loaded = Loaded(settings=settings, sources={}, config_file=None, config={}, env={})
     else:
         loaded = settings
+    if diagnose:
+        loaded = msgspec.structs.replace(loaded, settings=msgspec.structs.replace(loaded.settings,
+                                                                                  strict_plugins=False))
+    settings_ = loaded.settings
     pm = new_plugin_manager()
-    records = load_plugins(pm, loaded.settings, extra=plugins, load_entrypoints=load_entrypoints)
+    records = load_plugins(pm, settings_, extra=plugins, load_entrypoints=load_entrypoints)
     registry = Registry()
-    budget = resolve_budget(loaded.settings)  # once: plugins size their models from it
+    budget = resolve_budget(settings_)  # once: plugins size their models from it
     host = _HostUnderConstruction(loaded, pm, records, registry, budget.gb)
-    register_capabilities(pm, records, registry, host, loaded.settings)
+    register_capabilities(pm, records, registry, host, settings_, diagnose=diagnose)
     built = Host(loaded, pm, records, registry, budget)
-    _check_settings(built)
+    routes = collect_routes(pm, records, registry, built, settings_)
+    from .cli import COMMANDS
+
+    built.plugin_commands = collect_commands(pm, records, registry, settings_, COMMANDS)
+    serving = {r.name for r in records if r.error is None}  # a skipped record may share a winner's name
+    built.plugin_routes = {name: r for name, r in routes.items() if name in serving}
+    _check_settings(built, records if diagnose else None)
     return built
 
 
-def _check_settings(host: Host) -> None:
+def _check_settings(host: Host, diagnose: list[PluginRecord] | None = None) -> None:
     """Read every capability's settings and the warm-up list now, so a mistake stops start-up
-    with its message instead of failing requests later (SettingsError / StartupError)."""
-    for capability in host.registry:
-        host.plugin_settings(capability.name)
+    with its message instead of failing requests later (SettingsError / StartupError). With
+    ``diagnose`` (the records), a capability's settings mistake is recorded on its plugin."""
+    for registered in host.registry.registered():
+        try:
+            host.plugin_settings(registered.capability.name)
+        except SettingsError as exc:
+            record = next((r for r in diagnose or [] if r.name == registered.plugin), None)
+            if record is None:
+                raise
+            record.error = f"settings: {exc}"
+    if diagnose is not None:
+        return
     parse_warmup(host.settings.warmup, host.registry)
     tables = [name for name, value in host.loaded.config.items() if isinstance(value, dict)]
     strays = [name for name in tables if name not in host.registry]

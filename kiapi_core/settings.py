@@ -75,6 +75,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     "Plugins (entry-point or distribution names) never to load."
     max_queue: Annotated[int, Meta(ge=1)] = 64
     "Jobs that may wait in the queue; more get 503 with Retry-After."
+    pool_workers: Annotated[int, Meta(ge=1, le=64)] = 2
+    "Threads running jobs of operations that never touch MLX (uses_mlx=False), beside the model thread."
     sync_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
     "Seconds a sync request waits before answering 504 (the job keeps running)."
     job_ttl_s: Annotated[float, Meta(ge=0)] = 86400.0
@@ -189,7 +191,7 @@ def _env_name(namespace: str) -> str:
 
 def _build(schema: type[T], table: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[str, Any],
            *, prefix: str, where: str) -> tuple[T, dict[str, str]]:
-    fields = {f.name: f for f in msgspec.structs.fields(schema)}
+    fields = {f.name: f for f in msgspec.structs.fields(schema)}  # type: ignore[arg-type]  # T: a Struct type
     values: dict[str, Any] = {}
     sources = {name: "default" for name in fields}
     unknown = [k for k in table if k not in fields]

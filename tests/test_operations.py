@@ -199,7 +199,7 @@ async def test_unknown_path_is_json_404(client):
 
 
 def test_redact_keeps_ids_and_drops_payloads_and_url_secrets():
-    from kiapi_core.http.operations import redact
+    from kiapi_core.validation import redact
 
     params = {"image": {"type": "data_url", "data_url": "data:image/png;base64,AAAA"},
               "loras": [{"file": {"type": "url", "url": "https://u:p@example.com/a.safetensors?sig=secret#x"},

@@ -47,9 +47,7 @@ class LazyGroup(click.Group):
         if ctx is None:
             return None
         host = make_host(ctx)  # with the same --config as any command; errors are ClickExceptions
-        extra = click.Group()
-        host.pm.hook.register_commands(cli=extra)
-        return extra.commands.get(name)
+        return host.plugin_commands.get(name)  # collected and checked per plugin by build_host
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,12 +74,12 @@ def load(ctx: click.Context, **flags: Any):
         raise click.ClickException(str(exc)) from None
 
 
-def make_host(ctx: click.Context, **flags: Any):
+def make_host(ctx: click.Context, *, diagnose: bool = False, **flags: Any):
     from ..errors import PluginError, StartupError
     from ..host import build_host
 
     try:
-        return build_host(load(ctx, **flags))
+        return build_host(load(ctx, **flags), diagnose=diagnose)
     except (PluginError, StartupError) as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -13,9 +13,11 @@ from ..weights import model_readiness
 
 async def health(request: Request) -> JSONResponse:
     host = request.app.state.host
+    # "degraded": serving, but a plugin failed and was skipped (details need the token).
+    status = "degraded" if host.plugin_errors else "ok"
     if request.scope.get(AUTHENTICATED) is False:
         # Liveness stays open without the token; the rest (jobs, plugins) needs it.
-        return JSONResponse({"status": "ok", "version": host.version})
+        return JSONResponse({"status": status, "version": host.version})
     capabilities = []
     for capability in host.registry:
         ready = await model_readiness(host, capability)
@@ -26,7 +28,7 @@ async def health(request: Request) -> JSONResponse:
     errors = [{"name": p.name, "distribution": p.distribution, "error": p.error}
               for p in host.plugins if p.error]
     return JSONResponse({
-        "status": "ok",
+        "status": status,
         "version": host.version,
         "demo": host.settings.demo,
         "plugins": [{"name": p.name, "distribution": p.distribution, "version": p.version,

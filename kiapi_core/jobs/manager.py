@@ -24,12 +24,13 @@ from typing import Any
 
 import msgspec
 
-from ..errors import Conflict, KiapiError, NotFound, QueueFull, Unavailable
+from ..errors import Conflict, KiapiError, NotFound, QueueFull, Unavailable, error_from_code
 from ..files.models import StoredFile
 from ..registry import Capability, Model, Operation
 from ..settings import Settings
 from . import watch
 from .models import Job, JobStatus
+from .pool import LightPool
 from .running import FileSink
 from .store import IdempotentReplay, JobPage, JobStore, MemoryJobStore, idempotent_job
 from .worker import AdminTask, ModelManagerLike, Outcome, Pending, Worker
@@ -62,6 +63,9 @@ class JobManager:
                               cache_dir=cache_dir, work_root=work_root, demo=demo)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        # Operations declared uses_mlx=False run on the light pool, never behind the model thread.
+        self._pool = LightPool(self, self._lock, size=settings.pool_workers, files=files,
+                               plugin_settings=plugin_settings, cache_dir=cache_dir, work_root=work_root, demo=demo)
         self._queue: collections.deque[Pending] = collections.deque()
         self._tasks: collections.deque[AdminTask] = collections.deque()  # run before queued jobs
         self._active: dict[str, Pending] = {}   # queued and running
@@ -83,6 +87,7 @@ class JobManager:
 
         await asyncio.to_thread(self._locked, self.store.open)  # jobs a crash cut off end failed
         self._worker.start()
+        self._pool.start()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, cancel queued jobs, give the running one ``grace_s``, then cancel it.
@@ -91,6 +96,7 @@ class JobManager:
         goes away. Then the store is closed (records stay readable in memory)."""
         try:
             await self._stop(grace_s)
+            await self._pool.stop(CANCEL_WAIT_S)
         finally:
             with self._lock:
                 self.store.close()
@@ -100,7 +106,7 @@ class JobManager:
         with self._lock:
             self._accepting = False
             self._exit = True
-            dropped, tasks = list(self._queue), list(self._tasks)
+            dropped, tasks = [*self._queue, *self._pool.drain()], list(self._tasks)
             self._queue.clear()
             self._tasks.clear()
             for task in tasks:
@@ -166,15 +172,20 @@ class JobManager:
                 existing = self._idempotent(*idempotency)
                 if existing is not None:
                     raise IdempotentReplay(existing)
-            self._check_capacity()
-            job.queue_position = len(self._queue)
-            self._queue.append(pending)
+            queue = self._queue if operation.uses_mlx else self._pool.queue
+            self._check_capacity(queue)
+            job.queue_position = len(queue)
+            queue.append(pending)
             self._active[job.id] = pending
             self._pin_inputs(job.id, inputs)
             self._totals["submitted"] += 1
             self.store.add(job, idempotency)
             self._prune()
-            self._cond.notify()
+            if queue is self._queue:
+                self._cond.notify()
+            else:
+                self._pool.ensure_threads()
+                self._pool.cond.notify()
             return snapshot(job)
 
     @property
@@ -188,11 +199,11 @@ class JobManager:
         with self._lock:
             self._check_capacity()
 
-    def _check_capacity(self) -> None:
+    def _check_capacity(self, queue: collections.deque[Pending] | None = None) -> None:
         if not self._accepting:
             raise Unavailable("the server is shutting down and takes no new jobs",
                               code="shutting_down", headers={"Retry-After": "30"})
-        if len(self._queue) >= self.max_queue:
+        if len(self._queue if queue is None else queue) >= self.max_queue:
             wait = self._retry_after()
             raise QueueFull(
                 f"the job queue is full ({self.max_queue} jobs waiting); retry in about {wait} s",
@@ -248,7 +259,8 @@ class JobManager:
         with self._lock:
             job = self._get(job_id)
             if job.status is JobStatus.failed:
-                return self._errors.get(job_id) or KiapiError(job.error or "the job failed")
+                # After a restart only the record is left: its code gives back the status.
+                return self._errors.get(job_id) or error_from_code(job.error_code, job.error or "the job failed")
             if job.status is JobStatus.canceled:
                 return self._errors.get(job_id) or Conflict(f"job {job_id} was canceled", code="canceled")
             return None
@@ -267,6 +279,7 @@ class JobManager:
                 "kept": len(self.store),
                 "totals": dict(self._totals),
                 "worker_alive": self._worker.is_alive(),
+                "pool": self._pool.stats(),
             }
 
     # --- cancel and delete ------------------------------------------------------------------
@@ -285,9 +298,10 @@ class JobManager:
         if pending is None or job.status.terminal:
             return job
         if job.status is JobStatus.queued:
-            self._queue.remove(pending)
+            (self._queue if pending in self._queue else self._pool.queue).remove(pending)
             self._terminate(job, Outcome(JobStatus.canceled))
             self._renumber()
+            self._pool.renumber()
         else:
             pending.cancel.set()
             log.info("job %s: cancel requested while running", job_id)
@@ -355,7 +369,9 @@ class JobManager:
         job = pending.job
         self._unpin_inputs(job.id)
         with self._lock:
-            self._running = None
+            if self._running is pending:
+                self._running = None
+            self._pool.running.discard(job.id)
             self._active.pop(job.id, None)
             job.metrics.update(metrics)
             if outcome.status is JobStatus.canceled and pending.cancel_reason is not None:
@@ -367,6 +383,26 @@ class JobManager:
             self.store.save(job)
             self._prune()
         self._watchers.notify(job.id)
+
+    def next_pool_job(self) -> Pending | None:
+        """For the pool threads: block until a pool job is queued (marked running), ``None`` to exit."""
+        with self._lock:
+            pending = self._pool.take(lambda: self._exit)
+            ids = [] if pending is None else [pending.job.id, *self._pool.renumber()]
+        self._watchers.notify(*ids)
+        return pending
+
+    def active_pending(self) -> list[Pending]:
+        """Queued and running jobs (lock held by the caller)."""
+        return list(self._active.values())
+
+    def terminate_stuck(self, stuck: list[Pending], reason: KiapiError) -> None:
+        """End jobs whose handler ignored a shutdown cancel, so their waiters get an answer."""
+        with self._lock:
+            for pending in stuck:
+                if not pending.job.status.terminal:
+                    self._terminate(pending.job, Outcome.of(JobStatus.failed, reason))
+        self._watchers.notify(*(p.job.id for p in stuck))
 
     def worker_exited(self) -> None:
         loop, exited = self._watchers.loop, self._exited
@@ -386,8 +422,9 @@ class JobManager:
 
     def _unpin_inputs(self, job_id: str) -> None:
         ids = self._pinned.pop(job_id, None)
-        if ids:
-            self._files.unpin(ids)
+        unpin = getattr(self._files, "unpin", None)  # like pin: not every FileSink pins
+        if ids and unpin is not None:
+            unpin(ids)
 
     def _terminate(self, job: Job, outcome: Outcome) -> None:
         """Make a job terminal: at the worker's end, on a queued cancel, or at shutdown."""

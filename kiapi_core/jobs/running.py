@@ -56,7 +56,7 @@ class ModelSource(Protocol):
                 options: Mapping[str, Any], on_loading: Callable[[], None]) -> Any: ...
 
 
-class _JobLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _JobLog(logging.LoggerAdapter):
     """Prefixes every line with the job id so a job's log lines can be found."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
@@ -67,7 +67,7 @@ class RunningJob(JobContext):
     """The :class:`JobContext` implementation used by the worker thread."""
 
     def __init__(self, *, job: Job, board: JobBoard, cancel: threading.Event, capability: Capability,
-                 model: Model, request: Any, params: dict[str, Any], inputs: Mapping[str, StoredFile],
+                 model: Model, request: Any, params: Any, inputs: Mapping[str, StoredFile],
                  files: FileSink, models: ModelSource, settings: Any, demo: bool, work_root: Path,
                  cache_dir: Callable[[str], Path]) -> None:
         self._job = job

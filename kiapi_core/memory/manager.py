@@ -54,7 +54,7 @@ class ModelManager:
         self._demo = demo
         self._clock = clock
         self.budget = budget or resolve_budget(settings)
-        self._backend_for = backend_for or backend_for_model
+        self._backend_for = backend_for  # tests inject one; else chosen per operation
         self._lock = threading.Lock()
         self._residents: dict[Key, Resident] = {}
         self._reservations: dict[str, Reservation] = {}
@@ -121,7 +121,7 @@ class ModelManager:
     def _begin(self, job_id: str, capability: Any, model: Any, operation: Any, params: Mapping[str, Any],
                raw: float, *, kind: str) -> float:
         family = capability.name
-        backend = self._backend_for(model)
+        backend = self._backend_for(model) if self._backend_for else backend_for_model(model, operation)
         with self._lock:
             if job_id in self._reservations:
                 raise RuntimeError(f"job {job_id} has already begun")

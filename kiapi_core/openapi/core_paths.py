@@ -86,7 +86,9 @@ CORE_PATHS: tuple[CorePath, ...] = (
     CorePath(
         method="get", path="/health", tag="health", summary="Health",
         description="Server status: loaded plugins (and the ones that failed), resident models, "
-        "memory budget and reservations, queue length, and whether demo mode is on.",
+        "memory budget and reservations, queue length, and whether demo mode is on. `status` is "
+        "`ok`, or `degraded` when a plugin failed and was skipped (the rest is served; "
+        "`plugin_errors` says what went wrong).",
         responses={200: Reply(description="Server status.", content=_json("Health"))},
     ),
     CorePath(

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kiapi_core.images import EXTENSIONS, MEDIA_TYPES, encode_image
+from kiapi_core.sdk import EXTENSIONS, MEDIA_TYPES, encode_image
 
 from .schemas import ImageResponse, Timings
 from .validation import guidance_warnings

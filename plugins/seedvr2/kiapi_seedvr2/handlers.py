@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiapi_core.images import EXTENSIONS, MEDIA_TYPES, encode_image
+from kiapi_core.sdk import EXTENSIONS, MEDIA_TYPES, encode_image
 
 from .schemas import ImageResponse, Timings
 from .validation import image_size, output_size, scale_factor
