@@ -359,4 +359,6 @@ async def model_readiness(host: Any, capability: Capability) -> dict[str, bool]:
         return {m.name: host.settings.demo or not m.weights or status(capability, m, settings).state == "present"
                 for m in capability.models}
 
+    if host.settings.demo or not any(m.weights for m in capability.models):
+        return check()  # nothing to read from disk: no thread hop (/health runs this per capability)
     return await asyncio.to_thread(check)

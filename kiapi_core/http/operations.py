@@ -9,6 +9,7 @@ resolution (400), the plugin's ``check`` (in a thread), memory admission (503), 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -256,9 +257,7 @@ def _unknown_fields(raw: Any, value: Any, prefix: str) -> list[str]:
     """Dotted paths of object keys that ``value``'s Struct types do not declare."""
     found: list[str] = []
     if isinstance(value, msgspec.Struct) and isinstance(raw, dict):
-        info = msgspec.structs.fields(value)
-        known = {f.encode_name: f.name for f in info}
-        tag_field = value.__struct_config__.tag_field
+        known, tag_field = _struct_keys(type(value))
         for key, item in raw.items():
             if key == tag_field:
                 continue
@@ -270,6 +269,14 @@ def _unknown_fields(raw: Any, value: Any, prefix: str) -> list[str]:
         for index, (r, v) in enumerate(zip(raw, value)):
             found += _unknown_fields(r, v, f"{prefix.rstrip('.')}[{index}].")
     return found
+
+
+@functools.cache
+def _struct_keys(cls: type[msgspec.Struct]) -> tuple[dict[str, str], str | None]:
+    """A Struct type's JSON keys (encode name → attribute) and tag field, computed once per
+    type: ``msgspec.structs.fields`` cost ~200 µs per request for GenerateRequest."""
+    known = {f.encode_name: f.name for f in msgspec.structs.fields(cls)}
+    return known, cls.__struct_config__.tag_field
 
 
 def _default_params(body: Any) -> dict[str, Any]:

@@ -110,7 +110,7 @@ class JobManager:
                     "the server shut down before the job started; submit it again",
                     code="shutting_down")))
             self._cond.notify_all()
-        self._watchers.notify(*(p.job.id for p in dropped))
+        self._watchers.notify(*(p.job.id for p in dropped), final=True)
         if not self._worker.is_alive() or self._exited is None:
             return
         if await self._wait_exit(grace):
@@ -134,7 +134,7 @@ class JobManager:
                     "the server shut down while the job was running", code="shutting_down")))
         if running is not None:
             log.error("job %s did not stop when canceled; abandoning it", running.job.id)
-            self._watchers.notify(running.job.id)
+            self._watchers.notify(running.job.id, final=True)
 
     async def _wait_exit(self, timeout: float) -> bool:
         assert self._exited is not None
@@ -271,7 +271,8 @@ class JobManager:
         with self._lock:
             job = self._cancel(job_id)
             result, ids = snapshot(job), self._queued_ids()
-        self._watchers.notify(*ids, job_id)
+        self._watchers.notify(*ids)
+        self._watchers.notify(job_id, final=True)
         return result
 
     def _cancel(self, job_id: str) -> Job:
@@ -299,7 +300,8 @@ class JobManager:
             self.store.remove(job_id)
             self._errors.pop(job_id, None)
             ids = self._queued_ids()
-        self._watchers.notify(*ids, job_id)
+        self._watchers.notify(*ids)
+        self._watchers.notify(job_id, final=True)
         return result, was_running
 
     # --- waiting (event loop) ---------------------------------------------------------------
@@ -361,7 +363,7 @@ class JobManager:
                 self._avg_run_s = took if self._avg_run_s is None else 0.8 * self._avg_run_s + 0.2 * took
             self.store.save(job)
             self._prune()
-        self._watchers.notify(job.id)
+        self._watchers.notify(job.id, final=True)
 
     def worker_exited(self) -> None:
         loop, exited = self._watchers.loop, self._exited

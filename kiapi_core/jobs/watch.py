@@ -24,36 +24,49 @@ def change_key(job: Job) -> tuple[Any, ...]:
 
 
 class Watchers:
-    """One asyncio.Event per watched job, replaced after every wake-up."""
+    """One asyncio.Event per watched job, replaced after every wake-up.
+
+    Two kinds of waiters: those that want every change (long-poll, SSE) and those that only
+    want the end (a sync request). Changes that cannot end a job (progress, queue positions:
+    every job start renumbers the whole queue) wake only the first kind, so a sync request
+    wakes once, when its job is done or gone.
+    """
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._events: dict[str, asyncio.Event] = {}
+        self._final: dict[str, asyncio.Event] = {}
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
 
-    def notify(self, *job_ids: str) -> None:
-        """Wake the waiters of ``job_ids``; safe from any thread."""
+    def notify(self, *job_ids: str, final: bool = False) -> None:
+        """Wake the waiters of ``job_ids``; ``final``: the jobs ended or were deleted, so wake
+        the waiters for the end too. Safe from any thread."""
         loop = self.loop
         if loop is None or not job_ids:
             return
         try:
-            loop.call_soon_threadsafe(self._wake, job_ids)
+            loop.call_soon_threadsafe(self._wake, job_ids, final)
         except RuntimeError:
             pass  # the loop is closed: nobody is waiting any more
 
-    def _wake(self, job_ids: tuple[str, ...]) -> None:
+    def _wake(self, job_ids: tuple[str, ...], final: bool) -> None:
         for job_id in job_ids:
             event = self._events.pop(job_id, None)
             if event is not None:
                 event.set()
+            if final:
+                event = self._final.pop(job_id, None)
+                if event is not None:
+                    event.set()
 
-    async def woken(self, job_id: str, timeout: float) -> bool:
-        """Wait for the next change of ``job_id``; False on timeout."""
-        event = self._events.get(job_id)
+    async def woken(self, job_id: str, timeout: float, *, final: bool = False) -> bool:
+        """Wait for the next change of ``job_id`` (``final``: for its end only); False on timeout."""
+        events = self._final if final else self._events
+        event = events.get(job_id)
         if event is None:
-            event = self._events[job_id] = asyncio.Event()
+            event = events[job_id] = asyncio.Event()
         try:
             await asyncio.wait_for(event.wait(), max(timeout, 0.0))
             return True
@@ -69,7 +82,7 @@ async def wait(get: Callable[[str], Job], watchers: Watchers, job_id: str, timeo
         remaining = deadline - time.monotonic()
         if job.status.terminal or remaining <= 0:
             return job
-        await watchers.woken(job_id, remaining)
+        await watchers.woken(job_id, remaining, final=True)
 
 
 async def wait_change(get: Callable[[str], Job], watchers: Watchers, job_id: str, timeout: float,

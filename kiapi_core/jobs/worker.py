@@ -193,9 +193,9 @@ class Worker(threading.Thread):
             metrics = self._models.end_job(job_id, succeeded=outcome.status is JobStatus.succeeded) or {}
         except Exception:  # noqa: BLE001
             log.exception("job %s: models.end_job failed", job_id)
+        self._board.finish(pending, outcome, metrics)  # answer first, tidy up after
         if ctx is not None:
             ctx.close()
-        self._board.finish(pending, outcome, metrics)
 
     def _run_handler(self, pending: Pending, ctx: RunningJob) -> Outcome:
         job_id = pending.job.id
