@@ -163,7 +163,7 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
         return error_response(error, job_id=job.id, headers=headers)
     artifact = None
     if len(job.artifacts) == 1:
-        artifact = await host.files.aget(job.artifacts[0])
+        artifact = host.files.record_of(job.artifacts[0]) or await host.files.aget(job.artifacts[0])
     choice = negotiation.choose(request.headers.get("accept"), artifact.content_type if artifact else None)
     if choice is None:
         offered = "application/json" + (f" or {artifact.content_type}" if artifact else "")
@@ -173,8 +173,9 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
     if choice == "json":
         return JSONResponse(job, headers=headers)
     assert artifact is not None
-    return await file_response(request, artifact, disposition="inline",
-                               headers={**headers, "X-Kiapi-File-Id": artifact.file_id})
+    file_id = artifact.file_id
+    return await file_response(request, lambda: host.files.get(file_id), disposition="inline",
+                               headers={**headers, "X-Kiapi-File-Id": file_id})
 
 
 async def _read_json(request: Request, max_mb: float, decoder: msgspec.json.Decoder) -> Any:
