@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import unicodedata
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import IO, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -28,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from ..errors import BadRequest, InvalidRequest, KiapiError, NotFound, PayloadTooLarge, UnsupportedMediaType
 from ..http.responses import JSONResponse
 from .models import StoredFile
-from .names import ID_FORM, check_id, clean_content_type, valid_id
+from .names import ID_FORM, check_id, clean_content_type, suggest_extension, valid_id
 from .store import BlobWriter, FileStore
 
 MiB = 1024 * 1024
@@ -46,6 +47,7 @@ def routes() -> list[Route]:
     """The Files API routes, to be mounted at the application root."""
     return [
         Route("/v1/files", upload_file, methods=["POST"], name="files:upload"),
+        Route("/v1/files", upload_file, methods=["PUT"], name="files:put"),
         Route("/v1/files", list_files, methods=["GET"], name="files:list"),
         Route("/v1/files/{file_id}", get_file, methods=["GET"], name="files:get"),
         Route("/v1/files/{file_id}", delete_file, methods=["DELETE"], name="files:delete"),
@@ -62,25 +64,84 @@ def _store(request: Request) -> FileStore:
 
 
 async def upload_file(request: Request) -> Response:
-    """``POST /v1/files``: multipart field ``file`` → 201 FileRecord."""
+    """``POST /v1/files``: multipart field ``file``, or the raw bytes as the body (also
+    ``PUT``, see :func:`_raw_upload`) → 201 FileRecord."""
     settings = request.app.state.host.settings
     max_bytes = int(settings.max_upload_mb * MiB)
     media, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
-    if media != b"multipart/form-data" or not boundary:
+    raw = _is_raw_upload(request, media)
+    if not raw and (media != b"multipart/form-data" or not boundary):
         raise UnsupportedMediaType(
             "send the file as multipart/form-data in a field named `file` "
-            "(curl -F file=@picture.png http://host/v1/files)")
+            "(curl -F file=@picture.png http://host/v1/files), or as the raw body with its "
+            "Content-Type and a name (curl -T picture.png 'http://host/v1/files?filename=picture.png')")
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise BadRequest("Content-Length is not a number")
-        if int(declared) > max_bytes + MULTIPART_OVERHEAD:
+        if int(declared) > max_bytes + (0 if raw else MULTIPART_OVERHEAD):
             raise _too_large(max_bytes)
-    upload = _MultipartUpload(_store(request), boundary, max_bytes)
-    stored = await upload.run(request)
+    if raw:
+        stored = await _raw_upload(request, _store(request), media.decode("latin-1"), max_bytes)
+    else:
+        stored = await _MultipartUpload(_store(request), boundary, max_bytes).run(request)
     location = f"{request.scope.get('root_path', '')}/v1/files/{stored.file_id}"
     return JSONResponse(stored.record, status_code=201, headers={"Location": location})
+
+
+def _is_raw_upload(request: Request, media: bytes) -> bool:
+    """The body is the file itself: ``PUT``, ``application/octet-stream``, or any other
+    non-form type sent with a filename (a JSON body without one is most likely a mistake)."""
+    if media.startswith(b"multipart/"):
+        return False
+    named = "filename" in request.query_params or "content-disposition" in request.headers
+    return request.method == "PUT" or media == b"application/octet-stream" or (bool(media) and named)
+
+
+#: Raw bodies whose Content-Type says nothing about the file: its type is guessed from the name
+#: (``curl --data-binary`` sends form-urlencoded unless told otherwise).
+_UNTYPED = ("application/octet-stream", "application/x-www-form-urlencoded")
+
+
+async def _raw_upload(request: Request, store: FileStore, media: str, max_bytes: int) -> StoredFile:
+    """The body is the file (``curl -T``, OpenAI-style clients): no multipart parsing, each
+    chunk goes straight to the BlobWriter. The name comes from ``?filename=``, else from a
+    ``Content-Disposition: attachment; filename=...`` header, else ``upload`` plus an extension
+    for the Content-Type."""
+    content_type = "" if media in _UNTYPED else media
+    filename = request.query_params.get("filename") or _disposition_filename(request)
+    if not filename:
+        filename = "upload" + suggest_extension(content_type)
+    async with store.writer(max_bytes=max_bytes, what="upload") as writer:
+        try:
+            async for chunk in request.stream():
+                if chunk:
+                    await writer.write(chunk)
+        except ClientDisconnect:
+            raise BadRequest("the client disconnected before the upload finished") from None
+        except PayloadTooLarge:
+            raise _too_large(max_bytes) from None
+        return await writer.commit(filename=filename, content_type=content_type, meta={"source": "upload"})
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _disposition_filename(request: Request) -> str:
+    header = request.headers.get("content-disposition")
+    if not header:
+        return ""
+    extended = _FILENAME_STAR.search(header)
+    if extended:  # RFC 6266/8187: filename*=UTF-8''<percent-encoded>, preferred when present
+        charset, encoded = extended.groups()
+        try:
+            return unquote(encoded, encoding=charset or "utf-8", errors="replace")
+        except LookupError:  # an unknown charset
+            pass
+    _kind, options = parse_options_header(header)
+    return _decode_header(options.get(b"filename", b""))
+
+
+_FILENAME_STAR = re.compile(r"filename\*\s*=\s*([A-Za-z0-9_-]*)'[^']*'([^;\s]+)", re.IGNORECASE)
 
 
 def _too_large(max_bytes: int) -> PayloadTooLarge:
