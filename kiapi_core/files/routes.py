@@ -82,7 +82,7 @@ async def upload_file(request: Request) -> Response:
             raise BadRequest("Content-Length is not a number")
         if int(declared) > max_bytes + (0 if raw else MULTIPART_OVERHEAD):
             raise _too_large(max_bytes)
-    if raw:
+    if raw or not boundary:
         stored = await _raw_upload(request, _store(request), media.decode("latin-1"), max_bytes)
     else:
         stored = await _MultipartUpload(_store(request), boundary, max_bytes).run(request)

@@ -97,8 +97,8 @@ class RunningJob(JobContext):
         self._label = job.progress_label
         self._published_at = 0.0
 
-    @property  # type: ignore[override]
-    def workdir(self) -> Path:
+    @property
+    def workdir(self) -> Path:  # type: ignore[override]
         if not self._workdir_made:
             self._workdir.mkdir(parents=True, exist_ok=True)
             self._workdir_made = True

@@ -56,6 +56,13 @@ class Pending:
     #: Why the job was canceled when it was not the client's doing (shutdown): the answer
     #: its sync caller gets instead of a plain 409.
     cancel_reason: KiapiError | None = None
+    #: Times later jobs for a loaded model started first, and since when (see :mod:`.scheduler`).
+    bypassed: int = 0
+    bypassed_since: float | None = None
+
+    @property
+    def model_key(self) -> tuple[str, str]:
+        return (self.capability.name, self.model.name)
 
 
 @dataclass
