@@ -85,7 +85,9 @@ def serve(host: Host) -> None:
     config.bind = [f"fd://{listener.fileno()}"]
     # Hypercorn's default of 3 s would cut off SSE streams and sync waits during shutdown.
     config.graceful_timeout = host.settings.shutdown_grace_s + 10
-    config.accesslog = logging.getLogger("kiapi.access")
+    access = logging.getLogger("kiapi.access")
+    # Hypercorn builds each line's fields before the logger drops it: only hand it an enabled one.
+    config.accesslog = access if access.isEnabledFor(logging.INFO) else None
     config.access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
     config.errorlog = logging.getLogger("kiapi.server")
 
