@@ -76,14 +76,27 @@ def _body_length(head: bytes) -> int | None:
 
 
 class RawClient:
-    """One keep-alive connection; :meth:`send` returns (status, body)."""
+    """One keep-alive connection; :meth:`send` returns (status, body). Hypercorn closes a
+    connection after 1000 requests (``keep_alive_max_requests``): then it reconnects."""
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection((LOOPBACK, port), timeout=30)
+        self.port = port
+        self._connect()
+
+    def _connect(self) -> None:
+        self.sock = socket.create_connection((LOOPBACK, self.port), timeout=30)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = self.sock.makefile("rb")
 
     def send(self, raw: bytes) -> tuple[int, bytes]:
+        try:
+            return self._send(raw)
+        except ConnectionError:
+            self.close()
+            self._connect()
+            return self._send(raw)
+
+    def _send(self, raw: bytes) -> tuple[int, bytes]:
         self.sock.sendall(raw)
         head = b""
         while not head.endswith(b"\r\n\r\n"):
@@ -108,21 +121,25 @@ class RawClient:
 
 
 async def _client_loop(port: int, raw: bytes, stop_at: float, counts: list[int]) -> None:
-    reader, writer = await asyncio.open_connection(LOOPBACK, port)
-    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        while time.monotonic() < stop_at:
-            writer.write(raw)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = _body_length(head)
-            if length is None:
-                raise RuntimeError("chunked answers are not expected here")
-            await reader.readexactly(length)
-            if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.1 201")):
-                raise RuntimeError(f"answered {head[:40]!r}")
-            counts[0] += 1
-    finally:
-        writer.close()
+    while time.monotonic() < stop_at:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while time.monotonic() < stop_at:
+                writer.write(raw)
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    break  # closed after its 1000th request: reconnect
+                length = _body_length(head)
+                if length is None:
+                    raise RuntimeError("chunked answers are not expected here")
+                await reader.readexactly(length)
+                if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.1 201")):
+                    raise RuntimeError(f"answered {head[:40]!r}")
+                counts[0] += 1
+        finally:
+            writer.close()
 
 
 def throughput(port: int, raw: bytes, clients: int, duration_s: float) -> float:

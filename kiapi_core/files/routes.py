@@ -309,19 +309,25 @@ async def download_file(request: Request) -> Response:
 
 
 async def file_response(request: Request, stored: StoredFile | Callable[[], StoredFile], *,
-                        disposition: str = "attachment", headers: dict[str, str] | None = None) -> Response:
+                        disposition: str = "attachment", headers: dict[str, str] | None = None,
+                        data: bytes | None = None) -> Response:
     """A stored file's bytes as an HTTP answer: the one place downloads and sync results are
     served from, so both carry the same ETag, Range and safety headers.
 
-    ``stored`` may be a function that looks the file up (``lambda: store.get(file_id)``): the
-    lookup, the open and the first 1 MiB read then share one thread hop, so a small file (a
-    sync PNG) is answered with one hop instead of four."""
+    ``data``, the file's bytes already in memory (a sync job's small artifact, see
+    :meth:`FileStore.recent_bytes`), is answered without any thread hop. Otherwise ``stored``
+    may be a function that looks the file up (``lambda: store.get(file_id)``): the lookup, the
+    open and the first 1 MiB read then share one thread hop instead of four."""
+    if data is not None and not callable(stored):
+        return _prepare_file_response(request, stored, disposition, headers, data)
     return await asyncio.to_thread(_prepare_file_response, request, stored, disposition, headers)
 
 
 def _prepare_file_response(request: Request, stored: StoredFile | Callable[[], StoredFile],
-                           disposition: str, headers: dict[str, str] | None) -> Response:
-    """Worker thread: everything up to and including the first chunk of the body."""
+                           disposition: str, headers: dict[str, str] | None,
+                           data: bytes | None = None) -> Response:
+    """Everything up to and including the first chunk of the body (in a worker thread unless
+    the bytes are in ``data``)."""
     if callable(stored):
         stored = stored()
     record = stored.record
@@ -338,12 +344,14 @@ def _prepare_file_response(request: Request, stored: StoredFile | Callable[[], S
         headers["ETag"] = etag
     if etag and _etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
+    fh: IO[bytes] | None = None
+    if data is None:
+        try:
+            fh = open(stored.path, "rb")  # noqa: SIM115 - closed by _BlobResponse
+        except FileNotFoundError:  # deleted between the lookup and the open
+            raise NotFound(f"no file {record.file_id!r}; it was just deleted", code="file_not_found") from None
     try:
-        fh = open(stored.path, "rb")  # noqa: SIM115 - closed by _BlobResponse
-    except FileNotFoundError:  # deleted between the lookup and the open
-        raise NotFound(f"no file {record.file_id!r}; it was just deleted", code="file_not_found") from None
-    try:
-        size = os.fstat(fh.fileno()).st_size
+        size = os.fstat(fh.fileno()).st_size if fh is not None else len(data or b"")
         start, length, status = 0, size, 200
         byte_range = _requested_range(request, etag, size)
         if byte_range is not None:
@@ -356,12 +364,16 @@ def _prepare_file_response(request: Request, stored: StoredFile | Callable[[], S
         body = request.method != "HEAD"
         head = b""
         if body and length:
-            fh.seek(start)
-            head = fh.read(min(_READ_CHUNK, length))
-        if not body or len(head) >= length:
+            if fh is None:
+                head = (data or b"")[start:start + length]
+            else:
+                fh.seek(start)
+                head = fh.read(min(_READ_CHUNK, length))
+        if fh is not None and (not body or len(head) >= length):
             fh.close()  # all there is to send is in hand
     except BaseException:
-        fh.close()
+        if fh is not None:
+            fh.close()
         raise
     return _BlobResponse(fh, start, length, status, headers, body=body, head=head)
 
@@ -428,7 +440,7 @@ class _BlobResponse(Response):
     The file is opened by the route, so a concurrent DELETE cannot turn into a 500 halfway.
     """
 
-    def __init__(self, fh: IO[bytes], start: int, length: int, status: int,
+    def __init__(self, fh: IO[bytes] | None, start: int, length: int, status: int,
                  headers: dict[str, str], *, body: bool, head: bytes = b"") -> None:
         self.fh, self.start, self.length, self.send_body = fh, start, length, body
         self.head = head
@@ -446,7 +458,7 @@ class _BlobResponse(Response):
             remaining = self.length - len(self.head)
             if self.head or remaining <= 0:
                 await send({"type": "http.response.body", "body": self.head, "more_body": remaining > 0})
-            while remaining > 0:
+            while remaining > 0 and self.fh is not None:
                 chunk = await asyncio.to_thread(self.fh.read, min(_READ_CHUNK, remaining))
                 if not chunk:
                     break  # the file shrank under us; the client sees a short body
@@ -455,4 +467,5 @@ class _BlobResponse(Response):
             if remaining > 0:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            self.fh.close()
+            if self.fh is not None:
+                self.fh.close()

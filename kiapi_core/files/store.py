@@ -64,6 +64,8 @@ _WRITE_BATCH = 1024 * 1024
 STALE_AFTER_S = 3600.0
 #: Records of the files stored last kept in memory (:meth:`FileStore.record_of`).
 RECENT_FILES = 64
+#: Of those, the bytes of files up to this size stored with ``put_bytes`` (at most 16 MiB kept).
+RECENT_BYTES_MAX = 256 * 1024
 
 
 class _Sidecar(msgspec.Struct, kw_only=True):
@@ -188,7 +190,8 @@ class FileStore:
         self._doomed: dict[str, Path] = {}
         # Files this process just stored (a sync job's artifact is served right after): their
         # records without a disk read or a thread hop. Only a hint; serving re-reads the sidecar.
-        self._recent: OrderedDict[str, StoredFile] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[StoredFile, bytes | None]] = OrderedDict()
+        self._local = threading.local()  # per-thread deferred syncs (:meth:`defer_syncs`)
 
     # -- ids and paths -------------------------------------------------------------------
 
@@ -218,8 +221,8 @@ class FileStore:
             with open(blob, "xb") as fh:
                 fh.write(data)
                 fh.flush()
-                _sync_data(fh.fileno())
-            return self._publish(record)
+                self._sync_blob(fh.fileno(), blob)
+            return self._publish(record, data if len(data) <= RECENT_BYTES_MAX else None)
         except BaseException:
             _unlink(blob)
             raise
@@ -250,8 +253,11 @@ class FileStore:
                 shutil.copyfile(path, blob)
                 if move:
                     _unlink(path)
-            with open(blob, "rb+") as fh:  # the handler's writes are not on disk yet either way
-                _sync_data(fh.fileno())
+            if not self._deferring():
+                with open(blob, "rb+") as fh:  # the handler's writes are not on disk yet either way
+                    _sync_data(fh.fileno())
+            else:
+                self._local.unsynced.append(blob)
             return self._publish(record)
         except BaseException:
             _unlink(blob)
@@ -269,10 +275,18 @@ class FileStore:
         """A file stored moments ago by this process, from memory (event-loop safe); ``None``
         when it is not among the last :data:`RECENT_FILES` stored, or expired."""
         with self._lock:
-            stored = self._recent.get(file_id)
-        if stored is None or _expired(stored.record, time.time()):
+            found = self._recent.get(file_id)
+        if found is None or _expired(found[0].record, time.time()):
             return None
-        return stored
+        return found[0]
+
+    def recent_bytes(self, file_id: str) -> bytes | None:
+        """The bytes of a small file (≤ :data:`RECENT_BYTES_MAX`) this process stored moments
+        ago with :meth:`put_bytes`, kept in memory so a sync answer needs no disk read and no
+        thread hop; ``None`` otherwise. Files are immutable, and a delete forgets them here."""
+        with self._lock:
+            found = self._recent.get(file_id)
+        return None if found is None or _expired(found[0].record, time.time()) else found[1]
 
     def exists(self, file_id: str) -> bool:
         try:
@@ -344,6 +358,43 @@ class FileStore:
                 _unlink(Path(entry.path))
         return removed
 
+    # -- deferred syncs (the model worker thread) -----------------------------------------
+
+    def defer_syncs(self) -> None:
+        """From now on, files stored *by the calling thread* are published at once and made
+        durable by :meth:`sync_deferred`. The model worker calls this when it starts and
+        :meth:`sync_deferred` right after each job's answer: a sync PNG is answered without
+        waiting for the disk, and is on it before the next job starts."""
+        self._local.defer = True
+        self._local.unsynced = []
+
+    def sync_deferred(self) -> None:
+        """Make what the calling thread stored since its last call durable: one data sync per
+        blob, one directory sync for all of them."""
+        blobs = getattr(self._local, "unsynced", None)
+        if not blobs:
+            return
+        self._local.unsynced = []
+        for blob in blobs:
+            try:
+                fd = os.open(blob, os.O_RDONLY)
+            except FileNotFoundError:  # deleted meanwhile: nothing to keep
+                continue
+            try:
+                _sync_data(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(self.root)
+
+    def _deferring(self) -> bool:
+        return getattr(self._local, "defer", False)
+
+    def _sync_blob(self, fd: int, blob: Path) -> None:
+        if self._deferring():
+            self._local.unsynced.append(blob)
+        else:
+            _sync_data(fd)
+
     # -- async API (event loop) ----------------------------------------------------------
 
     def writer(self, *, max_bytes: int | None = None, what: str = "file") -> BlobWriter:
@@ -410,7 +461,7 @@ class FileStore:
             size=size, created_at=now, meta=dict(meta or {}),
             expires_at=(now + ttl) if ttl > 0 else None, sha256=sha256)
 
-    def _publish(self, record: FileRecord) -> StoredFile:
+    def _publish(self, record: FileRecord, data: bytes | None = None) -> StoredFile:
         """Make a file whose blob is in place and synced exist: write its sidecar and rename it
         in (the one step that publishes), then sync the directory so both names last.
 
@@ -428,10 +479,11 @@ class FileStore:
         except BaseException:
             _unlink(side_tmp)
             raise
-        _fsync_dir(self.root)
+        if not self._deferring():
+            _fsync_dir(self.root)
         stored = StoredFile(record=record, path=self.root / blob)
         with self._lock:
-            self._recent[record.file_id] = stored
+            self._recent[record.file_id] = (stored, data)
             while len(self._recent) > RECENT_FILES:
                 self._recent.popitem(last=False)
         return stored

@@ -174,8 +174,11 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
         return JSONResponse(job, headers=headers)
     assert artifact is not None
     file_id = artifact.file_id
-    return await file_response(request, lambda: host.files.get(file_id), disposition="inline",
-                               headers={**headers, "X-Kiapi-File-Id": file_id})
+    headers = {**headers, "X-Kiapi-File-Id": file_id}
+    data = host.files.recent_bytes(file_id)
+    if data is not None:  # just stored by the worker: answered from memory, no thread hop
+        return await file_response(request, artifact, disposition="inline", headers=headers, data=data)
+    return await file_response(request, lambda: host.files.get(file_id), disposition="inline", headers=headers)
 
 
 async def _read_json(request: Request, max_mb: float, decoder: msgspec.json.Decoder) -> Any:

@@ -9,7 +9,7 @@ never touch the disk) with every change written through to ``<data_dir>/jobs.sql
   only encodes the record and queues it, coalesced by job id; a writer thread commits whatever
   is queued in one transaction, without the manager's lock. Before, each SQL write ran under
   that lock and the event loop waited behind it for a third of its busy time. A killed process
-  may lose the changes of its last milliseconds (the writer commits as soon as it is woken);
+  may lose the changes of its last :data:`WRITE_DELAY_S` (10 ms) plus a commit;
   :meth:`close` writes everything queued;
 * status changes and terminal states are written at once; other changes of an active job
   (progress, queue position) at most once per :data:`ACTIVE_WRITE_INTERVAL_S` per job, since
@@ -38,6 +38,8 @@ from .store import MemoryJobStore
 
 log = logging.getLogger("kiapi.jobs")
 
+#: Seconds the writer thread waits after the first queued change, to commit more in one go.
+WRITE_DELAY_S = 0.01
 #: Seconds between writes of an active job's progress-only changes.
 ACTIVE_WRITE_INTERVAL_S = 1.0
 SCHEMA_VERSION = 1
@@ -190,7 +192,8 @@ class SqliteJobStore(MemoryJobStore):
     def _enqueue(self, job_id: str, row: tuple[object, ...] | None) -> None:
         with self._queue_lock:
             self._queued[job_id] = row
-        self._wake.set()
+        if not self._wake.is_set():  # already woken: the writer will see this row too
+            self._wake.set()
 
     def flush(self) -> None:
         """Commit every queued change now, on the calling thread (the writer thread, close, tests)."""
@@ -215,6 +218,10 @@ class SqliteJobStore(MemoryJobStore):
     def _write_behind(self) -> None:
         while not self._stopping:
             self._wake.wait()
+            if not self._stopping:
+                # Gather what else changes meanwhile (a job's start and end are milliseconds
+                # apart): one transaction and one thread wake-up for many changes.
+                time.sleep(WRITE_DELAY_S)
             self._wake.clear()
             self.flush()
 

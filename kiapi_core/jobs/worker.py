@@ -166,6 +166,11 @@ class Worker(threading.Thread):
         self._demo = demo
 
     def run(self) -> None:
+        # Artifacts are published at once and synced to disk right after each job's answer
+        # (files/store.py, docs/reliability.md). Fakes in tests may not offer this.
+        defer = getattr(self._files, "defer_syncs", None)
+        if defer is not None:
+            defer()
         try:
             while True:
                 pending = self._board.next_job()
@@ -200,7 +205,13 @@ class Worker(threading.Thread):
             metrics = self._models.end_job(job_id, succeeded=outcome.status is JobStatus.succeeded) or {}
         except Exception:  # noqa: BLE001
             log.exception("job %s: models.end_job failed", job_id)
-        self._board.finish(pending, outcome, metrics)  # answer first, tidy up after
+        self._board.finish(pending, outcome, metrics)  # answer first, then sync and tidy up
+        sync = getattr(self._files, "sync_deferred", None)
+        if sync is not None:
+            try:
+                sync()
+            except OSError:  # the bytes stay published; only their durability is in doubt
+                log.exception("job %s: syncing its artifacts to disk failed", job_id)
         if ctx is not None:
             ctx.close()
 
