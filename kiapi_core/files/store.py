@@ -58,7 +58,7 @@ from .names import (
 _PARTIAL = ".partial"
 _CHUNK = 1024 * 1024
 #: Bytes a BlobWriter gathers before handing them to a thread to hash and write.
-_WRITE_BATCH = 1024 * 1024
+_WRITE_BATCH = 4 * 1024 * 1024
 #: Temp files and orphan blobs younger than this are left alone by the sweeper: they may
 #: belong to a write that is still running.
 STALE_AFTER_S = 3600.0
@@ -97,21 +97,24 @@ class BlobWriter:
         self._tmp = store._temp_path()
         self._fh: Any = None
         self._done = False
-        # Network chunks (64 KiB from Hypercorn) are gathered into _WRITE_BATCH-sized batches;
-        # each batch is hashed and written in a worker thread (hashlib releases the GIL) while
-        # the next one is received. One thread hop per chunk capped uploads at ~300 MiB/s and
-        # hashed on the event loop (bench/run.py, docs/performance.md).
-        self._buf = bytearray()
+        # Network chunks (up to 1 MiB from `kiapi serve`) are gathered, without copying, into
+        # _WRITE_BATCH-sized batches; each batch is hashed and written in one pass by a worker
+        # thread (hashlib and write release the GIL) while the next one is received. One thread
+        # hop per chunk capped uploads at ~300 MiB/s and hashed on the event loop
+        # (bench/run.py, docs/performance.md).
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._inflight: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> BlobWriter:
         self._fh = await asyncio.to_thread(builtins.open, self._tmp, "xb")
         return self
 
-    def _write_batch(self, data: bytearray) -> None:
-        """Worker thread: one batch, hashed then written (batches never overlap)."""
-        self._hash.update(data)
-        self._fh.write(data)
+    def _write_batch(self, chunks: list[bytes]) -> None:
+        """Worker thread: one batch, each chunk hashed then written (batches never overlap)."""
+        for chunk in chunks:
+            self._hash.update(chunk)
+            self._fh.write(chunk)
 
     async def _drain(self) -> None:
         """Wait for the batch in flight; its error (disk full ...) is raised here."""
@@ -121,9 +124,9 @@ class BlobWriter:
 
     async def _send_batch(self) -> None:
         await self._drain()
-        if self._buf:
-            data, self._buf = self._buf, bytearray()
-            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write_batch, data))
+        if self._chunks:
+            chunks, self._chunks, self._buffered = self._chunks, [], 0
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write_batch, chunks))
 
     async def _close_file(self) -> None:
         try:
@@ -147,8 +150,9 @@ class BlobWriter:
             raise PayloadTooLarge(
                 f"{self._what} is larger than the limit of {_mib(self._max)}",
                 limit_bytes=self._max)
-        self._buf += data
-        if len(self._buf) >= _WRITE_BATCH:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered >= _WRITE_BATCH:
             await self._send_batch()
 
     async def commit(self, *, filename: str, content_type: str | None = None,
@@ -168,7 +172,7 @@ class BlobWriter:
 
     async def abort(self) -> None:
         self._done = True
-        self._buf = bytearray()
+        self._chunks, self._buffered = [], 0
         await self._close_file()
         await asyncio.to_thread(_unlink, self._tmp)
 
