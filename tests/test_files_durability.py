@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kiapi_core.errors import NotFound
+from kiapi_core.files import durability
 from kiapi_core.files import store as store_module
 from kiapi_core.files.store import FileStore
 
@@ -17,8 +18,8 @@ from kiapi_core.files.store import FileStore
 def syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every data sync and directory sync the store makes, by kind."""
     calls: list[str] = []
-    monkeypatch.setattr(store_module, "_sync_data", lambda fd: calls.append("data"))
-    monkeypatch.setattr(store_module, "_fsync_dir", lambda path: calls.append("dir"))
+    monkeypatch.setattr(durability, "sync_data", lambda fd: calls.append("data"))
+    monkeypatch.setattr(durability, "fsync_dir", lambda path: calls.append("dir"))
     return calls
 
 
@@ -88,7 +89,6 @@ def test_recent_small_files_are_kept_in_memory_until_deleted(tmp_path: Path) -> 
     store = FileStore(tmp_path / "files")
     small = store.put_bytes(b"s" * 100, filename="s.bin")
     big = store.put_bytes(b"b" * (store_module.RECENT_BYTES_MAX + 1), filename="b.bin")
-    assert store.recent_bytes(small.file_id) == b"s" * 100 and store.recent_bytes(big.file_id) is None
-    assert store.record_of(big.file_id) == big
+    assert store.recent(small.file_id) == (small, b"s" * 100) and store.recent(big.file_id) == (big, None)
     store.delete(small.file_id)
-    assert store.recent_bytes(small.file_id) is None and store.record_of(small.file_id) is None
+    assert store.recent(small.file_id) is None

@@ -315,7 +315,7 @@ async def file_response(request: Request, stored: StoredFile | Callable[[], Stor
     served from, so both carry the same ETag, Range and safety headers.
 
     ``data``, the file's bytes already in memory (a sync job's small artifact, see
-    :meth:`FileStore.recent_bytes`), is answered without any thread hop. Otherwise ``stored``
+    :meth:`FileStore.recent`), is answered without any thread hop. Otherwise ``stored``
     may be a function that looks the file up (``lambda: store.get(file_id)``): the lookup, the
     open and the first 1 MiB read then share one thread hop instead of four."""
     if data is not None and not callable(stored):

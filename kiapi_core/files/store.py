@@ -35,7 +35,6 @@ import shutil
 import stat
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,8 @@ from typing import Any
 import msgspec
 
 from ..errors import NotFound, PayloadTooLarge
+from . import durability
+from .durability import DeferredSyncs, RecentFiles
 from .models import FileRecord, StoredFile
 from .names import (
     ID_FORM,
@@ -62,7 +63,7 @@ _WRITE_BATCH = 4 * 1024 * 1024
 #: Temp files and orphan blobs younger than this are left alone by the sweeper: they may
 #: belong to a write that is still running.
 STALE_AFTER_S = 3600.0
-#: Records of the files stored last kept in memory (:meth:`FileStore.record_of`).
+#: Records of the files stored last kept in memory (:meth:`FileStore.recent`).
 RECENT_FILES = 64
 #: Of those, the bytes of files up to this size stored with ``put_bytes`` (at most 16 MiB kept).
 RECENT_BYTES_MAX = 256 * 1024
@@ -194,8 +195,8 @@ class FileStore:
         self._doomed: dict[str, Path] = {}
         # Files this process just stored (a sync job's artifact is served right after): their
         # records without a disk read or a thread hop. Only a hint; serving re-reads the sidecar.
-        self._recent: OrderedDict[str, tuple[StoredFile, bytes | None]] = OrderedDict()
-        self._local = threading.local()  # per-thread deferred syncs (:meth:`defer_syncs`)
+        self._recent = RecentFiles(RECENT_FILES, RECENT_BYTES_MAX)
+        self._deferred = DeferredSyncs()
 
     # -- ids and paths -------------------------------------------------------------------
 
@@ -225,8 +226,8 @@ class FileStore:
             with open(blob, "xb") as fh:
                 fh.write(data)
                 fh.flush()
-                self._sync_blob(fh.fileno(), blob)
-            return self._publish(record, data if len(data) <= RECENT_BYTES_MAX else None)
+                self._deferred.sync_or_defer(blob, fh.fileno())
+            return self._publish(record, data)
         except BaseException:
             _unlink(blob)
             raise
@@ -257,11 +258,7 @@ class FileStore:
                 shutil.copyfile(path, blob)
                 if move:
                     _unlink(path)
-            if not self._deferring():
-                with open(blob, "rb+") as fh:  # the handler's writes are not on disk yet either way
-                    _sync_data(fh.fileno())
-            else:
-                self._local.unsynced.append(blob)
+            self._deferred.sync_or_defer(blob)  # the handler's writes are not on disk yet either way
             return self._publish(record)
         except BaseException:
             _unlink(blob)
@@ -275,22 +272,12 @@ class FileStore:
                            code="file_not_found")
         return StoredFile(record=sidecar.record, path=self.root / sidecar.blob)
 
-    def record_of(self, file_id: str) -> StoredFile | None:
-        """A file stored moments ago by this process, from memory (event-loop safe); ``None``
-        when it is not among the last :data:`RECENT_FILES` stored, or expired."""
-        with self._lock:
-            found = self._recent.get(file_id)
-        if found is None or _expired(found[0].record, time.time()):
-            return None
-        return found[0]
-
-    def recent_bytes(self, file_id: str) -> bytes | None:
-        """The bytes of a small file (≤ :data:`RECENT_BYTES_MAX`) this process stored moments
-        ago with :meth:`put_bytes`, kept in memory so a sync answer needs no disk read and no
-        thread hop; ``None`` otherwise. Files are immutable, and a delete forgets them here."""
-        with self._lock:
-            found = self._recent.get(file_id)
-        return None if found is None or _expired(found[0].record, time.time()) else found[1]
+    def recent(self, file_id: str) -> tuple[StoredFile, bytes | None] | None:
+        """A file among the last :data:`RECENT_FILES` this process stored, from memory (safe on
+        the event loop), with its bytes when ``put_bytes`` stored at most
+        :data:`RECENT_BYTES_MAX`; ``None`` otherwise. A delete or expiry forgets it."""
+        found = self._recent.get(file_id)
+        return None if found is None or _expired(found[0].record, time.time()) else found
 
     def exists(self, file_id: str) -> bool:
         try:
@@ -362,42 +349,14 @@ class FileStore:
                 _unlink(Path(entry.path))
         return removed
 
-    # -- deferred syncs (the model worker thread) -----------------------------------------
-
     def defer_syncs(self) -> None:
-        """From now on, files stored *by the calling thread* are published at once and made
-        durable by :meth:`sync_deferred`. The model worker calls this when it starts and
-        :meth:`sync_deferred` right after each job's answer: a sync PNG is answered without
-        waiting for the disk, and is on it before the next job starts."""
-        self._local.defer = True
-        self._local.unsynced = []
+        """Files the calling thread stores from now on are published at once and synced by
+        :meth:`sync_deferred`, which the model worker calls right after each job's answer."""
+        self._deferred.defer()
 
     def sync_deferred(self) -> None:
-        """Make what the calling thread stored since its last call durable: one data sync per
-        blob, one directory sync for all of them."""
-        blobs = getattr(self._local, "unsynced", None)
-        if not blobs:
-            return
-        self._local.unsynced = []
-        for blob in blobs:
-            try:
-                fd = os.open(blob, os.O_RDONLY)
-            except FileNotFoundError:  # deleted meanwhile: nothing to keep
-                continue
-            try:
-                _sync_data(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(self.root)
-
-    def _deferring(self) -> bool:
-        return getattr(self._local, "defer", False)
-
-    def _sync_blob(self, fd: int, blob: Path) -> None:
-        if self._deferring():
-            self._local.unsynced.append(blob)
-        else:
-            _sync_data(fd)
+        """Sync what the calling thread stored since: a data sync per blob, one directory sync."""
+        self._deferred.flush(self.root)
 
     # -- async API (event loop) ----------------------------------------------------------
 
@@ -466,14 +425,9 @@ class FileStore:
             expires_at=(now + ttl) if ttl > 0 else None, sha256=sha256)
 
     def _publish(self, record: FileRecord, data: bytes | None = None) -> StoredFile:
-        """Make a file whose blob is in place and synced exist: write its sidecar and rename it
-        in (the one step that publishes), then sync the directory so both names last.
-
-        One data sync (the blob's, by the caller) and one directory sync per file; the sidecar
-        itself is not synced (docs/reliability.md): its rename comes after the blob's bytes are
-        durable, so a sidecar never points at missing bytes, and one that a power cut left
-        empty is ignored like a file never stored. Three fsyncs per artifact were 60 % of the
-        model thread's time on the PNG path."""
+        """Make a file whose blob is in place exist: write its sidecar and rename it in (the one
+        step that publishes), then sync the directory. The sidecar itself is not synced; see
+        docs/reliability.md ("Files on disk") and :mod:`.durability`."""
         blob = blob_name(record.file_id, record.filename)
         side_tmp = self._temp_path()
         try:
@@ -483,13 +437,10 @@ class FileStore:
         except BaseException:
             _unlink(side_tmp)
             raise
-        if not self._deferring():
-            _fsync_dir(self.root)
+        if not self._deferred.active:
+            durability.fsync_dir(self.root)
         stored = StoredFile(record=record, path=self.root / blob)
-        with self._lock:
-            self._recent[record.file_id] = (stored, data)
-            while len(self._recent) > RECENT_FILES:
-                self._recent.popitem(last=False)
+        self._recent.add(stored, data)
         return stored
 
     def _read_sidecar(self, path: Path, *, check_expiry: bool = True) -> _Sidecar | None:
@@ -512,8 +463,8 @@ class FileStore:
 
     def _remove(self, file_id: str, blob: Path) -> None:
         _unlink(self.root / f"{file_id}.json")
+        self._recent.forget(file_id)
         with self._lock:
-            self._recent.pop(file_id, None)
             if self._pins.get(file_id):
                 self._doomed[file_id] = blob  # unpin removes it
                 return
@@ -534,13 +485,8 @@ def _stale(entry: os.DirEntry[str], now: float) -> bool:
 def _flush_and_sync(fh: Any) -> None:
     """Make a written temp file durable, then close it."""
     fh.flush()
-    _sync_data(fh.fileno())
+    durability.sync_data(fh.fileno())
     fh.close()
-
-
-def _sync_data(fd: int) -> None:
-    """Make a file's bytes durable (``fdatasync`` where it exists: the size is part of it)."""
-    getattr(os, "fdatasync", os.fsync)(fd)
 
 
 def _unlink(path: Path) -> None:
@@ -548,20 +494,6 @@ def _unlink(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the renames durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _mib(n: int) -> str:
