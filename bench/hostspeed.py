@@ -385,9 +385,10 @@ def _measure_throughput(profile: Any, kiapi_port: int, bare_port: int, results: 
 
 def measure_affinity(profile: Any, start_server: Any, results: dict[str, Any], say: Any) -> None:
     """Loads per job for 20 jobs alternating two models under a one-model budget."""
-    jobs, bound = 20, 4
-    servers = {"affinity": start_server("affinity", {"KIAPI_QUEUE_MAX_BYPASS": str(bound)}),
-               "fifo": start_server("fifo", {"KIAPI_QUEUE_MODEL_AFFINITY": "0"})}
+    jobs, bound, load_s = 20, 4, 0.05 if profile.quick else 0.2
+    swap = {"KIAPI_BENCH_SWAP_LOAD_S": str(load_s)}
+    servers = {"affinity": start_server("affinity", {**swap, "KIAPI_QUEUE_MAX_BYPASS": str(bound)}),
+               "fifo": start_server("fifo", {**swap, "KIAPI_QUEUE_MODEL_AFFINITY": "0"})}
     runs: dict[str, list[dict[str, Any]]] = {"affinity": [], "fifo": []}
     for rep in range(1 if profile.quick else 2):
         for name in (("affinity", "fifo") if rep % 2 == 0 else ("fifo", "affinity")):
@@ -399,7 +400,7 @@ def measure_affinity(profile: Any, start_server: Any, results: dict[str, Any], s
     results["affinity_fairness_bound"] = bound
     results["affinity_wall_vs_fifo_ratio"] = round(
         statistics.median(r["wall_s"] for r in runs["affinity"]) / statistics.median(r["wall_s"] for r in runs["fifo"]), 3)
-    say(f"  {jobs} jobs alternating two models, budget for one (load {0.2:g} s, job 10 ms):")
+    say(f"  {jobs} jobs alternating two models, budget for one (load {load_s:g} s, job 10 ms):")
     say(f"    model-aware queue: {results['loads_per_job']} loads/job, no job overtaken more than "
         f"{results['affinity_max_overtaken']} times (bound {bound})")
     say(f"    strict FIFO:       {results['fifo_loads_per_job']} loads/job;  wall time ratio "

@@ -19,6 +19,7 @@ loads this process has done, which is how the bench counts loads per job.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Annotated, Literal
 
@@ -53,8 +54,8 @@ class SwapResult(msgspec.Struct, kw_only=True):
     loads: int
 
 
-#: Seconds a swap model "load" takes (a real one takes tens of seconds).
-LOAD_S = 0.2
+#: Seconds a swap model "load" takes (a real one takes tens of seconds; bench/run.py sets it).
+LOAD_S = float(os.environ.get("KIAPI_BENCH_SWAP_LOAD_S", "0.2"))
 _loads = [0]
 
 
