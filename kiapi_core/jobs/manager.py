@@ -370,6 +370,9 @@ class JobManager:
                 self._avg_run_s = took if self._avg_run_s is None else 0.8 * self._avg_run_s + 0.2 * took
             self.store.save(job)
             self._prune()
+        # Committed before anyone hears of the end (outside the lock: the loop never waits on
+        # it), so an answered job survives kill -9; other changes are written behind.
+        self.store.flush()
         self._watchers.notify(job.id, final=True)
 
     def worker_exited(self) -> None:

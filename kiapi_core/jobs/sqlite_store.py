@@ -8,10 +8,12 @@ never touch the disk) with every change written through to ``<data_dir>/jobs.sql
 * written behind: :meth:`save` (called under the manager's lock, also from the event loop)
   only encodes the record and queues it, coalesced by job id; a writer thread commits whatever
   is queued in one transaction, without the manager's lock. Before, each SQL write ran under
-  that lock and the event loop waited behind it for a third of its busy time. A killed process
-  may lose the changes of its last :data:`WRITE_DELAY_S` (10 ms) plus a commit;
-  :meth:`close` writes everything queued;
-* status changes and terminal states are written at once; other changes of an active job
+  that lock and the event loop waited behind it for a third of its busy time. A terminal
+  state is committed (:meth:`flush`, called by the manager outside its lock) before the job's
+  waiters hear of it, so an answered job survives ``kill -9``; other changes (submissions,
+  starts, progress) of the last :data:`WRITE_DELAY_S` (10 ms) may be lost when the process is
+  killed; :meth:`close` writes everything queued;
+* status changes and terminal states are always written; other changes of an active job
   (progress, queue position) at most once per :data:`ACTIVE_WRITE_INTERVAL_S` per job, since
   after a crash an active job ends ``failed`` anyway and its progress no longer matters;
 * each row holds the Job as JSON plus the columns retention and idempotency need.
