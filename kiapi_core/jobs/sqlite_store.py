@@ -42,6 +42,8 @@ log = logging.getLogger("kiapi.jobs")
 
 #: Seconds the writer thread waits after the first queued change, to commit more in one go.
 WRITE_DELAY_S = 0.01
+#: Seconds without changes after which the writer thread stops polling and blocks.
+WRITER_IDLE_S = 0.5
 #: Seconds between writes of an active job's progress-only changes.
 ACTIVE_WRITE_INTERVAL_S = 1.0
 SCHEMA_VERSION = 1
@@ -83,6 +85,7 @@ class SqliteJobStore(MemoryJobStore):
         self._queued: dict[str, tuple[object, ...] | None] = {}
         self._queue_lock = threading.Lock()
         self._wake = threading.Event()
+        self._writer_idle = True  # blocked on _wake, rather than polling (see _write_behind)
         self._writer: threading.Thread | None = None
         self._stopping = False
 
@@ -194,7 +197,8 @@ class SqliteJobStore(MemoryJobStore):
     def _enqueue(self, job_id: str, row: tuple[object, ...] | None) -> None:
         with self._queue_lock:
             self._queued[job_id] = row
-        if not self._wake.is_set():  # already woken: the writer will see this row too
+            wake, self._writer_idle = self._writer_idle, False
+        if wake:  # otherwise the writer is polling and will see this row
             self._wake.set()
 
     def flush(self) -> None:
@@ -218,14 +222,27 @@ class SqliteJobStore(MemoryJobStore):
                 log.exception("job store: could not write %d job change(s) to %s", len(batch), self.path)
 
     def _write_behind(self) -> None:
+        """Commit what gathered every :data:`WRITE_DELAY_S` while changes keep coming, then,
+        after :data:`WRITER_IDLE_S` without any, block until the next one. While it polls, a
+        change wakes no thread (a job's end is committed by the manager's :meth:`flush` anyway):
+        waking the writer for every job was a context switch per request."""
         while not self._stopping:
             self._wake.wait()
-            if not self._stopping:
-                # Gather what else changes meanwhile (a job's start and end are milliseconds
-                # apart): one transaction and one thread wake-up for many changes.
-                time.sleep(WRITE_DELAY_S)
             self._wake.clear()
-            self.flush()
+            quiet_s = 0.0
+            while not self._stopping and quiet_s < WRITER_IDLE_S:
+                time.sleep(WRITE_DELAY_S)
+                with self._queue_lock:
+                    pending = bool(self._queued)
+                if pending:
+                    self.flush()
+                    quiet_s = 0.0
+                else:
+                    quiet_s += WRITE_DELAY_S
+            with self._queue_lock:
+                self._writer_idle = not self._queued
+            if not self._writer_idle:
+                self._wake.set()  # something arrived while going idle: go round again
 
     def _execute(self, sql: str, args: tuple[object, ...]) -> None:
         with self._db_lock:
