@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import unicodedata
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import IO, Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -26,10 +25,21 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ..errors import BadRequest, InvalidRequest, KiapiError, NotFound, PayloadTooLarge, UnsupportedMediaType
+from ..errors import (
+    BadRequest,
+    InsufficientStorage,
+    InvalidRequest,
+    KiapiError,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from ..http.body import drain
 from ..http.responses import JSONResponse
 from .models import StoredFile
-from .names import ID_FORM, check_id, clean_content_type, suggest_extension, valid_id
+from .names import ID_FORM, check_id, clean_content_type, valid_id
+from .raw_upload import is_raw_upload, raw_upload
 from .store import BlobWriter, FileStore
 
 MiB = 1024 * 1024
@@ -66,82 +76,44 @@ def _store(request: Request) -> FileStore:
 async def upload_file(request: Request) -> Response:
     """``POST /v1/files``: multipart field ``file``, or the raw bytes as the body (also
     ``PUT``, see :func:`_raw_upload`) → 201 FileRecord."""
-    settings = request.app.state.host.settings
+    host = request.app.state.host
+    if not getattr(getattr(host, "jobs", None), "accepting", True):
+        raise Unavailable("the server is shutting down and takes no new uploads",
+                          code="shutting_down", headers={"Retry-After": "30", "Connection": "close"})
+    settings = host.settings
     max_bytes = int(settings.max_upload_mb * MiB)
     media, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
-    raw = _is_raw_upload(request, media)
+    raw = is_raw_upload(request, media)
     if not raw and (media != b"multipart/form-data" or not boundary):
         raise UnsupportedMediaType(
             "send the file as multipart/form-data in a field named `file` "
             "(curl -F file=@picture.png http://host/v1/files), or as the raw body with its "
             "Content-Type and a name (curl -T picture.png 'http://host/v1/files?filename=picture.png')")
     declared = request.headers.get("content-length")
+    store = _store(request)
     if declared is not None:
-        if not declared.isdigit():
+        if not digits(declared, 19):
             raise BadRequest("Content-Length is not a number")
-        if int(declared) > max_bytes + (0 if raw else MULTIPART_OVERHEAD):
+        overhead = 0 if raw else MULTIPART_OVERHEAD
+        if int(declared) > max_bytes + overhead:
+            await drain(request)
             raise _too_large(max_bytes)
-    if raw or not boundary:
-        stored = await _raw_upload(request, _store(request), media.decode("latin-1"), max_bytes)
-    else:
-        stored = await _MultipartUpload(_store(request), boundary, max_bytes).run(request)
+        if store.quota is not None and int(declared) - overhead > store.quota.available_bytes():
+            await drain(request)
+            raise store.quota.full("this upload", int(declared))
+    try:
+        if raw or not boundary:
+            stored = await raw_upload(request, store, media.decode("latin-1"), max_bytes, _too_large)
+        else:
+            stored = await _MultipartUpload(store, boundary, max_bytes).run(request)
+    except (PayloadTooLarge, InsufficientStorage) as exc:
+        await drain(request)  # clients that send everything before reading still see the answer
+        exc.headers.setdefault("Connection", "close")
+        raise
     location = f"{request.scope.get('root_path', '')}/v1/files/{stored.file_id}"
     return JSONResponse(stored.record, status_code=201, headers={"Location": location})
 
-
-def _is_raw_upload(request: Request, media: bytes) -> bool:
-    """The body is the file itself: ``PUT``, ``application/octet-stream``, or any other
-    non-form type sent with a filename (a JSON body without one is most likely a mistake)."""
-    if media.startswith(b"multipart/"):
-        return False
-    named = "filename" in request.query_params or "content-disposition" in request.headers
-    return request.method == "PUT" or media == b"application/octet-stream" or (bool(media) and named)
-
-
-#: Raw bodies whose Content-Type says nothing about the file: its type is guessed from the name
-#: (``curl --data-binary`` sends form-urlencoded unless told otherwise).
-_UNTYPED = ("application/octet-stream", "application/x-www-form-urlencoded")
-
-
-async def _raw_upload(request: Request, store: FileStore, media: str, max_bytes: int) -> StoredFile:
-    """The body is the file (``curl -T``, OpenAI-style clients): no multipart parsing, each
-    chunk goes straight to the BlobWriter. The name comes from ``?filename=``, else from a
-    ``Content-Disposition: attachment; filename=...`` header, else ``upload`` plus an extension
-    for the Content-Type."""
-    content_type = "" if media in _UNTYPED else media
-    filename = request.query_params.get("filename") or _disposition_filename(request)
-    if not filename:
-        filename = "upload" + suggest_extension(content_type)
-    async with store.writer(max_bytes=max_bytes, what="upload") as writer:
-        try:
-            async for chunk in request.stream():
-                if chunk:
-                    await writer.write(chunk)
-        except ClientDisconnect:
-            raise BadRequest("the client disconnected before the upload finished") from None
-        except PayloadTooLarge:
-            raise _too_large(max_bytes) from None
-        return await writer.commit(filename=filename, content_type=content_type, meta={"source": "upload"})
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _disposition_filename(request: Request) -> str:
-    header = request.headers.get("content-disposition")
-    if not header:
-        return ""
-    extended = _FILENAME_STAR.search(header)
-    if extended:  # RFC 6266/8187: filename*=UTF-8''<percent-encoded>, preferred when present
-        charset, encoded = extended.groups()
-        try:
-            return unquote(encoded, encoding=charset or "utf-8", errors="replace")
-        except LookupError:  # an unknown charset
-            pass
-    _kind, options = parse_options_header(header)
-    return _decode_header(options.get(b"filename", b""))
-
-
-_FILENAME_STAR = re.compile(r"filename\*\s*=\s*([A-Za-z0-9_-]*)'[^']*'([^;\s]+)", re.IGNORECASE)
 
 
 def _too_large(max_bytes: int) -> PayloadTooLarge:
@@ -256,6 +228,12 @@ class _MultipartUpload:
         self.in_file = True
 
 
+def digits(text: str, max_len: int) -> bool:
+    """``text`` is a plain decimal number (ASCII digits only: ``'²'.isdigit()`` is true, and
+    ``int()`` refuses it) of at most ``max_len`` digits (``int()`` of 5000 digits is refused too)."""
+    return 0 < len(text) <= max_len and text.isascii() and text.isdigit()
+
+
 def _decode_header(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
@@ -269,7 +247,7 @@ def _decode_header(raw: bytes) -> str:
 async def list_files(request: Request) -> Response:
     """``GET /v1/files?limit=&after=``: newest first; ``after`` is the last id of a page."""
     raw_limit = request.query_params.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+    if not digits(raw_limit, 4) or not 1 <= int(raw_limit) <= 1000:
         raise InvalidRequest("limit must be an integer from 1 to 1000", field="limit")
     limit = int(raw_limit)
     after = request.query_params.get("after")
@@ -399,10 +377,9 @@ def _requested_range(request: Request, etag: str | None, size: int) -> tuple[int
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) \
-            or (last and not last.isdigit()):
-        return None
+    first, dash, last = (part.strip() for part in spec.strip().partition("-"))
+    if not dash or not (first or last) or (first and not digits(first, 19)) or (last and not digits(last, 19)):
+        return None  # malformed (also non-ASCII digits such as '²', or absurdly long numbers): ignored
     if not first:  # suffix range: the last N bytes
         n = int(last)
         if n == 0 or size == 0:

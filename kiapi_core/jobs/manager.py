@@ -185,6 +185,11 @@ class JobManager:
         self._watchers.notify(*moved)
         return result
 
+    @property
+    def accepting(self) -> bool:
+        """False once shutdown began: no new jobs, and no new uploads either."""
+        return self._accepting
+
     def check_capacity(self) -> None:
         """Raise the 503 :meth:`submit` would raise now (shutting down, queue full), so that a
         request is refused before its inputs are downloaded and checked."""
@@ -455,6 +460,7 @@ class JobManager:
                     seen[key] = not needs(pending.capability, pending.model, pending.operation,
                                           pending.job.params)
                 except Exception:  # noqa: BLE001 - scheduling must never fail a queue
+                    log.exception("job scheduling: could not tell whether %s/%s needs an eviction", *key[:2])
                     seen[key] = False
             return seen[key]
 

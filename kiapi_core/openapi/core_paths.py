@@ -97,6 +97,9 @@ _UPLOAD_REPLIES = {
     415: _error("Neither multipart/form-data nor a raw body (a raw POST needs "
                 "`application/octet-stream` or a filename)."),
     422: _error("No `file` field in the form."),
+    503: _error("The server is shutting down and takes no new uploads (`shutting_down`)."),
+    507: _error("Storing the file would pass the storage quota (`KIAPI_MAX_STORAGE_GB`) or the disk "
+                "is full (`insufficient_storage`); the detail names the usage and how to free space."),
 }
 
 CORE_PATHS: tuple[CorePath, ...] = (
