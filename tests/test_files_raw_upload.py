@@ -91,3 +91,26 @@ async def test_raw_upload_over_the_cap_is_413_and_leaves_nothing(client, files_a
     r = await client.put("/v1/files?filename=big.bin", content=streamed())  # chunked, no length
     assert r.status_code == 413 and "KIAPI_MAX_UPLOAD_MB" in r.json()["detail"]
     assert store.list() == [] and list((store.root / ".partial").iterdir()) == []
+
+
+async def test_raw_upload_over_the_storage_quota_is_507_and_leaves_nothing(tmp_path: Path) -> None:
+    from kiapi_core.files.quota import StorageQuota
+
+    settings = Settings(data_dir=str(tmp_path), max_upload_mb=8)
+    store = FileStore(tmp_path / "files", quota=StorageQuota(MiB, 0, configured=True))
+    app = Starlette(routes=routes(), exception_handlers={KiapiError: _render})
+    app.state.host = SimpleNamespace(settings=settings, files=store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kiapi") as client:
+        declared = await client.put("/v1/files?filename=big.bin", content=b"x" * (2 * MiB))
+        assert declared.status_code == 507, declared.text
+
+        async def streamed():
+            for _ in range(2):
+                yield b"y" * MiB
+
+        r = await client.put("/v1/files?filename=big.bin", content=streamed())
+        assert r.status_code == 507 and r.json()["code"] == "insufficient_storage"
+        small = await client.put("/v1/files?filename=small.bin", content=b"z" * 1000)
+        assert small.status_code == 201
+    assert [f.filename for f in store.list()] == ["small.bin"]
+    assert list((store.root / ".partial").iterdir()) == []
