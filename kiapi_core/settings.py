@@ -77,6 +77,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     "Jobs that may wait in the queue; more get 503 with Retry-After."
     pool_workers: Annotated[int, Meta(ge=1, le=64)] = 2
     "Threads running jobs of operations that never touch MLX (uses_mlx=False), beside the model thread."
+    queue_model_affinity: bool = True
+    "Let a queued job whose model is loaded start before queued jobs that would evict it (bounded below)."
+    queue_max_bypass: Annotated[int, Meta(ge=0)] = 4
+    "Most times a queued job may be overtaken that way; 0 keeps strict FIFO order."
+    queue_max_bypass_s: Annotated[float, Meta(ge=0)] = 60.0
+    "Most seconds a queued job may be held back that way, counted from when it was first overtaken."
     sync_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
     "Seconds a sync request waits before answering 504 (the job keeps running)."
     job_ttl_s: Annotated[float, Meta(ge=0)] = 86400.0

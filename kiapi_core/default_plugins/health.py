@@ -8,7 +8,7 @@ from starlette.routing import Route
 from ..hookspecs import hookimpl
 from ..http.auth import AUTHENTICATED
 from ..http.responses import JSONResponse
-from ..weights import model_readiness
+from ..weights import readiness_of_all
 
 
 async def health(request: Request) -> JSONResponse:
@@ -19,8 +19,9 @@ async def health(request: Request) -> JSONResponse:
         # Liveness stays open without the token; the rest (jobs, plugins) needs it.
         return JSONResponse({"status": status, "version": host.version})
     capabilities = []
+    readiness = await readiness_of_all(host)  # one thread hop at most, not one per capability
     for capability in host.registry:
-        ready = await model_readiness(host, capability)
+        ready = readiness[capability.name]
         models = [{"name": m.name, "default": m.default, "ready": ready[m.name]} for m in capability.models]
         capabilities.append({"name": capability.name, "domain": capability.domain,
                              "title": capability.title, "openapi": f"{capability.prefix}/openapi.json",

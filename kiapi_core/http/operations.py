@@ -191,9 +191,9 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
         error = host.jobs.error_of(job.id) or KiapiError(job.error or "the job did not finish",
                                                           code=job.error_code or "internal_error")
         return error_response(error, job_id=job.id, headers=headers)
-    artifact = None
-    if len(job.artifacts) == 1:
-        artifact = await host.files.aget(job.artifacts[0])
+    artifact, data = None, None
+    if len(job.artifacts) == 1:  # just stored by the worker: usually still in memory
+        artifact, data = host.files.recent(job.artifacts[0]) or (await host.files.aget(job.artifacts[0]), None)
     choice = negotiation.choose(request.headers.get("accept"), artifact.content_type if artifact else None)
     if choice is None:
         offered = "application/json" + (f" or {artifact.content_type}" if artifact else "")
@@ -203,8 +203,11 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
     if choice == "json":
         return JSONResponse(job, headers=headers)
     assert artifact is not None
-    return await file_response(request, artifact, disposition="inline",
-                               headers={**headers, "X-Kiapi-File-Id": artifact.file_id})
+    file_id = artifact.file_id
+    headers = {**headers, "X-Kiapi-File-Id": file_id}
+    if data is not None:  # answered from memory: no disk read, no thread hop
+        return await file_response(request, artifact, disposition="inline", headers=headers, data=data)
+    return await file_response(request, lambda: host.files.get(file_id), disposition="inline", headers=headers)
 
 
 def _with_job(error: KiapiError, job: Job) -> KiapiError:

@@ -28,7 +28,7 @@ from ..errors import Conflict, KiapiError, NotFound, QueueFull, Unavailable, err
 from ..files.models import StoredFile
 from ..registry import Capability, Model, Operation
 from ..settings import Settings
-from . import watch
+from . import scheduler, watch
 from .models import Job, JobStatus
 from .pool import LightPool
 from .running import FileSink
@@ -61,6 +61,11 @@ class JobManager:
         self.store = store if store is not None else MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_jobs)
         self._worker = Worker(board=self, files=files, models=models, plugin_settings=plugin_settings,
                               cache_dir=cache_dir, work_root=work_root, demo=demo)
+        self._needs_eviction = getattr(models, "needs_eviction", None)
+        self._fairness = scheduler.Fairness(
+            enabled=getattr(settings, "queue_model_affinity", True),
+            max_bypass=getattr(settings, "queue_max_bypass", 4),
+            max_bypass_s=getattr(settings, "queue_max_bypass_s", 60.0))
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         # Operations declared uses_mlx=False run on the light pool, never behind the model thread.
@@ -116,7 +121,7 @@ class JobManager:
                     "the server shut down before the job started; submit it again",
                     code="shutting_down")))
             self._cond.notify_all()
-        self._watchers.notify(*(p.job.id for p in dropped))
+        self._watchers.notify(*(p.job.id for p in dropped), final=True)
         if not self._worker.is_alive() or self._exited is None:
             return
         if await self._wait_exit(grace):
@@ -140,7 +145,7 @@ class JobManager:
                     "the server shut down while the job was running", code="shutting_down")))
         if running is not None:
             log.error("job %s did not stop when canceled; abandoning it", running.job.id)
-            self._watchers.notify(running.job.id)
+            self._watchers.notify(running.job.id, final=True)
 
     async def _wait_exit(self, timeout: float) -> bool:
         assert self._exited is not None
@@ -180,13 +185,16 @@ class JobManager:
             self._pin_inputs(job.id, inputs)
             self._totals["submitted"] += 1
             self.store.add(job, idempotency)
+            moved = self._renumber() if queue is self._queue and self._mixed_queue() else []
             self._prune()
             if queue is self._queue:
                 self._cond.notify()
             else:
                 self._pool.ensure_threads()
                 self._pool.cond.notify()
-            return snapshot(job)
+            result = snapshot(job)
+        self._watchers.notify(*moved)
+        return result
 
     @property
     def accepting(self) -> bool:
@@ -289,7 +297,8 @@ class JobManager:
         with self._lock:
             job = self._cancel(job_id)
             result, ids = snapshot(job), self._queued_ids()
-        self._watchers.notify(*ids, job_id)
+        self._watchers.notify(*ids)
+        self._watchers.notify(job_id, final=True)
         return result
 
     def _cancel(self, job_id: str) -> Job:
@@ -318,7 +327,8 @@ class JobManager:
             self.store.remove(job_id)
             self._errors.pop(job_id, None)
             ids = self._queued_ids()
-        self._watchers.notify(*ids, job_id)
+        self._watchers.notify(*ids)
+        self._watchers.notify(job_id, final=True)
         return result, was_running
 
     # --- waiting (event loop) ---------------------------------------------------------------
@@ -343,7 +353,7 @@ class JobManager:
                 return None
             if self._tasks:
                 return self._tasks.popleft()
-            pending = self._queue.popleft()
+            pending = self._next_pending()
             job = pending.job
             job.status = JobStatus.running
             job.started_at = time.time()
@@ -351,10 +361,9 @@ class JobManager:
             job.progress_label = "running"
             job.queue_position = None
             self._running = pending
-            self._renumber()
+            moved = self._renumber()
             self.store.save(job)
-            ids = [job.id, *self._queued_ids()]
-        self._watchers.notify(*ids)
+        self._watchers.notify(job.id, *moved)  # only the jobs whose position changed
         return pending
 
     def mutate(self, job: Job, change: Callable[[Job], None]) -> None:
@@ -382,7 +391,10 @@ class JobManager:
                 self._avg_run_s = took if self._avg_run_s is None else 0.8 * self._avg_run_s + 0.2 * took
             self.store.save(job)
             self._prune()
-        self._watchers.notify(job.id)
+        # Committed before anyone hears of the end (outside the lock: the loop never waits on
+        # it), so an answered job survives kill -9; other changes are written behind.
+        self.store.flush()
+        self._watchers.notify(job.id, final=True)
 
     def next_pool_job(self) -> Pending | None:
         """For the pool threads: block until a pool job is queued (marked running), ``None`` to exit."""
@@ -446,11 +458,67 @@ class JobManager:
         with self._lock:
             return fn()
 
-    def _renumber(self) -> None:
-        for position, pending in enumerate(self._queue):
+    def _next_pending(self) -> Pending:
+        """Take the job to start from the queue: FIFO, or a job for a loaded model first
+        (:mod:`.scheduler`)."""
+        index = 0
+        if self._mixed_queue():
+            now = time.monotonic()
+            try:
+                index = scheduler.pick(self._queue, self._cheap_check(), self._fairness, now)
+                scheduler.passed_over(self._queue, index, now)
+            except Exception:  # noqa: BLE001 - never let scheduling stop the worker: FIFO
+                log.exception("job scheduling failed; starting the oldest job")
+                index = 0
+        pending = self._queue[index]
+        del self._queue[index]
+        if index:
+            log.info("job %s starts before %d queued job(s): its model is loaded, theirs would "
+                     "evict it", pending.job.id, index)
+        return pending
+
+    def _mixed_queue(self) -> bool:
+        """Whether the order could differ from FIFO: jobs for more than one model queued."""
+        if not self._fairness.active or self._needs_eviction is None or len(self._queue) < 2:
+            return False
+        first = self._queue[0].model_key
+        return any(p.model_key != first for p in self._queue)
+
+    def _cheap_check(self) -> Callable[[Any], bool]:
+        """Whether a queued job can start without evicting a loaded model; asked once per
+        model and operation (the answer depends on what is loaded, not on the job)."""
+        assert self._needs_eviction is not None
+        needs, seen = self._needs_eviction, {}
+
+        def cheap(pending: Any) -> bool:
+            key = (*pending.model_key, pending.operation.name)
+            if key not in seen:
+                try:
+                    seen[key] = not needs(pending.capability, pending.model, pending.operation,
+                                          pending.job.params)
+                except Exception:  # noqa: BLE001 - scheduling must never fail a queue
+                    log.exception("job scheduling: could not tell whether %s/%s needs an eviction", *key[:2])
+                    seen[key] = False
+            return seen[key]
+
+        return cheap
+
+    def _renumber(self) -> list[str]:
+        """Set every queued job's ``queue_position`` to where it will really start; returns
+        the ids whose position changed."""
+        order: Collection[Any] = self._queue
+        if self._mixed_queue():
+            try:
+                order = scheduler.plan(self._queue, self._cheap_check(), self._fairness, time.monotonic())
+            except Exception:  # noqa: BLE001 - positions are a forecast; never fail a submit on them
+                log.exception("job scheduling failed; showing arrival order")
+        moved = []
+        for position, pending in enumerate(order):
             if pending.job.queue_position != position:
                 pending.job.queue_position = position
                 self.store.save(pending.job)
+                moved.append(pending.job.id)
+        return moved
 
     def _queued_ids(self) -> list[str]:
         return [p.job.id for p in self._queue]

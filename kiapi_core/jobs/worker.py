@@ -57,6 +57,13 @@ class Pending:
     #: Why the job was canceled when it was not the client's doing (shutdown): the answer
     #: its sync caller gets instead of a plain 409.
     cancel_reason: KiapiError | None = None
+    #: Times later jobs for a loaded model started first, and since when (see :mod:`.scheduler`).
+    bypassed: int = 0
+    bypassed_since: float | None = None
+
+    @property
+    def model_key(self) -> tuple[str, str]:
+        return (self.capability.name, self.model.name)
 
 
 @dataclass
@@ -147,6 +154,11 @@ class Worker(threading.Thread):
         self._demo = demo
 
     def run(self) -> None:
+        # Artifacts are published at once and synced to disk right after each job's answer
+        # (files/store.py, docs/reliability.md). Fakes in tests may not offer this.
+        defer = getattr(self._files, "defer_syncs", None)
+        if defer is not None:
+            defer()
         try:
             while True:
                 pending = self._board.next_job()
@@ -181,9 +193,15 @@ class Worker(threading.Thread):
             metrics = self._models.end_job(job_id, succeeded=outcome.status is JobStatus.succeeded) or {}
         except Exception:  # noqa: BLE001
             log.exception("job %s: models.end_job failed", job_id)
+        self._board.finish(pending, outcome, metrics)  # answer first, then sync and tidy up
+        sync = getattr(self._files, "sync_deferred", None)
+        if sync is not None:
+            try:
+                sync()
+            except OSError:  # the bytes stay published; only their durability is in doubt
+                log.exception("job %s: syncing its artifacts to disk failed", job_id)
         if ctx is not None:
             ctx.close()
-        self._board.finish(pending, outcome, metrics)
 
     def _run_handler(self, pending: Pending, ctx: RunningJob) -> Outcome:
         job_id = pending.job.id

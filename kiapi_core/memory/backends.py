@@ -22,6 +22,7 @@ built for run on MLX), else RSS.
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib.util
 import resource
@@ -136,8 +137,10 @@ def _maxrss_bytes() -> int:
     return int(maxrss) if sys.platform == "darwin" else int(maxrss) * 1024
 
 
+@functools.cache
 def mlx_installed() -> bool:
-    """True when mlx can be imported (checked without importing it)."""
+    """True when mlx can be imported (checked once, without importing it: ``find_spec`` walks
+    ``sys.path`` and cost up to a third of a no-op job when it ran per job)."""
     try:
         return importlib.util.find_spec("mlx") is not None
     except (ImportError, ValueError):

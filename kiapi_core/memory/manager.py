@@ -324,6 +324,18 @@ class ModelManager:
         """``KIAPI_WARMUP`` entries as (family, canonical model); see :func:`warmup.parse_warmup`."""
         return parse_warmup(entries, self._registry)
 
+    def needs_eviction(self, capability: Any, model: Any, operation: Any, params: Mapping[str, Any]) -> bool:
+        """Whether starting this job now would evict a loaded model (for the job scheduler):
+        it must load weights, and they do not fit beside the residents. Running jobs'
+        reservations are left out: they end before a queued job starts."""
+        raw = raw_estimate(operation, params, model)
+        with self._lock:
+            _quantize, key, estimate, weights, _on_resident = self._needs(capability, model, operation, params, raw)
+            if weights <= 0 or not any(k != key for k in self._residents):
+                return False
+            resident_gb = sum(r.gb for r in self._residents.values())
+            return resident_gb + estimate + weights > self.budget.gb + 1e-9
+
     def resident_keys(self) -> list[Key]:
         """Keys of the resident models (tests, logs)."""
         with self._lock:
