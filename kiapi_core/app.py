@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 from .errors import KiapiError, NotFound, StartupError
 from .host import Host
 from .http.auth import BearerAuth
+from .http.observe import ObserveRequests
 from .http.operations import operation_route
 from .http.responses import JSONResponse, error_response
 from .openapi import pages
@@ -59,7 +60,10 @@ def build_app(host: Host) -> Starlette:
         finally:
             await host.stop()
 
-    middleware = [Middleware(BearerAuth, token=host.settings.auth_token)] if host.settings.auth_token else []
+    middleware = [Middleware(ObserveRequests, observe=host.metrics.on_http)]
+    if host.settings.auth_token:
+        loopback = frozenset({"/metrics"}) if host.settings.metrics_loopback_open else frozenset()
+        middleware.append(Middleware(BearerAuth, token=host.settings.auth_token, loopback_paths=loopback))
     app = Starlette(
         routes=routes,
         middleware=middleware,

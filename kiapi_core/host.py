@@ -22,6 +22,7 @@ from .jobs.manager import JobManager
 from .jobs.sqlite_store import SqliteJobStore
 from .memory.manager import ModelManager
 from .memory.warmup import parse_warmup
+from .metrics import HostMetrics
 from .plugins import PluginRecord, load_plugins, new_plugin_manager, register_capabilities
 from .registry import Registry
 from .settings import Loaded, Settings, load_settings
@@ -44,7 +45,8 @@ class Host:
         self._plugin_settings: dict[str, Any] = {}
         self._plugin_setting_sources: dict[str, dict[str, str]] = {}
         data = self.settings.data_path
-        self.files = FileStore(data / "files", ttl_s=self.settings.file_ttl_s)
+        self.files = FileStore(data / "files", ttl_s=self.settings.file_ttl_s,
+                               output_ttl_s=self.settings.job_ttl_s, keep=self._job_still_kept)
         self.models = ModelManager(settings=self.settings, registry=registry,
                                    plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
                                    demo=self.settings.demo)
@@ -54,6 +56,14 @@ class Host:
                                store=SqliteJobStore(data / "jobs.sqlite3", ttl_s=self.settings.job_ttl_s,
                                                     max_jobs=self.settings.max_jobs))
         self._background: list[asyncio.Task[Any]] = []
+        self.metrics = HostMetrics(self)
+        self.jobs.listeners.append(self.metrics.on_job)
+        self.models.listeners.append(self.metrics.on_model)
+
+    def _job_still_kept(self, record: Any) -> bool:
+        """Retention: a job's outputs never expire while its record is kept (one policy)."""
+        job_id = record.meta.get("job_id")
+        return isinstance(job_id, str) and self.jobs.status_of(job_id) is not None
 
     # -- plugin facing -------------------------------------------------------------------
     def plugin_settings(self, family: str, schema: type | None = None) -> Any:

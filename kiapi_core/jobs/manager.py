@@ -74,6 +74,10 @@ class JobManager:
         self._avg_run_s: float | None = None
         self._watchers = watch.Watchers()
         self._exited: asyncio.Event | None = None
+        #: ``listener(event, job)`` for ``queued``, ``started``, ``progress`` and ``finished``
+        #: (metrics, lifecycle logs, webhooks). Called with the manager's lock held, on any
+        #: thread: a listener must be quick, must not block and must not call the manager.
+        self.listeners: list[Callable[[str, Job], None]] = []
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -81,7 +85,9 @@ class JobManager:
         self._watchers.bind(asyncio.get_running_loop())
         self._exited = asyncio.Event()
 
-        await asyncio.to_thread(self._locked, self.store.open)  # jobs a crash cut off end failed
+        cut_off = await asyncio.to_thread(self._locked, self.store.open)  # these end failed
+        for job in cut_off or ():
+            self._emit("finished", job)
         self._worker.start()
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -173,6 +179,7 @@ class JobManager:
             self._pin_inputs(job.id, inputs)
             self._totals["submitted"] += 1
             self.store.add(job, idempotency)
+            self._emit("queued", job)
             self._prune()
             self._cond.notify()
             return snapshot(job)
@@ -264,6 +271,13 @@ class JobManager:
                 "worker_alive": self._worker.is_alive(),
             }
 
+    def status_of(self, job_id: str) -> str | None:
+        """The status of a kept job, ``None`` when it is not kept (any thread)."""
+        with self._lock:
+            pending = self._active.get(job_id)
+            job = pending.job if pending is not None else self.store.get(job_id)
+            return None if job is None else job.status.value
+
     # --- cancel and delete ------------------------------------------------------------------
     def cancel(self, job_id: str) -> Job:
         """Cancel: queued → ``canceled`` now, never runs; running → flagged, ends ``canceled`` at
@@ -334,6 +348,7 @@ class JobManager:
             self._running = pending
             self._renumber()
             self.store.save(job)
+            self._emit("started", job)
             ids = [job.id, *self._queued_ids()]
         self._watchers.notify(*ids)
         return pending
@@ -342,8 +357,11 @@ class JobManager:
         with self._lock:
             if job.status.terminal:
                 return  # abandoned at shutdown: keep the answer already given
+            before = (job.progress, job.progress_label)
             change(job)
             self.store.save(job)
+            if (job.progress, job.progress_label) != before:
+                self._emit("progress", job)
         self._watchers.notify(job.id)
 
     def finish(self, pending: Pending, outcome: Outcome, metrics: Mapping[str, Any]) -> None:
@@ -399,6 +417,17 @@ class JobManager:
         self._active.pop(job.id, None)
         self._totals[outcome.status.value] += 1
         self.store.save(job)
+        self._emit("finished", job)
+
+    def _emit(self, event: str, job: Job) -> None:
+        if not self.listeners:
+            return
+        copy = snapshot(job)
+        for listener in self.listeners:
+            try:
+                listener(event, copy)
+            except Exception:  # noqa: BLE001 - an observer must never break a job
+                log.exception("job listener %r failed on %s of %s", listener, event, job.id)
 
     def _locked(self, fn: Callable[[], Any]) -> Any:
         with self._lock:
