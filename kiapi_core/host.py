@@ -99,7 +99,7 @@ class Host:
                  " (demo mode: tiny random-weight models, outputs are noise)" if self.settings.demo else "")
         log.info("%s", self.models.budget_description())
         await self.jobs.start()
-        self._background.append(asyncio.create_task(self.files.sweep_forever()))
+        self._background.append(asyncio.create_task(self._sweep_storage()))
         self._background.append(asyncio.create_task(self._sweep_idle_models()))
         for family, model in self.models.parse_warmup(self.settings.warmup):
             self._background.append(asyncio.create_task(self._warm(family, model)))
@@ -111,6 +111,19 @@ class Host:
         self._background.clear()
         await self.jobs.stop(self.settings.shutdown_grace_s)
         await asyncio.to_thread(self.models.close)
+
+    async def _sweep_storage(self, interval_s: float = 300.0) -> None:
+        """Retention: expired job records first, then the files no kept job holds any more."""
+        while True:
+            try:
+                await asyncio.to_thread(self.jobs.prune_expired)
+                removed = await self.files.asweep_expired()
+                if removed:
+                    log.info("retention: %d expired file(s) deleted", removed,
+                             extra={"event": "retention", "files_deleted": removed})
+            except OSError as exc:  # a vanished file mid-sweep; the next round catches up
+                log.warning("storage sweep failed: %s", exc)
+            await asyncio.sleep(interval_s)
 
     async def _sweep_idle_models(self, interval_s: float = 30.0) -> None:
         """Unload models idle for longer than KIAPI_MODEL_TTL_S, on the model thread (MLX)."""

@@ -74,6 +74,9 @@ class PruneRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("older_than_s must be >= 0")
         if self.max_total_bytes is not None and self.max_total_bytes < 0:
             raise ValueError("max_total_bytes must be >= 0")
+        for status in self.job_status or ():
+            if status not in ("succeeded", "failed", "canceled"):
+                raise ValueError(f"job_status {status!r}: choose from succeeded, failed, canceled")
         for kind in self.kinds or ():
             if kind not in KINDS:
                 raise ValueError(f"unknown kind {kind!r}; kinds are {', '.join(KINDS)}")

@@ -271,6 +271,12 @@ class JobManager:
                 "worker_alive": self._worker.is_alive(),
             }
 
+    def prune_expired(self) -> None:
+        """Forget finished jobs past KIAPI_JOB_TTL_S / KIAPI_MAX_JOBS now (the storage sweep
+        calls it, so an idle server lets go of old jobs and then of their outputs)."""
+        with self._lock:
+            self._prune()
+
     def status_of(self, job_id: str) -> str | None:
         """The status of a kept job, ``None`` when it is not kept (any thread)."""
         with self._lock:
