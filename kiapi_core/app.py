@@ -33,6 +33,7 @@ from .openapi.generate import capability_document
 from .openapi.root import root_document
 from .registry import Capability
 from .settings import DEMO_NOTE
+from .webhooks.request import document_webhook_fields
 from .weights import model_readiness
 
 log = logging.getLogger("kiapi.http")
@@ -76,7 +77,7 @@ def build_app(host: Host) -> Starlette:
 
 def _capability_routes(host: Host, capability: Capability) -> list[BaseRoute]:
     prefix = capability.prefix
-    document = capability_document(capability, version=capability.version)
+    document = document_webhook_fields(capability_document(capability, version=capability.version))
 
     async def models(request: Request) -> Response:
         # Extension fields (clients written against the spec ignore them): whether the weights

@@ -26,6 +26,7 @@ from .metrics import HostMetrics
 from .plugins import PluginRecord, load_plugins, new_plugin_manager, register_capabilities
 from .registry import Registry
 from .settings import Loaded, Settings, load_settings
+from .webhooks import WebhookDispatcher
 
 log = logging.getLogger("kiapi")
 
@@ -59,6 +60,9 @@ class Host:
         self.metrics = HostMetrics(self)
         self.jobs.listeners.append(self.metrics.on_job)
         self.models.listeners.append(self.metrics.on_model)
+        self.webhooks = WebhookDispatcher(self.settings, data / "webhooks.sqlite3",
+                                          on_attempt=lambda e, o: self.metrics.webhooks.labels(e, o).inc())
+        self.jobs.listeners.append(self.webhooks.on_job)
 
     def _job_still_kept(self, record: Any) -> bool:
         """Retention: a job's outputs never expire while its record is kept (one policy)."""
@@ -98,6 +102,7 @@ class Host:
         log.info("kiapi %s: data in %s%s", self.version, self.settings.data_path,
                  " (demo mode: tiny random-weight models, outputs are noise)" if self.settings.demo else "")
         log.info("%s", self.models.budget_description())
+        await self.webhooks.start()  # first: jobs a crash cut off report their end to it
         await self.jobs.start()
         self._background.append(asyncio.create_task(self._sweep_storage()))
         self._background.append(asyncio.create_task(self._sweep_idle_models()))
@@ -110,6 +115,7 @@ class Host:
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
         await self.jobs.stop(self.settings.shutdown_grace_s)
+        await self.webhooks.stop()
         await asyncio.to_thread(self.models.close)
 
     async def _sweep_storage(self, interval_s: float = 300.0) -> None:

@@ -36,6 +36,7 @@ from ..jobs.store import IdempotentReplay
 from ..registry import Capability, Model, Operation
 from ..settings import DEMO_NOTE
 from ..validation import ref_summary
+from ..webhooks import take_webhook
 from ..weights import missing_message, status
 from . import idempotency, negotiation
 from .responses import JSONResponse, error_response
@@ -64,11 +65,17 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
         idem = idempotency.from_request(request, raw, auth_token=host.settings.auth_token)
         replayed = host.jobs.find_idempotent(*idem) if idem is not None else None
         if replayed is None:
+            hook = take_webhook(raw, enabled=host.webhooks.enabled)  # core fields, not the plugin's
             body, warnings = decode_body(raw, operation.request)
+            if hook is not None:
+                await host.webhooks.check_target(hook.url)
             try:
                 job = await submit(host, capability, operation, body, warnings, idempotency=idem)
             except IdempotentReplay as replay:  # an identical request won the race
                 replayed = replay.job
+            else:
+                if hook is not None:  # at once: no event of the job is handled before this
+                    host.webhooks.subscribe(job.id, hook)
         if replayed is not None:
             job = replayed
             mode = raw.get("mode", "sync") if isinstance(raw, dict) else "sync"
