@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import kiapi_echo
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
+import kiapi_echo
 from kiapi_core import Capability, Model, Operation, hookimpl
 
 

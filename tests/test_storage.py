@@ -7,9 +7,9 @@ import io
 import json
 import time
 
-import kiapi_echo
 from PIL import Image
 
+import kiapi_echo
 from kiapi_core.files.store import FileStore
 from kiapi_core.testing import build_test_host, client
 
