@@ -63,6 +63,7 @@ def serve(host: Host) -> None:
 
     from .app import build_app
     from .lockfile import DataDirLock, LockHeld
+    from .logs import capture_model_output
 
     lock = DataDirLock(host.settings.data_path)
     try:
@@ -72,6 +73,7 @@ def serve(host: Host) -> None:
                          "its own data directory (--data-dir or KIAPI_DATA_DIR).") from None
     _raise_read_size()
     quiet_model_libraries()
+    capture_model_output()
     try:
         listener = _listen(host.settings.host, host.settings.port)
     except SystemExit:
@@ -85,8 +87,7 @@ def serve(host: Host) -> None:
     config.bind = [f"fd://{listener.fileno()}"]
     # Hypercorn's default of 3 s would cut off SSE streams and sync waits during shutdown.
     config.graceful_timeout = host.settings.shutdown_grace_s + 10
-    config.accesslog = logging.getLogger("kiapi.access")
-    config.access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
+    config.accesslog = None  # kiapi.http.observe logs each request, with its job id and route
     config.errorlog = logging.getLogger("kiapi.server")
 
     async def main() -> None:
