@@ -10,6 +10,7 @@ import time
 from PIL import Image
 
 import kiapi_echo
+import pytest
 from kiapi_core.files.store import FileStore
 from kiapi_core.testing import build_test_host, client
 
@@ -47,6 +48,24 @@ def test_jpeg_output_carries_params_as_comment():
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         assert json.loads(img.info["comment"]) == {"params": {"seed": 7}}
+
+
+@pytest.mark.parametrize(("mode", "lossless"), [("RGB", False), ("RGBA", False), ("RGB", True), ("RGBA", True)])
+def test_webp_output_carries_params_as_xmp(mode, lossless):
+    import xml.etree.ElementTree as ET
+
+    from kiapi_core.files.embed import XMP_NS, embed_metadata
+
+    buffer = io.BytesIO()
+    Image.new(mode, (33, 17), (1, 2, 3, 4)[: len(mode)]).save(buffer, format="WEBP", lossless=lossless)
+    made = {"params": {"prompt": 'a <b> & "c" ü', "seed": 7}}
+    data = embed_metadata(buffer.getvalue(), "image/webp", made)
+    with Image.open(io.BytesIO(buffer.getvalue())) as plain, Image.open(io.BytesIO(data)) as img:
+        img.load()
+        assert img.size == plain.size and img.mode == plain.mode and img.tobytes() == plain.tobytes()
+        xmp = img.info["xmp"]
+    element = ET.fromstring(xmp if isinstance(xmp, str) else xmp.decode()).find(f".//{{{XMP_NS}}}made")
+    assert element is not None and json.loads(element.text or "") == made
 
 
 async def test_outputs_share_the_job_policy_and_never_expire_before_their_job(tmp_path):
