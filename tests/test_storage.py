@@ -7,10 +7,10 @@ import io
 import json
 import time
 
+import pytest
 from PIL import Image
 
 import kiapi_echo
-import pytest
 from kiapi_core.files.store import FileStore
 from kiapi_core.testing import build_test_host, client
 
@@ -95,7 +95,11 @@ async def test_a_retention_change_applies_to_files_stored_before(tmp_path):
     host = build_test_host(data, plugins=[kiapi_echo], file_ttl_s=1)
     async with client(host) as http:
         assert (await http.get(f"/v1/files/{kept}")).status_code == 404  # expired under the new policy
-        host.files.sweep_expired()  # the start-up sweep may have been first
+        host.files.sweep_expired()  # the start-up sweep (in a thread) may be first: give it a moment
+        for _ in range(100):
+            if not list(host.files.root.glob(f"{kept}*")):
+                break
+            time.sleep(0.02)
         assert list(host.files.root.glob(f"{kept}*")) == []
         fresh = await http.upload(b"new", "new.txt")
         assert (await http.get(f"/v1/files/{fresh}")).status_code == 200
