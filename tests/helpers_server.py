@@ -51,6 +51,7 @@ class Server:
     """``python -m kiapi_core.cli serve --demo`` with ``env`` on top of the test environment."""
 
     def __init__(self, tmp: Path, data: Path, **env: str) -> None:
+        self.data = data
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = subprocess_env(tmp, data, **env)

@@ -110,3 +110,32 @@ def test_token_and_missing_server_are_explained(server):
     assert result.exit_code == 1 and "401" in result.output and "KIAPI_AUTH_TOKEN" in result.output
     result = CliRunner().invoke(cli, ["ps", "--url", f"http://127.0.0.1:{free_port()}"])
     assert result.exit_code == 1 and "no kiapi server answers" in result.output
+
+
+def test_prune_and_usage_of_a_stopped_servers_data_dir(server, tmp_path):
+    import asyncio
+
+    import kiapi_echo
+
+    from kiapi_core.testing import build_test_host, client
+
+    data = tmp_path / "stopped"
+
+    async def fill() -> tuple[str, str]:
+        async with client(build_test_host(data, plugins=[kiapi_echo])) as http:
+            ok = await http.post("/v1/text/echo/render", json={"text": "keep"})
+            failed = (await http.post("/v1/text/echo/fail", json={"how": "crash", "mode": "async"})).json()["job_id"]
+            await http.wait_job(failed)
+            return ok.headers["x-kiapi-file-id"], failed
+
+    output, failed = asyncio.run(fill())
+    usage = kiapi(server, "files", "usage", "--data-dir", str(data), "--json")
+    assert usage.exit_code == 0, usage.output
+    assert json.loads(usage.stdout)["kinds"]["output"] == {"files": 1, "bytes": 4}
+    pruned = kiapi(server, "prune", "--data-dir", str(data), "--status", "failed", "--json")
+    assert pruned.exit_code == 0, pruned.output
+    assert json.loads(pruned.stdout)["jobs_deleted"] == [failed]
+    sized = json.loads(kiapi(server, "prune", "--data-dir", str(data), "--max-size", "0", "--json").stdout)
+    assert sized["deleted"] == [output] and sized["remaining_bytes"] == 0
+    held = kiapi(server, "prune", "--data-dir", str(server.data), "--older-than", "1d")
+    assert held.exit_code == 1 and "run without --data-dir" in held.output

@@ -24,10 +24,16 @@ def files(ctx: click.Context) -> None:
 
 @files.command("usage")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--data-dir", default=None, help="Read a stopped server's data directory instead of asking a server.")
 @server_options
-def usage(remote: Remote, as_json: bool = False) -> None:
+def usage(remote: Remote, as_json: bool = False, data_dir: str | None = None) -> None:
     """Files and bytes by kind (output, upload, input), and the retention in force."""
-    figures = remote.json("GET", "/v1/files/usage")
+    if data_dir:
+        from ..files.offline import usage_of_data_dir
+
+        figures = _offline(lambda settings: usage_of_data_dir(settings), data_dir)
+    else:
+        figures = remote.json("GET", "/v1/files/usage")
     if as_json:
         click.echo(json.dumps(figures, indent=2))
         return
@@ -77,10 +83,12 @@ def remove(remote: Remote, file_ids: tuple[str, ...]) -> None:
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(["output", "upload", "input"]),
               help="Only files of this kind (repeatable; default: all).")
 @click.option("--dry-run", is_flag=True, help="Show what would be deleted, delete nothing.")
+@click.option("--data-dir", default=None,
+              help="Prune a stopped server's data directory directly instead of asking a server.")
 @click.option("--json", "as_json", is_flag=True)
 @server_options
 def prune(remote: Remote, older_than: str | None, statuses: tuple[str, ...], max_size: str | None,
-          kinds: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+          kinds: tuple[str, ...], dry_run: bool, data_dir: str | None, as_json: bool) -> None:
     """Delete files (and job records) by age, job status or a total size target.
 
     \b
@@ -99,7 +107,16 @@ def prune(remote: Remote, older_than: str | None, statuses: tuple[str, ...], max
         body["max_total_bytes"] = parse_size(max_size)
     if kinds:
         body["kinds"] = list(kinds)
-    result = remote.json("POST", "/v1/files/prune", json=body)
+    if data_dir:
+        import msgspec
+
+        from ..files.offline import prune_data_dir
+        from ..files.retention import PruneRequest
+
+        request = msgspec.convert(body, PruneRequest)
+        result = _offline(lambda settings: msgspec.to_builtins(prune_data_dir(settings, request)), data_dir)
+    else:
+        result = remote.json("POST", "/v1/files/prune", json=body)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -136,3 +153,16 @@ def _duration(seconds: float | None) -> str:
 
 def _date(timestamp: float | None) -> str:
     return "never" if not timestamp else datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+
+
+def _offline(action, data_dir: str):
+    """Run ``action(settings)`` on a data directory no server holds (the settings' retention)."""
+    from ..lockfile import LockHeld
+    from . import load
+
+    settings = load(click.get_current_context(), data_dir=data_dir).settings
+    try:
+        return action(settings)
+    except LockHeld as exc:
+        raise click.ClickException(f"{exc}; a running server owns it: run without --data-dir "
+                                   "to go through it (--url / KIAPI_URL)") from None

@@ -89,19 +89,25 @@ async def prune(request: Request) -> Response:
     """``POST /v1/files/prune``: see :class:`~kiapi_core.files.retention.PruneRequest`."""
     body: PruneRequest = await _body(request, PruneRequest)
     host = request.app.state.host
-    jobs = _jobs_to_forget(host, body)
-    result = await asyncio.to_thread(_prune_files, host, body, set(jobs))
+    return JSONResponse(await asyncio.to_thread(run_prune, host.files, host.jobs, body))
+
+
+def run_prune(files: Any, jobs: Any, body: PruneRequest) -> PruneResult:
+    """Prune ``files`` (a FileStore) and ``jobs`` (anything with ``list_jobs``, ``status_of``
+    and ``delete``: the JobManager, or a job store when the server is stopped)."""
+    forget = _jobs_to_forget(jobs, body)
+    result = _prune_files(files, jobs, body)
     if not body.dry_run:
-        for job_id in jobs:
+        for job_id in forget:
             try:
-                host.jobs.delete(job_id)
+                jobs.delete(job_id)
             except NotFound:
                 pass
-    result.jobs_deleted = jobs
-    return JSONResponse(result)
+    result.jobs_deleted = forget
+    return result
 
 
-def _jobs_to_forget(host: Any, body: PruneRequest) -> list[str]:
+def _jobs_to_forget(jobs: Any, body: PruneRequest) -> list[str]:
     """Finished job records matching the status (and age) filters: a status prune forgets
     the jobs as well as their outputs."""
     if not body.job_status:
@@ -115,7 +121,7 @@ def _jobs_to_forget(host: Any, body: PruneRequest) -> list[str]:
     found: list[str] = []
     after = None
     while statuses:
-        page = host.jobs.list_jobs(status=statuses, limit=500, after=after)
+        page = jobs.list_jobs(status=statuses, limit=500, after=after)
         found += [j.id for j in page.jobs if cutoff is None or (j.finished_at or 0) <= cutoff]
         if not page.has_more:
             break
@@ -123,16 +129,16 @@ def _jobs_to_forget(host: Any, body: PruneRequest) -> list[str]:
     return found
 
 
-def _prune_files(host: Any, body: PruneRequest, forgotten_jobs: set[str]) -> PruneResult:
-    records = host.files.list()
+def _prune_files(files: Any, jobs: Any, body: PruneRequest) -> PruneResult:
+    records = files.list()
     total = sum(r.size for r in records)
-    chosen = select(records, body, job_status=host.jobs.status_of)
+    chosen = select(records, body, job_status=jobs.status_of)
     deleted: list[str] = []
     freed = 0
     for record in chosen:
         if not body.dry_run:
             try:
-                host.files.delete(record.file_id)
+                files.delete(record.file_id)
             except NotFound:
                 continue
         deleted.append(record.file_id)
