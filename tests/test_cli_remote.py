@@ -116,7 +116,6 @@ def test_prune_and_usage_of_a_stopped_servers_data_dir(server, tmp_path):
     import asyncio
 
     import kiapi_echo
-
     from kiapi_core.testing import build_test_host, client
 
     data = tmp_path / "stopped"
