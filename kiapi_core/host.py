@@ -20,7 +20,7 @@ from .errors import Unavailable
 from .files.store import FileStore
 from .jobs.manager import JobManager
 from .jobs.sqlite_store import SqliteJobStore
-from .logs import job_lifecycle
+from .logs import JobLifecycleLog
 from .memory.manager import ModelManager
 from .memory.warmup import parse_warmup
 from .metrics import HostMetrics
@@ -59,7 +59,7 @@ class Host:
                                                     max_jobs=self.settings.max_jobs))
         self._background: list[asyncio.Task[Any]] = []
         self.metrics = HostMetrics(self)
-        self.jobs.listeners += [self.metrics.on_job, job_lifecycle]
+        self.jobs.listeners += [self.metrics.on_job, JobLifecycleLog(registry)]
         self.models.listeners.append(self.metrics.on_model)
         self.webhooks = WebhookDispatcher(self.settings, data / "webhooks.sqlite3",
                                           on_attempt=lambda e, o: self.metrics.webhooks.labels(e, o).inc())

@@ -1,11 +1,11 @@
 """Logging for a running server: text or JSON lines, job lifecycle lines, model-library output.
 
 * :func:`configure` installs one stderr handler on the root logger, formatting ``text``
-  (``2026-11-29 14:00:00,123 INFO kiapi.jobs: job job_… succeeded in 2.31 s …``) or ``json``
+  (``… INFO kiapi.jobs: job job_… succeeded in 2.31 s: ernie/generate (turbo) …``) or ``json``
   (one object per line: ``ts``, ``level``, ``logger``, ``msg`` and the structured fields a
   line carries: ``event``, ``job_id``, ``capability``, ``operation``, ``model``, timings,
   memory …), for log shippers (``KIAPI_LOG_FORMAT``).
-* :func:`job_lifecycle` is a job listener: one line per ``queued``, ``started`` and end
+* :class:`JobLifecycleLog` is a job listener: one line per ``queued``, ``started`` and end
   (``succeeded``/``failed``/``canceled``) with the job's id, capability, operation, model,
   wait and run times and measured memory. Model loads are logged by the memory manager
   (``event: model_loaded``), HTTP requests by :mod:`kiapi_core.http.observe` (``event: http``).
@@ -63,13 +63,22 @@ def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = No
     return handler
 
 
-def job_lifecycle(event: str, job: Job) -> None:
+class JobLifecycleLog:
     """A job listener (``JobManager.listeners``): one log line per lifecycle event."""
-    if event == "progress" or not jobs_log.isEnabledFor(logging.INFO):
-        return
+
+    def __init__(self, registry: Any = ()) -> None:
+        self.operations = {(c.name, op.job_type): op.name for c in registry for op in c.operations}
+
+    def __call__(self, event: str, job: Job) -> None:
+        if event != "progress" and jobs_log.isEnabledFor(logging.INFO):
+            operation = self.operations.get((job.capability or "", job.type), job.type)
+            log_job_event(event, job, operation)
+
+
+def log_job_event(event: str, job: Job, operation: str) -> None:
     fields: dict[str, Any] = {"event": f"job_{event}", "job_id": job.id, "capability": job.capability,
-                              "operation": job.type, "model": job.model}
-    what = f"{job.capability}:{job.model} {job.type}"
+                              "operation": operation, "job_type": job.type, "model": job.model}
+    what = f"{job.capability}/{operation} ({job.model})"
     if event == "queued":
         fields["queue_position"] = job.queue_position
         jobs_log.info("job %s queued: %s (position %s)", job.id, what, job.queue_position, extra=fields)
@@ -133,4 +142,4 @@ def capture_model_output() -> None:
         sys.stderr = _ModelThreadStream(sys.stderr, "stderr")  # type: ignore[assignment]
 
 
-__all__ = ["JsonFormatter", "capture_model_output", "configure", "job_lifecycle"]
+__all__ = ["JobLifecycleLog", "JsonFormatter", "capture_model_output", "configure", "log_job_event"]

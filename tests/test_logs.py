@@ -27,7 +27,8 @@ def test_json_logs_carry_job_lifecycle_and_access_lines(tmp_path):
     events = {line["event"]: line for line in lines if line.get("job_id") == job_id and "event" in line}
     assert {"job_queued", "job_started", "job_succeeded", "http"} <= events.keys(), events.keys()
     done = events["job_succeeded"]
-    assert done["capability"] == "echo" and done["model"] == "small" and done["operation"] == "echo"
+    assert done["capability"] == "echo" and done["model"] == "small" and done["operation"] == "render"
+    assert done["job_type"] == "echo" and "echo/render (small)" in done["msg"]
     assert done["run_s"] >= 0 and done["wait_s"] >= 0 and "peak_gb" in done
     access = events["http"]
     assert access["route"] == "/v1/text/echo/render" and access["status"] == 200 and access["method"] == "POST"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
@@ -38,6 +38,9 @@ class HostMetrics:
     content_type = "text/plain; version=0.0.4; charset=utf-8"
 
     def __init__(self, host: Host) -> None:
+        # `_created` timestamps double the series and no dashboard reads them; the switch is the
+        # library's, process-wide, and the same for every host.
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.jobs = Counter("kiapi_jobs", "Jobs that ended, by capability, operation and final status.",
