@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,18 @@ def test_prune_and_usage_of_a_stopped_servers_data_dir(server, tmp_path):
     assert sized["deleted"] == [output] and sized["remaining_bytes"] == 0
     held = kiapi(server, "prune", "--data-dir", str(server.data), "--older-than", "1d")
     assert held.exit_code == 1 and "run without --data-dir" in held.output
+
+
+def test_help_names_this_systems_config_path(monkeypatch, tmp_path):
+    from kiapi_core.cli import _config_path
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert _config_path() == "~/Library/Application Support/kiapi/config.toml"
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    assert _config_path() == "~/.config/kiapi/config.toml"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert _config_path() == str(tmp_path / "kiapi" / "config.toml")
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    shown = " ".join(CliRunner().invoke(cli, ["--help"]).output.split())
+    assert "kiapi/config.toml" in shown and "Library" not in shown  # this (Linux) machine's path
