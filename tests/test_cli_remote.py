@@ -49,7 +49,7 @@ def test_run_sends_typed_fields_shows_progress_and_saves_the_output(server, tmp_
     job = json.loads(result.stdout)
     assert job["status"] == "succeeded" and job["inputs"]["image"].startswith("file_")
     with Image.open(io.BytesIO(png.read_bytes())) as image:
-        assert json.loads(image.text["kiapi"])["job_id"] == job["id"]
+        assert json.loads(image.text["kiapi"])["params"]["text"] == "x"
 
 
 def test_run_explains_bad_fields_and_failures(server):

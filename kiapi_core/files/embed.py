@@ -3,11 +3,13 @@
 PNG outputs get an ``iTXt`` chunk with the keyword ``kiapi`` (UTF-8, uncompressed), placed
 right after ``IHDR``; JPEG outputs get a comment (``COM``) segment right after ``SOI``; WebP
 outputs get an ``XMP `` chunk (the file becomes the extended ``VP8X`` layout if it was not)
-whose ``kiapi:made`` element holds the JSON. Each holds one JSON object: capability, model, operation, job id and the job's resolved ``params``
-(what ``prepare`` returned: defaults filled in, the seed drawn), so the image can be made
-again. The pixels are not re-encoded: the bytes are spliced, which costs microseconds.
-Pillow reads them back as ``image.text["kiapi"]`` (PNG), ``image.info["comment"]`` (JPEG) and
-``image.info["xmp"]`` (WebP). Other formats are stored unchanged.
+whose ``kiapi:made`` element holds the JSON. Each holds one JSON object: capability, model,
+operation and the job's resolved ``params`` (what ``prepare`` returned: defaults filled in,
+the seed drawn), so the image can be made again. No job id: the same request with the same
+seed still gives identical bytes (the file's record keeps the job id). The pixels are not
+re-encoded: the bytes are spliced, which costs microseconds. Pillow reads them back as
+``image.text["kiapi"]`` (PNG), ``image.info["comment"]`` (JPEG) and ``image.info["xmp"]``
+(WebP). Other formats are stored unchanged.
 """
 
 from __future__ import annotations

@@ -170,8 +170,9 @@ class RunningJob(JobContext):
         """What an image output carries about its making (see :mod:`kiapi_core.files.embed`)."""
         operation = next((op.name for op in self.capability.operations if op.job_type == self.job_type),
                          self.job_type)
+        # No job id: the same request and seed give the same bytes (the record has the id).
         return {"capability": self.capability.name, "model": self.model.name, "operation": operation,
-                "job_id": self.job_id, "params": self.params}
+                "params": self.params}
 
     def warn(self, message: str) -> None:
         def change(job: Job) -> None:

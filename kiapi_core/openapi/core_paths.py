@@ -238,6 +238,7 @@ CORE_PATHS: tuple[CorePath, ...] = (
         body={_JSON: {"type": "object", "required": ["file_ids"], "properties": {
             "file_ids": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1000}}}},
         responses={200: Reply(description="`{deleted: [...], not_found: [...]}`.", content={_JSON: {"type": "object"}}),
+                   400: _error("The body is not JSON."),
                    422: _error("No ids, too many, or malformed ones (nothing was deleted).")},
     ),
     CorePath(
@@ -253,7 +254,7 @@ CORE_PATHS: tuple[CorePath, ...] = (
             "dry_run": {"type": "boolean", "default": False}}}},
         responses={200: Reply(description="`{dry_run, deleted, deleted_bytes, jobs_deleted, remaining_bytes}`.",
                               content={_JSON: {"type": "object"}}),
-                   422: _error("No criterion, or an invalid one.")},
+                   400: _error("The body is not JSON."), 422: _error("No criterion, or an invalid one.")},
     ),
     CorePath(
         method="get", path="/metrics", tag="health", summary="Prometheus metrics",
