@@ -50,6 +50,8 @@ async def test_metrics_count_jobs_http_models_memory_and_storage(kiapi_client_fa
         await http.upload(b"abc", "a.txt", "text/plain")
         assert (await http.get("/v1/jobs/job_" + "0" * 32)).status_code == 404
         await http.get("/no/such/path")
+        before = samples((await http.get("/metrics")).text)
+        assert (await http.post("/v1/memory/models/loady/m/unload")).status_code == 200
         response = await http.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -64,7 +66,9 @@ async def test_metrics_count_jobs_http_models_memory_and_storage(kiapi_client_fa
     assert got[("kiapi_model_load_seconds_count", (("capability", "loady"), ("model", "m")))] == 1
     assert got[("kiapi_queue_depth", ())] == 0 and got[("kiapi_jobs_running", ())] == 0
     assert got[("kiapi_memory_budget_bytes", ())] > 0
-    assert ("kiapi_model_resident_bytes", (("capability", "loady"), ("model", "m"), ("quantize", "None"))) in got
+    assert got[("kiapi_model_evictions_total", (("capability", "loady"), ("model", "m"), ("reason", "admin")))] == 1
+    resident = ("kiapi_model_resident_bytes", (("capability", "loady"), ("model", "m"), ("quantize", "None")))
+    assert resident in before and resident not in got  # unloaded by the admin call
     assert got[("kiapi_storage_files", (("kind", "output"),))] == 1  # echo's text file
     assert got[("kiapi_storage_used_bytes", (("kind", "upload"),))] == 3
     http_total = "kiapi_http_requests_total"
