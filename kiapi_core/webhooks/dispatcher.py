@@ -80,6 +80,7 @@ class WebhookDispatcher:
 
     async def stop(self) -> None:
         """Finish queued writes (pending deliveries stay in the store for the next start)."""
+        await asyncio.sleep(0)  # let events handed over by other threads reach the queue first
         if self._writes is not None:
             try:
                 await asyncio.wait_for(self._writes.join(), 5.0)
