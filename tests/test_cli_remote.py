@@ -44,7 +44,7 @@ def test_run_sends_typed_fields_shows_progress_and_saves_the_output(server, tmp_
     picture = tmp_path / "in.png"
     Image.new("RGB", (4, 4), (9, 9, 9)).save(picture)
     png = tmp_path / "echo.png"
-    result = kiapi(server, "run", "echo", "render", "--text=x", f"--image=@{picture}", "-o", str(png), "--json")
+    result = kiapi(server, "run", "echo", "render", "-i", "text=x", "-i", f"image=@{picture}", "-o", str(png), "--json")
     assert result.exit_code == 0, result.output
     job = json.loads(result.stdout)
     assert job["status"] == "succeeded" and job["inputs"]["image"].startswith("file_")

@@ -2,8 +2,9 @@
 
 Like ``cog predict -i`` and ``ollama run``: the flags are the operation's request fields
 (``--guidance-scale 4`` sets ``guidance_scale``), typed from the capability's OpenAPI document
-(numbers, booleans, lists as JSON or a repeated flag). A value ``@path`` uploads that file and
-passes it as a ``file_id``; an ``http(s)://`` value for an input field is passed as a URL.
+(numbers, booleans, lists as JSON or a repeated flag); Cog's ``-i name=value`` works too. A
+value ``@path`` uploads that file and passes it as a ``file_id``; an ``http(s)://`` value for
+an input field is passed as a URL.
 The job runs async with a progress bar; Ctrl-C cancels it. Its outputs are downloaded to
 ``-o`` (several: ``out_1.png``, ``out_2.png`` ...) or to their own names in the current
 directory, never overwriting a file.
@@ -91,6 +92,9 @@ def _body(remote: Remote, args: list[str], properties: dict[str, Any]) -> dict[s
     index = 0
     while index < len(args):
         token = args[index]
+        if token in ("-i", "--input") and index + 1 < len(args) and "=" in args[index + 1]:
+            token = "--" + args[index + 1]  # Cog's `-i name=value`
+            index += 1
         if not token.startswith("--") or token == "--":
             raise click.UsageError(f"unexpected {token!r}: give request fields as --name value")
         name, has_value, value = token[2:].partition("=")
