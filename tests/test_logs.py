@@ -18,6 +18,7 @@ def test_json_logs_carry_job_lifecycle_and_access_lines(tmp_path):
     server = Server(tmp_path, tmp_path / "data", KIAPI_LOG_FORMAT="json")
     try:
         ok = server.http.post("/v1/text/echo/render", json={"text": "hi"})
+        assert server.http.get(f"/v1/jobs/{ok.headers['x-kiapi-job-id']}").status_code == 200
         failed = server.http.post("/v1/text/echo/fail", json={"how": "invalid"})
     finally:
         assert server.stop() == 0
@@ -30,6 +31,8 @@ def test_json_logs_carry_job_lifecycle_and_access_lines(tmp_path):
     assert done["capability"] == "echo" and done["model"] == "small" and done["operation"] == "render"
     assert done["job_type"] == "echo" and "echo/render (small)" in done["msg"]
     assert done["run_s"] >= 0 and done["wait_s"] >= 0 and "peak_gb" in done
+    polled = [line for line in lines if line.get("event") == "http" and line.get("route") == "/v1/jobs/{job_id}"]
+    assert all(line["job_id"] for line in polled)
     access = events["http"]
     assert access["route"] == "/v1/text/echo/render" and access["status"] == 200 and access["method"] == "POST"
     fail = next(line for line in lines if line.get("job_id") == failed.headers["x-kiapi-job-id"]

@@ -49,6 +49,9 @@ class ObserveRequests:
         finally:
             took_s = time.perf_counter() - started
             route = _template(scope, status)
+            if job_id is None:  # GET /v1/jobs/{job_id}...: the job it names
+                named = (scope.get("path_params") or {}).get("job_id")
+                job_id = named if isinstance(named, str) else None
             self.observe(scope["method"], route, status, took_s)
             _access_line(scope, status, sent, took_s, route, job_id)
 
