@@ -33,7 +33,8 @@ def test_json_logs_carry_job_lifecycle_and_access_lines(tmp_path):
     assert done["run_s"] >= 0 and done["wait_s"] >= 0 and "peak_gb" in done
     polled = [line for line in lines if line.get("event") == "http" and line.get("route") == "/v1/jobs/{job_id}"]
     assert all(line["job_id"] for line in polled)
-    access = events["http"]
+    access = next(line for line in lines if line.get("event") == "http" and line.get("job_id") == job_id
+                  and line["method"] == "POST")
     assert access["route"] == "/v1/text/echo/render" and access["status"] == 200 and access["method"] == "POST"
     fail = next(line for line in lines if line.get("job_id") == failed.headers["x-kiapi-job-id"]
                 and line.get("event") == "job_failed")
