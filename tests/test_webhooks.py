@@ -142,3 +142,27 @@ def test_pending_deliveries_survive_a_restart(tmp_path: Path, receiver):
     cut = next(d for d in ok if d["json"]["data"]["id"] == running)
     assert cut["path"] == "/hook?cut" and cut["json"]["type"] == "job.completed"
     assert cut["json"]["data"]["status"] == "failed" and cut["json"]["data"]["error_code"] == "server_restarted"
+
+
+async def test_progress_is_throttled_but_the_latest_state_arrives(tmp_path, receiver):
+    import msgspec
+
+    from kiapi_core.jobs.models import Job, JobStatus
+    from kiapi_core.settings import Settings
+    from kiapi_core.webhooks import Subscription, WebhookDispatcher
+
+    settings = msgspec.convert(HOOKS, Settings)
+    dispatcher = WebhookDispatcher(settings, tmp_path / "hooks.sqlite3")
+    await dispatcher.start()
+    try:
+        job = Job(type="t", id="job_" + "1" * 32, status=JobStatus.running)
+        dispatcher.subscribe(job.id, Subscription(url=receiver.url, events=frozenset({"progress"})))
+        for fraction in (0.1, 0.2, 0.3):
+            dispatcher.on_job("progress", msgspec.structs.replace(job, progress=fraction))
+            await asyncio.sleep(0.01)
+        got = await asyncio.to_thread(receiver.wait_for, lambda ds: len(ds) >= 2, 10.0)
+        await asyncio.sleep(1.2)
+    finally:
+        await dispatcher.stop()
+    assert [d["json"]["data"]["progress"] for d in receiver.deliveries] == [0.1, 0.3]
+    assert all(signed(d) for d in got)

@@ -3,8 +3,8 @@
 The model thread only calls :meth:`WebhookDispatcher.on_job`, which hands the event to the
 event loop (``call_soon_threadsafe``) and returns: nothing about a webhook ever runs on the
 model thread. On the loop, the event is matched with the job's subscription and filter,
-progress is throttled (one delivery per job per :data:`PROGRESS_INTERVAL_S`; the completed
-event carries the final state anyway), and the delivery is written to SQLite by one writer
+progress is throttled (one delivery per job per :data:`PROGRESS_INTERVAL_S`, the latest state
+held back and sent when the interval is over), and the delivery is written to SQLite by one writer
 task (so a job's events keep their order) before the sender picks it up. The sender posts each
 job's oldest pending delivery; a failure (no answer, non-2xx) is retried after the next delay of
 ``KIAPI_WEBHOOK_RETRY_S`` and dropped after the last.
@@ -59,6 +59,7 @@ class WebhookDispatcher:
         self.store = WebhookStore(path)
         self.subs: dict[str, Subscription] = {}
         self._last_progress: dict[str, float] = {}
+        self._held_progress: dict[str, tuple[Job, asyncio.TimerHandle]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writes: asyncio.Queue[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
         self._wake: asyncio.Event | None = None
@@ -81,6 +82,9 @@ class WebhookDispatcher:
     async def stop(self) -> None:
         """Finish queued writes (pending deliveries stay in the store for the next start)."""
         await asyncio.sleep(0)  # let events handed over by other threads reach the queue first
+        for _, timer in self._held_progress.values():
+            timer.cancel()
+        self._held_progress.clear()
         if self._writes is not None:
             try:
                 await asyncio.wait_for(self._writes.join(), 5.0)
@@ -117,20 +121,43 @@ class WebhookDispatcher:
         subscription = self.subs.get(job.id)
         if subscription is None:
             return
-        now = time.monotonic()
         if event == "completed":
             del self.subs[job.id]
             self._last_progress.pop(job.id, None)
+            held = self._held_progress.pop(job.id, None)
+            if held is not None:
+                held[1].cancel()
             self._write(self.store.unsubscribe, job.id)
-        elif event == "progress":
-            if now - self._last_progress.get(job.id, 0.0) < PROGRESS_INTERVAL_S:
-                return
-            self._last_progress[job.id] = now
+        elif event == "progress" and not self._progress_due(job):
+            return
         if event not in subscription.events:
             return
         body = _encoder.encode({"type": f"job.{event}", "timestamp": datetime.now(UTC).isoformat(),
                                 "data": job})
         self._write(self.store.add, "msg_" + uuid.uuid4().hex, job.id, subscription.url, event, body, time.time())
+
+    def _progress_due(self, job: Job) -> bool:
+        """Throttle: at most one progress delivery per job per PROGRESS_INTERVAL_S. A change
+        that comes too soon is held, and the latest held state is sent when the interval is
+        over (unless the job completed meanwhile), so a receiver never stays on a stale one."""
+        assert self._loop is not None
+        now = time.monotonic()
+        wait_s = self._last_progress.get(job.id, -PROGRESS_INTERVAL_S) + PROGRESS_INTERVAL_S - now
+        if wait_s <= 0:
+            self._last_progress[job.id] = now
+            return True
+        held = self._held_progress.get(job.id)
+        if held is not None:
+            self._held_progress[job.id] = (job, held[1])
+        else:
+            timer = self._loop.call_later(wait_s, self._release_progress, job.id)
+            self._held_progress[job.id] = (job, timer)
+        return False
+
+    def _release_progress(self, job_id: str) -> None:
+        held = self._held_progress.pop(job_id, None)
+        if held is not None:
+            self._handle("progress", held[0])
 
     def _write(self, fn: Callable[..., None], *args: Any) -> None:
         assert self._writes is not None
