@@ -43,6 +43,9 @@ def usage(remote: Remote, as_json: bool = False, data_dir: str | None = None) ->
     retention = figures.get("retention", {})
     click.echo(f"retention: outputs and jobs {_duration(retention.get('output_ttl_s'))}, "
                f"uploads and inputs {_duration(retention.get('upload_ttl_s'))}")
+    if retention.get("quota_bytes"):
+        click.echo(f"quota: {human_bytes(figures['bytes'])} of {human_bytes(retention['quota_bytes'])} used "
+                   f"({figures['bytes'] / retention['quota_bytes'] * 100:.0f}%)")
 
 
 @files.command("list")

@@ -44,9 +44,15 @@ def routes() -> list[Route]:
 async def get_usage(request: Request) -> Response:
     host = request.app.state.host
     figures = await asyncio.to_thread(usage, host.files)
-    figures["retention"] = {"output_ttl_s": host.settings.job_ttl_s, "upload_ttl_s": host.settings.file_ttl_s,
-                            "job_ttl_s": host.settings.job_ttl_s}
+    figures["retention"] = retention_of(host.settings)
     return JSONResponse(figures)
+
+
+def retention_of(settings: Any) -> dict[str, Any]:
+    """The retention in force, and the storage quota when the server has one."""
+    quota_gb = getattr(settings, "max_storage_gb", None)  # KIAPI_MAX_STORAGE_GB
+    return {"output_ttl_s": settings.job_ttl_s, "upload_ttl_s": settings.file_ttl_s,
+            "job_ttl_s": settings.job_ttl_s, "quota_bytes": int(quota_gb * 1e9) if quota_gb else None}
 
 
 async def _body(request: Request, schema: type) -> Any:

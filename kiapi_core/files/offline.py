@@ -63,12 +63,13 @@ def prune_data_dir(settings: Settings, body: PruneRequest) -> PruneResult:
 
 
 def usage_of_data_dir(settings: Settings) -> dict[str, Any]:
+    from .manage import retention_of
+
     with DataDirLock(settings.data_path):
         files, jobs = _open(settings)
         try:
             figures = usage(files)
         finally:
             jobs.close()
-    figures["retention"] = {"output_ttl_s": settings.job_ttl_s, "upload_ttl_s": settings.file_ttl_s,
-                            "job_ttl_s": settings.job_ttl_s}
+    figures["retention"] = retention_of(settings)
     return figures
