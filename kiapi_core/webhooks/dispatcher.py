@@ -76,6 +76,8 @@ class WebhookDispatcher:
         self._loop = asyncio.get_running_loop()
         self._writes = asyncio.Queue()
         self._wake = asyncio.Event()
+        if self.key is None:
+            return  # disabled: deliveries a signed-up past left stay stored until a secret is set
         self.subs.update(await asyncio.to_thread(self.store.open))
         self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._sender())]
 
@@ -210,9 +212,11 @@ class WebhookDispatcher:
                                              extensions=extensions)
             if not 200 <= response.status_code < 300:
                 error = f"HTTP {response.status_code}"
-        except BadRequest as exc:  # the target became forbidden (DNS changed): never retry
-            await self._finish(delivery, "refused", exc.detail)
-            return
+        except BadRequest as exc:
+            if exc.code != "url_unresolvable":  # forbidden now (DNS changed) or malformed: final
+                await self._finish(delivery, "refused", exc.detail)
+                return
+            error = exc.detail  # a DNS failure may pass: retry
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
         if error is None:
