@@ -44,15 +44,19 @@ def routes() -> list[Route]:
 async def get_usage(request: Request) -> Response:
     host = request.app.state.host
     figures = await asyncio.to_thread(usage, host.files)
-    figures["retention"] = retention_of(host.settings)
+    figures["retention"] = retention_of(host.settings, getattr(host.files, "quota", None))
     return JSONResponse(figures)
 
 
-def retention_of(settings: Any) -> dict[str, Any]:
-    """The retention in force, and the storage quota when the server has one."""
-    quota_gb = getattr(settings, "max_storage_gb", None)  # KIAPI_MAX_STORAGE_GB
+def retention_of(settings: Any, quota: Any = None) -> dict[str, Any]:
+    """The retention in force, and the storage quota (KIAPI_MAX_STORAGE_GB, or the one derived
+    from the free disk space when it is unset)."""
+    limit = getattr(quota, "limit_bytes", None)
+    if limit is None and getattr(settings, "max_storage_gb", None):
+        limit = int(settings.max_storage_gb * 1e9)
     return {"output_ttl_s": settings.job_ttl_s, "upload_ttl_s": settings.file_ttl_s,
-            "job_ttl_s": settings.job_ttl_s, "quota_bytes": int(quota_gb * 1e9) if quota_gb else None}
+            "job_ttl_s": settings.job_ttl_s, "quota_bytes": limit,
+            "quota_configured": bool(getattr(quota, "configured", limit is not None))}
 
 
 async def _body(request: Request, schema: type) -> Any:

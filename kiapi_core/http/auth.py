@@ -13,7 +13,7 @@ import ipaddress
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import Unauthorized
+from ..errors import StartupError, Unauthorized
 from .responses import error_response
 
 OPEN_PATHS = frozenset({"/health"})
@@ -24,6 +24,8 @@ AUTHENTICATED = "kiapi.authenticated"
 class BearerAuth:
     def __init__(self, app: ASGIApp, token: str, loopback_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
+        if not token.strip():
+            raise StartupError("KIAPI_AUTH_TOKEN is blank; set a real token or unset it")
         self.expected = token.strip().encode()
         #: Paths open without the token to clients on loopback (``/metrics`` for a local
         #: Prometheus, with KIAPI_METRICS_LOOPBACK_OPEN=1).
@@ -46,7 +48,8 @@ class BearerAuth:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, token = value.strip().partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.expected)
+                token = token.strip()
+                return scheme.lower() == b"bearer" and bool(token) and hmac.compare_digest(token, self.expected)
         return False
 
 
