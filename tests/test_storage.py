@@ -33,7 +33,7 @@ async def test_png_output_carries_params_and_record_keeps_job(kiapi_client_facto
         img.load()
         embedded = json.loads(img.text["kiapi"])
         assert img.size == (8, 8) and img.getpixel((0, 0)) == (200, 10, 10)
-    assert embedded["params"] == {"text": "a red squarea red square", "model": "small"}
+    assert embedded["params"]["text"] == "a red squarea red square" and embedded["params"]["model"] == "small"
     assert embedded["capability"] == "echo" and embedded["operation"] == "render"
     assert embedded["model"] == "small" and "job_id" not in embedded  # same seed, same bytes
     assert record["meta"]["job_id"] == job_id and record["meta"]["params"] == embedded["params"]
