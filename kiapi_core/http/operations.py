@@ -33,6 +33,7 @@ from ..jobs.models import AsyncJobResponse, Job, JobStatus
 from ..jobs.store import IdempotentReplay
 from ..registry import Capability, Operation
 from ..settings import DEMO_NOTE
+from ..webhooks import take_webhook
 from . import idempotency, negotiation
 from .body import BodyGate, check_json_content_type, decode_json, read_body
 from .decode import decode_body
@@ -61,7 +62,9 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
                                                auth_token=host.settings.auth_token)
             replayed = host.jobs.find_idempotent(*idem) if idem is not None else None
             mode = raw.get("mode", "sync") if isinstance(raw, dict) else "sync"
+            hook = None
             if replayed is None:
+                hook = take_webhook(raw, enabled=host.webhooks.enabled)  # core fields, not the plugin's
                 body, warnings = await _decode(host, capability, operation, raw)
                 mode = getattr(body, "mode", "sync")
             del raw  # a large body's text is not kept while the job runs
@@ -69,10 +72,15 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
             if replayed is None:
                 if mode != "async":
                     check_acceptable(request, operation)  # 406 now, not after the job ran
+                if hook is not None:
+                    await host.webhooks.check_target(hook.url)
                 try:
                     job = await submit(host, capability, operation, body, warnings, idempotency=idem)
                 except IdempotentReplay as replay:  # an identical request won the race
                     replayed = replay.job
+                else:
+                    if hook is not None:  # at once: no event of the job is handled before this
+                        host.webhooks.subscribe(job.id, hook)
             if replayed is not None:
                 job = replayed
         try:

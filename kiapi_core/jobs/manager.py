@@ -83,6 +83,10 @@ class JobManager:
         self._avg_run_s: float | None = None
         self._watchers = watch.Watchers()
         self._exited: asyncio.Event | None = None
+        #: ``listener(event, job)`` for ``queued``, ``started``, ``progress`` and ``finished``
+        #: (metrics, lifecycle logs, webhooks). Called with the manager's lock held, on any
+        #: thread: a listener must be quick, must not block and must not call the manager.
+        self.listeners: list[Callable[[str, Job], None]] = []
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -90,7 +94,9 @@ class JobManager:
         self._watchers.bind(asyncio.get_running_loop())
         self._exited = asyncio.Event()
 
-        await asyncio.to_thread(self._locked, self.store.open)  # jobs a crash cut off end failed
+        cut_off = await asyncio.to_thread(self._locked, self.store.open)  # these end failed
+        for job in cut_off or ():
+            self._emit("finished", job)
         self._worker.start()
         self._pool.start()
 
@@ -186,6 +192,7 @@ class JobManager:
             self._totals["submitted"] += 1
             self.store.add(job, idempotency)
             moved = self._renumber() if queue is self._queue and self._mixed_queue() else []
+            self._emit("queued", job)
             self._prune()
             if queue is self._queue:
                 self._cond.notify()
@@ -290,6 +297,19 @@ class JobManager:
                 "pool": self._pool.stats(),
             }
 
+    def prune_expired(self) -> None:
+        """Forget finished jobs past KIAPI_JOB_TTL_S / KIAPI_MAX_JOBS now (the storage sweep
+        calls it, so an idle server lets go of old jobs and then of their outputs)."""
+        with self._lock:
+            self._prune()
+
+    def status_of(self, job_id: str) -> str | None:
+        """The status of a kept job, ``None`` when it is not kept (any thread)."""
+        with self._lock:
+            pending = self._active.get(job_id)
+            job = pending.job if pending is not None else self.store.get(job_id)
+            return None if job is None else job.status.value
+
     # --- cancel and delete ------------------------------------------------------------------
     def cancel(self, job_id: str) -> Job:
         """Cancel: queued → ``canceled`` now, never runs; running → flagged, ends ``canceled`` at
@@ -363,6 +383,7 @@ class JobManager:
             self._running = pending
             moved = self._renumber()
             self.store.save(job)
+            self._emit("started", job)
         self._watchers.notify(job.id, *moved)  # only the jobs whose position changed
         return pending
 
@@ -370,8 +391,11 @@ class JobManager:
         with self._lock:
             if job.status.terminal:
                 return  # abandoned at shutdown: keep the answer already given
+            before = (job.progress, job.progress_label)
             change(job)
             self.store.save(job)
+            if (job.progress, job.progress_label) != before:
+                self._emit("progress", job)
         self._watchers.notify(job.id)
 
     def finish(self, pending: Pending, outcome: Outcome, metrics: Mapping[str, Any]) -> None:
@@ -453,6 +477,17 @@ class JobManager:
         self._active.pop(job.id, None)
         self._totals[outcome.status.value] += 1
         self.store.save(job)
+        self._emit("finished", job)
+
+    def _emit(self, event: str, job: Job) -> None:
+        if not self.listeners:
+            return
+        copy = snapshot(job)
+        for listener in self.listeners:
+            try:
+                listener(event, copy)
+            except Exception:  # noqa: BLE001 - an observer must never break a job
+                log.exception("job listener %r failed on %s of %s", listener, event, job.id)
 
     def _locked(self, fn: Callable[[], Any]) -> Any:
         with self._lock:

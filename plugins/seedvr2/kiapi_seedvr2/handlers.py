@@ -53,7 +53,7 @@ def upscale(job: Any) -> ImageResponse:
     return ImageResponse(
         model=job.model.name,
         file_id=stored.file_id,
-        image_bytes=len(data),
+        image_bytes=stored.record.size,  # with the params the core embeds
         input_width=in_w,
         input_height=in_h,
         width=image.width,
