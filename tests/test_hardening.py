@@ -86,6 +86,7 @@ async def test_3_foreign_host_names_are_refused(echo, host):
         assert r.status_code == 400 and r.json()["code"] == "host_not_allowed", r.text
         assert "KIAPI_ALLOWED_HOSTS" in r.json()["detail"]
     assert (await echo.get("/v1/jobs")).json()["data"] == []
+    assert (await echo.get("/health", headers={"Host": host})).status_code == 200  # probes by service name
 
 
 @pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1:8000", "[::1]:8000", "192.168.1.7:8000",
