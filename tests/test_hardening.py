@@ -109,6 +109,7 @@ async def test_3_foreign_origins_cannot_change_state(echo):
     assert r.status_code == 403 and r.json()["code"] == "origin_not_allowed"
     assert "KIAPI_CORS_ORIGINS" in r.json()["detail"]
     assert (await echo.post("/v1/files", files=upload, headers={"Origin": "null"})).status_code == 403
+    assert (await echo.post("/v1/files", files=upload, headers={"Sec-Fetch-Site": "cross-site"})).status_code == 403
     assert (await echo.get("/v1/files")).json()["data"] == []
     assert (await echo.get("/v1/jobs")).json()["data"] == []
     # the server's own pages (same origin) and clients without Origin keep working
