@@ -22,6 +22,7 @@ from .files.quota import StorageQuota
 from .files.store import FileStore
 from .jobs.manager import JobManager
 from .jobs.sqlite_store import SqliteJobStore
+from .memory.budget import Budget, resolve_budget
 from .memory.manager import ModelManager
 from .memory.warmup import parse_warmup
 from .plugins import PluginRecord, load_plugins, new_plugin_manager, register_capabilities
@@ -37,7 +38,7 @@ class Host:
     version = __version__
 
     def __init__(self, loaded: Loaded, pm: pluggy.PluginManager, plugins: list[PluginRecord],
-                 registry: Registry) -> None:
+                 registry: Registry, budget: Budget | None = None) -> None:
         self.loaded = loaded
         self.settings: Settings = loaded.settings
         self.pm = pm
@@ -50,7 +51,9 @@ class Host:
         self.files.quota = StorageQuota.for_root(self.files.root, self.settings.max_storage_gb)
         self.models = ModelManager(settings=self.settings, registry=registry,
                                    plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
-                                   demo=self.settings.demo)
+                                   demo=self.settings.demo, budget=budget)
+        #: The memory budget in GB (plugins size their resident models from it).
+        self.memory_budget_gb = self.models.budget.gb
         self.jobs = JobManager(settings=self.settings, files=self.files, models=self.models,
                                plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
                                work_root=data / "work", demo=self.settings.demo,
@@ -145,9 +148,10 @@ def build_host(
     pm = new_plugin_manager()
     records = load_plugins(pm, loaded.settings, extra=plugins, load_entrypoints=load_entrypoints)
     registry = Registry()
-    host = _HostUnderConstruction(loaded, pm, records, registry)
+    budget = resolve_budget(loaded.settings)  # once: plugins size their models from it
+    host = _HostUnderConstruction(loaded, pm, records, registry, budget.gb)
     register_capabilities(pm, records, registry, host, loaded.settings)
-    built = Host(loaded, pm, records, registry)
+    built = Host(loaded, pm, records, registry, budget)
     _check_settings(built)
     return built
 
@@ -172,12 +176,14 @@ class _HostUnderConstruction:
     version = __version__
 
     def __init__(self, loaded: Loaded, pm: pluggy.PluginManager, plugins: list[PluginRecord],
-                 registry: Registry) -> None:
+                 registry: Registry, memory_budget_gb: float) -> None:
         self.loaded = loaded
         self.settings = loaded.settings
         self.pm = pm
         self.plugins = plugins
         self.registry = registry
+        #: The memory budget in GB, so a plugin can choose its resident quantization from it.
+        self.memory_budget_gb = memory_budget_gb
 
     def plugin_settings(self, family: str, schema: type | None = None) -> Any:
         """A plugin's settings while it registers: pass its settings Struct as ``schema``.

@@ -231,7 +231,8 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
     if not job.status.terminal:
         raise _with_job(SyncTimeout(
             f"{job.type} job {job.id} did not finish within {host.settings.sync_timeout_s:g}s "
-            f"(KIAPI_SYNC_TIMEOUT_S); it keeps running: poll GET /v1/jobs/{job.id}"), job)
+            f"(KIAPI_SYNC_TIMEOUT_S); it keeps running: poll GET /v1/jobs/{job.id}. Send long runs "
+            f"(large sizes, many steps: ERNIE base at its defaults) with \"mode\": \"async\""), job)
     if job.status in (JobStatus.failed, JobStatus.canceled):
         error = host.jobs.error_of(job.id) or KiapiError(job.error or "the job did not finish",
                                                           code=job.error_code or "internal_error")
