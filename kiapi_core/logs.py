@@ -137,9 +137,9 @@ class _ModelThreadStream(io.TextIOBase):
 def capture_model_output() -> None:
     """Route the model thread's prints into the log (DEBUG); call once when serving."""
     if not isinstance(sys.stdout, _ModelThreadStream):
-        sys.stdout = _ModelThreadStream(sys.stdout, "stdout")  # type: ignore[assignment]
+        sys.stdout = _ModelThreadStream(sys.stdout, "stdout")
     if not isinstance(sys.stderr, _ModelThreadStream):
-        sys.stderr = _ModelThreadStream(sys.stderr, "stderr")  # type: ignore[assignment]
+        sys.stderr = _ModelThreadStream(sys.stderr, "stderr")
 
 
 __all__ = ["JobLifecycleLog", "JsonFormatter", "capture_model_output", "configure", "log_job_event"]
