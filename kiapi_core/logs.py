@@ -60,6 +60,8 @@ def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = No
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.captureWarnings(True)  # library warnings become log records (py.warnings)
+    for chatty in ("httpx", "httpcore"):  # one INFO line per webhook delivery or URL fetch
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
     return handler
 
 
