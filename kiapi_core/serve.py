@@ -118,6 +118,7 @@ def serve(host: Host) -> None:
 
     from .app import build_app
     from .lockfile import DataDirLock, LockHeld
+    from .logs import capture_model_output
 
     check_exposure(host.settings.host, host.settings.port, token=host.settings.auth_token,
                    insecure_no_auth=host.settings.insecure_no_auth)
@@ -130,6 +131,7 @@ def serve(host: Host) -> None:
     _raise_read_size()
     _raise_stream_limit()
     quiet_model_libraries()
+    capture_model_output()
     try:
         listener = _listen(host.settings.host, host.settings.port)
     except SystemExit:
@@ -144,10 +146,7 @@ def serve(host: Host) -> None:
     config.backlog = BACKLOG
     # Hypercorn's default of 3 s would cut off SSE streams and sync waits during shutdown.
     config.graceful_timeout = host.settings.shutdown_grace_s + 10
-    access = logging.getLogger("kiapi.access")
-    # Hypercorn builds each line's fields before the logger drops it: only hand it an enabled one.
-    config.accesslog = access if access.isEnabledFor(logging.INFO) else None
-    config.access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
+    config.accesslog = None  # kiapi.http.observe logs each request, with its job id and route
     config.errorlog = logging.getLogger("kiapi.server")
 
     async def main() -> None:

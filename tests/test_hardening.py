@@ -168,10 +168,11 @@ async def test_14_unacceptable_accept_is_406_before_queueing(echo):
 # --- 15. small ones --------------------------------------------------------------------------------
 
 async def test_15_405_lists_every_method_of_the_path(echo):
-    r = await echo.delete("/v1/files")  # PUT is a raw-body upload (#19)
+    r = await echo.patch("/v1/files")
     assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
-    assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "POST", "PUT"}
-    assert "GET or POST or PUT" in r.json()["detail"]
+    # DELETE: bulk delete; PUT: raw-body upload
+    assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "POST", "PUT", "DELETE"}
+    assert "GET or POST" in r.json()["detail"]
     r = await echo.get(RENDER)
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     assert "application/json" in r.json()["detail"]

@@ -36,7 +36,7 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,9 @@ class _Sidecar(msgspec.Struct, kw_only=True):
     v: int = 1
     blob: str
     record: FileRecord
+    #: The record's ``expires_at`` was set for this file alone (per-call ``ttl_s``); otherwise
+    #: it follows the store's current retention policy, also after a settings change.
+    fixed: bool = False
 
 
 _sidecar_encoder = msgspec.json.Encoder()
@@ -211,12 +214,19 @@ class BlobWriter:
 
 
 class FileStore:
-    """Stored files under ``root``. ``ttl_s`` > 0 makes new files expire after that many
-    seconds (per-call ``ttl_s`` overrides it); 0 keeps them until deleted."""
+    """Stored files under ``root``. ``ttl_s`` > 0 makes files expire that many seconds after
+    they were stored (per-call ``ttl_s`` overrides it for one file); 0 keeps them until
+    deleted. Job outputs (``meta.job_id``) follow ``output_ttl_s`` instead when given, and
+    ``keep(record)`` returning true holds back the expiry of a file (an output whose job record
+    is still kept). The policy is evaluated on every read and sweep, not stored, so a changed
+    setting applies to files stored before (see :mod:`.retention`)."""
 
-    def __init__(self, root: Path | str, *, ttl_s: float = 0, quota: StorageQuota | None = None) -> None:
+    def __init__(self, root: Path | str, *, ttl_s: float = 0, output_ttl_s: float | None = None,
+                 keep: Callable[[FileRecord], bool] | None = None, quota: StorageQuota | None = None) -> None:
         self.root = Path(root).expanduser()
         self.ttl_s = float(ttl_s)
+        self.output_ttl_s = None if output_ttl_s is None else float(output_ttl_s)
+        self.keep = keep
         self._partial = self.root / _PARTIAL
         self._partial.mkdir(parents=True, exist_ok=True)
         #: The storage quota (KIAPI_MAX_STORAGE_GB); ``None``: unlimited (507 only on a full disk).
@@ -266,7 +276,7 @@ class FileStore:
                 fh.write(data)
                 fh.flush()
                 self._deferred.sync_or_defer(blob, fh.fileno())
-            return self._publish(record, data)
+            return self._publish(record, data, fixed=ttl_s is not None)
         except BaseException:
             _unlink(blob)
             raise
@@ -305,7 +315,7 @@ class FileStore:
                 if move:
                     _unlink(path)
             self._deferred.sync_or_defer(blob)  # the handler's writes are not on disk yet either way
-            return self._publish(record)
+            return self._publish(record, fixed=ttl_s is not None)
         except BaseException:
             _unlink(blob)
             raise
@@ -387,7 +397,7 @@ class FileStore:
             name = entry.name
             if name.endswith(".json") and valid_id(name[:-5]):
                 sidecar = self._read_sidecar(Path(entry.path), check_expiry=False)
-                if sidecar is not None and _expired(sidecar.record, now):
+                if sidecar is not None and self._expired(sidecar.record, now):
                     self._remove(name[:-5], self.root / sidecar.blob)
                     removed += 1
             elif (".data" in name and valid_id(name.split(".", 1)[0]) and name.split(".", 1)[0] not in self._pins
@@ -457,7 +467,7 @@ class FileStore:
         blob = self.root / blob_name(record.file_id, record.filename)
         os.replace(tmp, blob)
         try:
-            return self._publish(record)
+            return self._publish(record, fixed=ttl_s is not None)
         except BaseException:
             _unlink(blob)
             raise
@@ -467,21 +477,23 @@ class FileStore:
         file_id = self.new_id()
         name = clean_filename(filename)
         now = time.time()
-        ttl = self.ttl_s if ttl_s is None else ttl_s
-        return FileRecord(
+        record = FileRecord(
             file_id=file_id, filename=name, content_type=clean_content_type(content_type, name),
-            size=size, created_at=now, meta=dict(meta or {}),
-            expires_at=(now + ttl) if ttl > 0 else None, sha256=sha256)
+            size=size, created_at=now, meta=dict(meta or {}), sha256=sha256)
+        record.expires_at = self._policy_expiry(record) if ttl_s is None else (
+            (now + ttl_s) if ttl_s > 0 else None)
+        return record
 
-    def _publish(self, record: FileRecord, data: bytes | None = None) -> StoredFile:
+    def _publish(self, record: FileRecord, data: bytes | None = None, *, fixed: bool = False) -> StoredFile:
         """Make a file whose blob is in place exist: write its sidecar and rename it in (the one
         step that publishes), then sync the directory. The sidecar itself is not synced; see
-        docs/reliability.md ("Files on disk") and :mod:`.durability`."""
+        docs/reliability.md ("Files on disk") and :mod:`.durability`. ``fixed``: the record's
+        expiry was set for this file alone (a per-call ``ttl_s``), so retention changes skip it."""
         blob = blob_name(record.file_id, record.filename)
         side_tmp = self._temp_path()
         try:
             with open(side_tmp, "xb") as fh:
-                fh.write(_sidecar_encoder.encode(_Sidecar(blob=blob, record=record)))
+                fh.write(_sidecar_encoder.encode(_Sidecar(blob=blob, record=record, fixed=fixed)))
             os.replace(side_tmp, self.root / f"{record.file_id}.json")
         except BaseException:
             _unlink(side_tmp)
@@ -500,7 +512,9 @@ class FileStore:
         if not valid_id(sidecar.record.file_id) or sidecar.blob != blob_name(
                 sidecar.record.file_id, sidecar.record.filename):
             return None  # a sidecar that points anywhere but at its own blob is not trusted
-        if check_expiry and _expired(sidecar.record, time.time()):
+        if not sidecar.fixed:
+            sidecar.record.expires_at = self._policy_expiry(sidecar.record)
+        if check_expiry and self._expired(sidecar.record, time.time()):
             return None
         try:
             blob = os.stat(self.root / sidecar.blob)
@@ -509,6 +523,18 @@ class FileStore:
         if not stat.S_ISREG(blob.st_mode) or blob.st_size != sidecar.record.size:
             return None  # missing, or not the bytes the record describes (cut off by a crash)
         return sidecar
+
+    def _policy_expiry(self, record: FileRecord) -> float | None:
+        """When the retention policy ends ``record``: uploads and inputs after ``ttl_s``,
+        outputs after ``output_ttl_s`` (``ttl_s`` if unset); ``None`` for 0."""
+        ttl = self.output_ttl_s if record.meta.get("job_id") and self.output_ttl_s is not None else self.ttl_s
+        return record.created_at + ttl if ttl > 0 else None
+
+    def _expired(self, record: FileRecord, now: float) -> bool:
+        """Past its expiry, and not held back by ``keep`` (an output of a kept job)."""
+        if not _expired(record, now):
+            return False
+        return self.keep is None or not self.keep(record)
 
     def _remove(self, file_id: str, blob: Path) -> None:
         _unlink(self.root / f"{file_id}.json")

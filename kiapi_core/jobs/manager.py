@@ -24,12 +24,13 @@ from typing import Any
 
 import msgspec
 
-from ..errors import Conflict, KiapiError, NotFound, QueueFull, Unavailable
+from ..errors import Conflict, KiapiError, NotFound, QueueFull, Unavailable, error_from_code
 from ..files.models import StoredFile
 from ..registry import Capability, Model, Operation
 from ..settings import Settings
 from . import scheduler, watch
 from .models import Job, JobStatus
+from .pool import LightPool
 from .running import FileSink
 from .store import IdempotentReplay, JobPage, JobStore, MemoryJobStore, idempotent_job
 from .worker import AdminTask, ModelManagerLike, Outcome, Pending, Worker
@@ -67,6 +68,9 @@ class JobManager:
             max_bypass_s=getattr(settings, "queue_max_bypass_s", 60.0))
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        # Operations declared uses_mlx=False run on the light pool, never behind the model thread.
+        self._pool = LightPool(self, self._lock, size=settings.pool_workers, files=files,
+                               plugin_settings=plugin_settings, cache_dir=cache_dir, work_root=work_root, demo=demo)
         self._queue: collections.deque[Pending] = collections.deque()
         self._tasks: collections.deque[AdminTask] = collections.deque()  # run before queued jobs
         self._active: dict[str, Pending] = {}   # queued and running
@@ -79,6 +83,10 @@ class JobManager:
         self._avg_run_s: float | None = None
         self._watchers = watch.Watchers()
         self._exited: asyncio.Event | None = None
+        #: ``listener(event, job)`` for ``queued``, ``started``, ``progress`` and ``finished``
+        #: (metrics, lifecycle logs, webhooks). Called with the manager's lock held, on any
+        #: thread: a listener must be quick, must not block and must not call the manager.
+        self.listeners: list[Callable[[str, Job], None]] = []
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -86,8 +94,11 @@ class JobManager:
         self._watchers.bind(asyncio.get_running_loop())
         self._exited = asyncio.Event()
 
-        await asyncio.to_thread(self._locked, self.store.open)  # jobs a crash cut off end failed
+        cut_off = await asyncio.to_thread(self._locked, self.store.open)  # these end failed
+        for job in cut_off or ():
+            self._emit("finished", job)
         self._worker.start()
+        self._pool.start()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, cancel queued jobs, give the running one ``grace_s``, then cancel it.
@@ -96,6 +107,7 @@ class JobManager:
         goes away. Then the store is closed (records stay readable in memory)."""
         try:
             await self._stop(grace_s)
+            await self._pool.stop(CANCEL_WAIT_S)
         finally:
             with self._lock:
                 self.store.close()
@@ -105,7 +117,7 @@ class JobManager:
         with self._lock:
             self._accepting = False
             self._exit = True
-            dropped, tasks = list(self._queue), list(self._tasks)
+            dropped, tasks = [*self._queue, *self._pool.drain()], list(self._tasks)
             self._queue.clear()
             self._tasks.clear()
             for task in tasks:
@@ -171,16 +183,22 @@ class JobManager:
                 existing = self._idempotent(*idempotency)
                 if existing is not None:
                     raise IdempotentReplay(existing)
-            self._check_capacity()
-            job.queue_position = len(self._queue)
-            self._queue.append(pending)
+            queue = self._queue if operation.uses_mlx else self._pool.queue
+            self._check_capacity(queue)
+            job.queue_position = len(queue)
+            queue.append(pending)
             self._active[job.id] = pending
             self._pin_inputs(job.id, inputs)
             self._totals["submitted"] += 1
             self.store.add(job, idempotency)
-            moved = self._renumber() if self._mixed_queue() else []
+            moved = self._renumber() if queue is self._queue and self._mixed_queue() else []
+            self._emit("queued", job)
             self._prune()
-            self._cond.notify()
+            if queue is self._queue:
+                self._cond.notify()
+            else:
+                self._pool.ensure_threads()
+                self._pool.cond.notify()
             result = snapshot(job)
         self._watchers.notify(*moved)
         return result
@@ -196,11 +214,11 @@ class JobManager:
         with self._lock:
             self._check_capacity()
 
-    def _check_capacity(self) -> None:
+    def _check_capacity(self, queue: collections.deque[Pending] | None = None) -> None:
         if not self._accepting:
             raise Unavailable("the server is shutting down and takes no new jobs",
                               code="shutting_down", headers={"Retry-After": "30"})
-        if len(self._queue) >= self.max_queue:
+        if len(self._queue if queue is None else queue) >= self.max_queue:
             wait = self._retry_after()
             raise QueueFull(
                 f"the job queue is full ({self.max_queue} jobs waiting); retry in about {wait} s",
@@ -256,7 +274,8 @@ class JobManager:
         with self._lock:
             job = self._get(job_id)
             if job.status is JobStatus.failed:
-                return self._errors.get(job_id) or KiapiError(job.error or "the job failed")
+                # After a restart only the record is left: its code gives back the status.
+                return self._errors.get(job_id) or error_from_code(job.error_code, job.error or "the job failed")
             if job.status is JobStatus.canceled:
                 return self._errors.get(job_id) or Conflict(f"job {job_id} was canceled", code="canceled")
             return None
@@ -275,7 +294,21 @@ class JobManager:
                 "kept": len(self.store),
                 "totals": dict(self._totals),
                 "worker_alive": self._worker.is_alive(),
+                "pool": self._pool.stats(),
             }
+
+    def prune_expired(self) -> None:
+        """Forget finished jobs past KIAPI_JOB_TTL_S / KIAPI_MAX_JOBS now (the storage sweep
+        calls it, so an idle server lets go of old jobs and then of their outputs)."""
+        with self._lock:
+            self._prune()
+
+    def status_of(self, job_id: str) -> str | None:
+        """The status of a kept job, ``None`` when it is not kept (any thread)."""
+        with self._lock:
+            pending = self._active.get(job_id)
+            job = pending.job if pending is not None else self.store.get(job_id)
+            return None if job is None else job.status.value
 
     # --- cancel and delete ------------------------------------------------------------------
     def cancel(self, job_id: str) -> Job:
@@ -294,9 +327,10 @@ class JobManager:
         if pending is None or job.status.terminal:
             return job
         if job.status is JobStatus.queued:
-            self._queue.remove(pending)
+            (self._queue if pending in self._queue else self._pool.queue).remove(pending)
             self._terminate(job, Outcome(JobStatus.canceled))
             self._renumber()
+            self._pool.renumber()
         else:
             pending.cancel.set()
             log.info("job %s: cancel requested while running", job_id)
@@ -349,6 +383,7 @@ class JobManager:
             self._running = pending
             moved = self._renumber()
             self.store.save(job)
+            self._emit("started", job)
         self._watchers.notify(job.id, *moved)  # only the jobs whose position changed
         return pending
 
@@ -356,15 +391,20 @@ class JobManager:
         with self._lock:
             if job.status.terminal:
                 return  # abandoned at shutdown: keep the answer already given
+            before = (job.progress, job.progress_label)
             change(job)
             self.store.save(job)
+            if (job.progress, job.progress_label) != before:
+                self._emit("progress", job)
         self._watchers.notify(job.id)
 
     def finish(self, pending: Pending, outcome: Outcome, metrics: Mapping[str, Any]) -> None:
         job = pending.job
         self._unpin_inputs(job.id)
         with self._lock:
-            self._running = None
+            if self._running is pending:
+                self._running = None
+            self._pool.running.discard(job.id)
             self._active.pop(job.id, None)
             job.metrics.update(metrics)
             if outcome.status is JobStatus.canceled and pending.cancel_reason is not None:
@@ -379,6 +419,26 @@ class JobManager:
         # it), so an answered job survives kill -9; other changes are written behind.
         self.store.flush()
         self._watchers.notify(job.id, final=True)
+
+    def next_pool_job(self) -> Pending | None:
+        """For the pool threads: block until a pool job is queued (marked running), ``None`` to exit."""
+        with self._lock:
+            pending = self._pool.take(lambda: self._exit)
+            ids = [] if pending is None else [pending.job.id, *self._pool.renumber()]
+        self._watchers.notify(*ids)
+        return pending
+
+    def active_pending(self) -> list[Pending]:
+        """Queued and running jobs (lock held by the caller)."""
+        return list(self._active.values())
+
+    def terminate_stuck(self, stuck: list[Pending], reason: KiapiError) -> None:
+        """End jobs whose handler ignored a shutdown cancel, so their waiters get an answer."""
+        with self._lock:
+            for pending in stuck:
+                if not pending.job.status.terminal:
+                    self._terminate(pending.job, Outcome.of(JobStatus.failed, reason))
+        self._watchers.notify(*(p.job.id for p in stuck))
 
     def worker_exited(self) -> None:
         loop, exited = self._watchers.loop, self._exited
@@ -398,8 +458,9 @@ class JobManager:
 
     def _unpin_inputs(self, job_id: str) -> None:
         ids = self._pinned.pop(job_id, None)
-        if ids:
-            self._files.unpin(ids)
+        unpin = getattr(self._files, "unpin", None)  # like pin: not every FileSink pins
+        if ids and unpin is not None:
+            unpin(ids)
 
     def _terminate(self, job: Job, outcome: Outcome) -> None:
         """Make a job terminal: at the worker's end, on a queued cancel, or at shutdown."""
@@ -416,6 +477,17 @@ class JobManager:
         self._active.pop(job.id, None)
         self._totals[outcome.status.value] += 1
         self.store.save(job)
+        self._emit("finished", job)
+
+    def _emit(self, event: str, job: Job) -> None:
+        if not self.listeners:
+            return
+        copy = snapshot(job)
+        for listener in self.listeners:
+            try:
+                listener(event, copy)
+            except Exception:  # noqa: BLE001 - an observer must never break a job
+                log.exception("job listener %r failed on %s of %s", listener, event, job.id)
 
     def _locked(self, fn: Callable[[], Any]) -> Any:
         with self._lock:

@@ -106,7 +106,9 @@ CORE_PATHS: tuple[CorePath, ...] = (
     CorePath(
         method="get", path="/health", tag="health", summary="Health",
         description="Server status: loaded plugins (and the ones that failed), resident models, "
-        "memory budget and reservations, queue length, and whether demo mode is on.",
+        "memory budget and reservations, queue length, and whether demo mode is on. `status` is "
+        "`ok`, or `degraded` when a plugin failed and was skipped (the rest is served; "
+        "`plugin_errors` says what went wrong).",
         responses={200: Reply(description="Server status.", content=_json("Health"))},
     ),
     CorePath(
@@ -246,6 +248,44 @@ CORE_PATHS: tuple[CorePath, ...] = (
             ("unload", "Unload a model", "Unload a model's idle resident instances; one in use by a "
              "running job stays."),
         )
+    ),
+    # --- operations: storage chores and metrics (docs/files.md, docs/operators.md) ---------------
+    CorePath(
+        method="get", path="/v1/files/usage", tag="files", summary="Storage usage",
+        description="Stored files and bytes in total and per kind (`output`: made by jobs; `upload`; "
+        "`input`: materialised URL and data-URL inputs), and the retention in force.",
+        responses={200: Reply(description="Usage figures.", content={_JSON: {"type": "object"}})},
+    ),
+    CorePath(
+        method="delete", path="/v1/files", tag="files", summary="Delete many files",
+        description="Delete up to 1000 files at once; ids that are already gone are reported in "
+        "`not_found`.",
+        body={_JSON: {"type": "object", "required": ["file_ids"], "properties": {
+            "file_ids": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1000}}}},
+        responses={200: Reply(description="`{deleted: [...], not_found: [...]}`.", content={_JSON: {"type": "object"}}),
+                   400: _error("The body is not JSON."),
+                   422: _error("No ids, too many, or malformed ones (nothing was deleted).")},
+    ),
+    CorePath(
+        method="post", path="/v1/files/prune", tag="files", summary="Prune files and jobs",
+        description="Delete files (and, with `job_status`, job records) by age, job status, kind and "
+        "a total size target (oldest first until it fits); `dry_run` reports without deleting. At "
+        "least one of `older_than_s`, `job_status`, `max_total_bytes`.",
+        body={_JSON: {"type": "object", "properties": {
+            "older_than_s": {"type": "number", "minimum": 0},
+            "job_status": {"type": "array", "items": {"type": "string", "enum": ["succeeded", "failed", "canceled"]}},
+            "kinds": {"type": "array", "items": {"type": "string", "enum": ["output", "upload", "input"]}},
+            "max_total_bytes": {"type": "integer", "minimum": 0},
+            "dry_run": {"type": "boolean", "default": False}}}},
+        responses={200: Reply(description="`{dry_run, deleted, deleted_bytes, jobs_deleted, remaining_bytes}`.",
+                              content={_JSON: {"type": "object"}}),
+                   400: _error("The body is not JSON."), 422: _error("No criterion, or an invalid one.")},
+    ),
+    CorePath(
+        method="get", path="/metrics", tag="health", summary="Prometheus metrics",
+        description="Jobs, queue, memory, model loads, HTTP traffic, storage and webhook deliveries "
+        "in the Prometheus text exposition format (docs/operators.md#11-metrics).",
+        responses={200: Reply(description="The metrics.", content={"text/plain": {"type": "string"}})},
     ),
 )
 
