@@ -99,7 +99,8 @@ class _Contexts:
         core = self._host.settings
         return RequestContext(capability=self.capability.name, model=model, settings=self._settings,
                               demo=core.demo, inputs=dict(inputs or {}),
-                              limits=Limits(max_image_pixels=core.max_image_pixels, max_upload_mb=core.max_upload_mb))
+                              limits=Limits(max_image_pixels=core.max_image_pixels, max_upload_mb=core.max_upload_mb,
+                                            memory_budget_gb=getattr(self._host, "memory_budget_gb", None)))
 
 
 def _adapt(op: Operation, contexts: _Contexts) -> Operation:
