@@ -27,9 +27,14 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+#: Every route module (routes.py, *_routes.py) by dotted name.
+ROUTE_MODULES = tuple(".".join(("kiapi_core", *p.relative_to(ROOT).with_suffix("").parts))
+                      for p in ROOT.rglob("*routes.py"))
+
+
 def _is_http(name: str) -> bool:
     return (name.split(".")[0] == "starlette" or name.startswith(HTTP_MODULES)
-            or name.rsplit(".", 1)[-1].endswith("routes"))
+            or any(name == m or name.startswith(m + ".") for m in ROUTE_MODULES))
 
 
 def test_services_and_the_sdk_never_import_the_http_layer():
