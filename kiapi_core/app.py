@@ -108,11 +108,15 @@ def _capability_routes(host: Host, capability: Capability) -> list[BaseRoute]:
 
     async def models(request: Request) -> Response:
         # Extension fields (clients written against the spec ignore them): whether the weights
-        # are there (`kiapi activate` otherwise), and in demo mode that outputs are noise.
+        # are there (`kiapi activate` otherwise), the quantization the model is kept at (and who
+        # chose it: a setting or the memory budget), and in demo mode that outputs are noise.
         specs = msgspec.to_builtins(host.registry.model_specs(capability.name))
         ready = await model_readiness(host, capability)
-        for spec in specs:
+        for spec, model in zip(specs, capability.models, strict=True):
             spec["ready"] = ready[spec["name"]]
+            if model.weights_gb:
+                spec["resident_quantize"] = model.resident_quantize
+                spec["resident_quantize_chosen_by"] = (model.info or {}).get("resident_quantize_chosen_by")
             if host.settings.demo:
                 spec["demo"] = DEMO_NOTE
         return JSONResponse(specs)
