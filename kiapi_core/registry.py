@@ -98,6 +98,9 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     operation_id: str | None = None
     #: Extra response descriptions by status code for the OpenAPI document.
     responses: Mapping[int, str] = msgspec.field(default_factory=dict)
+    #: A request body that runs as it stands, shown by Swagger UI and ReDoc; when omitted, one
+    #: is derived from the request schema's required fields (see ``kiapi_core.openapi.examples``).
+    example: Mapping[str, Any] | None = None
 
 
 class Capability(msgspec.Struct, frozen=True, kw_only=True):

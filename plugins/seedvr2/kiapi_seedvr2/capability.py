@@ -53,6 +53,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from kiapi_core.openapi.examples import SAMPLE_IMAGE
 from kiapi_core.registry import Capability, Model, Operation, WeightFiles
 from kiapi_core.validation import QUANTIZE_LEVELS
 
@@ -190,6 +191,7 @@ def build_capability(*, demo: bool = False) -> Capability:
                 summary=docs.UPSCALE_SUMMARY,
                 operation_id=docs.UPSCALE_OPERATION_ID,
                 description=docs.UPSCALE_DESCRIPTION,
+                example={"image": SAMPLE_IMAGE, "resolution": "2x", "seed": 42},
             ),
         ),
         settings=Seedvr2Settings,

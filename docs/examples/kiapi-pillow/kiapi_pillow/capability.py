@@ -6,6 +6,7 @@ Light on purpose (msgspec and kiapi_core only): it is imported while the host st
 from typing import Any
 
 from kiapi_core import Capability, InvalidRequest, Model, Operation
+from kiapi_core.openapi.examples import SAMPLE_IMAGE
 
 from .schemas import PillowConvertRequest, PillowImage, PillowResizeRequest, PillowSettings
 
@@ -76,11 +77,13 @@ CAPABILITY = Capability(
         Operation(name="resize", request=PillowResizeRequest, result=PillowImage,
                   handler="kiapi_pillow.handlers:resize", job_type="pillow-resize",
                   prepare=prepare_resize, inputs={"image": "image"}, estimate=estimate,
-                  produces=IMAGE_TYPES, summary="Resize an image"),
+                  produces=IMAGE_TYPES, summary="Resize an image",
+                  example={"image": SAMPLE_IMAGE, "width": 128}),  # runs as it stands in Swagger UI
         Operation(name="convert", request=PillowConvertRequest, result=PillowImage,
                   handler="kiapi_pillow.handlers:convert", job_type="pillow-convert",
                   prepare=prepare_convert, inputs={"image": "image"}, estimate=estimate,
-                  produces=IMAGE_TYPES, summary="Convert an image to another format"),
+                  produces=IMAGE_TYPES, summary="Convert an image to another format",
+                  example={"image": SAMPLE_IMAGE, "format": "webp"}),
     ),
     settings=PillowSettings,
 )
