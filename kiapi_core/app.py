@@ -22,6 +22,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from . import ui
 from .errors import KiapiError, NotFound, StartupError
 from .host import Host
 from .http.auth import BearerAuth
@@ -44,6 +45,7 @@ def build_app(host: Host) -> Starlette:
         Route("/docs", partial(_swagger, "/openapi.json", "kiapi"), methods=["GET"]),
         Route("/redoc", partial(_redoc, "/openapi.json", "kiapi"), methods=["GET"]),
         Mount(pages.STATIC_PREFIX, app=StaticFiles(directory=pages.STATIC_DIR), name="static"),
+        *ui.routes(),
     ]
     for capability in host.registry:
         routes += _capability_routes(host, capability)
