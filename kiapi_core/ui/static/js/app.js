@@ -72,6 +72,7 @@ async function route() {
     link.toggleAttribute("aria-current", link.dataset.nav === (parts[0] || "home"));
   }
   main.replaceChildren(h("p.muted", {}, "Loading…"));
+  delete main.dataset.ready; // set again once the page is drawn (for scripts and tests)
   try {
     if (parts[0] === "op" && parts.length === 3) leave = await operationPage(main, parts[1], parts[2], query);
     else if (parts[0] === "job" && parts[1]) await jobPage(main, parts[1]);
@@ -83,6 +84,7 @@ async function route() {
   } catch (error) {
     main.replaceChildren(h("h1", {}, "Something went wrong"), errorBox(error), h("p", {}, h("a", { href: "#/" }, "Back to the capabilities")));
   }
+  main.dataset.ready = "1";
 }
 
 async function start() {

@@ -79,7 +79,7 @@ export function markdown(text) {
       out.append(h("pre", {}, h("code", {}, code.join("\n"))));
     } else if (/^#{1,6} /.test(line)) {
       flush(); list = null;
-      const level = Math.min(6, line.indexOf(" ") + 2);
+      const level = Math.min(6, line.indexOf(" ") + 1); // "# " is an h2 inside a page
       out.append(inline(h(`h${level}`), line.replace(/^#+ /, "")));
     } else if (/^\s*[-*] /.test(line)) {
       flush();

@@ -134,7 +134,7 @@ function numberField(info, prop, fallback) {
   const max = prop.maximum ?? (prop.exclusiveMaximum !== undefined ? prop.exclusiveMaximum - (integer ? 1 : 0) : undefined);
   const step = integer ? 1 : (min !== undefined && max !== undefined && max - min <= 10 ? 0.01 : "any");
   const input = h("input", { type: "number", name: info.full, inputmode: integer ? "numeric" : "decimal",
-    min, max, step, required: info.isRequired, placeholder: fallback === undefined ? "server default" : undefined });
+    min, max, step, required: info.isRequired, placeholder: fallback === undefined ? "default" : undefined });
   if (fallback !== undefined && fallback !== null) input.value = String(fallback);
   let extra = null;
   if (min !== undefined && max !== undefined && max - min <= 1000) {
@@ -156,7 +156,7 @@ function numberField(info, prop, fallback) {
 
 function textField(info, prop, fallback, long, numeric = false) {
   const attrs = { name: info.full, required: info.isRequired && !numeric, minlength: prop.minLength,
-    maxlength: prop.maxLength, placeholder: fallback === undefined ? (info.nullable ? "server default" : "") : "" };
+    maxlength: prop.maxLength, placeholder: fallback === undefined ? (info.nullable ? "default" : "") : "" };
   const color = prop.pattern === "^#[0-9a-fA-F]{6}$";
   const input = long ? h("textarea", { ...attrs, rows: 3 }) : h("input", { ...attrs, type: color ? "color" : "text" });
   if (fallback !== undefined && fallback !== null) input.value = String(fallback);

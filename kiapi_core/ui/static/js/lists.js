@@ -2,7 +2,7 @@
 // (with their parameters and "recall parameters"), and models with the memory budget.
 
 import { blobUrl, del, get, post } from "./api.js";
-import { capabilities, models, operationForJob } from "./catalog.js";
+import { capabilities, models } from "./catalog.js";
 import { ago, bar, errorBox, h } from "./dom.js";
 import { resultView } from "./run.js";
 
@@ -88,11 +88,7 @@ async function showDetail(detail, file) {
   detail.replaceChildren(h("p.muted", {}, "Loading…"));
   try {
     const job = await get(`/v1/jobs/${file.meta.job_id}`);
-    const op = await operationForJob(job);
-    detail.replaceChildren(h("h2", {}, file.filename),
-      op ? h("p", {}, h("a.button.primary", { href: `#/op/${op.capability.name}/${op.name}?job=${job.id}` },
-        "Recall parameters")) : null,
-      await resultView({ ...job, artifacts: [file.file_id] }));
+    detail.replaceChildren(h("h2", {}, file.filename), await resultView({ ...job, artifacts: [file.file_id] }));
     detail.scrollIntoView({ block: "nearest" });
   } catch (error) {
     detail.replaceChildren(h("h2", {}, file.filename), h("p.muted", {}, "Its job is no longer kept."), errorBox(error));

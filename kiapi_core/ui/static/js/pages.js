@@ -48,7 +48,7 @@ export async function operationPage(main, capName, opName, query) {
   const panel = h("section.run-panel", { "aria-label": "Result" },
     h("p.empty", {}, "Fill in the form and press Run: the job's progress and its result appear here."));
   const run = h("button.primary", { type: "submit" }, "Run");
-  const formEl = h("form.op-form", { novalidate: false }, form.el, h("div.actions.sticky", {}, run,
+  const formEl = h("form.op-form", { novalidate: false }, form.el, h("div.actions", {}, run,
     h("button.secondary", { type: "button", onclick: () => exampleInto(form, op) }, "Fill in the example")));
   const again = (body) => submit(body);
   async function submit(body) {
@@ -81,7 +81,7 @@ export async function operationPage(main, capName, opName, query) {
     h("h1", {}, `${opName[0].toUpperCase()}${opName.slice(1)}`, h("span.muted", {}, ` · ${capName}`)),
     markdown(op.blurb),
     h("p.muted", {}, h("code", {}, `POST ${op.path}`), op.alwaysAsync ? " · always runs as a background job" : ""),
-    op.description && op.description !== op.blurb ? h("details.guide-box", {}, h("summary", {}, "About this operation"), markdown(op.description)) : "",
+    op.description && op.description !== op.blurb && !op.description.startsWith("`POST ") ? h("details.guide-box", {}, h("summary", {}, "About this operation"), markdown(op.description)) : "",
     h("div.op-layout", {}, formEl, panel));
   await prefill(form, query);
   return () => document.removeEventListener("paste", onPaste);
