@@ -51,7 +51,7 @@ def _free_port() -> int:
 class Server:
     """``kiapi serve --demo`` on a free loopback port, with the pillow example installed."""
 
-    def __init__(self, tmp: Path, plugins: str, **env: str) -> None:
+    def __init__(self, tmp: Path, plugins: str, demo: bool = True, **env: str) -> None:
         site = tmp / "site"
         info = site / "kiapi_pillow-0.1.0.dist-info"
         info.mkdir(parents=True)
@@ -61,10 +61,11 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(PILLOW), *sys.path]),
                    "KIAPI_DATA_DIR": str(tmp / "data"), "KIAPI_LOAD_PLUGINS": plugins, "KIAPI_STRICT_PLUGINS": "1",
-                   "KIAPI_CONFIG": "", "XDG_CONFIG_HOME": str(tmp / "cfg"), "MLX_DISABLE_COMPILE": "1", **env}
+                   "KIAPI_CONFIG": "", "XDG_CONFIG_HOME": str(tmp / "cfg"), "MLX_DISABLE_COMPILE": "1",
+                   "HF_HOME": str(tmp / "hf"), **env}
         self.log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kiapi_core.cli", "serve", "--demo", "--port", str(self.port)],
+            [sys.executable, "-m", "kiapi_core.cli", "serve", *(["--demo"] if demo else []), "--port", str(self.port)],
             env=environ, stdout=self.log, stderr=subprocess.STDOUT)
         headers = {"Authorization": f"Bearer {env['KIAPI_AUTH_TOKEN']}"} if "KIAPI_AUTH_TOKEN" in env else {}
         self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT_S, headers=headers)
@@ -247,6 +248,24 @@ def test_cancel_a_long_job(page, server):
     assert row.locator(".badge").text_content() == "canceled"
 
 
+def test_queue_position_and_the_jobs_page(page, server):
+    """A job waiting behind a long one shows its place in the queue; the jobs page cancels the
+    long one and deletes a finished one."""
+    long = server.http.post("/v1/image/ernie/generate", json={"prompt": "slow", "width": 512, "height": 512,
+                                                              "steps": 100, "mode": "async"}).json()["job_id"]
+    quick = server.http.post("/v1/image/ernie/generate", json={"prompt": "quick", "mode": "async",
+                                                               "width": 64, "height": 64, "steps": 2}).json()["job_id"]
+    _open(page, f"/#/job/{quick}")
+    _wait(page, "() => document.querySelector('.job .live').textContent === 'queued · next in line'")
+    _open(page, "/#/jobs")
+    page.locator(f"tr[data-job-id='{long}']").get_by_role("button", name="Cancel").click()
+    page.locator(f"tr[data-job-id='{long}'] .badge", has_text="canceled").wait_for()
+    page.locator(f"tr[data-job-id='{quick}'] .badge", has_text="succeeded").wait_for()
+    page.locator(f"tr[data-job-id='{long}']").get_by_role("button", name="Delete").click()
+    page.locator(f"tr[data-job-id='{long}']").wait_for(state="detached")
+    assert server.http.get(f"/v1/jobs/{long}").status_code == 404
+
+
 def test_a_stored_output_goes_to_edit_and_its_parameters_come_back(page, server):
     made = server.http.post("/v1/image/ernie/generate", json={"prompt": "a red barn", "width": 64, "height": 64,
                                                               "steps": 2, "seed": 7}, headers={"Accept": "application/json"})
@@ -336,7 +355,8 @@ def test_every_swagger_example_runs_as_it_stands(server):
 
 
 def test_token_flow(browser, tmp_path):
-    guarded = Server(tmp_path, "kiapi-pillow", KIAPI_AUTH_TOKEN=TOKEN)
+    # Not in demo mode: ernie's weights are missing, and the pages say how to get them.
+    guarded = Server(tmp_path, "kiapi-ernie,kiapi-pillow", demo=False, KIAPI_AUTH_TOKEN=TOKEN)
     try:
         context = browser.new_context(base_url=guarded.url)
         context.set_default_timeout(TIMEOUT_S * 1000)
@@ -361,6 +381,14 @@ def test_token_flow(browser, tmp_path):
         tab.select_option("[name=format]", "webp")
         _run(tab)
         _result_image(tab)
+        # Missing weights: the model select and the models page name the command to run.
+        _open(tab, "/#/op/ernie/generate")
+        assert "weights missing" in tab.locator("select[name=model] option").first.text_content()
+        assert tab.locator("[data-field=model] .note code").text_content() == "kiapi activate ernie:turbo"
+        _open(tab, "/#/models")
+        turbo = tab.locator("li.model[data-model='ernie:turbo']")
+        assert turbo.locator("code").text_content() == "kiapi activate ernie:turbo"
+        assert turbo.get_by_role("button").count() == 0
         # Once per browser session: a reload does not ask again.
         tab.reload()
         tab.locator("section.card, h1").first.wait_for()

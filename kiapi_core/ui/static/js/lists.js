@@ -4,7 +4,7 @@
 import { blobUrl, del, get, post } from "./api.js";
 import { capabilities, models } from "./catalog.js";
 import { ago, bar, errorBox, h } from "./dom.js";
-import { resultView } from "./run.js";
+import { queueLabel, resultView } from "./run.js";
 
 const REFRESH_MS = 1500;
 
@@ -50,8 +50,7 @@ function jobRow(job) {
     e.target.disabled = true;
     try { await fn(); } catch (err) { e.target.replaceWith(errorBox(err)); }
   } }, label);
-  const label = job.status === "queued" && job.queue_position !== null && job.queue_position !== undefined
-    ? `queued · position ${job.queue_position + 1}` : job.progress_label;
+  const label = job.status === "queued" ? queueLabel(job) : job.progress_label;
   return h("tr", { dataset: { jobId: job.id, status: job.status } },
     h("td", {}, h("a", { href: `#/job/${job.id}` }, job.id.slice(0, 16) + "…"), h("br"), h("small.muted", {}, job.type)),
     h("td", {}, h(`span.badge.${job.status}`, {}, job.status)),

@@ -119,7 +119,7 @@ export async function jobPage(main, jobId) {
   const panel = h("section.run-panel");
   main.replaceChildren(h("nav.crumbs", {}, h("a", { href: "#/jobs" }, "Jobs"), " / ", jobId),
     h("h1", {}, `${job.capability || job.type} job`), h("p.muted", {}, `${job.type} · ${job.model || ""}`), panel);
-  if (["queued", "running"].includes(job.status)) await watchJob(jobId, panel);
+  if (["queued", "running"].includes(job.status)) watchJob(jobId, panel); // drawn now, followed live
   else panel.replaceChildren(h("div.job", { dataset: { jobId, status: job.status } },
     h("p", {}, `Status: ${job.status}`), await resultView(job)));
 }

@@ -38,7 +38,7 @@ export async function watchJob(jobId, panel, { body, onAgain } = {}) {
   const update = (job) => {
     box.dataset.status = job.status;
     if (job.status === "queued") {
-      label.textContent = job.queue_position ? `queued · position ${job.queue_position + 1}` : "queued · next";
+      label.textContent = queueLabel(job);
       progress.removeAttribute("value");
     } else {
       label.textContent = job.progress_label || job.status;
@@ -59,6 +59,12 @@ export async function watchJob(jobId, panel, { body, onAgain } = {}) {
   cancel.remove();
   box.append(await resultView(job, { body, onAgain }));
   return job;
+}
+
+/** "queued · next in line" or "queued · 2 ahead" (queue_position counts the jobs ahead). */
+export function queueLabel(job) {
+  const ahead = job.queue_position;
+  return ahead ? `queued · ${ahead} ahead` : "queued · next in line";
 }
 
 /** A finished job: its error, or its outputs with parameters and follow-up actions. */
