@@ -98,7 +98,8 @@ export function markdown(text) {
   return out;
 }
 
-function inline(el, text) {
+/** Append `text` to `el` with inline Markdown (`code`, **bold**, links) as elements. */
+export function inline(el, text) {
   const pattern = /(`[^`]+`|\*\*[^*]+\*\*|\[[^\]]+\]\([^)]+\))/g;
   let last = 0;
   for (const match of text.matchAll(pattern)) {

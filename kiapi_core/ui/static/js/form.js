@@ -2,7 +2,7 @@
 // plugin's operation gets a page without UI code. Every input's `name` is the request field's
 // name (`loras[0].scale` inside repeatable groups), so the form can be scripted too.
 
-import { h } from "./dom.js";
+import { h, inline } from "./dom.js";
 import { resolve } from "./catalog.js";
 import { fileField } from "./files.js";
 
@@ -102,7 +102,7 @@ function label(name, raw) {
 function wrap(info, input, extra) {
   const id = `f-${info.full.replace(/[^\w-]/g, "_")}`;
   input.id = id;
-  const help = info.help ? h("small.help", { id: `${id}-help` }, info.help) : null;
+  const help = info.help ? inline(h("small.help", { id: `${id}-help` }), info.help) : null;
   if (help) input.setAttribute("aria-describedby", help.id);
   return h("div.field", { dataset: { field: info.full } },
     h("label", { for: id }, info.label, info.isRequired ? h("span.req", { title: "required" }, " *") : null),
