@@ -116,8 +116,12 @@ class Console:
 
     def __init__(self, page) -> None:
         self.problems: list[str] = []
-        page.on("console", lambda m: m.type in ("error", "warning") and self.problems.append(f"{m.type}: {m.text}"))
+        page.on("console", self._console)
         page.on("pageerror", lambda e: self.problems.append(f"uncaught: {e}"))
+
+    def _console(self, message) -> None:
+        if message.type in ("error", "warning"):
+            self.problems.append(f"{message.type}: {message.text}")
 
 
 @pytest.fixture
@@ -315,6 +319,44 @@ def test_the_example_plugin_gets_its_form_from_its_schema_alone(page, server, tm
     # The convert page: a required enum and a colour picker for the hex pattern.
     _open(page, "/#/op/pillow/convert")
     assert page.locator("details.more input[name=background]").get_attribute("type") == "color"
+
+
+_SAMPLE_FILE_JS = """async (name) => {
+    const canvas = document.createElement('canvas'); canvas.width = canvas.height = 48;
+    const ctx = canvas.getContext('2d'); ctx.fillStyle = '#38c'; ctx.fillRect(0, 0, 48, 48);
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
+    const data = new DataTransfer(); data.items.add(new File([blob], name, {type: 'image/png'}));
+    window.sample = data; }"""
+
+
+def test_file_inputs_take_drops_and_pastes_and_groups_repeat(page, server):
+    _open(page, "/#/op/pillow/convert")
+    page.evaluate(_SAMPLE_FILE_JS, "dropped.png")
+    page.evaluate("""() => document.querySelector('[data-field=image] .drop').dispatchEvent(
+        new DragEvent('drop', {dataTransfer: window.sample, bubbles: true, cancelable: true}))""")
+    page.locator("[data-field=image] .help", has_text="Uploaded dropped.png").wait_for()
+    page.get_by_role("button", name="Clear").click()
+    page.evaluate(_SAMPLE_FILE_JS, "pasted.png")
+    page.evaluate("""() => document.body.dispatchEvent(
+        new ClipboardEvent('paste', {clipboardData: window.sample, bubbles: true, cancelable: true}))""")
+    page.locator("[data-field=image] .help", has_text="Uploaded pasted.png").wait_for()
+    names = [f["filename"] for f in server.http.get("/v1/files").json()["data"][:2]]
+    assert names == ["pasted.png", "dropped.png"]
+    # Stored files: pick the earlier upload instead.
+    page.get_by_role("button", name="Stored files…").click()
+    page.locator(".picker .thumb[title='dropped.png']").click()
+    page.locator("[data-field=image] .help", has_text="Using dropped.png").wait_for()
+    # LoRAs (an array of objects) are repeatable groups named like the request fields.
+    _open(page, "/#/op/ernie/generate")
+    page.locator("details.more > summary").click()
+    add = page.get_by_role("button", name="Add lora")
+    add.click()
+    add.click()
+    assert page.locator("input[type=file][name='loras[1].file']").count() == 1
+    assert page.input_value("[name='loras[0].scale']") == "1"
+    page.locator("fieldset.group").first.get_by_role("button", name="Remove").click()
+    assert page.locator("fieldset.group").count() == 1
+    assert page.locator("[name='loras[0].scale']").count() == 1 and page.locator("[name='loras[1].scale']").count() == 0
 
 
 def test_models_page_shows_the_budget_and_loads_a_model(page, server):

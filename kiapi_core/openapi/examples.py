@@ -91,7 +91,7 @@ def _value(prop: Mapping[str, Any], components: Mapping[str, Any]) -> Any:
     if kind in ("integer", "number"):
         low = prop.get("minimum", prop.get("exclusiveMinimum", 0))
         return low + 1 if "exclusiveMinimum" in prop and "minimum" not in prop else low
-    return {"string": "a lighthouse on a cliff at dusk", "boolean": False, "array": []}.get(kind)
+    return {"string": "a lighthouse on a cliff at dusk", "boolean": False, "array": []}.get(str(kind))
 
 
 def _resolve(schema: Mapping[str, Any], components: Mapping[str, Any]) -> Mapping[str, Any]:

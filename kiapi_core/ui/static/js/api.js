@@ -102,7 +102,8 @@ export function isFinished(job) {
   return ["succeeded", "failed", "canceled"].includes(job.status);
 }
 
-const blobs = new Map(); // file id -> object URL, kept for the page's life (files never change)
+const blobs = new Map(); // file id -> object URL (stored files never change, so they are reused)
+const MAX_BLOBS = 300; // beyond this the oldest URLs are revoked (images already shown stay shown)
 
 /** An object URL for a stored file's bytes (works with a token, unlike a plain URL). */
 export async function blobUrl(fileId) {
@@ -110,6 +111,11 @@ export async function blobUrl(fileId) {
     const response = await request("GET", `/v1/files/${fileId}/download`);
     if (!response.ok) throw new ApiError(response.status, null);
     blobs.set(fileId, URL.createObjectURL(await response.blob()));
+    for (const [old, url] of blobs) {
+      if (blobs.size <= MAX_BLOBS) break;
+      URL.revokeObjectURL(url);
+      blobs.delete(old);
+    }
   }
   return blobs.get(fileId);
 }

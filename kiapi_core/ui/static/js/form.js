@@ -205,11 +205,18 @@ function groupField(ctx, info, item) {
       if (values && name in values) field.set(values[name]);
     }
     const row = { box, fields };
-    box.append(h("button.link", { type: "button", onclick: () => { rows.splice(rows.indexOf(row), 1); box.remove(); } },
+    box.append(h("button.link", { type: "button", onclick: () => { rows.splice(rows.indexOf(row), 1); box.remove(); renumber(); } },
       "Remove"));
     rows.push(row);
     list.append(box);
   };
+  // Keep names (`loras[0].scale`) and legends in step with the rows after a removal.
+  const renumber = () => rows.forEach((row, i) => {
+    row.box.querySelector("legend").textContent = `${info.label} ${i + 1}`;
+    for (const input of row.box.querySelectorAll("[name]")) {
+      input.name = input.name.replace(/^(.*?)\[\d+\]/, `$1[${i}]`);
+    }
+  });
   const el = h("div.field.repeat", { dataset: { field: info.full } },
     h("span.label", {}, info.label), info.help ? h("small.help", {}, info.help) : null, list,
     h("button.secondary", { type: "button", onclick: () => add() }, `Add ${info.label.replace(/s$/, "").toLowerCase()}`));
