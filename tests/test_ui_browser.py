@@ -132,6 +132,9 @@ def page(browser, server):
     console = Console(tab)
     yield tab
     context.close()
+    # Whatever happened, leave no job running for the next test.
+    for job in server.http.get("/v1/jobs", params={"status": "queued,running"}).json()["data"]:
+        server.http.post(f"/v1/jobs/{job['id']}/cancel")
     assert console.problems == [], "\n".join(console.problems)
 
 
@@ -162,7 +165,7 @@ def _run(page) -> None:
 def _result_image(page, timeout_s: float = TIMEOUT_S) -> dict:
     """Wait for the finished job's image and return its file id and natural size."""
     page.wait_for_selector(".job[data-status=succeeded] .artifact img", timeout=timeout_s * 1000)
-    _wait(page, "() => document.querySelector('.job .artifact img').naturalWidth > 0")
+    _wait(page, "() => document.querySelector('.job .artifact img')?.naturalWidth > 0")
     return page.evaluate("""() => { const img = document.querySelector('.job .artifact img');
         return {fileId: img.closest('.artifact').dataset.fileId, width: img.naturalWidth, height: img.naturalHeight}; }""")
 
@@ -239,7 +242,7 @@ def test_cancel_a_long_job(page, server):
     for name, value in {"width": "512", "height": "512", "steps": "100"}.items():
         page.fill(f"[name={name}]", value)
     _run(page)
-    _wait(page, "() => /denoising step/.test(document.querySelector('.job .live').textContent)")
+    _wait(page, "() => /denoising step/.test(document.querySelector('.job .live')?.textContent)")
     page.get_by_role("button", name="Cancel").click()
     page.wait_for_selector(".job[data-status=canceled]")
     assert page.locator(".result").text_content().startswith("Canceled")
@@ -260,7 +263,7 @@ def test_queue_position_and_the_jobs_page(page, server):
     quick = server.http.post("/v1/image/ernie/generate", json={"prompt": "quick", "mode": "async",
                                                                "width": 64, "height": 64, "steps": 2}).json()["job_id"]
     _open(page, f"/#/job/{quick}")
-    _wait(page, "() => document.querySelector('.job .live').textContent === 'queued · next in line'")
+    _wait(page, "() => document.querySelector('.job .live')?.textContent === 'queued · next in line'")
     _open(page, "/#/jobs")
     page.locator(f"tr[data-job-id='{long}']").get_by_role("button", name="Cancel").click()
     page.locator(f"tr[data-job-id='{long}'] .badge", has_text="canceled").wait_for()
@@ -294,7 +297,7 @@ def test_a_stored_output_goes_to_edit_and_its_parameters_come_back(page, server)
     page.locator(f".tile[data-file-id='{output}']").click()
     page.get_by_role("link", name="Recall parameters").click()
     page.wait_for_url(re.compile(rf"#/op/ernie/generate\?job={source_job}"))
-    _wait(page, "() => document.querySelector('[name=prompt]').value === 'a red barn'")
+    _wait(page, "() => document.querySelector('[name=prompt]')?.value === 'a red barn'")
     assert page.input_value("[name=seed]") == "7" and page.input_value("[name=width]") == "64"
 
 

@@ -75,7 +75,7 @@ async function route() {
   delete main.dataset.ready; // set again once the page is drawn (for scripts and tests)
   try {
     if (parts[0] === "op" && parts.length === 3) leave = await operationPage(main, parts[1], parts[2], query);
-    else if (parts[0] === "job" && parts[1]) await jobPage(main, parts[1]);
+    else if (parts[0] === "job" && parts[1]) leave = await jobPage(main, parts[1]);
     else if (parts[0] === "jobs") leave = jobsPage(main);
     else if (parts[0] === "gallery") await galleryPage(main);
     else if (parts[0] === "models") leave = modelsPage(main);

@@ -66,12 +66,25 @@ export async function galleryPage(main) {
   const grid = h("div.gallery");
   const detail = h("section.detail", { "aria-live": "polite" });
   main.replaceChildren(h("h1", {}, "Gallery"), h("p.muted", {}, "Stored outputs, newest first."), detail, grid);
-  const page = await get("/v1/files?limit=100");
-  const outputs = page.data.filter((f) => f.meta && f.meta.job_id);
-  if (!outputs.length) {
+  const more = h("button.secondary", { type: "button", hidden: true }, "Show more");
+  main.append(h("div.actions", {}, more));
+  let after = "";
+  const load = async () => {
+    more.disabled = true;
+    const page = await get(`/v1/files?limit=100${after ? `&after=${after}` : ""}`);
+    tiles(grid, detail, page.data.filter((f) => f.meta && f.meta.job_id));
+    after = page.last_id;
+    more.hidden = !page.has_more;
+    more.disabled = false;
+  };
+  more.addEventListener("click", load);
+  await load();
+  if (!grid.childElementCount) {
     grid.append(h("p.empty", {}, "No outputs yet: generate something from ", h("a", { href: "#/" }, "Capabilities"), "."));
-    return;
   }
+}
+
+function tiles(grid, detail, outputs) {
   for (const file of outputs) {
     const isImage = file.content_type.startsWith("image/");
     const img = isImage ? h("img", { alt: file.filename, loading: "lazy" }) : h("span", {}, file.filename);

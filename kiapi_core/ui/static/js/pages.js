@@ -50,10 +50,12 @@ export async function operationPage(main, capName, opName, query) {
   const run = h("button.primary", { type: "submit" }, "Run");
   const formEl = h("form.op-form", { novalidate: false }, form.el, h("div.actions", {}, run,
     h("button.secondary", { type: "button", onclick: () => exampleInto(form, op) }, "Fill in the example")));
+  // Leaving the page closes its event stream: browsers allow only six connections per server.
+  const leaving = new AbortController();
   const again = (body) => submit(body);
   async function submit(body) {
     run.disabled = true;
-    try { await runJob(op, body, panel, { onAgain: again }); } finally { run.disabled = false; }
+    try { await runJob(op, body, panel, { onAgain: again, signal: leaving.signal }); } finally { run.disabled = false; }
   }
   formEl.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -84,7 +86,7 @@ export async function operationPage(main, capName, opName, query) {
     op.description && op.description !== op.blurb && !op.description.startsWith("`POST ") ? h("details.guide-box", {}, h("summary", {}, "About this operation"), markdown(op.description)) : "",
     h("div.op-layout", {}, formEl, panel));
   await prefill(form, query);
-  return () => document.removeEventListener("paste", onPaste);
+  return () => { leaving.abort(); document.removeEventListener("paste", onPaste); };
 }
 
 /** `?job=<id>` recalls a job's parameters; `?<field>=<file id>` hands a file to a file input. */
@@ -115,13 +117,15 @@ function exampleInto(form, op) {
 }
 
 export async function jobPage(main, jobId) {
+  const leaving = new AbortController();
   const job = await get(`/v1/jobs/${jobId}`);
   const panel = h("section.run-panel");
   main.replaceChildren(h("nav.crumbs", {}, h("a", { href: "#/jobs" }, "Jobs"), " / ", jobId),
     h("h1", {}, `${job.capability || job.type} job`), h("p.muted", {}, `${job.type} · ${job.model || ""}`), panel);
-  if (["queued", "running"].includes(job.status)) watchJob(jobId, panel); // drawn now, followed live
+  if (["queued", "running"].includes(job.status)) watchJob(jobId, panel, { signal: leaving.signal }); // drawn now, followed live
   else panel.replaceChildren(h("div.job", { dataset: { jobId, status: job.status } },
     h("p", {}, `Status: ${job.status}`), await resultView(job)));
+  return () => leaving.abort();
 }
 
 /** A File from a base64 data URL (decoded here: the page's CSP does not let fetch() read data:). */

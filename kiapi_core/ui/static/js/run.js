@@ -7,7 +7,7 @@ import { bar, bytes, duration, errorBox, h } from "./dom.js";
 import { fileTargets, operationForJob } from "./catalog.js";
 
 /** Submit `body` to `op` and follow the job in `panel`; resolves to the final Job (or null). */
-export async function runJob(op, body, panel, { onAgain } = {}) {
+export async function runJob(op, body, panel, { onAgain, signal } = {}) {
   panel.replaceChildren(h("p.muted", {}, "Submitting…"));
   let accepted;
   try {
@@ -16,11 +16,11 @@ export async function runJob(op, body, panel, { onAgain } = {}) {
     panel.replaceChildren(errorBox(error));
     return null;
   }
-  return watchJob(accepted.job_id, panel, { body, onAgain });
+  return watchJob(accepted.job_id, panel, { body, onAgain, signal });
 }
 
 /** Follow an existing job in `panel` (the job page, and the run panel after submitting). */
-export async function watchJob(jobId, panel, { body, onAgain } = {}) {
+export async function watchJob(jobId, panel, { body, onAgain, signal } = {}) {
   const started = performance.now();
   const label = h("span.label", {}, "queued");
   const elapsed = h("span.elapsed", {}, "0.0 s");
@@ -47,9 +47,10 @@ export async function watchJob(jobId, panel, { body, onAgain } = {}) {
   };
   let job;
   try {
-    job = await follow(jobId, update);
+    job = await follow(jobId, update, signal);
   } catch (error) {
     clearInterval(timer);
+    if (signal && signal.aborted) return null; // the page was left
     panel.append(errorBox(error));
     return null;
   }
