@@ -186,6 +186,12 @@ def test_landing_lists_every_capability_under_a_strict_csp(page, server):
     ernie = page.locator("section[aria-labelledby=cap-ernie]")
     ernie.get_by_text("Guide", exact=True).click()
     assert ernie.locator(".guide h2, .guide h3").count() > 0
+    # The keyboard: the first Tab reaches "skip to content"; Enter on an operation opens it.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.locator("a.op").first.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"#/op/ernie/generate$"))
     # A phone-sized window: no sideways scrolling on the landing or an operation page.
     page.set_viewport_size({"width": 390, "height": 800})
     for url in ("/", "/#/op/ernie/generate"):

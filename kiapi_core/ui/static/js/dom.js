@@ -109,7 +109,7 @@ export function inline(el, text) {
     else if (token.startsWith("**")) el.append(h("strong", {}, token.slice(2, -2)));
     else {
       const [, label, href] = token.match(/\[([^\]]+)\]\(([^)]+)\)/);
-      el.append(/^(\/|https?:|#)/.test(href) ? h("a", { href }, label) : label);
+      el.append(/^(\/(?!\/)|https?:|#)/.test(href) ? h("a", { href }, label) : label);
     }
     last = match.index + token.length;
   }
