@@ -44,7 +44,7 @@ export function buildForm(op, models) {
       if (modeProp) out.mode = "async";
       return out;
     },
-    set(params, inputs = {}) {
+    set(params, inputs = {}, reveal = true) {
       for (const [name, field] of fields) {
         if (field.kind === "file") {
           const id = inputs[name] || params[`${name}_file_id`];
@@ -53,7 +53,7 @@ export function buildForm(op, models) {
           field.set(params[name]);
         }
       }
-      for (const details of el.querySelectorAll("details")) details.open = true;
+      if (reveal) for (const details of el.querySelectorAll("details")) details.open = true;
     },
     missing() {
       return [...fields].filter(([name, f]) => required.has(name) && f.get() === undefined).map(([n]) => n);
@@ -258,7 +258,7 @@ function modelField(models, raw, op) {
         " on the server first.");
       note.className = "note warn";
     } else if (model.demo) {
-      note.append(model.demo);
+      note.append(`${model.demo}; small sizes and few steps run fastest.`);
       note.className = "note";
     }
   };

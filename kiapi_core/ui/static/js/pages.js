@@ -85,16 +85,22 @@ export async function operationPage(main, capName, opName, query) {
     h("p.muted", {}, h("code", {}, `POST ${op.path}`), op.alwaysAsync ? " · always runs as a background job" : ""),
     op.description && op.description !== op.blurb && !op.description.startsWith("`POST ") ? h("details.guide-box", {}, h("summary", {}, "About this operation"), markdown(op.description)) : "",
     h("div.op-layout", {}, formEl, panel));
-  await prefill(form, query);
+  await prefill(form, op, query);
   return () => { leaving.abort(); document.removeEventListener("paste", onPaste); };
 }
 
 /** `?job=<id>` recalls a job's parameters; `?<field>=<file id>` hands a file to a file input. */
-async function prefill(form, query) {
+async function prefill(form, op, query) {
   const jobId = query.get("job");
   if (jobId) {
     const job = await get(`/v1/jobs/${jobId}`);
     form.set(job.params || {}, job.inputs || {});
+  } else if (op.example) {
+    // A fresh form starts from the operation's example (a prompt, sizes that run), minus its
+    // fixed seed and its inline sample files: pressing Run right away just works.
+    const { seed, mode, ...values } = op.example;
+    for (const name of Object.keys(values)) if (form.field(name)?.kind === "file") delete values[name];
+    form.set(values, {}, false);
   }
   for (const [name, value] of query) {
     const field = form.field(name);
