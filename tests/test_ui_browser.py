@@ -453,3 +453,21 @@ def test_token_flow(browser, tmp_path):
         assert httpx.get(f"{guarded.url}/").status_code == 200
     finally:
         guarded.stop()
+
+
+def test_swagger_ui_executes_the_prefilled_example(browser, server):
+    """The complaint that started it: in Swagger UI, Execute on the pre-filled body must work."""
+    context = browser.new_context(base_url=server.url)
+    context.set_default_timeout(TIMEOUT_S * 1000)
+    tab = context.new_page()
+    try:
+        tab.goto("/v1/image/pillow/docs")
+        tab.locator(".opblock-summary", has_text="/v1/image/pillow/resize").click()
+        body = tab.locator("textarea.body-param__text")
+        assert '"width": 128' in body.input_value() and "data:image/png;base64," in body.input_value()
+        tab.locator(".btn.execute").click()
+        status = tab.locator(".live-responses-table .response .response-col_status")
+        status.wait_for()
+        assert status.text_content().strip().startswith("200")
+    finally:
+        context.close()
