@@ -11,12 +11,13 @@ export async function runJob(op, body, panel, { onAgain, signal } = {}) {
   panel.replaceChildren(h("p.muted", {}, "Submitting…"));
   let accepted;
   try {
-    accepted = await post(op.path, body);
+    // Operations without a `mode` field answer synchronously: ask for the Job JSON, not bytes.
+    accepted = await post(op.path, body, { headers: { Accept: "application/json" } });
   } catch (error) {
     panel.replaceChildren(errorBox(error));
     return null;
   }
-  return watchJob(accepted.job_id, panel, { body, onAgain, signal });
+  return watchJob(accepted.job_id || accepted.id, panel, { body, onAgain, signal });
 }
 
 /** Follow an existing job in `panel` (the job page, and the run panel after submitting). */
