@@ -266,6 +266,8 @@ def test_queue_position_and_the_jobs_page(page, server):
     long one and deletes a finished one."""
     long = server.http.post("/v1/image/ernie/generate", json={"prompt": "slow", "width": 512, "height": 512,
                                                               "steps": 100, "mode": "async"}).json()["job_id"]
+    while server.http.get(f"/v1/jobs/{long}", params={"wait": 5}).json()["status"] == "queued":
+        pass
     quick = server.http.post("/v1/image/ernie/generate", json={"prompt": "quick", "mode": "async",
                                                                "width": 64, "height": 64, "steps": 2}).json()["job_id"]
     _open(page, f"/#/job/{quick}")
