@@ -98,6 +98,11 @@ export function fileField(name, label, help, isRequired, kind = "image") {
   return {
     kind: "file", el, take,
     get: () => value,
-    set: (v) => show(typeof v === "string" ? { type: "file_id", file_id: v } : v),
+    set: (v) => {
+      if (typeof v === "string") return show({ type: "file_id", file_id: v });
+      // A job's params summarise inline inputs ({"type": "data_url", "chars": ...}): not a reference.
+      if (v && (v.file_id || v.url || v.data_url)) return show(v);
+      return undefined;
+    },
   };
 }
