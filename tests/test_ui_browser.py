@@ -22,7 +22,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from kiapi_core.ui import CSP
+from kiapi_core.ui.routes import CSP
 
 REPO = Path(__file__).resolve().parents[1]
 PILLOW = REPO / "docs" / "examples" / "kiapi-pillow"

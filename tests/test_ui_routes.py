@@ -7,7 +7,7 @@ import re
 import pytest
 
 from kiapi_core.testing import build_test_host, client
-from kiapi_core.ui import CSP, STATIC_DIR, UI_PREFIX
+from kiapi_core.ui.routes import CSP, STATIC_DIR, UI_PREFIX
 
 #: The whole playground (HTML, CSS, JS, icon), uncompressed; it loads on a phone over the LAN.
 PAGE_BUDGET_BYTES = 90_000

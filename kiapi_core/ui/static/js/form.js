@@ -32,6 +32,8 @@ export function buildForm(op, models) {
     el.append(h("details.more", {}, h("summary", {}, `More options (${advanced.childElementCount})`), advanced));
   }
   const modeProp = (schema.properties || {}).mode;
+  const defaults = Object.fromEntries(Object.entries(schema.properties || {})
+    .filter(([name, raw]) => name !== "model" && "default" in raw).map(([name, raw]) => [name, raw.default]));
   return {
     el,
     field: (name) => fields.get(name),
@@ -39,7 +41,9 @@ export function buildForm(op, models) {
       const out = {};
       for (const [name, field] of fields) {
         const value = field.get();
-        if (value !== undefined) out[name] = value;
+        // A value equal to the declared default is left to the server (some defaults only make
+        // sense together with another field, e.g. a webhook's event filter without a webhook).
+        if (value !== undefined && !(name in defaults && same(value, defaults[name]))) out[name] = value;
       }
       if (modeProp) out.mode = "async";
       return out;
@@ -84,10 +88,15 @@ function makeField(ctx, name, raw, isRequired, prefix = "") {
   if (prop.type === "array" && prop.items) {
     const item = resolve(doc, prop.items);
     if (item.type === "object" && item.properties) return groupField(ctx, info, item);
+    if (item.enum) return checksField(info, item.enum, raw.default ?? prop.default);
     return listField(info, raw.default ?? prop.default);
   }
   if (prop.anyOf) return textField(info, { type: "string" }, raw.default ?? prop.default, false, true);
   return jsonField(info, raw.default ?? prop.default);
+}
+
+function same(a, b) {
+  return JSON.stringify(a) === JSON.stringify(b);
 }
 
 function strip(raw) {
@@ -167,6 +176,23 @@ function textField(info, prop, fallback, long, numeric = false) {
       return numeric && /^-?\d+(\.\d+)?$/.test(input.value.trim()) ? Number(input.value) : input.value;
     },
     set: (v) => { input.value = v === null || v === undefined ? "" : String(v); },
+  };
+}
+
+/** An array of enum values: one checkbox per value. */
+function checksField(info, options, fallback) {
+  const chosen = new Set(Array.isArray(fallback) ? fallback : []);
+  const boxes = options.map((v) => h("input", { type: "checkbox", name: info.full, value: String(v), checked: chosen.has(v) }));
+  const group = h("fieldset.checks", {}, h("legend", {}, info.label),
+    boxes.map((box, i) => h("label", {}, box, ` ${options[i]}`)));
+  const el = h("div.field", { dataset: { field: info.full } }, group, info.help ? inline(h("small.help"), info.help) : null);
+  return {
+    kind: "checks", el,
+    get: () => {
+      const values = options.filter((v, i) => boxes[i].checked);
+      return values.length ? values : undefined;
+    },
+    set: (v) => boxes.forEach((box, i) => { box.checked = Array.isArray(v) && v.includes(options[i]); }),
   };
 }
 
