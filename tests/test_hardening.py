@@ -86,6 +86,7 @@ async def test_3_foreign_host_names_are_refused(echo, host):
         assert r.status_code == 400 and r.json()["code"] == "host_not_allowed", r.text
         assert "KIAPI_ALLOWED_HOSTS" in r.json()["detail"]
     assert (await echo.get("/v1/jobs")).json()["data"] == []
+    assert (await echo.get("/health", headers={"Host": host})).status_code == 200  # probes by service name
 
 
 @pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1:8000", "[::1]:8000", "192.168.1.7:8000",
@@ -108,6 +109,7 @@ async def test_3_foreign_origins_cannot_change_state(echo):
     assert r.status_code == 403 and r.json()["code"] == "origin_not_allowed"
     assert "KIAPI_CORS_ORIGINS" in r.json()["detail"]
     assert (await echo.post("/v1/files", files=upload, headers={"Origin": "null"})).status_code == 403
+    assert (await echo.post("/v1/files", files=upload, headers={"Sec-Fetch-Site": "cross-site"})).status_code == 403
     assert (await echo.get("/v1/files")).json()["data"] == []
     assert (await echo.get("/v1/jobs")).json()["data"] == []
     # the server's own pages (same origin) and clients without Origin keep working
@@ -168,9 +170,10 @@ async def test_14_unacceptable_accept_is_406_before_queueing(echo):
 # --- 15. small ones --------------------------------------------------------------------------------
 
 async def test_15_405_lists_every_method_of_the_path(echo):
-    r = await echo.put("/v1/files")
+    r = await echo.patch("/v1/files")
     assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
-    assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "POST", "DELETE"}  # DELETE: bulk delete
+    # DELETE: bulk delete; PUT: raw-body upload
+    assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "POST", "PUT", "DELETE"}
     assert "GET or POST" in r.json()["detail"]
     r = await echo.get(RENDER)
     assert r.status_code == 405 and r.headers["allow"] == "POST"
