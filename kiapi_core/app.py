@@ -37,6 +37,7 @@ from .openapi.generate import capability_document
 from .openapi.root import root_document
 from .registry import Capability
 from .settings import DEMO_NOTE
+from .ui.routes import routes as ui_routes
 from .webhooks.request import document_webhook_fields
 from .weights import model_readiness
 
@@ -50,6 +51,7 @@ def build_app(host: Host) -> Starlette:
         Route("/docs", partial(_swagger, "/openapi.json", "kiapi"), methods=["GET"]),
         Route("/redoc", partial(_redoc, "/openapi.json", "kiapi"), methods=["GET"]),
         Mount(pages.STATIC_PREFIX, app=StaticFiles(directory=pages.STATIC_DIR), name="static"),
+        *ui_routes(),
     ]
     for capability in host.registry:
         routes += _capability_routes(host, capability)
