@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[1] / "kiapi_core"
 #: The HTTP layer and the front ends; everything else in kiapi_core is the SDK or a service.
-#: Route modules (``routes.py``, ``*_routes.py``) are HTTP too, wherever they live.
+#: Route handlers kept beside their service are named routes.py or *_routes.py (files/manage_routes.py ...).
 HTTP_AND_FRONT_ENDS = ("app.py", "serve.py", "http/", "default_plugins/", "cli/", "testing/", "openapi/pages.py")
 HTTP_MODULES = ("kiapi_core.app", "kiapi_core.http", "kiapi_core.default_plugins", "kiapi_core.serve")
 
@@ -27,14 +27,14 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+#: Every route module (routes.py, *_routes.py) by dotted name.
+ROUTE_MODULES = tuple(".".join(("kiapi_core", *p.relative_to(ROOT).with_suffix("").parts))
+                      for p in ROOT.rglob("*routes.py"))
+
+
 def _is_http(name: str) -> bool:
     return (name.split(".")[0] == "starlette" or name.startswith(HTTP_MODULES)
             or any(name == m or name.startswith(m + ".") for m in ROUTE_MODULES))
-
-
-#: Every route module of kiapi_core, as a dotted name.
-ROUTE_MODULES = tuple(".".join(("kiapi_core", *p.relative_to(ROOT).with_suffix("").parts))
-                      for p in ROOT.rglob("*routes.py"))
 
 
 def test_services_and_the_sdk_never_import_the_http_layer():

@@ -55,7 +55,7 @@ from typing import Any
 
 import msgspec
 
-from kiapi_core.sdk import QUANTIZE_LEVELS, Capability, Model, Operation, RequestContext, WeightFiles
+from kiapi_core.sdk import QUANTIZE_LEVELS, SAMPLE_IMAGE, Capability, Model, Operation, RequestContext, WeightFiles
 
 from . import docs
 from .schemas import ImageResponse, UpscaleParams, UpscaleRequest
@@ -218,6 +218,7 @@ def build_capability(*, demo: bool = False) -> Capability:
                 summary=docs.UPSCALE_SUMMARY,
                 operation_id=docs.UPSCALE_OPERATION_ID,
                 description=docs.UPSCALE_DESCRIPTION,
+                example={"image": SAMPLE_IMAGE, "resolution": "2x", "seed": 42},
             ),
         ),
         settings=Seedvr2Settings,
