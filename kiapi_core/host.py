@@ -48,11 +48,16 @@ class Host:
         self.models = ModelManager(settings=self.settings, registry=registry,
                                    plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
                                    demo=self.settings.demo)
-        self.jobs = JobManager(settings=self.settings, files=self.files, models=self.models,
-                               plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
-                               work_root=data / "work", demo=self.settings.demo,
-                               store=SqliteJobStore(data / "jobs.sqlite3", ttl_s=self.settings.job_ttl_s,
-                                                    max_jobs=self.settings.max_jobs))
+        if self.settings.cluster_url:  # several hosts on PostgreSQL (docs/cluster.md)
+            from .cluster.setup import cluster_services
+
+            self.files, self.jobs = cluster_services(self)
+        else:
+            self.jobs = JobManager(settings=self.settings, files=self.files, models=self.models,
+                                   plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
+                                   work_root=data / "work", demo=self.settings.demo,
+                                   store=SqliteJobStore(data / "jobs.sqlite3", ttl_s=self.settings.job_ttl_s,
+                                                        max_jobs=self.settings.max_jobs))
         self._background: list[asyncio.Task[Any]] = []
 
     # -- plugin facing -------------------------------------------------------------------
