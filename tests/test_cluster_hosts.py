@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import time
 
 import httpx
 import pytest
@@ -65,3 +67,106 @@ def test_submit_on_a_sse_on_b_and_a_file_uploaded_on_one_host_used_on_the_other(
     # a delete on one host is seen by the other at once
     assert b.http.delete(f"/v1/files/{file_id}").status_code in (200, 204)
     assert a.http.get(f"/v1/files/{file_id}/download").status_code == 404
+
+
+@pytest.fixture
+def three(tmp_path, pg_url):
+    hosts = start_hosts(tmp_path, pg_url, ["a", "b", "c"])
+    yield hosts
+    for host in hosts:
+        host.stop()
+
+
+def test_cancel_from_another_host_and_one_idempotency_key_on_two_hosts(three, tmp_path):
+    a, b, c = three
+    job_id = a.submit(str(tmp_path / "never"))
+    job = a.wait_for(job_id, lambda j: j["progress_label"] == "waiting", "never started")
+    runner = job["metrics"]["cluster_host"]
+    canceler = next(h for h in three if h.name != runner)
+    r = canceler.http.post(f"/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "running"
+    job = b.wait_for(job_id, lambda j: j["status"] == "canceled", "cancel never took effect")
+    assert job["progress_label"] == "canceled"
+
+    body = {"release": "", "mode": "async", "model": "m2"}
+    first = a.http.post("/v1/text/cwait/wait", json=body, headers={"Idempotency-Key": "k-1"})
+    second = c.http.post("/v1/text/cwait/wait", json=body, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == 202 and second.status_code == 202
+    assert first.json()["job_id"] == second.json()["job_id"]
+    clash = b.http.post("/v1/text/cwait/wait", json={**body, "model": "m1"}, headers={"Idempotency-Key": "k-1"})
+    assert clash.status_code == 409 and clash.json()["code"] == "idempotency_conflict"
+    listed = [j for j in b.http.get("/v1/jobs", params={"type": "cwait", "limit": 500}).json()["data"]]
+    assert len(listed) == 2  # the canceled one and the keyed one: never two keyed jobs
+
+    hosts = a.http.get("/v1/cluster/hosts").json()["data"]
+    assert sorted(h["id"] for h in hosts) == ["a", "b", "c"]
+    for row in hosts:
+        assert row["url"].startswith("http://127.0.0.1:") and row["capabilities"] == ["cwait", "echo"]
+        assert row["heartbeat_age_s"] < 5 and row["draining"] is False and row["live"] is True
+        assert {"resident", "free_gb", "running_job"} <= set(row)
+
+
+def test_kill_9_of_the_owner_reruns_the_job_then_fails_it_host_lost(three, tmp_path):
+    a, b, c = three
+    job_id = a.submit(str(tmp_path / "never"))
+    job = a.wait_for(job_id, lambda j: j["progress_label"] == "waiting", "never started")
+    first = job["metrics"]["cluster_host"]
+    killed_at = time.monotonic()
+    _by_name(three, first).proc.kill()
+    watcher = next(h for h in three if h.name != first)
+    job = watcher.wait_for(job_id, lambda j: j["status"] == "running" and j["metrics"].get("attempt") == 2
+                           and j["progress_label"] == "waiting", "never re-run")
+    assert time.monotonic() - killed_at < 2.0 + 6.0  # lease + margin
+    second = job["metrics"]["cluster_host"]
+    assert second != first and any("was lost" in w for w in job["warnings"])
+    _by_name(three, second).proc.kill()
+    last = next(h for h in three if h.name not in (first, second))
+    job = last.wait_for(job_id, lambda j: j["status"] == "failed", "never failed")
+    assert job["error_code"] == "host_lost" and "stopped answering" in job["error"]
+
+
+def test_sigstop_past_the_lease_then_sigcont_is_fenced_out(two, tmp_path):
+    a, b = two
+    release = tmp_path / "go"
+    job_id = a.submit(str(release))
+    job = a.wait_for(job_id, lambda j: j["progress_label"] == "waiting", "never started")
+    stalled = _by_name(two, job["metrics"]["cluster_host"])
+    other = b if stalled is a else a
+    stalled.signal(signal.SIGSTOP)
+    try:
+        job = other.wait_for(job_id, lambda j: j["metrics"].get("attempt") == 2 and j["progress_label"] == "waiting",
+                             "the stalled host's job was never taken over")
+        assert job["metrics"]["cluster_host"] == other.name
+    finally:
+        stalled.signal(signal.SIGCONT)
+    # The stalled host wakes up believing it runs the job; let its watchdog and writes happen.
+    time.sleep(3.0)
+    job = other.job(job_id)
+    assert job["status"] == "running" and job["metrics"]["cluster_host"] == other.name
+    assert job["metrics"]["attempt"] == 2 and job["artifacts"] == []
+    assert "lost its lease" in stalled.output() or "stopped here" in stalled.output()
+    release.touch()
+    job = stalled.wait_for(job_id, lambda j: j["status"] == "succeeded", "never finished")
+    assert job["result"]["pid"] == other.proc.pid and len(job["artifacts"]) == 1
+
+
+def test_a_host_with_the_model_resident_wins_the_job(tmp_path, pg_url):
+    hosts = start_hosts(tmp_path, pg_url, ["a", "b"], affinity_s=30.0)
+    try:
+        a, b = hosts
+        r = a.http.post("/v1/text/cwait/wait", json={"model": "m1"}, headers={"Accept": "application/json"})
+        assert r.status_code == 200, r.text
+        warm = r.json()["metrics"]["cluster_host"]
+        # the registry shows the model resident on that host
+        rows = {h["id"]: h for h in b.http.get("/v1/cluster/hosts").json()["data"]}
+        deadline = time.monotonic() + 10
+        while "cwait:m1" not in rows[warm]["resident"]:
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.2)
+            rows = {h["id"]: h for h in b.http.get("/v1/cluster/hosts").json()["data"]}
+        for entry in (a, b, a, b):
+            r = entry.http.post("/v1/text/cwait/wait", json={"model": "m1"}, headers={"Accept": "application/json"})
+            assert r.status_code == 200 and r.json()["metrics"]["cluster_host"] == warm
+    finally:
+        for host in hosts:
+            host.stop()
