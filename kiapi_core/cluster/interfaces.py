@@ -18,13 +18,15 @@ runs against both.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable, Collection
 from typing import NamedTuple
 
 import msgspec
 
+from ..errors import Conflict
 from ..jobs.models import Job, JobStatus
-from ..jobs.store import JobPage
+from ..jobs.store import IdempotentReplay, JobPage
 
 
 class HostState(msgspec.Struct, kw_only=True):
@@ -89,6 +91,40 @@ class PersistedError(msgspec.Struct, kw_only=True):
 
 class Fenced(Exception):  # noqa: N818 - a signal
     """The writer no longer owns the job (lease lost, job reaped or deleted)."""
+
+
+#: ``error_code`` of a job whose hosts were lost ``KIAPI_CLUSTER_MAX_ATTEMPTS`` times.
+HOST_LOST = "host_lost"
+
+
+def requeued(job: Job) -> Job:
+    """The job back in the queue: never started, no artifacts."""
+    job.status, job.started_at, job.progress, job.progress_label = JobStatus.queued, None, None, "queued"
+    job.artifacts = []
+    return job
+
+
+def lost(job: Job, owner: str | None, attempt: int, max_attempts: int) -> PersistedError | None:
+    """A job whose lease expired: re-queued with a warning (``None``), or failed ``host_lost``
+    (returns the error for sync callers)."""
+    if attempt < max_attempts:
+        requeued(job)
+        job.warnings.append(f"host {owner} was lost while running attempt {attempt}; the job was run "
+                            "again from the start (its earlier artifacts were removed)")
+        return None
+    job.status, job.finished_at, job.progress_label = JobStatus.failed, time.time(), "failed"
+    job.error_code = HOST_LOST
+    job.error = f"the host running the job ({owner}) stopped answering, {attempt} time(s); submit it again"
+    return PersistedError(status=503, code=HOST_LOST, detail=job.error)
+
+
+def replay(job: Job, known_fingerprint: str, fingerprint: str) -> None:
+    """Raise IdempotentReplay (same request) or Conflict (409, another request) for a kept key."""
+    if known_fingerprint != fingerprint:
+        raise Conflict(f"this Idempotency-Key was already used for job {job.id} with a different "
+                       "request body; use a new key for a new request",
+                       code="idempotency_conflict", job_id=job.id, headers={"X-Kiapi-Job-Id": job.id})
+    raise IdempotentReplay(job)
 
 
 class JobBackend(abc.ABC):
@@ -196,5 +232,5 @@ class EventBus(abc.ABC):
     def work_available(self) -> None: ...
 
 
-__all__ = ["Claim", "ClaimerState", "EventBus", "Fenced", "HostState", "JobBackend", "PersistedError",
+__all__ = ["HOST_LOST", "lost", "replay", "requeued", "Claim", "ClaimerState", "EventBus", "Fenced", "HostState", "JobBackend", "PersistedError",
            "Submission"]

@@ -19,14 +19,25 @@ from typing import Any
 
 import msgspec
 
-from ...errors import Conflict, InvalidRequest, QueueFull
+from ...errors import InvalidRequest, QueueFull
 from ...jobs.models import Job, JobStatus
-from ...jobs.store import IdempotentReplay, JobPage
-from ..interfaces import Claim, ClaimerState, Fenced, HostState, JobBackend, PersistedError, Submission
+from ...jobs.store import JobPage
+from ..interfaces import (
+    HOST_LOST,
+    Claim,
+    ClaimerState,
+    Fenced,
+    HostState,
+    JobBackend,
+    PersistedError,
+    Submission,
+    lost,
+    replay,
+    requeued,
+)
 from .connect import Pool
 
 JOB_CHANNEL, CANCEL_CHANNEL, WORK_CHANNEL = "kiapi_job", "kiapi_cancel", "kiapi_work"
-HOST_LOST = "host_lost"
 
 _enc = msgspec.json.Encoder()
 _job = msgspec.json.Decoder(Job)
@@ -71,7 +82,7 @@ class PgJobBackend(JobBackend):
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
                 known = self._by_key(conn, key)
                 if known is not None:
-                    _replay(known, fp or "")
+                    replay(known[0], known[1], fp or "")
             queued = conn.execute("SELECT count(*) FROM kiapi_jobs WHERE status = 'queued'").fetchone()
             if queued is not None and queued[0] >= max_queue:
                 raise QueueFull(f"the cluster's job queue is full ({max_queue} jobs waiting); retry later",
@@ -232,7 +243,7 @@ class PgJobBackend(JobBackend):
                                "AND attempt = %s AND status = 'running' FOR UPDATE", (job_id, owner, attempt)).fetchone()
             if row is None:
                 raise Fenced(job_id)
-            job = _requeued(_decode(row))
+            job = requeued(_decode(row))
             conn.execute("UPDATE kiapi_jobs SET status = 'queued', owner = NULL, attempt = attempt - 1, "
                          "lease_until = NULL, data = %s WHERE id = %s", (_enc.encode(job).decode(), job_id))
             conn.execute("SELECT pg_notify(%s, %s), pg_notify(%s, '')", (JOB_CHANNEL, job_id, WORK_CHANNEL))
@@ -244,24 +255,14 @@ class PgJobBackend(JobBackend):
                                 "AND lease_until < now() FOR UPDATE SKIP LOCKED").fetchall()
             for row in rows:
                 job, attempt, owner = _decode(row), row[3], row[4]
-                lost = list(job.artifacts)
-                if attempt < max_attempts:
-                    job = _requeued(job)
-                    job.warnings.append(f"host {owner} was lost while running attempt {attempt}; the job was "
-                                        "run again from the start (its earlier artifacts were removed)")
-                    conn.execute("UPDATE kiapi_jobs SET status = 'queued', owner = NULL, lease_until = NULL, "
-                                 "cancel_requested = false, data = %s WHERE id = %s", (_enc.encode(job).decode(), job.id))
-                else:
-                    job.status, job.finished_at, job.progress_label = JobStatus.failed, time.time(), "failed"
-                    job.error_code = HOST_LOST
-                    job.error = (f"the host running the job ({owner}) stopped answering, {attempt} time(s); "
-                                 "submit it again")
-                    error = PersistedError(status=503, code=HOST_LOST, detail=job.error)
-                    conn.execute("UPDATE kiapi_jobs SET status = 'failed', finished_at = %s, lease_until = NULL, "
-                                 "data = %s, error = %s WHERE id = %s", (job.finished_at, _enc.encode(job).decode(),
-                                                                         _enc.encode(error).decode(), job.id))
+                gone = list(job.artifacts)
+                error = lost(job, owner, attempt, max_attempts)
+                conn.execute("UPDATE kiapi_jobs SET status = %s, finished_at = %s, owner = NULL, lease_until = NULL, "
+                             "cancel_requested = false, data = %s, error = %s WHERE id = %s",
+                             (job.status.value, job.finished_at, _enc.encode(job).decode(),
+                              None if error is None else _enc.encode(error).decode(), job.id))
                 conn.execute("SELECT pg_notify(%s, %s), pg_notify(%s, '')", (JOB_CHANNEL, job.id, WORK_CHANNEL))
-                out.append((job, lost))
+                out.append((job, gone))
         return out
 
     # --- hosts --------------------------------------------------------------------------
@@ -286,21 +287,6 @@ class PgJobBackend(JobBackend):
     def leave(self, host_id: str) -> None:
         with self.pool.connection() as conn:
             conn.execute("DELETE FROM kiapi_hosts WHERE id = %s", (host_id,))
-
-
-def _requeued(job: Job) -> Job:
-    job.status, job.started_at, job.progress, job.progress_label = JobStatus.queued, None, None, "queued"
-    job.artifacts = []
-    return job
-
-
-def _replay(known: tuple[Job, str], fingerprint: str) -> None:
-    job, fp = known
-    if fp != fingerprint:
-        raise Conflict(f"this Idempotency-Key was already used for job {job.id} with a different "
-                       "request body; use a new key for a new request",
-                       code="idempotency_conflict", job_id=job.id, headers={"X-Kiapi-Job-Id": job.id})
-    raise IdempotentReplay(job)
 
 
 __all__ = ["CANCEL_CHANNEL", "HOST_LOST", "JOB_CHANNEL", "PgJobBackend", "WORK_CHANNEL"]
