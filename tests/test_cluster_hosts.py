@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -70,14 +73,14 @@ def test_submit_on_a_sse_on_b_and_a_file_uploaded_on_one_host_used_on_the_other(
 
 
 @pytest.fixture
-def three(tmp_path, pg_url):
+def three(tmp_path, pg_url):  # pg_url is one database per test, shared by the test's hosts
     hosts = start_hosts(tmp_path, pg_url, ["a", "b", "c"])
     yield hosts
     for host in hosts:
         host.stop()
 
 
-def test_cancel_from_another_host_and_one_idempotency_key_on_two_hosts(three, tmp_path):
+def test_cancel_from_another_host_and_one_idempotency_key_on_two_hosts(three, tmp_path, pg_url):
     a, b, c = three
     job_id = a.submit(str(tmp_path / "never"))
     job = a.wait_for(job_id, lambda j: j["progress_label"] == "waiting", "never started")
@@ -104,6 +107,15 @@ def test_cancel_from_another_host_and_one_idempotency_key_on_two_hosts(three, tm
         assert row["url"].startswith("http://127.0.0.1:") and row["capabilities"] == ["cwait", "echo"]
         assert row["heartbeat_age_s"] < 5 and row["draining"] is False and row["live"] is True
         assert {"resident", "free_gb", "running_job"} <= set(row)
+    # the same on the command line
+    env = {**os.environ, "KIAPI_CLUSTER_URL": pg_url, "KIAPI_CONFIG": ""}
+    out = subprocess.run([sys.executable, "-m", "kiapi_core.cli", "cluster"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "3 host(s)" in out.stdout and all(f"\n{n}  http://127.0.0.1:" in out.stdout for n in "bc")
+    out = subprocess.run([sys.executable, "-m", "kiapi_core.cli", "cluster", "--json"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert sorted(h["id"] for h in json.loads(out.stdout)["hosts"]) == ["a", "b", "c"]
 
 
 def test_kill_9_of_the_owner_reruns_the_job_then_fails_it_host_lost(three, tmp_path):

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "activate": ("kiapi_core.cli.weights", "activate", "Download models' weights from the Hugging Face Hub."),
     "deactivate": ("kiapi_core.cli.weights", "deactivate", "Delete models' weights to free disk space."),
     "check": ("kiapi_core.cli.check", "check", "Load each present model and run its smallest real request."),
+    "cluster": ("kiapi_core.cli.cluster", "cluster", "List the hosts of the cluster (KIAPI_CLUSTER_URL)."),
 }
 
 
