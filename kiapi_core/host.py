@@ -16,7 +16,7 @@ from typing import Any
 import pluggy
 
 from . import __version__
-from .errors import Unavailable
+from .errors import StartupError, Unavailable
 from .files.store import FileStore
 from .jobs.manager import JobManager
 from .jobs.sqlite_store import SqliteJobStore
@@ -154,6 +154,9 @@ def build_host(
 def _check_settings(host: Host) -> None:
     """Read every capability's settings and the warm-up list now, so a mistake stops start-up
     with its message instead of failing requests later (SettingsError / StartupError)."""
+    if host.settings.role != "all" and not host.settings.cluster_url:
+        raise StartupError(f"KIAPI_ROLE={host.settings.role} needs a cluster: set KIAPI_CLUSTER_URL "
+                           "(docs/cluster.md), or leave KIAPI_ROLE at all")
     for capability in host.registry:
         host.plugin_settings(capability.name)
     parse_warmup(host.settings.warmup, host.registry)

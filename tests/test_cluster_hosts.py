@@ -182,3 +182,29 @@ def test_a_host_with_the_model_resident_wins_the_job(tmp_path, pg_url):
     finally:
         for host in hosts:
             host.stop()
+
+
+def test_roles_and_a_graceful_stop_hands_the_running_job_to_another_host(tmp_path, pg_url):
+    api = start_hosts(tmp_path, pg_url, ["api"], role="api")[0]
+    workers = start_hosts(tmp_path, pg_url, ["w1", "w2"], role="worker", grace_s=1.0)
+    try:
+        rows = {h["id"]: h for h in api.http.get("/v1/cluster/hosts").json()["data"]}
+        assert rows["api"]["role"] == "api" and rows["api"]["capabilities"] == []
+        assert rows["w1"]["role"] == "worker" and "cwait" in rows["w1"]["capabilities"]
+        refused = workers[0].http.post("/v1/text/cwait/wait", json={})
+        assert refused.status_code == 503 and refused.json()["code"] == "role_worker"
+        release = tmp_path / "go"
+        job_id = api.submit(str(release))
+        job = api.wait_for(job_id, lambda j: j["progress_label"] == "waiting", "never started")
+        first = _by_name(workers, job["metrics"]["cluster_host"])
+        first.proc.terminate()  # SIGTERM: drain; after the 1 s grace the job goes back to the queue
+        assert first.proc.wait(30) == 0
+        job = api.wait_for(job_id, lambda j: j["progress_label"] == "waiting"
+                           and j["metrics"]["cluster_host"] != first.name, "never handed over")
+        assert job["metrics"]["attempt"] == 1 and job["status"] == "running"  # a hand-back is no lost attempt
+        assert first.name not in [h["id"] for h in api.http.get("/v1/cluster/hosts").json()["data"]]
+        release.touch()
+        assert api.wait_for(job_id, lambda j: j["status"] == "succeeded")["artifacts"]
+    finally:
+        for host in [api, *workers]:
+            host.stop()

@@ -148,6 +148,10 @@ class ClusterJobManager:
                               f"{capability.name!r} has ({largest:.1f} GB)", code="memory_budget")
 
     def check_capacity(self) -> None:
+        if self.settings.role == "worker":
+            raise Unavailable("this host is a cluster worker (KIAPI_ROLE=worker): it runs jobs but takes "
+                              "none; submit to a host with KIAPI_ROLE=all or api (GET /v1/cluster/hosts)",
+                              code="role_worker")
         if not self._accepting:
             raise Unavailable("the server is shutting down and takes no new jobs", code="shutting_down",
                               headers={"Retry-After": "30"})
