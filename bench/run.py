@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cluster import measure_cluster  # bench/cluster.py (the script's directory is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -51,7 +52,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "upload_rss_growth_mib": ("<=", 64.0),
     "upload_vs_copy_ratio": (">=", 0.5),
 }
-SECTIONS = ("cli", "startup", "first", "overhead", "queue", "events", "poll", "upload")
+SECTIONS = ("cli", "startup", "first", "overhead", "queue", "events", "poll", "upload", "cluster")
 REQUIRED_KEYS = ("host_overhead_ratio", "poll_p99_ms", "startup_s", "cli_help_s",
                  "upload_rss_growth_mib", "upload_vs_copy_ratio", "queue_jobs_per_s")
 
@@ -747,6 +748,8 @@ def main(argv: list[str] | None = None) -> int:
         section("events", "job events", lambda: measure_events(profile, server, client, results))
         section("poll", "responsiveness while a model runs", lambda: measure_poll(profile, server, client, results))
         section("upload", "file upload", lambda: measure_upload(profile, server, client, workdir, clock, results))
+        section("cluster", "cluster: two hosts on PostgreSQL (bench/cluster.py)",
+                lambda: measure_cluster(profile, workdir, site, Server, servers, wait_job, results, say))
         client.close()
         rss = rss_bytes(server.pid)
         results["server_rss_end_mib"] = round(rss / MiB, 1) if rss else None
