@@ -202,6 +202,9 @@ class JobBackend(abc.ABC):
     @abc.abstractmethod
     def leave(self, host_id: str) -> None: ...
 
+    def prepare(self) -> None:  # noqa: B027 - optional
+        """Create what the backend needs (tables); called once when the host starts serving."""
+
     def close(self) -> None:  # noqa: B027 - optional
         """Release connections."""
 

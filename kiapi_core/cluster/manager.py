@@ -28,6 +28,7 @@ from ..jobs.models import Job, JobStatus
 from ..jobs.store import JobPage, idempotent_job
 from ..jobs.worker import AdminTask, ModelManagerLike, Worker
 from ..memory.admission import declared_weights_gb, job_quantize
+from ..memory.loaders import raw_estimate
 from ..registry import Capability, Model, Operation
 from .interfaces import EventBus, HostState, JobBackend, Submission
 from .runner import ClusterRunner
@@ -65,13 +66,10 @@ class ClusterJobManager:
         bus.on_cancel = self.runner.cancel_requested
         bus.on_work = self.runner.work_available
         bus.on_resync = lambda: self._wake(*list(self._watched))
-        self._queued = 0
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        from .pg.connect import prepare_schema  # the one backend today; creates the tables once
-
-        await asyncio.to_thread(prepare_schema, self.backend.pool)  # type: ignore[attr-defined]
+        await asyncio.to_thread(self.backend.prepare)
         self._watchers.bind(asyncio.get_running_loop())
         self.bus.start()
         await asyncio.to_thread(self.runner.pulse_once)  # registered before the first claim
@@ -137,8 +135,7 @@ class ClusterJobManager:
 
     def _check_fits(self, capability: Capability, needed_gb: float) -> None:
         """Can it ever fit? Against the largest live host serving the capability."""
-        hosts = [h for h in self.backend.hosts(live_s=self.runner.lease_s)
-                 if h.live and not h.draining and capability.name in h.capabilities]
+        hosts = [h for h in self.runner.hosts_cache if h.live and not h.draining and capability.name in h.capabilities]
         if not hosts:
             raise Unavailable(f"no live host in the cluster serves {capability.name!r} now; start a worker "
                               "for it or retry later", code="no_host", headers={"Retry-After": "10"})
@@ -146,6 +143,16 @@ class ClusterJobManager:
         if needed_gb > largest:
             raise Unavailable(f"the job needs about {needed_gb:.1f} GB, more than the largest host serving "
                               f"{capability.name!r} has ({largest:.1f} GB)", code="memory_budget")
+
+    def admit(self, capability: Capability, model: Model, operation: Operation, params: Mapping[str, Any]) -> float:
+        """The request path's memory check in a cluster (instead of this host's budget): the GB
+        the job needs (its peak plus its model's weights), refused when no live host serving
+        the capability could ever hold it."""
+        load_gb = 0.0 if getattr(operation, "own_model", False) else declared_weights_gb(
+            model, job_quantize(model, params))
+        needed = raw_estimate(operation, params, model) + load_gb
+        self._check_fits(capability, needed)
+        return needed
 
     def check_capacity(self) -> None:
         if self.settings.role == "worker":
@@ -195,7 +202,7 @@ class ClusterJobManager:
     def stats(self) -> dict[str, Any]:
         run = self.runner.run
         running = None if run is None else run.pending.job
-        return {"accepting": self._accepting, "queued": self._queued, "max_queue": self.max_queue,
+        return {"accepting": self._accepting, "queued": self.runner.queued, "max_queue": self.max_queue,
                 "running": None if running is None else {
                     "id": running.id, "type": running.type, "progress": running.progress,
                     "progress_label": running.progress_label, "started_at": running.started_at},

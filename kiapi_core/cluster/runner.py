@@ -72,6 +72,9 @@ class ClusterRunner:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.claim_latencies_s: list[float] = []
+        #: Refreshed by every pulse, so the request path never waits on the database for them.
+        self.hosts_cache: list[HostState] = []
+        self.queued = 0
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -266,6 +269,8 @@ class ClusterRunner:
     def pulse_once(self) -> None:
         try:
             self.backend.heartbeat(self._host_state())
+            self.hosts_cache = self.backend.hosts(live_s=self.lease_s)
+            self.queued = self.backend.queued()
             self._renew()
             for job, lost in self.backend.reap(max_attempts=int(self.settings.cluster_max_attempts)):
                 log.warning("job %s: its host was lost; now %s", job.id, job.status.value)

@@ -35,7 +35,7 @@ from ..interfaces import (
     replay,
     requeued,
 )
-from .connect import Pool
+from .connect import Pool, prepare_schema
 
 JOB_CHANNEL, CANCEL_CHANNEL, WORK_CHANNEL = "kiapi_job", "kiapi_cancel", "kiapi_work"
 
@@ -71,6 +71,12 @@ def _decode(row: tuple[Any, ...]) -> Job:
 class PgJobBackend(JobBackend):
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
+
+    def prepare(self) -> None:
+        prepare_schema(self.pool)
+
+    def close(self) -> None:
+        self.pool.close()
 
     # --- records ------------------------------------------------------------------------
     def submit(self, submission: Submission, *, max_queue: int) -> Job:
