@@ -96,7 +96,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cluster_host_id: str | None = None
     "This host's id in the cluster; default <hostname>-<port>."
     cluster_lease_s: Annotated[float, Meta(gt=0)] = 30.0
-    "Seconds a running job's lease lasts; renewed every third of it. A host silent longer loses the job."
+    "Seconds a running job's lease lasts; renewed every second (or third of it). A host silent longer loses the job."
     affinity_wait_s: Annotated[float, Meta(ge=0)] = 5.0
     "Seconds a queued job waits for a host that has its model resident before any host may take it."
     cluster_max_attempts: Annotated[int, Meta(ge=1)] = 2

@@ -80,7 +80,12 @@ class ClusterHost:
         return job
 
     def submit(self, release: str = "", **extra) -> str:
-        r = self.http.post("/v1/text/cwait/wait", json={"release": release, "mode": "async", **extra})
+        deadline = time.monotonic() + 5.0
+        while True:  # a host that just started sees the others' heartbeats within a second
+            r = self.http.post("/v1/text/cwait/wait", json={"release": release, "mode": "async", **extra})
+            if r.status_code != 503 or r.json().get("code") != "no_host" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert r.status_code == 202, r.text
         return r.json()["job_id"]
 

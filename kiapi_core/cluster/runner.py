@@ -6,7 +6,7 @@ free (it is that thread calling), so a host never holds work it cannot start.
 
 Two threads of its own:
 
-* the **pulse** (every third of the lease): publishes this host's state, renews the running
+* the **pulse** (every third of the lease, at least every second): publishes this host's state, renews the running
   job's lease (a failed renewal means fenced: the local run is canceled), picks up a cancel
   requested from another host whose notification was lost, and reaps expired leases;
 * the **watchdog** (four times a second): cancels the local run once no renewal succeeded for a
@@ -261,7 +261,9 @@ class ClusterRunner:
                 self._lose(run, f"no lease renewal succeeded for {self.lease_s:g} s")
 
     def _pulse(self) -> None:
-        interval = max(self.lease_s / 3.0, 0.1)
+        # A third of the lease, and at least every second: the registry other hosts' submissions
+        # read (a new worker is visible within a second) costs one small query a second.
+        interval = max(min(self.lease_s / 3.0, 1.0), 0.1)
         while not self._stop.is_set():
             self.pulse_once()
             self._stop.wait(interval)
