@@ -36,7 +36,7 @@ class ClusterHost:
     """One host process; ``name`` is its cluster host id."""
 
     def __init__(self, tmp: Path, db_url: str, name: str, *, lease_s: float = 2.0, affinity_s: float = 0.0,
-                 role: str = "all", grace_s: float = 5.0, extra_env: dict[str, str] | None = None) -> None:
+                 role: str = "all", grace_s: float = 1.0, extra_env: dict[str, str] | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
