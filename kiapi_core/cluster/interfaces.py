@@ -18,6 +18,7 @@ runs against both.
 from __future__ import annotations
 
 import abc
+import builtins
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
@@ -242,7 +243,7 @@ class BlobStore(Protocol):
 
     async def aget(self, file_id: str) -> StoredFile: ...
 
-    async def alist(self, *, limit: int | None = None, after: str | None = None) -> list[FileRecord]: ...
+    async def alist(self, *, limit: int | None = None, after: str | None = None) -> builtins.list[FileRecord]: ...
 
     async def adelete(self, file_id: str) -> None: ...
 
