@@ -51,10 +51,11 @@ TARGETS: dict[str, tuple[str, float]] = {
     "cli_help_s": ("<=", 0.5),
     "upload_rss_growth_mib": ("<=", 64.0),
     "upload_vs_copy_ratio": (">=", 0.5),
+    "lora_vs_plain_ratio": ("<=", 1.2),
 }
-SECTIONS = ("cli", "startup", "first", "overhead", "queue", "events", "poll", "upload", "cluster")
+SECTIONS = ("cli", "startup", "first", "overhead", "lora", "queue", "events", "poll", "upload", "cluster")
 REQUIRED_KEYS = ("host_overhead_ratio", "poll_p99_ms", "startup_s", "cli_help_s",
-                 "upload_rss_growth_mib", "upload_vs_copy_ratio", "queue_jobs_per_s")
+                 "upload_rss_growth_mib", "upload_vs_copy_ratio", "queue_jobs_per_s", "lora_vs_plain_ratio")
 
 #: The generation compared over HTTP and in-process (fixed seed, so both give the same PNG).
 GEN = {"prompt": "a red apple on a wooden table", "width": 64, "height": 64, "steps": 2, "seed": 7}
@@ -71,6 +72,7 @@ class Profile:
         self.overhead_pairs = 3 if quick else 40
         self.overhead_warmup = 1 if quick else 3
         self.overhead_cap_s = 20 if quick else 90
+        self.lora_pairs = 3 if quick else 20
         self.noop_sync = 10 if quick else 200
         self.queue_jobs = 20 if quick else 500
         self.event_runs = 3 if quick else 30
@@ -382,6 +384,51 @@ def measure_overhead(profile: Profile, server: Server, client: httpx.Client, par
     say(f"  same generation in-process       {med_direct * 1000:8.1f} ms  (generate_image + PNG encode)")
     say(f"  host overhead                    {results['host_overhead_ms']:8.1f} ms  ratio "
         f"{results['host_overhead_ratio']:.3f}   identical PNG bytes: {same}")
+
+
+def measure_lora(profile: Profile, server: Server, client: httpx.Client, clock: Clock,
+                 results: dict[str, Any]) -> None:
+    """Warm LoRA generate vs warm plain generate (same size, steps, seed), alternating: the
+    adapter is applied to the resident model, so a warm LoRA request loads no weights."""
+    from kiapi_ernie.tiny import make_tiny_lora
+
+    path = make_tiny_lora(server.data / "bench_lora.safetensors")
+    with path.open("rb") as fh:
+        uploaded = client.post(server.url + "/v1/files", files={"file": ("bench_lora.safetensors", fh)})
+    file_id = uploaded.json()["file_id"]
+    lora = {**GEN, "loras": [{"file": {"type": "file_id", "file_id": file_id}, "scale": 1.0}]}
+
+    def run(body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        t0 = time.perf_counter()
+        response = client.post(server.url + "/v1/image/ernie/generate", json=body,
+                               headers={"Accept": "application/json"})
+        took = time.perf_counter() - t0
+        if response.status_code != 200:
+            raise RuntimeError(f"generate answered {response.status_code}: {response.text[:500]}")
+        return took, response.json()
+
+    _, first = run(lora)  # reads and caches the adapter; later LoRA requests read nothing
+    plain_s, lora_s, warm_metrics = [], [], {}
+    limit = time.monotonic() + profile.overhead_cap_s
+    for i in range(profile.lora_pairs):
+        if time.monotonic() > limit or clock.left() < 20:
+            break
+        for body in ((GEN, lora) if i % 2 == 0 else (lora, GEN)):
+            took, job = run(body)
+            (lora_s if body is lora else plain_s).append(took)
+            if body is lora:
+                warm_metrics = job.get("metrics") or {}
+    med_plain, med_lora = statistics.median(plain_s), statistics.median(lora_s)
+    results["lora_vs_plain_ratio"] = round(med_lora / med_plain, 4)
+    results["lora_generate_ms"] = round(med_lora * 1000, 2)
+    results["plain_generate_ms"] = round(med_plain * 1000, 2)
+    results["lora_warm_load_gb"] = warm_metrics.get("load_gb")
+    results["lora_warm_files_read"] = warm_metrics.get("lora_files_read")
+    say(f"  warm plain generate              {med_plain * 1000:8.1f} ms  (median of {len(plain_s)})")
+    say(f"  warm LoRA generate               {med_lora * 1000:8.1f} ms  ratio {results['lora_vs_plain_ratio']:.3f}")
+    say(f"  warm LoRA job loaded {results['lora_warm_load_gb']} GB of weights, read "
+        f"{results['lora_warm_files_read']} adapter file(s) (first LoRA job: "
+        f"{(first.get('metrics') or {}).get('lora_files_read')})")
 
 
 def measure_noop(profile: Profile, server: Server, client: httpx.Client, clock: Clock,
@@ -744,6 +791,9 @@ def main(argv: list[str] | None = None) -> int:
         if "job" in state:
             section("overhead", "host overhead (ernie 64x64, 2 steps)",
                     lambda: measure_overhead(profile, server, client, state["job"]["params"], clock, results))
+        if "job" in state:
+            section("lora", "LoRA on the resident model (ernie 64x64, 2 steps)",
+                    lambda: measure_lora(profile, server, client, clock, results))
         section("queue", "queue (no-op jobs)", lambda: measure_noop(profile, server, client, clock, results))
         section("events", "job events", lambda: measure_events(profile, server, client, results))
         section("poll", "responsiveness while a model runs", lambda: measure_poll(profile, server, client, results))

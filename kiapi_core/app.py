@@ -17,6 +17,7 @@ import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -25,6 +26,9 @@ from starlette.staticfiles import StaticFiles
 from .errors import KiapiError, NotFound, StartupError
 from .host import Host
 from .http.auth import BearerAuth
+from .http.body import BodyGate, BodyTimeout
+from .http.guard import RequestGuard
+from .http.methods import EXPOSED_HEADERS, method_not_allowed
 from .http.operations import operation_route
 from .http.responses import JSONResponse, error_response
 from .openapi import pages
@@ -59,15 +63,36 @@ def build_app(host: Host) -> Starlette:
         finally:
             await host.stop()
 
-    middleware = [Middleware(BearerAuth, token=host.settings.auth_token)] if host.settings.auth_token else []
     app = Starlette(
         routes=routes,
-        middleware=middleware,
+        middleware=_middleware(host),
         lifespan=lifespan,
         exception_handlers={KiapiError: _kiapi_error, HTTPException: _http_error, Exception: _unexpected},
     )
+    # A redirect to the slash-less path would be built from the Host header; a 404 with a
+    # hint says the same without echoing anything (see _http_error).
+    app.router.redirect_slashes = False
     app.state.host = host
+    app.state.body_gate = BodyGate()
     return app
+
+
+def _middleware(host: Host) -> list[Middleware]:
+    """Outermost first: Host/Origin checks, CORS for listed origins (its preflights carry no
+    token), body timeouts, then the bearer token."""
+    settings = host.settings
+    middleware = [Middleware(RequestGuard, bind_host=settings.host, allowed_hosts=settings.allowed_hosts,
+                             cors_origins=settings.cors_origins)]
+    if settings.cors_origins:
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range", "If-None-Match",
+                           "Last-Event-ID"],
+            expose_headers=EXPOSED_HEADERS, max_age=600))
+    middleware.append(Middleware(BodyTimeout, timeout_s=settings.body_timeout_s))
+    if settings.auth_token:
+        middleware.append(Middleware(BearerAuth, token=settings.auth_token))
+    return middleware
 
 
 def _capability_routes(host: Host, capability: Capability) -> list[BaseRoute]:
@@ -103,11 +128,16 @@ async def _root_openapi(host: Host, request: Request) -> Response:
 
 
 async def _swagger(openapi_url: str, title: str, request: Request) -> Response:
-    return HTMLResponse(pages.swagger_ui_html(openapi_url, title))
+    return _page(pages.swagger_ui_html(openapi_url, title))
 
 
 async def _redoc(openapi_url: str, title: str, request: Request) -> Response:
-    return HTMLResponse(pages.redoc_html(openapi_url, title))
+    return _page(pages.redoc_html(openapi_url, title))
+
+
+def _page(html: str) -> Response:
+    """A docs page that may run only its own scripts and never be framed (clickjacking)."""
+    return HTMLResponse(html, headers=pages.security_headers(html))
 
 
 async def _kiapi_error(request: Request, exc: Exception) -> Response:
@@ -118,7 +148,11 @@ async def _kiapi_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return error_response(NotFound(f"no endpoint at {request.url.path}; see GET /openapi.json"))
+        path = request.url.path
+        hint = f"; did you mean {path.rstrip('/')}?" if path != "/" and path.endswith("/") else ""
+        return error_response(NotFound(f"no endpoint at {path}{hint}; see GET /openapi.json"))
+    if exc.status_code == 405:
+        return error_response(method_not_allowed(request))
     error = KiapiError(str(exc.detail), code=f"http_{exc.status_code}", headers=dict(exc.headers or {}))
     error.status = exc.status_code
     return error_response(error)

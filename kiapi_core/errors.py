@@ -108,6 +108,13 @@ class MemoryBudgetExceeded(Unavailable):
     code = "memory_budget"
 
 
+class InsufficientStorage(KiapiError):
+    """507: storing this would pass the storage quota (KIAPI_MAX_STORAGE_GB) or the disk is full."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 class SyncTimeout(KiapiError):
     status = 504
     code = "sync_timeout"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ import pluggy
 
 from . import __version__
 from .errors import StartupError, Unavailable
+from .files.quota import StorageQuota
 from .files.store import FileStore
 from .jobs.manager import JobManager
 from .jobs.sqlite_store import SqliteJobStore
+from .memory.budget import Budget, resolve_budget
 from .memory.manager import ModelManager
 from .memory.warmup import parse_warmup
 from .plugins import PluginRecord, load_plugins, new_plugin_manager, register_capabilities
@@ -35,7 +38,7 @@ class Host:
     version = __version__
 
     def __init__(self, loaded: Loaded, pm: pluggy.PluginManager, plugins: list[PluginRecord],
-                 registry: Registry) -> None:
+                 registry: Registry, budget: Budget | None = None) -> None:
         self.loaded = loaded
         self.settings: Settings = loaded.settings
         self.pm = pm
@@ -45,13 +48,17 @@ class Host:
         self._plugin_setting_sources: dict[str, dict[str, str]] = {}
         data = self.settings.data_path
         self.files = FileStore(data / "files", ttl_s=self.settings.file_ttl_s)
+        self.files.quota = StorageQuota.for_root(self.files.root, self.settings.max_storage_gb)
         self.models = ModelManager(settings=self.settings, registry=registry,
                                    plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
-                                   demo=self.settings.demo)
+                                   demo=self.settings.demo, budget=budget)
+        #: The memory budget in GB (plugins size their resident models from it).
+        self.memory_budget_gb = self.models.budget.gb
         if self.settings.cluster_url:  # several hosts on PostgreSQL (docs/cluster.md)
             from .cluster.setup import cluster_services
 
             self.files, self.jobs = cluster_services(self)
+            self.files.quota = StorageQuota.for_root(self.files.root, self.settings.max_storage_gb)
         else:
             self.jobs = JobManager(settings=self.settings, files=self.files, models=self.models,
                                    plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
@@ -93,6 +100,9 @@ class Host:
         log.info("kiapi %s: data in %s%s", self.version, self.settings.data_path,
                  " (demo mode: tiny random-weight models, outputs are noise)" if self.settings.demo else "")
         log.info("%s", self.models.budget_description())
+        freed = await asyncio.to_thread(sweep_work_dirs, self.settings.data_path / "work")
+        if freed:
+            log.info("removed %d work directories left by jobs a crash cut off", freed)
         await self.jobs.start()
         self._background.append(asyncio.create_task(self.files.sweep_forever()))
         self._background.append(asyncio.create_task(self._sweep_idle_models()))
@@ -144,9 +154,10 @@ def build_host(
     pm = new_plugin_manager()
     records = load_plugins(pm, loaded.settings, extra=plugins, load_entrypoints=load_entrypoints)
     registry = Registry()
-    host = _HostUnderConstruction(loaded, pm, records, registry)
+    budget = resolve_budget(loaded.settings)  # once: plugins size their models from it
+    host = _HostUnderConstruction(loaded, pm, records, registry, budget.gb)
     register_capabilities(pm, records, registry, host, loaded.settings)
-    built = Host(loaded, pm, records, registry)
+    built = Host(loaded, pm, records, registry, budget)
     _check_settings(built)
     return built
 
@@ -174,12 +185,14 @@ class _HostUnderConstruction:
     version = __version__
 
     def __init__(self, loaded: Loaded, pm: pluggy.PluginManager, plugins: list[PluginRecord],
-                 registry: Registry) -> None:
+                 registry: Registry, memory_budget_gb: float) -> None:
         self.loaded = loaded
         self.settings = loaded.settings
         self.pm = pm
         self.plugins = plugins
         self.registry = registry
+        #: The memory budget in GB, so a plugin can choose its resident quantization from it.
+        self.memory_budget_gb = memory_budget_gb
 
     def plugin_settings(self, family: str, schema: type | None = None) -> Any:
         """A plugin's settings while it registers: pass its settings Struct as ``schema``.
@@ -187,3 +200,20 @@ class _HostUnderConstruction:
         if schema is None:
             schema = self.registry.get(family).settings
         return None if schema is None else self.loaded.plugin(family, schema)[0]
+
+
+def sweep_work_dirs(root: Path) -> int:
+    """Remove every job work directory under ``root``. Called before the worker starts, while
+    no job runs (the data directory lock keeps other servers out): whatever is there was left
+    by a crash (``kill -9`` during training leaves its checkpoints and extracted dataset)."""
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for entry in root.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+    return removed
+

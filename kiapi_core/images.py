@@ -14,8 +14,14 @@ from .errors import InvalidInput
 ImageFormat = Literal["png", "jpeg", "webp"]
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXTENSIONS: dict[str, str] = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-#: Formats accepted as image inputs.
-INPUT_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
+#: Formats accepted as image inputs: PNG, JPEG and WebP, as documented. MPO is how Pillow names
+#: a JPEG carrying extra pictures (many phone and camera photos); it is a JPEG and its first
+#: picture is used. GIF, BMP and TIFF are refused: no model here wants animation, and they are
+#: rarely what a user meant to send.
+INPUT_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "MPO"})
+#: Memory one decoded input pixel takes on its way into a model (RGBA bytes, then float32
+#: channels and a copy): counted in the job's memory admission.
+INPUT_BYTES_PER_PIXEL = 16
 
 
 def encode_image(image: Any, format: ImageFormat = "png", quality: int = 90) -> bytes:
@@ -52,7 +58,7 @@ def probe_image(path: Path, *, max_pixels: int, what: str = "image") -> tuple[in
                 width, height = image.size
                 fmt = image.format or "?"
                 if fmt not in INPUT_FORMATS:
-                    raise InvalidInput(f"{what} is a {fmt} image; send PNG, JPEG, WebP, GIF, BMP or TIFF")
+                    raise InvalidInput(f"{what} is a {fmt} image; send PNG, JPEG or WebP (convert it first)")
                 if width * height > max_pixels:
                     raise InvalidInput(
                         f"{what} is {width}x{height} = {width * height} pixels, over the limit of "

@@ -35,6 +35,9 @@ class WeightFiles(msgspec.Struct, frozen=True, kw_only=True):
     size_gb: float = 0.0
     #: Name of the plugin setting that may point at a local directory instead (``turbo_path``).
     local_dir_setting: str | None = None
+    #: Other pattern sets that also make a *local directory* complete, e.g. an ``mflux-save``d
+    #: model (``("transformer/*.safetensors", "vae/*.safetensors")``) instead of the repo's files.
+    local_alternatives: tuple[tuple[str, ...], ...] = ()
 
 
 class Model(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,7 +61,10 @@ class Model(msgspec.Struct, frozen=True, kw_only=True):
     weights: tuple[WeightFiles, ...] = ()
     #: Eviction order: lower priority goes first.
     priority: int = 0
-    #: Plugin-private facts (repo ids, mflux config names); never served.
+    #: Plugin-private facts (repo ids, mflux config names); never served as such, but the core
+    #: reads ``resident_quantize_chosen_by`` (``kiapi models``, ``GET /v1/memory``) and
+    #: ``resident_quantize_setting`` (the setting a 503 hint names when a lower resident
+    #: quantization would fit).
     info: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -119,6 +125,10 @@ class Capability(msgspec.Struct, frozen=True, kw_only=True):
     #: real request for ``model`` (a 256-px 1-step generate, a tiny upscale), run by
     #: ``kiapi check``; ``demo`` (optional parameter) asks for the demo models' size.
     smoke_test: Callable[[Model], tuple[str, dict[str, Any]]] | None = None
+    #: ``memory_examples(model) -> [(label, operation name, params), ...]``: typical requests,
+    #: with resolved params as ``prepare``/``check`` would record them, that ``kiapi models
+    #: --budget-gb N`` sizes against a budget ("will this run on my 16 GB Mac?").
+    memory_examples: Callable[[Model], list[tuple[str, str, dict[str, Any]]]] | None = None
 
     @property
     def prefix(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import os
 import signal
@@ -26,6 +27,29 @@ def bind_address(host: str, port: int) -> str:
 
 #: Bytes Hypercorn asks the socket reader for at a time (its default is 64 KiB).
 READ_SIZE = 1024 * 1024
+#: Pending connections the kernel queues (bursts of hundreds of clients must not see
+#: ECONNRESET). Hypercorn calls listen() again with its own ``backlog`` (default 100) on the
+#: socket we pass it, so both must say the same. The kernel caps it (net.core.somaxconn).
+BACKLOG = 1024
+
+
+def check_exposure(host: str, port: int, *, token: str | None, insecure_no_auth: bool) -> None:
+    """SystemExit when ``host`` reaches beyond this machine and no token protects the server:
+    anyone who can reach the port could then run jobs and read or delete every file."""
+    if token or insecure_no_auth:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return  # _listen reports an unusable address
+    addresses = {str(info[4][0]) for info in infos}
+    if all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        return
+    raise SystemExit(
+        f"Error: refusing to listen on {host} without KIAPI_AUTH_TOKEN: every machine that can reach "
+        "this port could run jobs and read or delete your files. Set a token (e.g. "
+        "KIAPI_AUTH_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')), bind to "
+        "127.0.0.1, or pass --insecure-no-auth (KIAPI_INSECURE_NO_AUTH=1) on a network you trust.")
 
 
 def _raise_read_size() -> None:
@@ -64,6 +88,8 @@ def serve(host: Host) -> None:
     from .app import build_app
     from .lockfile import DataDirLock, LockHeld
 
+    check_exposure(host.settings.host, host.settings.port, token=host.settings.auth_token,
+                   insecure_no_auth=host.settings.insecure_no_auth)
     lock = DataDirLock(host.settings.data_path)
     try:
         lock.acquire(owner=f"kiapi serve on {bind_address(host.settings.host, host.settings.port)}")
@@ -83,6 +109,7 @@ def serve(host: Host) -> None:
     # We bind the socket ourselves, before the lifespan starts anything: a port in use is a
     # one-line error, and the log names the real port (also when asked for port 0).
     config.bind = [f"fd://{listener.fileno()}"]
+    config.backlog = BACKLOG
     # Hypercorn's default of 3 s would cut off SSE streams and sync waits during shutdown.
     config.graceful_timeout = host.settings.shutdown_grace_s + 10
     config.accesslog = logging.getLogger("kiapi.access")
@@ -133,7 +160,7 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(address)
-        sock.listen(1024)
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:

@@ -53,6 +53,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     "Directory holding all state: files, jobs, model caches."
     auth_token: str | None = None
     "When set, every endpoint except /health requires `Authorization: Bearer <token>`."
+    insecure_no_auth: bool = False
+    "Let `kiapi serve` bind beyond loopback without KIAPI_AUTH_TOKEN (anyone reaching the port can use it)."
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    "Extra host names the server answers to (Host header) besides localhost, IP addresses and KIAPI_HOST; `*`: any."
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+    "Web origins (https://app.example) allowed to call the API from a browser (CORS); `*`: any."
+    unknown_fields: Literal["reject", "typos", "warn"] = "typos"
+    "Request fields no schema declares: `warn` accepts them, `typos` refuses near misses of a declared field (422), `reject` refuses all."
+    max_text_chars: Annotated[int, Meta(ge=1)] = 100_000
+    "Longest text field (a prompt) a request may carry, in characters (422 beyond)."
+    max_storage_gb: Annotated[float, Meta(gt=0)] | None = None
+    "Disk the data directory may use for files, in GB (507 beyond); unset: 90% of what is free at start plus what it holds."
+    body_timeout_s: Annotated[float, Meta(gt=0)] = 60.0
+    "Seconds a request body may take; after it, it must keep arriving at 64 KiB/s on average, and never pause this long (408)."
     strict_plugins: bool = False
     "Fail start-up when a plugin cannot be loaded, instead of skipping it."
     load_plugins: list[str] | None = None
@@ -159,6 +173,9 @@ def load_settings(
     core_table = {k: v for k, v in config.items() if not isinstance(v, dict)}
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     settings, sources = _build(Settings, core_table, env, flags, prefix="KIAPI_", where=str(path))
+    if settings.auth_token is not None and not settings.auth_token.strip():
+        raise SettingsError(f"KIAPI_AUTH_TOKEN (from {sources['auth_token']}) is blank; a blank token would "
+                            "let `Authorization: Bearer` with nothing after it in. Set a real token or unset it")
     return Loaded(settings=settings, sources=sources, config_file=str(path) if path else None,
                   config=config, env=env)
 

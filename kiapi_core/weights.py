@@ -70,9 +70,11 @@ class WeightStatus(msgspec.Struct, kw_only=True):
 
 # -- places ----------------------------------------------------------------------------------
 def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache, as huggingface_hub resolves it (without importing it)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    """The Hugging Face hub cache, as huggingface_hub resolves it (without importing it):
+    ``HF_HUB_CACHE``, else the legacy ``HUGGINGFACE_HUB_CACHE``, else ``HF_HOME``/hub."""
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(variable):
+            return Path(os.environ[variable]).expanduser()
     home = os.environ.get("HF_HOME") or str(Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface")
     return Path(home).expanduser() / "hub"
 
@@ -176,6 +178,16 @@ def _missing_shards(root: Path, selected: dict[str, Path]) -> list[str]:
 
 
 # -- status ----------------------------------------------------------------------------------
+def _local_patterns(root: Path, weights: WeightFiles) -> tuple[str, ...]:
+    """The pattern set a local directory satisfies: the repo's own, else the first complete
+    alternative (an mflux-saved layout), else the repo's (to name what is missing)."""
+    for patterns in (weights.patterns, *weights.local_alternatives):
+        selected = selected_files(root, patterns)
+        if all(any(matches(rel, (p,)) for rel in selected) for p in patterns or ("*",)):
+            return patterns
+    return weights.patterns
+
+
 def part_status(family: str, weights: WeightFiles, plugin_settings: Any) -> PartStatus:
     """The state of one WeightFiles selection (see :class:`PartStatus`)."""
     local = local_dir(weights, plugin_settings)
@@ -191,8 +203,10 @@ def part_status(family: str, weights: WeightFiles, plugin_settings: Any) -> Part
         part.missing.append(f"{weights.repo}: not downloaded" if local is None
                             else f"{weights.repo}: {root} ({part.setting}) is not a directory")
         return part
-    selected = selected_files(root, weights.patterns)
-    for pattern in weights.patterns or ("*",):
+    patterns = _local_patterns(root, weights) if local is not None else weights.patterns
+    part.patterns = list(patterns)
+    selected = selected_files(root, patterns)
+    for pattern in patterns or ("*",):
         if not any(matches(rel, (pattern,)) for rel in selected):
             part.missing.append(f"{weights.repo}: {pattern}")
     for rel, path in sorted(selected.items()):

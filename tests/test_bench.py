@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("host_overhead_ratio", "poll_p99_ms", "startup_s", "cli_help_s", "upload_rss_growth_mib",
-        "upload_vs_copy_ratio", "queue_jobs_per_s")
+        "upload_vs_copy_ratio", "queue_jobs_per_s", "lora_vs_plain_ratio")
 
 
 def test_quick_bench_prints_its_json_summary_last():

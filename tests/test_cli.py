@@ -100,3 +100,19 @@ def test_serve_on_a_port_in_use_is_a_one_line_error():
 def test_plugins_notes_selection_names_that_match_nothing(run):
     result = run("plugins", env={"KIAPI_LOAD_PLUGINS": "nope"})
     assert "selects none" in result.output and "no installed plugin is called 'nope'" in result.output
+
+
+def test_models_for_a_budget_answer_will_it_run_on_my_mac(run):
+    """`kiapi models --budget-gb 10.67` (a 16 GB Mac): ERNIE gets q5 resident weights, its 1024^2
+    jobs fit and 2048^2 does not; the JSON form carries the same figures."""
+    result = run("models", "--budget-gb", "10.67", "--json", env={"KIAPI_LOAD_PLUGINS": "ernie"})
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    turbo = next(m for m in data["models"] if (m["family"], m["model"]) == ("ernie", "turbo"))
+    assert turbo["resident_quantize"] == 5 and turbo["chosen_by"] == "memory budget 10.67 GB"
+    fits = {r["label"]: r["fits"] for r in turbo["requests"]}
+    assert fits["generate 1024x1024"] and fits["generate 1024x1024 + LoRA"] and not fits["generate 2048x2048"]
+    text = run("models", "--budget-gb", "64", env={"KIAPI_LOAD_PLUGINS": "ernie"}).output
+    assert "ernie:turbo  resident q8" in text and "chosen by memory budget 64.00 GB" in text
+    listed = run("models", env={"KIAPI_LOAD_PLUGINS": "ernie", "KIAPI_ERNIE_RESIDENT_QUANTIZE": "4"}).output
+    assert "ernie:turbo (default)  resident q4 (6.2 GB, chosen by KIAPI_ERNIE_RESIDENT_QUANTIZE)" in listed

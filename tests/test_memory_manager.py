@@ -451,3 +451,34 @@ def test_warm_refuses_models_whose_weights_are_missing(tmp_path):
         host.models.warm("heavy", "big")
     assert "kiapi activate heavy:big" in info.value.detail
     assert _msgspec.to_builtins(host.models.stats())["resident"] == []
+
+
+def test_own_model_and_transient_jobs_may_evict_the_idle_resident_of_their_key(tmp_path: Path) -> None:
+    """Training (own_model) and one-off copies share the resident's key but never run on it: an
+    idle resident of that key is evicted for them like any other (issue #13: LoRA and training
+    got 503 for the TTL after any plain request)."""
+    env = Env(tmp_path, budget=9.0)
+    env.run("plain", env.a, peak=0.5)
+    assert env.keys() == [("pix", "a", 8)]
+    train = Operation(name="train", request=dict, result=None, handler=lambda job: None, job_type="t",
+                      estimate=lambda params, model: 8.0, own_model=True)
+    env.manager.begin_job("train", env.cap, env.a, train, {})  # 4 resident + 8 > 9: evict a
+    assert env.keys() == [] and env.manager.stats()["reservations"][0]["total_gb"] == 8.0
+    env.manager.end_job("train")
+    env.run("plain2", env.a, peak=0.5)
+    copy = Operation(name="copy", request=dict, result=None, handler=lambda job: None, job_type="c",
+                     estimate=lambda params, model: 2.0, transient=lambda params: True)
+    env.manager.begin_job("copy", env.cap, env.a, copy, {})  # 4 resident + 2 + 4 (copy) > 9
+    assert env.keys() == []
+    env.manager.end_job("copy")
+    # a job that runs on the resident keeps it (it is needed, not a victim)
+    env.run("plain3", env.a, peak=0.5)
+    env.manager.begin_job("big", env.cap, env.a, env.gen, {"peak": 4.5})
+    assert env.keys() == [("pix", "a", 8)]
+    env.manager.end_job("big")
+
+
+def test_stats_list_each_models_resident_quantization(env: Env) -> None:
+    rows = {(r["family"], r["model"]): r for r in env.manager.stats()["models"]}
+    assert rows[("pix", "a")] == {"family": "pix", "model": "a", "resident_quantize": 8, "weights_gb": 4.0,
+                                  "chosen_by": None}

@@ -63,8 +63,16 @@ async def test_several_artifacts_answer_with_json(client):
     assert r.status_code == 200 and len(r.json()["artifacts"]) == 2
 
 
-async def test_nothing_acceptable_is_406_naming_the_job(client):
+async def test_nothing_acceptable_is_406_before_any_job(client):
+    """#15 case 14: an Accept nothing the operation produces satisfies is refused before queueing."""
     r = await client.post("/v1/text/echo/render", json={"text": "x"}, headers={"Accept": "text/html"})
+    assert r.status_code == 406 and r.json()["code"] == "not_acceptable"
+    assert "job_id" not in r.json() and "application/json" in r.json()["detail"]
+    assert (await client.get("/v1/jobs")).json()["data"] == []
+
+
+async def test_unacceptable_result_found_late_is_406_naming_the_job(client):
+    r = await client.post("/v1/text/echo/pair", json={}, headers={"Accept": "image/png"})
     assert r.status_code == 406
     assert r.json()["job_id"] == r.headers["x-kiapi-job-id"] and r.json()["code"] == "not_acceptable"
 
@@ -114,10 +122,17 @@ async def test_wrong_content_type_is_415(client):
     assert r.status_code == 415 and "application/json" in r.json()["detail"]
 
 
-async def test_curl_default_form_content_type_still_reads_json(client):
-    # `curl -d '{...}'` without -H sends application/x-www-form-urlencoded
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", None])
+async def test_bodies_a_foreign_page_can_send_are_415(client, content_type):
+    """#15 case 3: form-encoded, text/plain and untyped bodies need no CORS preflight, so a
+    web page could send them: they are not read as JSON (curl -d needs -H or --json)."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = await client.post("/v1/text/echo/render", content=b'{"text": "hi"}', headers=headers)
+    assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type"
+    assert "curl --json" in r.json()["detail"]
+    assert (await client.get("/v1/jobs")).json()["data"] == []
     r = await client.post("/v1/text/echo/render", content=b'{"text": "hi"}',
-                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+                          headers={"Content-Type": "application/json; charset=utf-8"})
     assert r.status_code == 200 and r.content == b"hi"
 
 

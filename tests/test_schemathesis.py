@@ -31,9 +31,10 @@ Generated bodies are bent in three ways so a run stays small, fast and on loopba
 Status codes the capability contract cannot list: ``spec/*.openapi.json`` is binding and
 documents 200/202/400/422/503/504 for operations; the host also answers 406 (nothing the
 ``Accept`` header allows), 409 (an ``Idempotency-Key`` reused with another body), 413 (body over
-``KIAPI_MAX_BODY_MB``) and 415 (not a JSON body). Adding them to the generated documents would
+``KIAPI_MAX_BODY_MB``), 415 (not a JSON body), 408 (a body arriving too slowly) and 507 (an
+artifact or input over the storage quota, or a full disk). Adding them to the generated documents would
 break the structural match with the spec (``compare_documents`` reports extra responses), so
-for capability documents those four are accepted as host-level answers and checked here
+for capability documents those are accepted as host-level answers and checked here
 against the core's error shape (``{"detail", "code"}`` JSON) instead. The root document,
 which the host owns, documents everything it answers.
 """
@@ -73,7 +74,7 @@ SCALE = max(1, int(os.environ.get("KIAPI_FUZZ_SCALE", "1")))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance]
 #: Answers of the host to a capability operation that the binding spec cannot list (see above).
-HOST_LEVEL_STATUSES = {406, 409, 413, 415}
+HOST_LEVEL_STATUSES = {406, 408, 409, 413, 415, 507}
 #: Examples per operation and generation mode; operations that may run a model get fewer.
 EXAMPLES = {"generate": 15, "edit": 15, "upscale": 15, "train": 8}
 DEFAULT_EXAMPLES = 25
@@ -124,7 +125,8 @@ def served(tmp_path) -> Iterator[Served]:
     """A fresh demo host per test: schemathesis's pytest plugin ends every ASGI lifespan it
     started when a test ends, and a host's worker thread cannot be started twice."""
     host = build_test_host(tmp_path / "data", plugins=[kiapi_ernie, kiapi_seedvr2],
-                           sync_timeout_s=30.0, shutdown_grace_s=5.0)
+                           sync_timeout_s=30.0, shutdown_grace_s=5.0,
+                           allowed_hosts=["testserver"])  # the Host of Starlette's test client
     app = build_app(host)
     try:
         # The client starts the app's lifespan on schemathesis's event-loop thread; every

@@ -141,7 +141,7 @@ def _half_upload(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
     head = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"half.bin\"\r\n"
             b"Content-Type: application/octet-stream\r\n\r\n")
-    sock.sendall(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    sock.sendall(b"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                  b"Content-Length: %d\r\n\r\n" % (len(head) + 10_000_000) + head + b"x" * 300_000)
     return sock
 

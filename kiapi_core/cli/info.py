@@ -47,9 +47,15 @@ def plugins(ctx: click.Context, as_json: bool, show_all: bool) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--budget-gb", type=click.FloatRange(min=0.5), default=None,
+              help="Size every model for a machine with this memory budget (a 16 GB Mac has 10.67): "
+                   "the resident quantization it would get and which typical requests fit.")
 @click.pass_context
-def models(ctx: click.Context, as_json: bool) -> None:
-    """List every model of every capability, with aliases."""
+def models(ctx: click.Context, as_json: bool, budget_gb: float | None) -> None:
+    """List every model of every capability, with aliases and resident quantization."""
+    if budget_gb is not None:
+        _models_for_budget(ctx, budget_gb, as_json)
+        return
     host = make_host(ctx)
     specs = [spec for c in host.registry for spec in host.registry.model_specs(c.name)]
     if as_json:
@@ -57,7 +63,38 @@ def models(ctx: click.Context, as_json: bool) -> None:
         return
     for spec in specs:
         aliases = f"  aliases: {', '.join(spec.aliases)}" if spec.aliases else ""
-        click.echo(f"{spec.family}:{spec.name}{' (default)' if spec.default else ''}{aliases}")
+        click.echo(f"{spec.family}:{spec.name}{' (default)' if spec.default else ''}"
+                   f"{_resident(host.registry.resolve_model(spec.family, spec.name))}{aliases}")
+
+
+def _resident(model: object) -> str:
+    """``  resident q5 (7.5 GB, chosen by memory budget 10.67 GB)`` for a model with weights."""
+    weights = getattr(model, "weights_gb", None) or {}
+    bits = getattr(model, "resident_quantize", None)
+    if getattr(model, "loader", None) is None or not weights:
+        return ""
+    gb = weights.get(bits, max(weights.values()))
+    chosen = (getattr(model, "info", None) or {}).get("resident_quantize_chosen_by")
+    label = "bf16" if bits is None else f"q{bits}"
+    return f"  resident {label} ({gb:.1f} GB{f', chosen by {chosen}' if chosen else ''})"
+
+
+def _models_for_budget(ctx: click.Context, budget_gb: float, as_json: bool) -> None:
+    from ..memory.sizing import fits_table
+
+    host = make_host(ctx, memory_limit_gb=budget_gb)  # plugins choose resident bits for this budget
+    rows = fits_table(host)
+    if as_json:
+        click.echo(json.dumps({"budget_gb": budget_gb, "models": rows}, indent=2))
+        return
+    click.echo(f"memory budget {budget_gb:.2f} GB (a Mac's budget is 2/3 of its RAM up to 32 GB, 3/4 above)")
+    for row in rows:
+        bits = "bf16" if row["resident_quantize"] is None else f"q{row['resident_quantize']}"
+        chosen = f", chosen by {row['chosen_by']}" if row["chosen_by"] else ""
+        click.echo(f"{row['family']}:{row['model']}  resident {bits} ({row['resident_weights_gb']:.1f} GB{chosen})")
+        for req in row["requests"]:
+            mark = "fits " if req["fits"] else "no   "
+            click.echo(f"  {mark} {req['label']:<32} needs {req['needs_gb']:6.1f} GB")
 
 
 @click.command()

@@ -15,11 +15,13 @@ from . import make_host
 @click.option("--demo", is_flag=True, default=None,
               help="Serve tiny random-weight models (no downloads; outputs are noise).")
 @click.option("--data-dir", default=None, help="State directory (KIAPI_DATA_DIR).")
+@click.option("--insecure-no-auth", is_flag=True, default=None,
+              help="Allow binding beyond loopback without KIAPI_AUTH_TOKEN (KIAPI_INSECURE_NO_AUTH).")
 @click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]),
               help="Logging level (KIAPI_LOG_LEVEL).")
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, demo: bool | None,
-          data_dir: str | None, log_level: str | None) -> None:
+          data_dir: str | None, log_level: str | None, insecure_no_auth: bool | None) -> None:
     """Run the HTTP server until SIGINT/SIGTERM.
 
     Every installed capability plugin is served under /v1/{domain}/{family}/; the API is
@@ -27,7 +29,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None, demo: bool | N
     """
     from ..serve import serve as run
 
-    built = make_host(ctx, host=host, port=port, demo=demo, data_dir=data_dir, log_level=log_level)
+    built = make_host(ctx, host=host, port=port, demo=demo, data_dir=data_dir, log_level=log_level,
+                      insecure_no_auth=insecure_no_auth)
     logging.basicConfig(level=built.settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for record in built.plugins:

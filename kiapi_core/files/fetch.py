@@ -185,7 +185,9 @@ class URLFetcher:
         for address in addresses:
             reason = self.policy.refusal(address)
             if reason:
-                via = "" if str(address) == host else f" (it resolves to {address})"
+                # The class, never the address: naming what a host name resolves to would
+                # make this server a DNS oracle for the network it sits in.
+                via = "" if str(address) == host else f" (its host name resolves to a {reason} address)"
                 raise BadRequest(
                     f"{what} {strip_url_secrets(str(url))} points at a {reason} address{via}; only public "
                     f"internet addresses are allowed by default; {_HOW_TO_ALLOW}",

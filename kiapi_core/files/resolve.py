@@ -47,6 +47,8 @@ class ResolvedInputs(msgspec.Struct, kw_only=True):
     refs: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)
     #: Ids of files this resolution stored (URL and data URL inputs), oldest first.
     created: list[str] = msgspec.field(default_factory=list)
+    #: Field path → pixel count of each image input (what decoding it will take in memory).
+    pixels: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def find_file_refs(value: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, Any]]:
@@ -129,8 +131,9 @@ async def _resolve_one(path: str, ref: Any, kind: str, *, store: FileStore, sett
         raise TypeError(f"unexpected FileRef {type(ref).__name__}")
     if kind == "image":
         try:
-            await asyncio.to_thread(probe_image, stored.path, max_pixels=settings.max_image_pixels,
-                                    what=f"`{path}`")
+            width, height, _ = await asyncio.to_thread(probe_image, stored.path,
+                                                       max_pixels=settings.max_image_pixels, what=f"`{path}`")
+            result.pixels[path] = width * height
         except InvalidInput as exc:
             exc.extra.setdefault("field", path)
             raise

@@ -24,7 +24,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ..errors import BadRequest, InvalidRequest, KiapiError, NotFound, PayloadTooLarge, UnsupportedMediaType
+from ..errors import (
+    BadRequest,
+    InsufficientStorage,
+    InvalidRequest,
+    KiapiError,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from ..http.body import drain
 from ..http.responses import JSONResponse
 from .models import StoredFile
 from .names import ID_FORM, check_id, clean_content_type, valid_id
@@ -62,7 +72,11 @@ def _store(request: Request) -> FileStore:
 
 async def upload_file(request: Request) -> Response:
     """``POST /v1/files``: multipart field ``file`` → 201 FileRecord."""
-    settings = request.app.state.host.settings
+    host = request.app.state.host
+    if not getattr(getattr(host, "jobs", None), "accepting", True):
+        raise Unavailable("the server is shutting down and takes no new uploads",
+                          code="shutting_down", headers={"Retry-After": "30", "Connection": "close"})
+    settings = host.settings
     max_bytes = int(settings.max_upload_mb * MiB)
     media, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
@@ -71,13 +85,23 @@ async def upload_file(request: Request) -> Response:
             "send the file as multipart/form-data in a field named `file` "
             "(curl -F file=@picture.png http://host/v1/files)")
     declared = request.headers.get("content-length")
+    store = _store(request)
     if declared is not None:
-        if not declared.isdigit():
+        if not digits(declared, 19):
             raise BadRequest("Content-Length is not a number")
         if int(declared) > max_bytes + MULTIPART_OVERHEAD:
+            await drain(request)
             raise _too_large(max_bytes)
-    upload = _MultipartUpload(_store(request), boundary, max_bytes)
-    stored = await upload.run(request)
+        if store.quota is not None and int(declared) - MULTIPART_OVERHEAD > store.quota.available_bytes():
+            await drain(request)
+            raise store.quota.full("this upload", int(declared))
+    upload = _MultipartUpload(store, boundary, max_bytes)
+    try:
+        stored = await upload.run(request)
+    except (PayloadTooLarge, InsufficientStorage) as exc:
+        await drain(request)  # clients that send everything before reading still see the answer
+        exc.headers.setdefault("Connection", "close")
+        raise
     location = f"{request.scope.get('root_path', '')}/v1/files/{stored.file_id}"
     return JSONResponse(stored.record, status_code=201, headers={"Location": location})
 
@@ -194,6 +218,12 @@ class _MultipartUpload:
         self.in_file = True
 
 
+def digits(text: str, max_len: int) -> bool:
+    """``text`` is a plain decimal number (ASCII digits only: ``'²'.isdigit()`` is true, and
+    ``int()`` refuses it) of at most ``max_len`` digits (``int()`` of 5000 digits is refused too)."""
+    return 0 < len(text) <= max_len and text.isascii() and text.isdigit()
+
+
 def _decode_header(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
@@ -207,7 +237,7 @@ def _decode_header(raw: bytes) -> str:
 async def list_files(request: Request) -> Response:
     """``GET /v1/files?limit=&after=``: newest first; ``after`` is the last id of a page."""
     raw_limit = request.query_params.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+    if not digits(raw_limit, 4) or not 1 <= int(raw_limit) <= 1000:
         raise InvalidRequest("limit must be an integer from 1 to 1000", field="limit")
     limit = int(raw_limit)
     after = request.query_params.get("after")
@@ -302,10 +332,9 @@ def _requested_range(request: Request, etag: str | None, size: int) -> tuple[int
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) \
-            or (last and not last.isdigit()):
-        return None
+    first, dash, last = (part.strip() for part in spec.strip().partition("-"))
+    if not dash or not (first or last) or (first and not digits(first, 19)) or (last and not digits(last, 19)):
+        return None  # malformed (also non-ASCII digits such as '²', or absurdly long numbers): ignored
     if not first:  # suffix range: the last N bytes
         n = int(last)
         if n == 0 or size == 0:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import hashlib
 import os
 import secrets
@@ -52,6 +53,7 @@ from .names import (
     suggest_extension,
     valid_id,
 )
+from .quota import StorageQuota, counted, disk_full
 
 _PARTIAL = ".partial"
 _CHUNK = 1024 * 1024
@@ -97,6 +99,7 @@ class BlobWriter:
         # hashed on the event loop (bench/run.py, docs/performance.md).
         self._buf = bytearray()
         self._inflight: asyncio.Future[None] | None = None
+        self._reserved = 0  # bytes counted against the store's quota so far
 
     async def __aenter__(self) -> BlobWriter:
         self._fh = await asyncio.to_thread(builtins.open, self._tmp, "xb")
@@ -141,9 +144,24 @@ class BlobWriter:
             raise PayloadTooLarge(
                 f"{self._what} is larger than the limit of {_mib(self._max)}",
                 limit_bytes=self._max)
+        if self._store.quota is not None:
+            try:
+                self._store.quota.reserve(len(data), f"this {self._what}")
+            except BaseException:
+                self.size -= len(data)
+                await self.abort()
+                raise
+            self._reserved += len(data)
         self._buf += data
         if len(self._buf) >= _WRITE_BATCH:
-            await self._send_batch()
+            try:
+                await self._send_batch()
+            except OSError as exc:
+                await self.abort()
+                full = disk_full(exc, f"this {self._what}")
+                if full is None:
+                    raise
+                raise full from None
 
     async def commit(self, *, filename: str, content_type: str | None = None,
                      meta: Mapping[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile:
@@ -152,17 +170,31 @@ class BlobWriter:
             await self._send_batch()
             await self._drain()
             await asyncio.to_thread(_flush_and_sync, self._fh)
-            return await asyncio.to_thread(
+            stored = await asyncio.to_thread(
                 self._store._install, self._tmp, self.size, self._hash.hexdigest(),
                 filename=filename, content_type=content_type, meta=meta, ttl_s=ttl_s)
-        except BaseException:
+        except BaseException as exc:
             await self._close_file()
             await asyncio.to_thread(_unlink, self._tmp)
+            self._release()
+            full = disk_full(exc, f"this {self._what}") if isinstance(exc, OSError) else None
+            if full is not None:
+                raise full from None
             raise
+        if self._store.quota is not None:
+            self._store.quota.commit(self._reserved)
+            self._reserved = 0
+        return stored
+
+    def _release(self) -> None:
+        if self._store.quota is not None and self._reserved:
+            self._store.quota.release(self._reserved)
+        self._reserved = 0
 
     async def abort(self) -> None:
         self._done = True
         self._buf = bytearray()
+        self._release()
         await self._close_file()
         await asyncio.to_thread(_unlink, self._tmp)
 
@@ -171,11 +203,13 @@ class FileStore:
     """Stored files under ``root``. ``ttl_s`` > 0 makes new files expire after that many
     seconds (per-call ``ttl_s`` overrides it); 0 keeps them until deleted."""
 
-    def __init__(self, root: Path | str, *, ttl_s: float = 0) -> None:
+    def __init__(self, root: Path | str, *, ttl_s: float = 0, quota: StorageQuota | None = None) -> None:
         self.root = Path(root).expanduser()
         self.ttl_s = float(ttl_s)
         self._partial = self.root / _PARTIAL
         self._partial.mkdir(parents=True, exist_ok=True)
+        #: The storage quota (KIAPI_MAX_STORAGE_GB); ``None``: unlimited (507 only on a full disk).
+        self.quota = quota
         self._lock = threading.Lock()
         self._last_us = 0
         # Files queued or running jobs read: deleting one hides it at once, but its blob stays
@@ -203,6 +237,11 @@ class FileStore:
     def put_bytes(self, data: bytes, *, filename: str, content_type: str | None = None,
                   meta: Mapping[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile:
         """Store ``data`` atomically."""
+        with self._counted(len(data), filename):
+            return self._put_bytes(data, filename=filename, content_type=content_type, meta=meta, ttl_s=ttl_s)
+
+    def _put_bytes(self, data: bytes, *, filename: str, content_type: str | None,
+                   meta: Mapping[str, Any] | None, ttl_s: float | None) -> StoredFile:
         tmp = self._temp_path()
         try:
             with open(tmp, "xb") as fh:
@@ -226,6 +265,13 @@ class FileStore:
                 digest.update(chunk)
         size = path.stat().st_size
         tmp = self._temp_path()
+        with self._counted(size, filename or path.name):
+            return self._put_path(path, tmp, size, digest.hexdigest(), filename=filename, content_type=content_type,
+                                  meta=meta, move=move, ttl_s=ttl_s)
+
+    def _put_path(self, path: Path, tmp: Path, size: int, sha256: str, *, filename: str | None,
+                  content_type: str | None, meta: Mapping[str, Any] | None, move: bool,
+                  ttl_s: float | None) -> StoredFile:
         try:
             moved = False
             if move:
@@ -240,10 +286,13 @@ class FileStore:
                     os.fsync(fh.fileno())
                 if move:
                     _unlink(path)
-            return self._install(tmp, size, digest.hexdigest(), filename=filename or path.name,
+            return self._install(tmp, size, sha256, filename=filename or path.name,
                                  content_type=content_type, meta=meta, ttl_s=ttl_s)
         finally:
             _unlink(tmp)
+
+    def _counted(self, size: int, filename: str) -> contextlib.AbstractContextManager[None]:
+        return counted(self.quota, size, f"file {clean_filename(filename)!r}")
 
     def get(self, file_id: str) -> StoredFile:
         """The stored file, or NotFound (also for malformed, expired or half-written ids)."""
@@ -302,7 +351,7 @@ class FileStore:
                 if file_id in self._doomed:
                     doomed.append(self._doomed.pop(file_id))
         for blob in doomed:
-            _unlink(blob)
+            self._unlink_blob(blob)
 
     def sweep_expired(self, now: float | None = None) -> int:
         """Delete expired files, orphan blobs and stale temp files; returns files deleted."""
@@ -317,7 +366,7 @@ class FileStore:
                     removed += 1
             elif (".data" in name and valid_id(name.split(".", 1)[0]) and name.split(".", 1)[0] not in self._pins
                   and not (self.root / (name.split(".", 1)[0] + ".json")).exists() and _stale(entry, now)):
-                _unlink(Path(entry.path))  # a crash between blob and sidecar
+                self._unlink_blob(Path(entry.path))  # a crash between blob and sidecar
         for entry in os.scandir(self._partial):
             if _stale(entry, now):
                 _unlink(Path(entry.path))
@@ -412,7 +461,17 @@ class FileStore:
             if self._pins.get(file_id):
                 self._doomed[file_id] = blob  # unpin removes it
                 return
-        _unlink(blob)
+        self._unlink_blob(blob)
+
+    def _unlink_blob(self, blob: Path) -> None:
+        """Remove a stored blob, giving its bytes back to the quota."""
+        try:
+            size = blob.stat().st_size
+            os.unlink(blob)
+        except FileNotFoundError:
+            return
+        if self.quota is not None:
+            self.quota.removed(size)
 
 
 def _expired(record: FileRecord, now: float) -> bool:

@@ -12,7 +12,7 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import Unauthorized
+from ..errors import StartupError, Unauthorized
 from .responses import error_response
 
 OPEN_PATHS = frozenset({"/health"})
@@ -23,6 +23,8 @@ AUTHENTICATED = "kiapi.authenticated"
 class BearerAuth:
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
+        if not token.strip():
+            raise StartupError("KIAPI_AUTH_TOKEN is blank; set a real token or unset it")
         self.expected = token.strip().encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,5 +44,6 @@ class BearerAuth:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, token = value.strip().partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.expected)
+                token = token.strip()
+                return scheme.lower() == b"bearer" and bool(token) and hmac.compare_digest(token, self.expected)
         return False

@@ -9,6 +9,7 @@ resolution (400), the plugin's ``check`` (in a thread), memory admission (503), 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,37 +23,32 @@ from ..errors import (
     BadRequest,
     InvalidRequest,
     KiapiError,
-    MalformedJSON,
     NotAcceptable,
-    PayloadTooLarge,
     SyncTimeout,
-    UnsupportedMediaType,
     WeightsMissing,
 )
 from ..files.resolve import ResolvedInputs, resolve_inputs
 from ..files.routes import file_response
+from ..images import INPUT_BYTES_PER_PIXEL
 from ..jobs.models import AsyncJobResponse, Job, JobStatus
 from ..jobs.store import IdempotentReplay
+from ..memory.loaders import INPUT_GB
 from ..registry import Capability, Model, Operation
 from ..settings import DEMO_NOTE
 from ..validation import ref_summary
 from ..weights import missing_message, status
 from . import idempotency, negotiation
+from .body import BodyGate, check_json_content_type, decode_json, read_body
+from .decode import decode_body
 from .responses import JSONResponse, error_response
 
 if TYPE_CHECKING:
     from ..host import Host
 
-_PATH = re.compile(r" - at `(\$[^`]*)`$")
-_MISSING = re.compile(r"^Object missing required field `([^`]+)`$")
 #: Request fields the core itself interprets; they are not recorded as ignored.
 _CORE_FIELDS = ("mode", "model")
-#: Deepest nesting of JSON arrays/objects accepted in a request body (no operation needs more;
-#: deeper bodies would only exercise recursion in the decoder and the request path).
-MAX_JSON_DEPTH = 64
-#: Bodies read as JSON. curl's ``-d`` sends form-urlencoded unless told otherwise, and the
-#: body still is the JSON the user typed: decoding it is kinder than a 415.
-_JSON_LIKE = ("application/json", "", "application/x-www-form-urlencoded", "text/plain")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+log = logging.getLogger("kiapi.http")
 
 
 def operation_route(capability: Capability, operation: Operation) -> Route:
@@ -60,37 +56,115 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
 
     async def endpoint(request: Request) -> Response:
         host: Host = request.app.state.host
-        raw = await _read_json(request, host.settings.max_body_mb, decoder)
-        idem = idempotency.from_request(request, raw, auth_token=host.settings.auth_token)
-        replayed = host.jobs.find_idempotent(*idem) if idem is not None else None
-        if replayed is None:
-            body, warnings = decode_body(raw, operation.request)
-            try:
-                job = await submit(host, capability, operation, body, warnings, idempotency=idem)
-            except IdempotentReplay as replay:  # an identical request won the race
-                replayed = replay.job
-        if replayed is not None:
-            job = replayed
+        check_json_content_type(request)
+        gate: BodyGate = request.app.state.body_gate
+        async with gate.admit(request):  # large bodies: read, decode and submit a few at a time
+            raw = await decode_json(await read_body(request, host.settings.max_body_mb), gate, decoder)
+            if request.headers.get(idempotency.HEADER) is None:
+                idem = None
+            else:  # the fingerprint re-encodes and hashes the body: not on the loop
+                idem = await asyncio.to_thread(idempotency.from_request, request, raw,
+                                               auth_token=host.settings.auth_token)
+            replayed = host.jobs.find_idempotent(*idem) if idem is not None else None
             mode = raw.get("mode", "sync") if isinstance(raw, dict) else "sync"
-        else:
-            mode = getattr(body, "mode", "sync")
-        mode = "async" if operation.always_async else mode
-        headers = {"X-Kiapi-Job-Id": job.id}
-        if replayed is not None:
-            headers[idempotency.REPLAYED_HEADER] = "true"
-        if job.warnings:
-            # Header values are latin-1: escape whatever a client put in its field names.
-            text = "; ".join(job.warnings)[:2000]
-            headers["X-Kiapi-Warnings"] = text.encode("ascii", "backslashreplace").decode()
-        if mode == "async":
-            headers["Location"] = f"/v1/jobs/{job.id}"
-            return JSONResponse(AsyncJobResponse(job_id=job.id, type=job.type, status=job.status),
-                                status_code=202, headers=headers)
-        job = await host.jobs.wait(job.id, host.settings.sync_timeout_s)
-        return await respond_finished(host, request, job, headers)
+            if replayed is None:
+                body, warnings = await _decode(host, capability, operation, raw)
+                mode = getattr(body, "mode", "sync")
+            del raw  # a large body's text is not kept while the job runs
+            mode = "async" if operation.always_async else mode
+            if replayed is None:
+                if mode != "async":
+                    check_acceptable(request, operation)  # 406 now, not after the job ran
+                try:
+                    job = await submit(host, capability, operation, body, warnings, idempotency=idem)
+                except IdempotentReplay as replay:  # an identical request won the race
+                    replayed = replay.job
+            if replayed is not None:
+                job = replayed
+        try:
+            return await _answer(host, request, job, mode, replayed=replayed is not None)
+        except KiapiError as exc:
+            raise _with_job(exc, job) from None
+        except Exception as exc:  # noqa: BLE001 - the job exists: the client must learn its id
+            log.exception("answering for job %s failed", job.id)
+            raise _with_job(KiapiError(f"job {job.id} was queued, but answering failed "
+                                       f"({exc.__class__.__name__}); follow it with GET /v1/jobs/{job.id}"),
+                            job) from None
 
     return Route(f"{capability.prefix}/{operation.name}", endpoint, methods=["POST"],
                  name=f"{capability.name}.{operation.name}")
+
+
+async def _answer(host: Host, request: Request, job: Job, mode: str, *, replayed: bool) -> Response:
+    headers = {"X-Kiapi-Job-Id": job.id}
+    if replayed:
+        headers[idempotency.REPLAYED_HEADER] = "true"
+    if job.warnings:
+        headers["X-Kiapi-Warnings"] = header_text("; ".join(job.warnings), 2000)
+    if mode == "async":
+        headers["Location"] = f"/v1/jobs/{job.id}"
+        return JSONResponse(AsyncJobResponse(job_id=job.id, type=job.type, status=job.status),
+                            status_code=202, headers=headers)
+    job = await host.jobs.wait(job.id, host.settings.sync_timeout_s)
+    return await respond_finished(host, request, job, headers)
+
+
+def header_text(text: str, limit: int) -> str:
+    """``text`` as a legal header value: printable ASCII, everything else escaped (a client's
+    field name may hold CR, LF or any other character), at most ``limit`` characters."""
+    escaped = text[:limit].encode("ascii", "backslashreplace").decode()
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", escaped)[:limit]
+
+
+def check_acceptable(request: Request, operation: Operation) -> None:
+    """406 before queueing when ``Accept`` allows neither the Job JSON nor what the operation
+    produces (the job would run and its result be thrown away)."""
+    accept = request.headers.get("accept")
+    if not accept or not operation.produces or negotiation.choose(accept, None) == "json":
+        return
+    if any(negotiation.choose(accept, media) for media in operation.produces):
+        return
+    offered = ", ".join(["application/json", *operation.produces])
+    raise NotAcceptable(f"the Accept header ({accept[:200]}) allows none of what this operation "
+                        f"answers: {offered}; send Accept: application/json (or */*)")
+
+
+async def _decode(host: Host, capability: Capability, operation: Operation, raw: Any) -> tuple[Any, list[str]]:
+    """:func:`decode_body` in a thread; a 422 there also lists what ``prepare`` finds in the
+    fields that did convert, so one answer names every problem of the request."""
+    settings = host.settings
+    try:
+        return await asyncio.to_thread(decode_body, raw, operation.request, unknown=settings.unknown_fields,
+                                       max_text_chars=settings.max_text_chars)
+    except InvalidRequest as error:
+        if operation.prepare is not None and isinstance(raw, dict):
+            more = await asyncio.to_thread(_prepare_problems, host, capability, operation, raw, error)
+            if more:
+                raise _merged(error, more) from None
+        raise
+
+
+def _prepare_problems(host: Host, capability: Capability, operation: Operation, raw: dict[str, Any],
+                      error: InvalidRequest) -> list[dict[str, str]]:
+    """What ``prepare`` says about ``raw`` without the fields ``error`` already names."""
+    listed = error.extra.get("errors") or [{"field": error.extra.get("field", "$")}]
+    bad = {re.split(r"[.\[]", str(item["field"]))[0] for item in listed}
+    try:
+        body: Any = msgspec.convert({k: v for k, v in raw.items() if k not in bad}, operation.request)
+        model = host.registry.resolve_model(capability.name, getattr(body, "model", None))
+        assert operation.prepare is not None
+        operation.prepare(body, model, host)
+    except InvalidRequest as found:
+        items = found.extra.get("errors") or [{"field": found.extra.get("field", "$"), "detail": found.detail}]
+        return [item for item in items if re.split(r"[.\[]", str(item["field"]))[0] not in bad]
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        return []
+    return []
+
+
+def _merged(error: InvalidRequest, more: list[dict[str, str]]) -> InvalidRequest:
+    items = (error.extra.get("errors") or [{"field": error.extra.get("field", "$"), "detail": error.detail}]) + more
+    return InvalidRequest("; ".join(item["detail"] for item in items), errors=items)
 
 
 async def submit(host: Host, capability: Capability, operation: Operation, body: Any,
@@ -134,6 +208,8 @@ async def validate(host: Host, capability: Capability, operation: Operation, bod
             raise WeightsMissing(missing_message(found), activate=found.activate)
     params = redact(operation.prepare(body, model, host) if operation.prepare else _default_params(body))
     resolved = await resolve_inputs(body, operation.inputs, store=host.files, settings=host.settings)
+    if resolved.pixels:  # a 388 KB PNG can decode to gigabytes: admission must know
+        params[INPUT_GB] = round(sum(resolved.pixels.values()) * INPUT_BYTES_PER_PIXEL / 1e9, 4)
     try:
         if operation.check is not None:
             await asyncio.to_thread(operation.check, body, params, resolved.files, host)
@@ -155,7 +231,8 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
     if not job.status.terminal:
         raise _with_job(SyncTimeout(
             f"{job.type} job {job.id} did not finish within {host.settings.sync_timeout_s:g}s "
-            f"(KIAPI_SYNC_TIMEOUT_S); it keeps running: poll GET /v1/jobs/{job.id}"), job)
+            f"(KIAPI_SYNC_TIMEOUT_S); it keeps running: poll GET /v1/jobs/{job.id}. Send long runs "
+            f"(large sizes, many steps: ERNIE base at its defaults) with \"mode\": \"async\""), job)
     if job.status in (JobStatus.failed, JobStatus.canceled):
         error = host.jobs.error_of(job.id) or KiapiError(job.error or "the job did not finish",
                                                           code=job.error_code or "internal_error")
@@ -174,102 +251,6 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
     assert artifact is not None
     return await file_response(request, artifact, disposition="inline",
                                headers={**headers, "X-Kiapi-File-Id": artifact.file_id})
-
-
-async def _read_json(request: Request, max_mb: float, decoder: msgspec.json.Decoder) -> Any:
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if content_type not in _JSON_LIKE and not content_type.endswith("+json"):
-        raise UnsupportedMediaType(f"send the request body as application/json, not {content_type}")
-    limit = int(max_mb * 1024 * 1024)
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {int(declared)} bytes, over the {max_mb:g} MiB limit "
-                              "(KIAPI_MAX_BODY_MB); upload large inputs with POST /v1/files and pass a file_id")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is over the {max_mb:g} MiB limit (KIAPI_MAX_BODY_MB); "
-                                  "upload large inputs with POST /v1/files and pass a file_id")
-        chunks.append(chunk)
-    data = b"".join(chunks)
-    if not data.strip():
-        raise MalformedJSON("the request body is empty; send a JSON object")
-    try:
-        value = decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise MalformedJSON(f"the request body is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                            "send JSON encoded as UTF-8") from None
-    except RecursionError:
-        raise MalformedJSON(_too_deep()) from None
-    if not _depth_ok(value, MAX_JSON_DEPTH):
-        raise MalformedJSON(_too_deep())
-    return value
-
-
-def _too_deep() -> str:
-    return f"the request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels; flatten it"
-
-
-def _depth_ok(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests at most ``limit`` containers deep (iterative: no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return False
-        stack.extend((child, depth + 1) for child in children)
-    return True
-
-
-def decode_body(raw: Any, schema: type) -> tuple[Any, list[str]]:
-    """The request Struct for a JSON body (InvalidRequest naming the field) and a warning
-    listing the fields it ignored."""
-    if not isinstance(raw, dict):
-        raise InvalidRequest(f"the request body must be a JSON object, not {type(raw).__name__}")
-    try:
-        body = msgspec.convert(raw, schema)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        match = _PATH.search(message)
-        path = match.group(1) if match else "$"
-        what = message[: match.start()] if match else message
-        missing = _MISSING.match(what)
-        if missing:  # name the missing field itself, not the object that lacks it
-            path = f"{path}.{missing.group(1)}"
-            field = path[2:]
-            raise InvalidRequest(f"{field} is required", field=field, path=path) from None
-        field = path[2:] if path.startswith("$.") else path
-        raise InvalidRequest(f"{field}: {what}" if field != "$" else what, field=field, path=path) from None
-    ignored = sorted(_unknown_fields(raw, body, ""))
-    warnings = [f"ignored unknown field{'s' if len(ignored) > 1 else ''}: {', '.join(ignored)}"] if ignored else []
-    return body, warnings
-
-
-def _unknown_fields(raw: Any, value: Any, prefix: str) -> list[str]:
-    """Dotted paths of object keys that ``value``'s Struct types do not declare."""
-    found: list[str] = []
-    if isinstance(value, msgspec.Struct) and isinstance(raw, dict):
-        info = msgspec.structs.fields(value)
-        known = {f.encode_name: f.name for f in info}
-        tag_field = value.__struct_config__.tag_field
-        for key, item in raw.items():
-            if key == tag_field:
-                continue
-            if key not in known:
-                found.append(prefix + key)
-            else:
-                found += _unknown_fields(item, getattr(value, known[key]), f"{prefix}{key}.")
-    elif isinstance(value, (list, tuple)) and isinstance(raw, list):
-        for index, (r, v) in enumerate(zip(raw, value)):
-            found += _unknown_fields(r, v, f"{prefix.rstrip('.')}[{index}].")
-    return found
 
 
 def _default_params(body: Any) -> dict[str, Any]:

@@ -177,6 +177,11 @@ class JobManager:
             self._cond.notify()
             return snapshot(job)
 
+    @property
+    def accepting(self) -> bool:
+        """False once shutdown began: no new jobs, and no new uploads either."""
+        return self._accepting
+
     def check_capacity(self) -> None:
         """Raise the 503 :meth:`submit` would raise now (shutting down, queue full), so that a
         request is refused before its inputs are downloaded and checked."""

@@ -84,7 +84,7 @@ def refusal(*, capability: Any, model: Any, quantize: int | None, estimate_gb: f
     """
     needed = estimate_gb + weights_gb
     family = getattr(capability, "name", str(capability))
-    hint = _hint(capability, model, quantize, needed, budget_gb)
+    hint = _hint(capability, model, quantize, estimate_gb, budget_gb)
     if now:
         detail = (f"{family} model {model.name!r} needs about {needed:.2f} GB "
                   f"({estimate_gb:.2f} GB for this request + {weights_gb:.2f} GB of weights to load) "
@@ -104,19 +104,38 @@ def refusal(*, capability: Any, model: Any, quantize: int | None, estimate_gb: f
     )
 
 
-def _hint(capability: Any, model: Any, quantize: int | None, needed_gb: float, budget_gb: float) -> str:
+def _hint(capability: Any, model: Any, quantize: int | None, estimate_gb: float, budget_gb: float) -> str:
+    """What would make this request fit, naming only changes that do (tested per Mac in
+    tests/test_memory_table.py)."""
     tips = ["Try a smaller size (width/height, upscale target) or fewer images per request"]
     current = declared_weights_gb(model, quantize)
-    lower = sorted(q for q, gb in (model.weights_gb or {}).items()
-                   if q is not None and gb < current and (quantize is None or q < quantize))
-    if lower:
-        tips.append(f"a lower quantize ({', '.join(str(q) for q in lower)})")
+    declared = {q: gb for q, gb in (model.weights_gb or {}).items() if q is not None and gb < current}
+    setting = (getattr(model, "info", None) or {}).get("resident_quantize_setting")
+    # A per-request quantize builds a second copy next to the resident model on every call;
+    # when the plugin has one, lowering the resident quantization is what actually helps.
+    use_setting = bool(setting) and quantize == model.resident_quantize
+
+    def change(bits: int) -> str:
+        return f"{setting}={bits} (the resident quantization; restart the server)" if use_setting else f"quantize {bits}"
+
+    fitting = sorted(q for q, gb in declared.items() if gb + estimate_gb <= budget_gb)
+    if fitting and use_setting:
+        tips.append(change(fitting[-1]))
+    elif fitting:
+        tips.append(f"a lower quantize ({', '.join(str(q) for q in fitting)})")
+    elif budget_gb - current < estimate_gb / 4 and declared:
+        # The weights leave too little room for even a much smaller request: a smaller size is
+        # only half the answer.
+        roomiest = min(declared, key=lambda q: declared[q])
+        if declared[roomiest] < budget_gb:
+            tips[0] = (f"Use a smaller size with {change(roomiest)}, which leaves "
+                       f"{budget_gb - declared[roomiest]:.1f} GB for the request")
     others = []
     for other in getattr(capability, "models", ()):
         if other.name == model.name:
             continue
         gb = declared_weights_gb(other, other.resident_quantize)
-        if gb < current:
+        if gb < current and gb + estimate_gb <= budget_gb:  # roughly: this request on that model
             others.append(f"{other.name} (~{gb:.1f} GB weights)")
     if others:
         tips.append(f"another variant: {', '.join(others)}")

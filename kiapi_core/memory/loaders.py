@@ -10,10 +10,16 @@ from typing import Any
 log = logging.getLogger("kiapi.memory")
 
 
+#: Job params key (set by the core) for the memory decoding the job's image inputs takes.
+INPUT_GB = "input_gb"
+
+
 def raw_estimate(operation: Any, params: Mapping[str, Any], model: Any) -> float:
-    """The plugin's own estimate of a request's peak above the weights (0 when it has none)."""
+    """The plugin's own estimate of a request's peak above the weights (0 when it has none),
+    plus what decoding its image inputs takes (``params["input_gb"]``, set by the core)."""
     estimate = getattr(operation, "estimate", None)
-    return max(0.0, float(estimate(params, model))) if estimate is not None else 0.0
+    own = max(0.0, float(estimate(params, model))) if estimate is not None else 0.0
+    return own + max(0.0, float(params.get(INPUT_GB, 0.0) or 0.0))
 
 
 def resolve_loader(loader: Any) -> Callable[..., Any] | None:

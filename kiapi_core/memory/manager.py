@@ -72,7 +72,7 @@ class ModelManager:
         """
         raw = raw_estimate(operation, params, model)
         with self._lock:
-            quantize, _key, estimate, weights = self._needs(capability, model, operation, params, raw)
+            quantize, _key, estimate, weights, _uses = self._needs(capability, model, operation, params, raw)
             if estimate + weights > self.budget.gb:
                 raise self._refusal(capability, model, quantize, estimate, weights, now=False)
             return estimate + weights
@@ -100,6 +100,7 @@ class ModelManager:
                     "job_id": running.job_id, "family": running.family, "model": running.model,
                     "operation": running.operation, "estimate_gb": _r(running.estimate_gb)},
                 "observations": self._observations.summary(),
+                "models": self._model_rows(),
             }
 
     # ------------------------------------------------------------------ model thread
@@ -124,11 +125,14 @@ class ModelManager:
         with self._lock:
             if job_id in self._reservations:
                 raise RuntimeError(f"job {job_id} has already begun")
-            quantize, key, estimate, weights = self._needs(capability, model, operation, params, raw)
+            quantize, key, estimate, weights, uses_resident = self._needs(capability, model, operation, params, raw)
             needed = estimate + weights
             if needed > self.budget.gb:
                 raise self._refusal(capability, model, quantize, estimate, weights, now=False)
-            candidates = [self._candidate(r) for r in self._residents.values() if not r.users and r.key != key]
+            # The resident the job will run on is never a victim; a job that builds its own model
+            # (training, a one-off copy) may evict an idle resident of the same key like any other.
+            candidates = [self._candidate(r) for r in self._residents.values()
+                          if not r.users and not (uses_resident and r.key == key)]
             victims = plan_eviction(candidates, used_gb=self._used_gb(), needed_gb=needed, budget_gb=self.budget.gb)
             if victims is None:
                 raise self._refusal(capability, model, quantize, estimate, weights, now=True)
@@ -138,7 +142,7 @@ class ModelManager:
                 operation=getattr(operation, "name", None), quantize=quantize, key=key, backend=backend,
                 raw_estimate_gb=raw, estimate_gb=estimate, pending_weights_gb=weights, started=self._clock(),
                 kind=kind)
-            if key in self._residents:
+            if uses_resident and key in self._residents:
                 self._residents[key].users.add(job_id)
             self._note_high_water()
         self._dispose_residents(evicted, reason=f"budget, for job {job_id}")
@@ -327,8 +331,9 @@ class ModelManager:
 
     # ------------------------------------------------------------------ internals
     def _needs(self, capability: Any, model: Any, operation: Any, params: Mapping[str, Any],
-               raw: float) -> tuple[int | None, Key, float, float]:
-        """(quantize, resident key, corrected estimate, weights to load). Lock held."""
+               raw: float) -> tuple[int | None, Key, float, float, bool]:
+        """(quantize, resident key, corrected estimate, weights to load, whether the job runs on
+        the resident instance of that key). Lock held."""
         quantize = job_quantize(model, params)
         key: Key = (capability.name, model.name, quantize)
         op_name = getattr(operation, "name", None)
@@ -336,13 +341,25 @@ class ModelManager:
         if op_name is not None and not self._demo:
             estimate = self._observations.correct((capability.name, op_name, model.name), raw)
         if getattr(operation, "own_model", False):
-            return quantize, key, estimate, 0.0
+            return quantize, key, estimate, 0.0, False
         transient = quantize != model.resident_quantize
         builds_copy = getattr(operation, "transient", None)
         if builds_copy is not None and builds_copy(params):
             transient = True
         weights = 0.0 if (not transient and key in self._residents) else self._weights_for(key, model)
-        return quantize, key, estimate, weights
+        return quantize, key, estimate, weights, not transient
+
+    def _model_rows(self) -> list[dict[str, Any]]:
+        """Each servable model's resident quantization, its weights and who chose it."""
+        rows = []
+        for capability in self._registry:
+            for m in capability.models:
+                if m.loader is None:
+                    continue
+                rows.append({"family": capability.name, "model": m.name, "resident_quantize": m.resident_quantize,
+                             "weights_gb": _r(declared_weights_gb(m, m.resident_quantize)),
+                             "chosen_by": (m.info or {}).get("resident_quantize_chosen_by")})
+        return rows
 
     def _weights_for(self, key: Key, model: Any) -> float:
         learned = self._load_sizes.get(key)

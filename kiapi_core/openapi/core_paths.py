@@ -119,6 +119,9 @@ CORE_PATHS: tuple[CorePath, ...] = (
             413: _error("The file exceeds the upload size cap."),
             415: _error("The body is not multipart/form-data."),
             422: _error("No `file` field in the form."),
+            503: _error("The server is shutting down and takes no new uploads (`shutting_down`)."),
+            507: _error("Storing the file would pass the storage quota (`KIAPI_MAX_STORAGE_GB`) or the disk "
+                        "is full (`insufficient_storage`); the detail names the usage and how to free space."),
         },
     ),
     CorePath(

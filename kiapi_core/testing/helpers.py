@@ -101,7 +101,7 @@ async def client(host: Host, *, headers: dict[str, str] | None = None,
     app = build_app(host)
     async with LifespanRunner(app):
         transport = httpx.ASGITransport(app=app)
-        async with KiapiClient(transport=transport, base_url="http://kiapi.test", headers=headers,
+        async with KiapiClient(transport=transport, base_url="http://localhost", headers=headers,
                                timeout=timeout) as http:
             http.host = host
             yield http

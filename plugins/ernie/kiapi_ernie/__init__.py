@@ -17,4 +17,5 @@ def register_capabilities(register, host):
     from .capability import build_capability
     from .settings import ErnieSettings
 
-    register(build_capability(host.plugin_settings("ernie", ErnieSettings), demo=host.settings.demo))
+    register(build_capability(host.plugin_settings("ernie", ErnieSettings), demo=host.settings.demo,
+                              budget_gb=getattr(host, "memory_budget_gb", None)))

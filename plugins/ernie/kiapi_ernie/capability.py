@@ -11,13 +11,33 @@ from kiapi_core import Capability, Model, Operation, WeightFiles
 from . import docs, memory, validation
 from .schemas import EditRequest, GenerateRequest, ImageResponse, TrainRequest, TrainResponse
 from .settings import ErnieSettings
-from .variants import BASE, DOWNLOAD_PATTERNS, TURBO, Variant
+from .trainconfig import default_lora_targets
+from .variants import BASE, DOWNLOAD_PATTERNS, REAL_ARCH, TURBO, VARIANTS, Variant
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 
 
 
-def _model(variant: Variant, *, default: bool, resident_quantize: int, demo: bool) -> Model:
+RESIDENT_SETTING = "KIAPI_ERNIE_RESIDENT_QUANTIZE"
+
+
+def resident_quantize(variant: Variant, settings: ErnieSettings, *, demo: bool,
+                      budget_gb: float | None) -> tuple[int, str]:
+    """(bits, who chose them) for the resident instance of ``variant``.
+
+    The setting wins; otherwise the budget decides: the largest of 8/6/5/4/3 bits that leaves
+    room for a 1024^2 job of this variant (on a 16 GB Mac q8 weights alone, 11.5 GB, exceed
+    the 10.67 GB budget). Demo models are tiny: 8.
+    """
+    if settings.resident_quantize is not None:
+        return settings.resident_quantize, RESIDENT_SETTING
+    if demo or budget_gb is None:
+        return 8, "default"
+    bits = memory.choose_resident_quantize(budget_gb, variant.steps, variant.guidance)
+    return bits, f"memory budget {budget_gb:.2f} GB"
+
+
+def _model(variant: Variant, *, default: bool, resident_quantize: int, demo: bool, chosen_by: str = "default") -> Model:
     return Model(
         name=variant.name,
         aliases=variant.aliases,
@@ -38,7 +58,8 @@ def _model(variant: Variant, *, default: bool, resident_quantize: int, demo: boo
         ),
         priority=1 if default else 0,
         info={"repo": variant.repo, "mflux_model": variant.mflux_name, "steps": variant.steps,
-              "guidance": variant.guidance},
+              "guidance": variant.guidance, "resident_quantize_chosen_by": chosen_by,
+              "resident_quantize_setting": RESIDENT_SETTING},
     )
 
 
@@ -49,25 +70,51 @@ def smoke_test(model: Model, demo: bool = False) -> tuple[str, dict]:
                         "width": size, "height": size, "steps": 1, "seed": 1}
 
 
-def build_capability(settings: ErnieSettings | None = None, *, demo: bool = False) -> Capability:
-    """The Capability; ``settings`` decides the resident quantization of both models, ``demo``
+#: A rank-16 attention + text_proj adapter over 36 blocks, as /train writes it (f32): ~75 MB.
+TYPICAL_LORA_MB = 75.0
+
+
+def memory_examples(model: Model) -> list[tuple[str, str, dict]]:
+    """Typical requests with their resolved params, for ``kiapi models --budget-gb`` and the
+    per-Mac table in docs/memory.md."""
+    variant = VARIANTS[model.name]
+    image = {"model": variant.name, "steps": variant.steps, "guidance": variant.guidance, "quantize": None}
+    examples: list[tuple[str, str, dict]] = [
+        (f"generate {side}x{side}", "generate", {**image, "width": side, "height": side}) for side in (512, 1024, 2048)]
+    examples.append(("edit 1024x1024", "edit", {**image, "width": 1024, "height": 1024}))
+    examples.append(("generate 1024x1024 + LoRA", "generate",
+                     {**image, "width": 1024, "height": 1024, "lora_mb": TYPICAL_LORA_MB}))
+    train = {"model": variant.name, "quantize": ErnieSettings().train_quantize, "max_resolution": 512, "batch_size": 1,
+             "lora_layers": {"targets": default_lora_targets(16, False, REAL_ARCH.layers)}}
+    examples.append(("train 512 (low_ram)", "train", {**train, "low_ram": True}))
+    examples.append(("train 512", "train", {**train, "low_ram": False}))
+    return examples
+
+
+def build_capability(settings: ErnieSettings | None = None, *, demo: bool = False,
+                     budget_gb: float | None = None) -> Capability:
+    """The Capability; ``settings`` (else the memory budget ``budget_gb``, see
+    :func:`resident_quantize`) decides the resident quantization of each model, ``demo``
     declares the tiny demo models' sizes instead of the real ones."""
-    resident = (settings or ErnieSettings()).resident_quantize
+    settings = settings or ErnieSettings()
+
+    def model(variant: Variant, default: bool) -> Model:
+        bits, chosen_by = resident_quantize(variant, settings, demo=demo, budget_gb=budget_gb)
+        return _model(variant, default=default, resident_quantize=bits, demo=demo, chosen_by=chosen_by)
+
     return Capability(
         name="ernie",
         domain="image",
         title=docs.TITLE,
         summary=docs.SUMMARY,
         description=docs.DESCRIPTION,
-        models=(_model(TURBO, default=True, resident_quantize=resident, demo=demo),
-                _model(BASE, default=False, resident_quantize=resident, demo=demo)),
+        models=(model(TURBO, True), model(BASE, False)),
         operations=(
             Operation(
                 name="generate", request=GenerateRequest, result=ImageResponse,
                 handler="kiapi_ernie.handlers:generate", job_type="ernie",
                 prepare=validation.prepare_generate, check=validation.check_generate,
                 inputs={"loras[].file": "file"}, estimate=memory.estimate_generate, produces=IMAGE_TYPES,
-                transient=memory.builds_transient_model,
                 summary=docs.GENERATE_SUMMARY, operation_id=docs.GENERATE_OPERATION_ID,
                 description=docs.GENERATE_DESCRIPTION,
             ),
@@ -76,7 +123,6 @@ def build_capability(settings: ErnieSettings | None = None, *, demo: bool = Fals
                 handler="kiapi_ernie.handlers:edit", job_type="ernie-edit",
                 prepare=validation.prepare_edit, check=validation.check_edit,
                 inputs={"image": "image", "loras[].file": "file"}, estimate=memory.estimate_edit,
-                transient=memory.builds_transient_model,
                 produces=IMAGE_TYPES, summary=docs.EDIT_SUMMARY, operation_id=docs.EDIT_OPERATION_ID,
                 description=docs.EDIT_DESCRIPTION,
             ),
@@ -91,8 +137,9 @@ def build_capability(settings: ErnieSettings | None = None, *, demo: bool = Fals
         ),
         settings=ErnieSettings,
         smoke_test=smoke_test,
+        memory_examples=memory_examples,
     )
 
 
-#: The declaration with default settings (resident quantization 8).
+#: The declaration with default settings and no budget (resident quantization 8).
 CAPABILITY = build_capability()

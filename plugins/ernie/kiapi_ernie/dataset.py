@@ -23,6 +23,7 @@ the job was queued (stored files do not change).
 
 from __future__ import annotations
 
+import math
 import posixpath
 import shutil
 import stat
@@ -100,10 +101,12 @@ def _listed(items: list[str]) -> str:
     return shown + (f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
-def inspect(path: Path, limits: Limits, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Plan:
+def inspect(path: Path, limits: Limits, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+            max_resolution: int | None = None) -> Plan:
     """Validate the dataset ZIP at ``path``; raise :class:`InvalidInput` listing every problem.
 
-    ``max_pixels=None`` checks the structure only (no image is decoded).
+    ``max_pixels=None`` checks the structure only (no image is decoded). ``max_resolution``:
+    images must still be at least 16 px on each side once mflux scales them to that area.
     """
     problems: list[str] = []
     try:
@@ -141,7 +144,7 @@ def inspect(path: Path, limits: Limits, *, max_pixels: int | None = DEFAULT_MAX_
             files[info.filename] = info
         plan = _plan(files, problems)
         if not problems and max_pixels is not None:
-            _check_contents(archive, files, plan, problems, max_pixels)
+            _check_contents(archive, files, plan, problems, max_pixels, max_resolution)
     _raise(problems)
     return plan
 
@@ -170,6 +173,11 @@ def _plan(files: dict[str, zipfile.ZipInfo], problems: list[str]) -> Plan:
         plan.images.append(name)
     if missing:
         problems.append(f"images without a same-stem .txt caption: {_listed(missing)}")
+    kept = [*plan.images, *plan.captions.values()]
+    hidden = [n for n in kept if posixpath.basename(n).startswith(".")]
+    if hidden:
+        problems.append(f"hidden file names (starting with a dot) cannot be training files: {_listed(hidden)}; "
+                        "rename them")
     if edit_style:
         problems.append(f"image names ending in _out mark edit-training pairs, which ERNIE does not support: "
                         f"{_listed(edit_style)}; rename them")
@@ -180,8 +188,17 @@ def _plan(files: dict[str, zipfile.ZipInfo], problems: list[str]) -> Plan:
     return plan
 
 
+def trained_size(width: int, height: int, max_resolution: int | None) -> tuple[int, int]:
+    """The size mflux trains an image at (``TrainingUtil.resolve_dimensions``): scaled down to
+    ``max_resolution`` squared pixels when larger, then floored to multiples of 16."""
+    if max_resolution is not None and width * height > max_resolution * max_resolution:
+        scale = math.sqrt(max_resolution * max_resolution / (width * height))
+        width, height = int(width * scale), int(height * scale)
+    return 16 * (width // 16), 16 * (height // 16)
+
+
 def _check_contents(archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo], plan: Plan,
-                    problems: list[str], max_pixels: int) -> None:
+                    problems: list[str], max_pixels: int, max_resolution: int | None = None) -> None:
     bad: list[str] = []
     with tempfile.TemporaryDirectory(prefix="kiapi-ernie-dataset-") as tmp:
         for name in plan.images:
@@ -200,6 +217,11 @@ def _check_contents(archive: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo],
                 bad.append(f"{name} is a {fmt} image (use PNG, JPEG or WebP)")
             elif width < 16 or height < 16:
                 bad.append(f"{name} is {width}x{height}; training images must be at least 16x16")
+            elif 0 in trained_size(width, height, max_resolution):
+                scale = math.sqrt((max_resolution or 0) ** 2 / (width * height))
+                bad.append(f"{name} is {width}x{height}: scaled to max_resolution {max_resolution} ({max_resolution}² "
+                           f"pixels) it becomes {int(width * scale)}x{int(height * scale)}, under 16 px on a side; "
+                           "crop it closer to square or raise max_resolution")
     if bad:
         problems.append(f"unusable images: {_listed(bad)}")
     empty: list[str] = []

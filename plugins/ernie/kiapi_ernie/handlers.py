@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -16,26 +15,12 @@ from .validation import guidance_warnings
 SAVING_AT = 0.96
 
 
-def _lora_options(job) -> dict[str, Any]:
-    """``lora_paths``/``lora_scales`` for the runtime, or nothing (keeps the resident path).
-
-    mlx picks the loader by file extension, and stored blobs may have none, so each adapter
-    is linked into the job's workdir as ``lora_<i>.safetensors``.
-    """
+def _lora_files(job) -> tuple[list[tuple[str, str]], list[float]]:
+    """(file id, path) of each requested adapter, and their scales."""
     loras = list(job.request.loras or ())
-    if not loras:
-        return {}
-    paths = []
-    for i in range(len(loras)):
-        stored = job.inputs[f"loras[{i}].file"]
-        link = Path(job.workdir) / f"lora_{i}.safetensors"
-        if not link.exists():
-            try:
-                os.symlink(Path(stored.path).resolve(), link)
-            except OSError:
-                shutil.copyfile(stored.path, link)
-        paths.append(str(link))
-    return {"lora_paths": paths, "lora_scales": [float(lora.scale) for lora in loras]}
+    files = [(job.inputs[f"loras[{i}].file"].file_id, str(job.inputs[f"loras[{i}].file"].path))
+             for i in range(len(loras))]
+    return files, [float(lora.scale) for lora in loras]
 
 
 def _result_params(job) -> dict[str, Any]:
@@ -58,13 +43,21 @@ def _run_image(job, *, image_path: Path | None) -> ImageResponse:
     p = job.params
     for note in guidance_warnings(p):
         job.warn(note)
-    runtime = job.runtime(quantize=p["quantize"], **_lora_options(job))
+    runtime = job.runtime(quantize=p["quantize"])
     started = time.perf_counter()
-    image = runtime.generate(
-        job, seed=p["seed"], prompt=p["prompt"], negative_prompt=p.get("negative_prompt"), steps=p["steps"],
-        width=p["width"], height=p["height"], guidance=p["guidance"], scheduler=p["scheduler"],
-        image_path=image_path, image_strength=p.get("image_strength") if image_path is not None else None,
-    )
+    files, scales = _lora_files(job)
+    with contextlib.ExitStack() as stack:
+        if files:  # on the loaded model, taken off again when the block ends (kiapi_ernie.adapters)
+            notes, nbytes, read = stack.enter_context(runtime.loras(files, scales))
+            for note in notes:
+                job.warn(note)
+            job.metric("lora_gb", round(nbytes / 2**30, 4))
+            job.metric("lora_files_read", read)
+        image = runtime.generate(
+            job, seed=p["seed"], prompt=p["prompt"], negative_prompt=p.get("negative_prompt"), steps=p["steps"],
+            width=p["width"], height=p["height"], guidance=p["guidance"], scheduler=p["scheduler"],
+            image_path=image_path, image_strength=p.get("image_strength") if image_path is not None else None,
+        )
     total = time.perf_counter() - started
     job.progress(SAVING_AT, "saving")
     fmt = p["format"]
@@ -85,7 +78,7 @@ def _run_image(job, *, image_path: Path | None) -> ImageResponse:
 
 
 def generate(job) -> ImageResponse:
-    """Text-to-image on the resident model (or a transient one for loras / another quantize)."""
+    """Text-to-image on the resident model (a transient one only for another quantize)."""
     return _run_image(job, image_path=None)
 
 

@@ -201,6 +201,15 @@ def lora_problems(path: Path, *, max_bytes: int, what: str, arch: Arch, demo: bo
     return fit_problems(tensors, arch, what=what, model=describe(arch, demo))
 
 
+def quantized_input_width(packed_cols: int, bits: int) -> int:
+    """A QuantizedLinear's input width from its packed ``uint32`` columns: ``cols * 32 / bits``.
+
+    ``cols * (32 // bits)`` (what mflux 0.24's ``LoRALinear.from_linear`` computes) is exact only
+    for 2, 4 and 8 bits: 3-, 5- and 6-bit weights straddle the 32-bit words.
+    """
+    return packed_cols * 32 // bits
+
+
 def applied_shape_problems(transformer: Any) -> list[str]:
     """After mflux inserted LoRA layers: every one whose matrices do not fit the layer it wraps."""
     problems = []
@@ -213,8 +222,8 @@ def applied_shape_problems(transformer: Any) -> list[str]:
                 continue
             fan_out, fan_in = weight.shape
             bits = getattr(base, "bits", None)
-            if bits:  # QuantizedLinear packs 32 // bits weights per uint32
-                fan_in *= 32 // bits
+            if bits:
+                fan_in = quantized_input_width(fan_in, bits)
             if tuple(a.shape) != (fan_in, a.shape[-1]) or tuple(b.shape) != (a.shape[-1], fan_out):
                 problems.append(f"{name}: the layer is {fan_in}->{fan_out}, the adapter's matrices are "
                                 f"{list(a.shape)} and {list(b.shape)}")

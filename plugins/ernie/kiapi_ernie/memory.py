@@ -12,9 +12,10 @@ measurements of MLX peak memory; none were measured on real weights here, no GPU
   embedding; the VAE's convolutions stay bf16. So q8 ~ 11.5 GB, q4 ~ 6.2 GB, bf16 ~ 21.5 GB (GB = 2**30 bytes).
   On disk (the Hugging Face bf16 snapshot) ~ 23.2 GB per variant.
 * **Denoising activations** scale with the image tokens ``(w/16) * (h/16)`` (4096 at 1024^2)
-  and the batch (2 with CFG, i.e. guidance > 1): each block keeps ~24 hidden-sized bf16
-  tensors per token alive (q/k/v/out, 3 MLP intermediates of 3x hidden, norms, residuals),
-  and attention scores for 32 heads when the fused kernel is not used. Steps do **not** add
+  and the batch (2 with CFG, i.e. guidance > 1): the running block keeps ~24 hidden-sized bf16
+  tensors per token alive (q/k/v/out, 3 MLP intermediates of 3x hidden, norms, residuals).
+  Attention is ``mx.fast.scaled_dot_product_attention``, which never builds the S x S score
+  matrix, so nothing grows with the tokens squared (2048^2 is 16,384 tokens, not 2.7e8 scores). Steps do **not** add
   memory: every step is evaluated before the next (mflux calls ``mx.eval`` per step), so
   steps only change time; the step count enters as a small per-step graph allowance.
 * **VAE decode** runs at full resolution with 128 channels in f32; ~3 such buffers are alive
@@ -24,7 +25,12 @@ measurements of MLX peak memory; none were measured on real weights here, no GPU
   tiny VAE's full-resolution buffers (64 channels).
 * **Training** builds its own model (``TrainingRunner``), so its estimate includes weights at
   the training quantization, plus per-block activations kept for the backward pass
-  (36 blocks x tokens at ``max_resolution`` x batch), plus LoRA parameters with AdamW state.
+  (36 blocks x tokens at ``max_resolution`` x batch; ~0.55 GiB per block for one 512^2 sample,
+  measured at real width), plus LoRA parameters with AdamW state. ``low_ram`` turns on mflux's
+  gradient checkpointing: each block then keeps only its inputs (~17x less), plus one block's
+  full activations while it is recomputed.
+* **LoRA** adapters are applied to the loaded model (no second copy): a request counts its
+  adapter files' size (``params["lora_mb"]``, filled in by the check) x 1.5.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ HIDDEN = 4096
 HEADS = 32
 BLOCKS = 36
 DISK_GB = 23.2
-_ACTIVE_TENSORS_PER_TOKEN = 24
+_ACTIVE_TENSORS_PER_TOKEN = 36  # measured ~31 at real width (0.24 MB per token per block)
 _VAE_CHANNELS = 128
 _VAE_LIVE_BUFFERS = 3
 _TEXT_ENCODER_GB = 0.5  # 2048-token Mistral pass (hidden 3072), freed before denoising
@@ -61,33 +67,67 @@ def _tokens(width: int, height: int) -> int:
     return max(1, (width // 16) * (height // 16))
 
 
+#: Training keeps, per block and token, ~66 hidden-sized bf16 tensors for the backward pass:
+#: 0.55 GiB per block for a 512^2 sample (1,024 image + 64 caption tokens) at real width.
+_TRAIN_TENSORS_PER_TOKEN = 66
+#: With gradient checkpointing a block keeps only its inputs (~17x less); the block being
+#: recomputed holds its full activations once.
+_CHECKPOINT_REDUCTION = 17
+#: Caption tokens per training sample (mflux pads a batch to its longest caption).
+_CAPTION_TOKENS = 64
+#: Resident quantizations tried, best first, when the setting leaves the choice to the budget.
+RESIDENT_CHOICES = (8, 6, 5, 4, 3)
+#: The job a chosen resident quantization must leave room for.
+ROOM_FOR = (1024, 1024)
+
+
 def demo_gb(width: int, height: int, batch: int = 1) -> float:
     """Tiny demo model: a fixed overhead plus its VAE's full-resolution buffers."""
     return round(0.05 + batch * width * height * 64 * 4 * _VAE_LIVE_BUFFERS / GB, 3)
+
+
+def inference_block_gb(tokens: int, batch: int = 1) -> float:
+    """What one transformer block holds while it runs at inference (only one runs at a time).
+
+    ``mx.fast.scaled_dot_product_attention`` never materialises the tokens x tokens score
+    matrix, so nothing here grows with tokens squared.
+    """
+    return batch * tokens * HIDDEN * 2 * _ACTIVE_TENSORS_PER_TOKEN / GB
+
+
+def train_block_gb(tokens: int, *, checkpointing: bool) -> float:
+    """Activations one block keeps for the backward pass (``tokens`` = all samples' tokens)."""
+    full = tokens * HIDDEN * 2 * _TRAIN_TENSORS_PER_TOKEN / GB
+    return full / _CHECKPOINT_REDUCTION if checkpointing else full
 
 
 def image_peak_gb(width: int, height: int, steps: int, guidance: float, *, edit: bool = False) -> float:
     """Peak GB one generate/edit adds on top of the model's weights."""
     batch = 2 if guidance > 1.0 else 1
     tokens = _tokens(width, height)
-    per_block = batch * tokens * HIDDEN * 2 * _ACTIVE_TENSORS_PER_TOKEN
-    scores = batch * HEADS * tokens * tokens * 2  # upper bound: unfused attention scores
+    per_block = inference_block_gb(tokens, batch) * GB
     decode = width * height * _VAE_CHANNELS * 4 * _VAE_LIVE_BUFFERS
     encode = decode if edit else 0
     graph = steps * batch * tokens * 128 * 4  # one latent per step kept by the lazy graph at most
-    return round((max(per_block + scores, decode, encode) + graph) / GB + _TEXT_ENCODER_GB, 3)
+    return round((max(per_block, decode, encode) + graph) / GB + _TEXT_ENCODER_GB, 3)
+
+
+def lora_gb(params: dict[str, Any]) -> float:
+    """Adapters applied to the loaded model: their tensors plus the per-layer casts at run time."""
+    return float(params.get("lora_mb") or 0.0) * 1.5 / 1024
 
 
 def estimate_generate(params: dict[str, Any], model: Any = None) -> float:
     if params.get("demo"):
-        return demo_gb(params["width"], params["height"])
-    return image_peak_gb(params["width"], params["height"], params["steps"], params["guidance"])
+        return demo_gb(params["width"], params["height"]) + lora_gb(params)
+    return image_peak_gb(params["width"], params["height"], params["steps"], params["guidance"]) + lora_gb(params)
 
 
 def estimate_edit(params: dict[str, Any], model: Any = None) -> float:
     if params.get("demo"):
-        return demo_gb(params["width"], params["height"])
-    return image_peak_gb(params["width"], params["height"], params["steps"], params["guidance"], edit=True)
+        return demo_gb(params["width"], params["height"]) + lora_gb(params)
+    return (image_peak_gb(params["width"], params["height"], params["steps"], params["guidance"], edit=True)
+            + lora_gb(params))
 
 
 def _lora_params(targets: list[dict[str, Any]]) -> int:
@@ -100,21 +140,32 @@ def _lora_params(targets: list[dict[str, Any]]) -> int:
     return total
 
 
-def estimate_train(params: dict[str, Any], model: Any = None) -> float:
-    """Training peak: its own model at the training quantization + backward activations."""
+def train_gb(params: dict[str, Any], *, low_ram: bool | None = None) -> float:
+    """Training peak, its own model included; ``low_ram`` (default: the params') turns on
+    mflux's gradient checkpointing."""
+    low_ram = bool(params.get("low_ram")) if low_ram is None else low_ram
     side = int(params.get("max_resolution") or 512)
     batch = int(params.get("batch_size") or 1)
     if params.get("demo"):  # its own tiny model: a few MB of weights
         return demo_gb(side, side, batch)
-    tokens = _tokens(side, side) * batch
-    activations = tokens * HIDDEN * 2 * _ACTIVE_TENSORS_PER_TOKEN * BLOCKS
-    scores = batch * HEADS * _tokens(side, side) ** 2 * 2 * BLOCKS
-    lora = _lora_params(params.get("lora_layers", {}).get("targets", [])) * 4 * 4  # f32 param, grad, m, v
-    encode = side * side * _VAE_CHANNELS * 4 * _VAE_LIVE_BUFFERS
-    return round(weights_gb(params.get("quantize")) + (activations + scores + lora + encode) / GB
-                 + _TEXT_ENCODER_GB, 2)
+    tokens = (_tokens(side, side) + _CAPTION_TOKENS) * batch
+    kept = BLOCKS * train_block_gb(tokens, checkpointing=low_ram)
+    if low_ram:
+        kept += train_block_gb(tokens, checkpointing=False)  # the block being recomputed
+    lora = _lora_params(params.get("lora_layers", {}).get("targets", [])) * 4 * 4 / GB  # f32 param, grad, m, v
+    encode = side * side * _VAE_CHANNELS * 4 * _VAE_LIVE_BUFFERS / GB
+    return round(weights_gb(params.get("quantize")) + max(kept, encode) + lora + _TEXT_ENCODER_GB, 2)
 
 
-def builds_transient_model(params: dict[str, Any]) -> bool:
-    """LoRAs are applied to a one-off model built for the request (a second copy of the weights)."""
-    return bool(params.get("loras"))
+def estimate_train(params: dict[str, Any], model: Any = None) -> float:
+    """Training peak: its own model at the training quantization + backward activations."""
+    return train_gb(params)
+
+
+def choose_resident_quantize(budget_gb: float, steps: int, guidance: float) -> int:
+    """The largest of 8/6/5/4/3 bits whose weights leave room for a 1024^2 job (3 if none does)."""
+    room = image_peak_gb(*ROOM_FOR, steps, guidance)
+    for bits in RESIDENT_CHOICES:
+        if WEIGHTS_GB[bits] + room <= budget_gb:
+            return bits
+    return RESIDENT_CHOICES[-1]

@@ -9,6 +9,9 @@ there is a single model thread anyway) three of its hooks are wrapped and always
   loss, right after the forward/backward pass: the step and loss are reported here, and
   ``job.progress`` raising :class:`JobCanceled` aborts the run before the optimizer update.
 
+* ``LoRALinear.from_linear``: mflux's computes a 3/5/6-bit layer's input width wrong
+  (:func:`lora_from_linear` is the fixed copy), so training works at every quantization.
+
 * ``TrainingState.save``: mflux writes a checkpoint ZIP; an intermediate one (``save_frequency``)
   is stored in the Files API right away and listed in the job's ``checkpoints`` metric, so a
   canceled or failed run (which has no result) still leaves every checkpoint it reached.
@@ -38,7 +41,7 @@ from .settings import ErnieSettings
 from .validation import train_warnings
 from .variants import VARIANTS
 
-_HOOK_LOCK = threading.Lock()
+_HOOK_LOCK = threading.RLock()
 ENCODE_START, TRAIN_START, TRAIN_END = 0.05, 0.15, 0.95
 
 
@@ -64,7 +67,7 @@ class _Tracker:
             return
         params = self.job.params
         stored = self.job.store_artifact(
-            _read_adapter(zip_path), filename=f"ernie_lora_{params['model']}_step{step:07d}.safetensors",
+            _read_adapter(zip_path, params["lora_layers"]["targets"]), filename=f"ernie_lora_{params['model']}_step{step:07d}.safetensors",
             content_type="application/octet-stream",
             meta={**_meta(self.job), "step": step, "final": False})
         self._stored_steps.add(step)
@@ -98,13 +101,44 @@ class _Tracker:
         self.job.progress(TRAIN_START + (TRAIN_END - TRAIN_START) * step / total, label)
 
 
+def lora_from_linear(linear, r: int = 16, scale: float = 1.0):
+    """mflux 0.24's ``LoRALinear.from_linear`` with the input width of a 3-, 5- or 6-bit
+    QuantizedLinear computed right (mflux's ``cols * (32 // bits)`` is exact only for 2/4/8 bits,
+    so training at those bits failed in the first matmul, after the whole model had loaded)."""
+    import mlx.nn as nn
+    from mflux.models.common.lora.layer.linear_lora_layer import LoRALinear
+
+    from .loras import quantized_input_width
+
+    output_dims, input_dims = linear.weight.shape
+    if isinstance(linear, nn.QuantizedLinear):
+        input_dims = quantized_input_width(input_dims, linear.bits)
+    lora = LoRALinear(input_dims=input_dims, output_dims=output_dims, r=r, scale=scale)
+    lora.linear = linear
+    return lora
+
+
+@contextlib.contextmanager
+def quantized_lora_widths() -> Iterator[None]:
+    """While the block runs, mflux's ``LoRALinear.from_linear`` is :func:`lora_from_linear`."""
+    from mflux.models.common.lora.layer.linear_lora_layer import LoRALinear
+
+    with _HOOK_LOCK:
+        original = LoRALinear.__dict__["from_linear"]
+        LoRALinear.from_linear = staticmethod(lora_from_linear)
+        try:
+            yield
+        finally:
+            LoRALinear.from_linear = original
+
+
 @contextlib.contextmanager
 def _hooks(tracker: _Tracker) -> Iterator[None]:
     from mflux.models.common.training.state.training_state import TrainingState
     from mflux.models.common.training.trainer import TrainingTrainer
     from mflux.models.ernie_image.training_adapter.ernie_training_adapter import ErnieTrainingAdapter
 
-    with _HOOK_LOCK:
+    with _HOOK_LOCK, quantized_lora_widths():
         orig_encode = ErnieTrainingAdapter.__dict__["encode_data"]
         orig_train = TrainingTrainer.__dict__["train"]
         orig_finite = TrainingTrainer.__dict__["_step_is_finite"]
@@ -167,12 +201,37 @@ def _meta(job) -> dict:
             "job_id": getattr(job, "job_id", None), "demo": bool(job.demo)}
 
 
-def _read_adapter(zip_path: Path) -> bytes:
+def _read_adapter(zip_path: Path, targets: list[dict] | None = None) -> bytes:
     with zipfile.ZipFile(zip_path) as archive:
         names = [n for n in archive.namelist() if n.endswith("_adapter.safetensors")]
         if not names:
             raise RuntimeError(f"no *_adapter.safetensors inside {zip_path.name}")
-        return archive.read(names[0])
+        data = archive.read(names[0])
+    return with_alphas(data, targets or [], zip_path.parent)
+
+
+def with_alphas(data: bytes, targets: list[dict], scratch: Path) -> bytes:
+    """The adapter with a ``<module>.alpha`` tensor for every target trained with a custom
+    ``alpha``: mflux trains at scale ``alpha / rank`` but saves only lora_A/lora_B, so the
+    adapter would otherwise apply at scale 1 (mflux's loader reads ``.alpha`` back)."""
+    alphas = {path: alpha for path, _rank, alpha in trainconfig.expand_targets(targets) if alpha is not None}
+    if not alphas:
+        return data
+    import mlx.core as mx
+
+    source, out = scratch / ".adapter_in.safetensors", scratch / ".adapter_out.safetensors"
+    source.write_bytes(data)
+    try:
+        loaded, metadata = mx.load(str(source), return_metadata=True)
+        weights = dict(loaded.items())  # type: ignore[union-attr]
+        for path, alpha in alphas.items():
+            if f"transformer.{path}.lora_A.weight" in weights:
+                weights[f"transformer.{path}.alpha"] = mx.array(float(alpha))
+        mx.save_safetensors(str(out), weights, metadata=dict(metadata or {}))  # type: ignore[arg-type]
+        return out.read_bytes()
+    finally:
+        source.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
 
 
 def run_training(job) -> TrainResponse:
@@ -229,14 +288,14 @@ def run_training(job) -> TrainResponse:
     if not checkpoints:
         raise RuntimeError(f"training finished but mflux wrote no checkpoint in {output}")
     final_step, final_zip = checkpoints[-1]
-    data = _read_adapter(final_zip)
+    data = _read_adapter(final_zip, params["lora_layers"]["targets"])
     final = job.store_artifact(data, filename=f"ernie_lora_{variant.name}.safetensors",
                                content_type="application/octet-stream",
                                meta={**_meta(job), "step": final_step, "final": True})
     targets = params["lora_layers"]["targets"]
     last_loss = tracker.losses[-1][1] if tracker.losses else None
     summary = {key: config[key] for key in ("model", "seed", "steps", "guidance", "quantize", "max_resolution",
-                                            "low_ram", "training_loop", "optimizer")}
+                                            "low_ram", "gradient_checkpointing", "training_loop", "optimizer")}
     summary["save_frequency"] = params.get("save_frequency")
     for key in ("requested_steps", "requested_guidance"):
         if key in params:

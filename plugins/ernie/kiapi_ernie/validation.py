@@ -15,10 +15,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from kiapi_core.errors import InvalidInput
+from kiapi_core.errors import InvalidInput, MemoryBudgetExceeded
 from kiapi_core.validation import Problems, ref_summary, resolve_quantize, resolve_seed
 
-from . import dataset, loras, trainconfig
+from . import dataset, loras, memory, trainconfig
 from .settings import ErnieSettings
 from .variants import VARIANTS, Variant, arch, num_layers
 
@@ -117,7 +117,7 @@ def _resolve_image_params(request: Any, model: Any, host: Any, *, kind: str) -> 
         "format": request.format,
         "quality": request.quality,
         "loras": [{"file": ref_summary(lora.file), "scale": lora.scale} for lora in lora_refs],
-        "transient": bool(lora_refs) or quantize != resident,
+        "transient": quantize != resident,
     }
     if kind == "edit":
         strength = request.image_strength
@@ -161,25 +161,58 @@ def guidance_warnings(params: dict[str, Any]) -> list[str]:
 # --- LoRA files -------------------------------------------------------------------------
 
 
-def _check_loras(request: Any, inputs: Any, host: Any) -> None:
+def _check_loras(request: Any, params: dict[str, Any], inputs: Any, host: Any) -> None:
     settings, demo = plugin_settings(host), is_demo(host)
     problems = Problems()
+    total_bytes = 0
     for i, _ in enumerate(request.loras or ()):
         stored = inputs.get(f"loras[{i}].file") if inputs is not None else None
         if stored is None:
             continue
+        total_bytes += Path(stored.path).stat().st_size
         for detail in loras.lora_problems(Path(stored.path), max_bytes=int(settings.max_lora_mb * 2**20),
                                           what=f"loras[{i}].file", arch=arch(demo), demo=demo):
             problems.add(f"loras[{i}].file", detail)
     problems.raise_if_any(InvalidInput)
+    if total_bytes:  # the adapters' memory, for the estimate (they join the loaded model)
+        params["lora_mb"] = round(total_bytes / 2**20, 3)
 
 
 def check_generate(request: Any, params: dict[str, Any], inputs: Any, host: Any) -> None:
-    _check_loras(request, inputs, host)
+    _check_loras(request, params, inputs, host)
 
 
 def check_edit(request: Any, params: dict[str, Any], inputs: Any, host: Any) -> None:
-    _check_loras(request, inputs, host)
+    _check_loras(request, params, inputs, host)
+    stored = inputs.get("image") if inputs is not None else None
+    settings = plugin_settings(host)
+    if stored is not None and (request.width is None or request.height is None) and not settings.edit_require_square:
+        from PIL import Image
+
+        with Image.open(stored.path) as image:
+            size = image.size
+        params["width"], params["height"] = edit_size(size, request.width, request.height, settings)
+
+
+def edit_size(image_size: tuple[int, int], width: int | None, height: int | None,
+              settings: ErnieSettings) -> tuple[int, int]:
+    """The output size of an edit whose request omits width and/or height: the input's aspect
+    ratio (mflux resizes the input to the output size without cropping, so any other ratio
+    stretches it), in multiples of 16, at the default's pixel area when both are omitted."""
+    in_w, in_h = max(1, image_size[0]), max(1, image_size[1])
+    ratio = in_w / in_h
+
+    def snap(value: float, cap: int) -> int:
+        return int(min(max(16, round(value / 16) * 16), cap // 16 * 16))
+
+    if width is None and height is None:
+        area = settings.default_width * settings.default_height
+        w = snap(math.sqrt(area * ratio), settings.max_width)
+        return w, snap(w / ratio, settings.max_height)
+    if width is None:
+        assert height is not None
+        return snap(height * ratio, settings.max_width), int(height)
+    return int(width), snap(width / ratio, settings.max_height)
 
 
 # --- train ------------------------------------------------------------------------------
@@ -214,6 +247,12 @@ def prepare_train(request: Any, model: Any, host: Any) -> dict[str, Any]:
     lr = request.learning_rate
     if not math.isfinite(lr) or not 0 < lr <= 1:
         p.add("learning_rate", f"learning_rate must be in (0, 1] (got {lr}); 1e-4 is the default")
+    if not 1 <= request.num_epochs <= settings.max_train_epochs:
+        p.add("num_epochs", f"num_epochs must be in 1..{settings.max_train_epochs} (got {request.num_epochs}); "
+                            "KIAPI_ERNIE_MAX_TRAIN_EPOCHS sets the cap")
+    if not 1 <= request.batch_size <= settings.max_train_batch_size:
+        p.add("batch_size", f"batch_size must be in 1..{settings.max_train_batch_size} (got {request.batch_size}); "
+                            "KIAPI_ERNIE_MAX_TRAIN_BATCH_SIZE sets the cap")
     if request.save_frequency is not None and request.save_frequency < 1:
         p.add("save_frequency", f"save_frequency must be >= 1 step (got {request.save_frequency}); "
                                 "omit it to keep only the final checkpoint")
@@ -270,12 +309,75 @@ def train_warnings(params: dict[str, Any]) -> list[str]:
     return notes
 
 
+def train_memory_problem(params: dict[str, Any], budget_gb: float | None) -> MemoryBudgetExceeded | None:
+    """A 503 naming the training set-up that fits when the requested one never can (else ``None``).
+
+    Tried in order, nearest to the request first: ``low_ram: true``; then lower ``quantize``
+    values with low_ram; then a smaller ``max_resolution`` at 4 bits with low_ram.
+    """
+    if budget_gb is None or params.get("demo"):
+        return None
+    need = memory.train_gb(params)
+    if need <= budget_gb:
+        return None
+    bits = params.get("quantize")
+    side = int(params.get("max_resolution") or DEFAULT_TRAIN_RESOLUTION)
+    tries: list[tuple[str, dict[str, Any]]] = []
+    if not params.get("low_ram"):
+        tries.append(("low_ram: true (gradient checkpointing; ~30 % slower)", {"low_ram": True}))
+    tries += [(f"quantize {q} with low_ram: true", {"low_ram": True, "quantize": q})
+              for q in (6, 5, 4, 3) if bits is None or q < bits]
+    tries += [(f"max_resolution {r} with quantize 4 and low_ram: true",
+               {"low_ram": True, "quantize": min(4, bits or 4), "max_resolution": r})
+              for r in (384, 256) if r < side]
+    hint = "A machine with more memory (KIAPI_MEMORY_LIMIT_GB sets the budget) is needed for ERNIE training."
+    suggestion = None
+    for label, change in tries:
+        gb = memory.train_gb({**params, **change})
+        if gb <= budget_gb:
+            hint, suggestion = f"Send {label}: it needs about {gb:.1f} GB.", change
+            break
+    mode = "with low_ram (gradient checkpointing)" if params.get("low_ram") else "without low_ram"
+    detail = (f"ernie training {mode} at max_resolution {side}, batch_size {params.get('batch_size', 1)}, "
+              f"quantize {bits} needs about {need:.1f} GB but the memory budget is {budget_gb:.2f} GB, so it can "
+              f"never run here. {hint}")
+    return MemoryBudgetExceeded(detail, needed_gb=round(need, 3), budget_gb=round(budget_gb, 3), hint=hint,
+                                suggestion=suggestion,
+                                low_ram_gb=round(memory.train_gb(params, low_ram=True), 3),
+                                without_low_ram_gb=round(memory.train_gb(params, low_ram=False), 3))
+
+
 def check_train(request: Any, params: dict[str, Any], inputs: Any, host: Any) -> None:
+    problem = None if is_demo(host) else train_memory_problem(params, getattr(host, "memory_budget_gb", None))
+    if problem is not None:
+        raise problem
     stored = inputs.get("dataset") if inputs is not None else None
     if stored is None:
         return
-    dataset.inspect(Path(stored.path), dataset.Limits.from_settings(plugin_settings(host)),
-                    max_pixels=_max_image_pixels(host))
+    settings = plugin_settings(host)
+    plan = dataset.inspect(Path(stored.path), dataset.Limits.from_settings(settings),
+                           max_pixels=_max_image_pixels(host), max_resolution=params.get("max_resolution"))
+    check_train_size(params, plan.num_images, settings)
+
+
+def check_train_size(params: dict[str, Any], num_images: int, settings: ErnieSettings) -> None:
+    """422 when the run would take more steps, or store more checkpoints, than allowed: a small
+    dataset with huge ``num_epochs`` and ``save_frequency: 1`` would otherwise fill the disk."""
+    batch_size, epochs = params.get("batch_size", 1), params.get("num_epochs", 1)
+    batches = -(-max(num_images, 1) // batch_size)
+    total = batches * epochs
+    p = Problems()
+    if total > settings.max_train_steps:
+        p.add("num_epochs", f"{epochs} epochs of {batches} batch(es) ({num_images} images, "
+                            f"batch_size {batch_size}) is {total} steps, more than "
+                            f"{settings.max_train_steps} (KIAPI_ERNIE_MAX_TRAIN_STEPS); lower num_epochs")
+    every = params.get("save_frequency")
+    if every and total // every > settings.max_checkpoints:
+        p.add("save_frequency", f"save_frequency {every} would store {total // every} checkpoints of this "
+                                f"{total}-step run, more than {settings.max_checkpoints} "
+                                f"(KIAPI_ERNIE_MAX_CHECKPOINTS); use save_frequency >= "
+                                f"{-(-total // settings.max_checkpoints)} or omit it")
+    p.raise_if_any()
 
 
 def _max_image_pixels(host: Any) -> int:

@@ -142,7 +142,7 @@ def test_images_are_probed_by_the_core_within_the_host_pixel_limit(tmp_path, png
     text = " | ".join(info.value.extra["problems"])
     assert "a.png is 64x64 = 4096 pixels, over the limit of 1000 (KIAPI_MAX_IMAGE_PIXELS)" in text
     assert "b.png could not be decoded" in text
-    assert "c.png is a GIF image (use PNG, JPEG or WebP)" in text
+    assert "c.png is a GIF image; send PNG, JPEG or WebP" in text
     ok = ernie_files(_write(tmp_path, {"a.png": big, "a.txt": "x"}, "ok.zip").read_bytes())
     validation.check_train(request, {}, {"dataset": ok}, ernie_helpers.host(max_image_pixels=4096))
 
@@ -156,3 +156,21 @@ def test_extract_does_not_decode_images_again(tmp_path, png, monkeypatch):
     assert calls == []
     dataset.inspect(path, LIMITS)
     assert len(calls) == 1
+
+
+def test_what_would_fail_after_queueing_is_refused_before(tmp_path, ernie_helpers):
+    """Hidden names (extract refuses them) and images mflux would scale below 16 px at this
+    max_resolution: listed before queueing, not a failed job later."""
+    entries = {".a.png": ernie_helpers.png((32, 32)), ".a.txt": "x",
+               "long.png": ernie_helpers.png((1200, 40)), "long.txt": "y", "ok.png": ernie_helpers.png((64, 64)),
+               "ok.txt": "z"}
+    path = _write(tmp_path, entries)
+    with pytest.raises(InvalidInput) as info:
+        dataset.inspect(path, LIMITS, max_resolution=64)
+    text = info.value.detail
+    assert "hidden file names" in text and ".a.png" in text
+    entries.pop(".a.png"), entries.pop(".a.txt")
+    with pytest.raises(InvalidInput, match=r"long.png is 1200x40: scaled to max_resolution 64 .* becomes 350x11"):
+        dataset.inspect(_write(tmp_path, entries, name="b.zip"), LIMITS, max_resolution=64)
+    dataset.inspect(_write(tmp_path, entries, name="c.zip"), LIMITS, max_resolution=512)  # 1200x40 fits at 512
+    assert dataset.trained_size(1200, 40, 512) == (1200, 32) and dataset.trained_size(1200, 40, 64) == (336, 0)

@@ -126,18 +126,28 @@ def test_edit_params_never_echo_data_urls(ernie, ernie_helpers):
     assert result.params["image_file_id"] == image.file_id and image.path.read_bytes() == png
 
 
-def test_lora_changes_the_image(ernie, ernie_files, tmp_path):
+def test_lora_runs_on_the_resident_model_and_leaves_it_untouched(ernie, ernie_files, tmp_path):
     from kiapi_ernie.tiny import make_tiny_lora
 
     plain = ernie.run("generate", _gen()).raise_for_status()
     lora = ernie_files(make_tiny_lora(tmp_path / "tiny_lora.safetensors").read_bytes(), "tiny.safetensors")
-    job = ernie.run("generate", _gen(loras=[LoraRef(file=FileIDRef(file_id=lora.file_id), scale=0.8)]))
+    request = _gen(loras=[LoraRef(file=FileIDRef(file_id=lora.file_id), scale=0.8)])
+    prepared = ernie.prepare("generate", request)
+    assert prepared.params["transient"] is False and prepared.params["lora_mb"] > 0
+    job = ernie.run(prepared)
     result = job.raise_for_status().returned
-    assert job.params["transient"] is True
-    assert job.runtime_calls[0]["lora_scales"] == [0.8]
-    assert job.runtime_calls[0]["lora_paths"][0].endswith(".safetensors")
+    # the resident model, no load, no LoRA loader option: only the adapter was read
+    assert job.runtime_calls == [{"quantize": 8}] and job.loads == []
+    assert job.metrics["lora_files_read"] == 1 and job.metrics["lora_gb"] > 0
     assert result.params["loras"] == [{"file": {"type": "file_id", "file_id": lora.file_id}, "scale": 0.8}]
     assert _diff(_pixels(plain)[2], _pixels(job)[2]) > 0.5
+    again = ernie.run("generate", request).raise_for_status()
+    assert again.metrics["lora_files_read"] == 0  # the parsed adapter is cached by file id
+    assert _pixels(again)[2] == _pixels(job)[2]
+    after = ernie.run("generate", _gen()).raise_for_status()
+    assert _pixels(after)[2] == _pixels(plain)[2]  # unwrapped: the resident model is the base again
+    runtime = after.runtimes[0]
+    assert not any(hasattr(m, "lora_A") or hasattr(m, "loras") for _, m in runtime.model.transformer.named_modules())
 
 
 def test_corrupt_lora_is_rejected_before_queueing(ernie, ernie_files):
@@ -300,22 +310,64 @@ def test_real_model_lora_shapes_are_checked_against_the_real_dims():
     assert "ERNIE-Image has 36 blocks" in problem
 
 
-def test_lora_misfit_at_model_build_is_400_not_500(ernie_cache_dir, tmp_path):
-    """The backstop when a LoRA reaches the loader unchecked: InvalidInput, never a 500."""
+def test_lora_misfit_on_the_loaded_model_is_400_and_leaves_it_untouched(ernie_cache_dir, tmp_path):
+    """The backstop when a LoRA reaches the model unchecked: InvalidInput, never a 500, and the
+    loaded model is unwrapped again."""
     import mlx.core as mx
 
+    from kiapi_ernie.adapters import strip
     from kiapi_ernie.capability import CAPABILITY
     from kiapi_ernie.runtime import load
 
+    runtime = load(model=CAPABILITY.models[0], quantize=8, demo=True, cache_dir=ernie_cache_dir)
     wrong_width = tmp_path / "w.safetensors"
     mx.save_safetensors(str(wrong_width), {"transformer.layers.0.self_attention.to_q.lora_A.weight": mx.zeros((4, 128)),
                                            "transformer.layers.0.self_attention.to_q.lora_B.weight": mx.zeros((64, 4))})
     unrelated = tmp_path / "u.safetensors"
     mx.save_safetensors(str(unrelated), {"unet.down.0.lora_A.weight": mx.zeros((4, 4))})
-    for path, expected in ((wrong_width, "layers.0.self_attention.to_q"), (unrelated, "No LoRA layers")):
-        with pytest.raises(InvalidInput, match=expected):
-            load(model=CAPABILITY.models[0], quantize=8, demo=True, cache_dir=ernie_cache_dir,
-                 lora_paths=[str(path)], lora_scales=[1.0])
+    for path, expected in ((wrong_width, "layers.0.self_attention.to_q"), (unrelated, "applies to no layer")):
+        with pytest.raises(InvalidInput, match=expected), runtime.loras([(path.name, str(path))], [1.0]):
+            pass
+        assert strip(runtime.model.transformer) == 0  # nothing left wrapped
+    runtime.close()
+
+
+def test_image_strength_follows_the_contract_lower_keeps_more(ernie, ernie_files, ernie_helpers):
+    """Contract (and diffusers/A1111): lower image_strength = closer to the input. mflux's is the
+    opposite; at 0.1 the output must depend on the input far more than at 0.9."""
+    from kiapi_ernie.runtime import mflux_image_strength
+
+    assert mflux_image_strength(1.0, 8) == 0.0 and int(8 * mflux_image_strength(0.0, 8)) == 7
+    assert int(8 * mflux_image_strength(0.4, 8)) == 4 and int(50 * mflux_image_strength(0.4, 50)) == 30
+    assert all(1 <= int(n * mflux_image_strength(x / 10, n)) <= n - 1 for n in (2, 8, 50) for x in range(10))
+    inputs = [ernie_files(ernie_helpers.png((64, 64), color), f"{i}.png", "image/png")
+              for i, color in enumerate(((250, 250, 250), (0, 0, 0)))]
+
+    def spread(strength: float) -> float:
+        outs = [_pixels(ernie.run("edit", EditRequest(prompt="x", image=FileIDRef(file_id=f.file_id), width=64,
+                                                      height=64, steps=8, seed=5, image_strength=strength))
+                        .raise_for_status())[2] for f in inputs]
+        return _diff(*outs)
+
+    close, far, ignored = spread(0.1), spread(0.9), spread(1.0)
+    assert close > 2 * far and ignored == 0.0  # 1.0 ignores the input: one txt2img
+
+
+def test_edit_keeps_the_input_aspect_ratio_when_size_is_omitted(ernie, ernie_files, ernie_helpers):
+    from kiapi_ernie.settings import ErnieSettings
+    from kiapi_ernie.validation import edit_size
+
+    settings = ErnieSettings()
+    assert edit_size((1600, 900), None, None, settings) == (1360, 768)  # 16:9 at ~1024^2 pixels
+    assert edit_size((900, 1600), None, None, settings) == (768, 1360)
+    assert edit_size((1000, 1000), None, None, settings) == (1024, 1024)
+    assert edit_size((4000, 1000), 512, None, settings) == (512, 128)
+    assert edit_size((4000, 1000), None, 64, settings) == (256, 64)
+    harness = ernie_helpers.harness(demo=True, default_width=64, default_height=64)
+    wide = harness.store(ernie_helpers.png((96, 48)), "wide.png", "image/png")
+    job = harness.run("edit", EditRequest(prompt="x", image=FileIDRef(file_id=wide.file_id), steps=2, seed=1))
+    result = job.raise_for_status().returned
+    assert (result.width, result.height) == (96, 48) == _pixels(job)[1]  # non-square img2img runs
 
 
 def test_missing_hugging_face_weights_is_503_with_the_activate_command(tmp_path, monkeypatch):
@@ -329,3 +381,38 @@ def test_missing_hugging_face_weights_is_503_with_the_activate_command(tmp_path,
     with pytest.raises(WeightsMissing) as info:
         load(model=CAPABILITY.models[0], quantize=8, demo=False, cache_dir=tmp_path)
     assert "kiapi activate ernie:turbo" in info.value.detail and "KIAPI_ERNIE_TURBO_PATH" in info.value.detail
+
+
+@pytest.mark.parametrize("bits", [3, 5, 6])
+def test_lora_applies_at_3_5_and_6_bits(ernie, ernie_files, tmp_path, bits):
+    """A 3/5/6-bit QuantizedLinear's input width is cols * 32 / bits (not cols * (32 // bits))."""
+    from kiapi_ernie.loras import quantized_input_width
+    from kiapi_ernie.tiny import make_tiny_lora
+
+    assert [quantized_input_width(4096 * b // 32, b) for b in (3, 4, 5, 6, 8)] == [4096] * 5
+    lora = ernie_files(make_tiny_lora(tmp_path / "l.safetensors").read_bytes(), "l.safetensors")
+    plain = ernie.run("generate", _gen(quantize=bits)).raise_for_status()
+    job = ernie.run("generate", _gen(quantize=bits, loras=[LoraRef(file=FileIDRef(file_id=lora.file_id))]))
+    job.raise_for_status()
+    assert job.runtime_calls == [{"quantize": bits}]
+    assert _diff(_pixels(plain)[2], _pixels(job)[2]) > 0.5
+
+
+def test_a_pre_quantized_directory_is_recorded_with_its_stored_bits(ernie_cache_dir, tmp_path):
+    """mflux keeps the bits a saved directory was quantized to, whatever `quantize` asks."""
+    from mflux.models.common.config import ModelConfig
+    from mflux.models.ernie_image import ErnieImage
+
+    from kiapi_ernie.runtime import BoundedCache, stored_bits
+    from kiapi_ernie.tiny import ensure_tiny_dir, tiny_construct
+
+    with tiny_construct():
+        ErnieImage(quantize=4, model_path=str(ensure_tiny_dir(ernie_cache_dir)),
+                   model_config=ModelConfig.ernie_image_turbo()).save_model(str(tmp_path / "q4"))
+        reloaded = ErnieImage(quantize=8, model_path=str(tmp_path / "q4"), model_config=ModelConfig.ernie_image_turbo())
+    assert stored_bits(reloaded, 8) == 4
+    cache = BoundedCache(2)  # the prompt cache: least recently used dropped first
+    cache["a"], cache["b"] = 1, 2
+    assert cache["a"] == 1
+    cache["c"] = 3
+    assert list(cache) == ["a", "c"]

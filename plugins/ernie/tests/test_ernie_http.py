@@ -80,3 +80,25 @@ async def test_review_fixes_over_http(kiapi_client_factory, tmp_path):
         r = await http.post("/v1/image/ernie/generate", json={"prompt": "owl", "width": 5000})
         assert r.status_code == 422 and "exceeds the cap 2048" in r.json()["detail"]
         assert "multiple of 16" not in r.json()["detail"]
+
+
+async def test_a_16_gb_mac_over_http(kiapi_client_factory, ernie_helpers, tmp_path):
+    """Budget 10.67 GB (a 16 GB Mac), real declarations: /v1/memory reports the budget-chosen q5; a default training request is refused before queueing with the set-up that
+    would fit. (Weight files are stand-ins: nothing is loaded.)"""
+    weights = tmp_path / "turbo"
+    for name in ("vae/w.safetensors", "vae/config.json", "transformer/w.safetensors", "transformer/config.json",
+                 "text_encoder/w.safetensors", "text_encoder/config.json", "tokenizer/tokenizer.json"):
+        (weights / name).parent.mkdir(parents=True, exist_ok=True)
+        (weights / name).write_bytes(b"{}")
+    async with kiapi_client_factory(plugins=[kiapi_ernie], demo=False, memory_limit_gb=10.67,
+                                    plugin_settings={"ernie": {"turbo_path": str(weights)}}) as http:
+        memory = (await http.get("/v1/memory")).json()
+        assert {"family": "ernie", "model": "turbo", "resident_quantize": 5, "weights_gb": 7.5,
+                "chosen_by": "memory budget 10.67 GB"} in memory["models"]
+        h = ernie_helpers
+        dataset = await http.upload(h.zip({"a.png": h.png((64, 64)), "a.txt": "red"}), "ds.zip", "application/zip")
+        r = await http.post("/v1/image/ernie/train", json={"dataset": {"type": "file_id", "file_id": dataset}})
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert body["code"] == "memory_budget" and body["suggestion"] == {"low_ram": True, "quantize": 5}
+        assert "quantize 5 with low_ram: true" in body["hint"] and body["low_ram_gb"] < body["without_low_ram_gb"]

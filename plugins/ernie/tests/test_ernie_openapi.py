@@ -35,9 +35,34 @@ GUIDE_CHANGES: tuple[tuple[str, str], ...] = (
     # Where the spec's figure comes from.
     ("peak RSS ~5-6 GiB.\n",
      "peak RSS ~5-6 GiB\n  (measured by an earlier kiapi on Apple Silicon with the real weights).\n"),
-    # Demo-mode figures (measured here), appended to the Performance section.
-    ("  call and are slower than the resident path.\n",
-     "  call and are slower than the resident path.\n"
+    # LoRAs run on the resident model (issue #13); the resident quantization comes from the budget.
+    ("The warmed, resident model uses the server-default quantization. A request that\n"
+     "either supplies `loras` or sets a `quantize` differing from the resident model\n"
+     "builds a **one-off transient model** for that call — weights load fresh, so it is\n"
+     "slower and not reused. For the fast path, omit `loras` and leave `quantize` unset.\n",
+     "The warmed, resident model uses the server's resident quantization\n"
+     "(`KIAPI_ERNIE_RESIDENT_QUANTIZE`, else chosen from the memory budget: q8 from 24 GB\n"
+     "Macs, q5 on 16 GB; see `models` in `GET /v1/memory`). `loras` are\n"
+     "applied to the resident model for the call and taken off afterwards: no weights\n"
+     "load, only the adapter (kept by file id). A `quantize` differing from the resident\n"
+     "one builds a **one-off transient model** for that call — weights load fresh, so it\n"
+     "is slower and not reused. For the fast path, leave `quantize` unset.\n"),
+    # Non-square edits run on mflux 0.24 (the guard is off by default); base and the sync timeout.
+    ("- `width`/`height` must be multiples of 16 and at most 2048x2048. `edit`\n"
+     "  additionally requires square sizes by default — set\n"
+     "  `KIAPI_ERNIE_EDIT_REQUIRE_SQUARE=0` to lift the guard (mflux 0.18.0 can fail on\n"
+     "  some non-square ERNIE img2img sizes).\n",
+     "- `width`/`height` must be multiples of 16 and at most 2048x2048. `edit` runs\n"
+     "  non-square sizes and, when `width`/`height` are omitted, keeps the input's aspect\n"
+     "  ratio at about 1024x1024 pixels (`KIAPI_ERNIE_EDIT_REQUIRE_SQUARE=1` brings back the\n"
+     "  old mflux 0.18 square guard). `image_strength`: lower keeps more of the input.\n"
+     "- `base` at its defaults (50 steps with CFG) can take longer than the 600 s sync\n"
+     "  timeout on smaller Macs: send it with `\"mode\": \"async\"` and poll the job.\n"),
+    # LoRA runs are no longer transient; demo-mode figures (measured here) appended.
+    ("- Transient runs (any `loras` or a `quantize` override) rebuild the model each\n"
+     "  call and are slower than the resident path.\n",
+     "- LoRA runs use the resident model (only the adapter is read, once); a `quantize`\n"
+     "  override rebuilds the model each call and is slower than the resident path.\n"
      "- Demo mode (`kiapi serve --demo`, tiny random-weight models on the MLX CPU\n"
      "  backend, outputs are noise): 8 turbo steps take under a second at 64x64, about\n"
      "  4s at 256x256 and about 16s at 512x512 on 2 CPU cores; keep demo requests small\n"

@@ -86,8 +86,8 @@ def test_train_hooks_are_restored_and_cancel_stops(ernie, ernie_dataset):
 def test_canceled_training_keeps_the_checkpoints_it_wrote(ernie, ernie_dataset):
     """A canceled job has no result: its save_frequency checkpoints are stored as they are written
     and listed in the job's ``checkpoints`` metric (and its artifacts)."""
-    request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=50, lora_rank=4,
-                           max_resolution=64, save_frequency=1)
+    request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=10, lora_rank=4,
+                           max_resolution=64, save_frequency=1)  # 20 steps: KIAPI_ERNIE_MAX_CHECKPOINTS
     # cancel at step 4: steps 1-3 wrote their checkpoints by then
     job = ernie.run("train", request, cancel_on=lambda _fraction, label: " step 4/" in (label or ""))
     assert job.canceled and isinstance(job.error, JobCanceled)
@@ -107,3 +107,28 @@ def test_training_other_steps_and_guidance_run_the_variant_schedule(ernie, ernie
     assert (result.config["steps"], result.config["guidance"]) == (8, 1.0)
     assert (result.config["requested_steps"], result.config["requested_guidance"]) == (20, 2.5)
     assert len(job.warnings) == 2 and all("was not used" in w for w in job.warnings)
+
+
+def test_training_at_3_bits_with_low_ram_checkpoints_each_block(ernie, ernie_dataset):
+    """mflux 0.24 computes a 3/5/6-bit layer's LoRA width wrong and crashed; low_ram turns on
+    mflux's gradient checkpointing."""
+    request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=1, lora_rank=4,
+                           max_resolution=64, quantize=3, low_ram=True)
+    result = ernie.run("train", request).raise_for_status().returned
+    assert result.config["quantize"] == 3 and result.config["total_steps"] == 2
+    assert result.config["low_ram"] is True and result.config["gradient_checkpointing"] is True
+
+
+def test_custom_alpha_is_kept_in_the_saved_adapter(ernie, ernie_dataset):
+    """mflux trains at scale alpha/rank but saves only lora_A/lora_B: the plugin adds `.alpha`,
+    which mflux's loader reads back, so the adapter applies at the scale it was trained at."""
+    import mlx.core as mx
+
+    targets = [{"module_path": "layers.{block}.self_attention.to_q", "blocks": {"start": 0, "end": 2}, "rank": 4,
+                "alpha": 8.0}, {"module_path": "text_proj", "rank": 4}]
+    request = TrainRequest(dataset=FileIDRef(file_id=ernie_dataset.file_id), num_epochs=1, max_resolution=64,
+                           lora_layers={"targets": targets})
+    job = ernie.run("train", request).raise_for_status()
+    weights = mx.load(str(job.artifacts[-1].path))
+    assert weights["transformer.layers.1.self_attention.to_q.alpha"].item() == 8.0
+    assert "transformer.text_proj.alpha" not in weights

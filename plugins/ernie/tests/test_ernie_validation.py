@@ -105,16 +105,21 @@ def _edit(**kw):
 @pytest.mark.parametrize("kw, expected", [
     ({"image_strength": 1.5}, "image_strength must be in 0..1"),
     ({"image_strength": -0.1}, "image_strength must be in 0..1"),
-    ({"width": 512, "height": 768}, "KIAPI_ERNIE_EDIT_REQUIRE_SQUARE=0"),
-    ({"width": 512}, "requires a square size"),  # height defaults to 1024
 ])
 def test_edit_rules(kw, expected, ernie_host):
     assert expected in _problem(validation.prepare_edit, _edit(**kw), ernie_host)
 
 
-def test_edit_square_guard_can_be_lifted(ernie_helpers, ernie_host):
-    params = validation.prepare_edit(_edit(width=512, height=768),
-                                     _model(), ernie_helpers.host(demo=True, edit_require_square=False))
+@pytest.mark.parametrize("kw, expected", [
+    ({"width": 512, "height": 768}, "KIAPI_ERNIE_EDIT_REQUIRE_SQUARE=0"),
+    ({"width": 512}, "requires a square size"),  # height defaults to 1024
+])
+def test_edit_square_guard_when_turned_on(kw, expected, ernie_helpers):
+    assert expected in _problem(validation.prepare_edit, _edit(**kw), ernie_helpers.host(edit_require_square=True))
+
+
+def test_edit_square_guard_is_off_by_default(ernie_host):
+    params = validation.prepare_edit(_edit(width=512, height=768), _model(), ernie_host)
     assert (params["width"], params["height"]) == (512, 768)
     ok = validation.prepare_edit(_edit(), _model(), ernie_host)
     assert ok["image"] == {"type": "file_id", "file_id": "file_img"} and ok["image_strength"] == 0.4

@@ -21,8 +21,8 @@ class Seedvr2Settings(msgspec.Struct, frozen=True, kw_only=True):
     "Local directory with the 3b weights (seedvr2_ema_3b_fp16.safetensors + ema_vae_fp16.safetensors, or an mflux-saved 3b); unset: the Hugging Face cache."
     path_7b: str | None = None
     "Local directory with the 7b weights (seedvr2_ema_7b_fp16.safetensors + ema_vae_fp16.safetensors, or an mflux-saved 7b); unset: the Hugging Face cache."
-    max_output_pixels: int = 8_388_608
-    "Largest output image, in pixels (default 8 MiP = 4096x2048): every aspect ratio up to 2:1 at the largest 2048 px short side. Larger requests get 422."
+    max_output_pixels: int | None = None
+    "Largest output image, in pixels; unset: no fixed cap, the memory budget decides (a request that can never fit gets 503 with the numbers). Larger requests get 422."
     max_scale: float = 4.0
     "Largest scale factor accepted in `resolution` (\"4x\")."
     min_resolution: int = 16
@@ -31,7 +31,7 @@ class Seedvr2Settings(msgspec.Struct, frozen=True, kw_only=True):
     "Largest integer shortest-edge target accepted in `resolution`."
 
     def __post_init__(self) -> None:
-        if self.max_output_pixels < 256:
+        if self.max_output_pixels is not None and self.max_output_pixels < 256:
             raise ValueError("max_output_pixels must be at least 256 (16x16)")
         if not self.max_scale > 0:
             raise ValueError("max_scale must be > 0")

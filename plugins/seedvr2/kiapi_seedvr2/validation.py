@@ -192,7 +192,7 @@ def size_output(params: dict[str, Any], width: int, height: int, settings: Seedv
             field="resolution",
         )
     pixels = out_w * out_h
-    if pixels > settings.max_output_pixels:
+    if settings.max_output_pixels is not None and pixels > settings.max_output_pixels:
         raise InvalidRequest(
             f"resolution {resolution!r} turns this {width}x{height} image into {out_w}x{out_h} = {pixels} pixels, "
             f"over the output cap of {settings.max_output_pixels} pixels (setting KIAPI_SEEDVR2_MAX_OUTPUT_PIXELS). "

@@ -147,3 +147,21 @@ def test_tiny_swap_is_scoped_and_wrappers_are_per_instance(seedvr2):
     runtime = seedvr2.run({"seed": 1})[1].runtimes[0]  # the resident 3b model
     assert SeedVR2VAE.encode is not runtime.model.vae.encode
     assert SeedVR2VAE().encode.__func__ is SeedVR2VAE.encode  # a fresh VAE is untouched
+
+
+def test_an_mflux_saved_directory_counts_as_present(tmp_path):
+    """`mflux-save` writes transformer/ and vae/ shards, not the repo's two file names."""
+    from kiapi_core.weights import status
+    from kiapi_seedvr2.capability import build_capability
+    from kiapi_seedvr2.settings import Seedvr2Settings
+
+    capability = build_capability()
+    model = next(m for m in capability.models if m.name == "3b")
+    for sub in ("transformer", "vae"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "0.safetensors").write_bytes(b"x" * 16)
+    found = status(capability, model, Seedvr2Settings(path_3b=str(tmp_path)))
+    assert found.state == "present" and found.missing == [], found.missing
+    (tmp_path / "vae" / "0.safetensors").unlink()
+    missing = status(capability, model, Seedvr2Settings(path_3b=str(tmp_path)))
+    assert missing.state != "present" and any("seedvr2_ema_3b_fp16.safetensors" in m for m in missing.missing)

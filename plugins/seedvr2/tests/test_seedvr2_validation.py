@@ -104,14 +104,14 @@ def test_check_rejects_outputs_over_the_pixel_cap(seedvr2_with):
     assert params["width"] * params["height"] <= 1600
 
 
-def test_default_cap_allows_2048_short_side_at_2_to_1():
+def test_no_fixed_output_cap_by_default_memory_decides():
+    """1080p -> 4K (8.3 MP) passes validation; admission sizes it against the budget."""
     from kiapi_seedvr2.validation import size_output
 
-    params = {"resolution": 2048}
-    size_output(params, 2000, 1000, SETTINGS)
-    assert (params["width"], params["height"]) == (4096, 2048)
-    with pytest.raises(InvalidRequest):
-        size_output({"resolution": 2048}, 2100, 1000, SETTINGS)
+    params = {"resolution": "2x"}
+    size_output(params, 1920, 1080, SETTINGS)
+    assert (params["width"], params["height"]) == (3840, 2160)
+    size_output({"resolution": 2048}, 2100, 1000, SETTINGS)
 
 
 def test_check_rejects_a_scale_that_floors_to_nothing(seedvr2):
