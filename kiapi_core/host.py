@@ -57,8 +57,9 @@ class Host:
         if self.settings.cluster_url:  # several hosts on PostgreSQL (docs/cluster.md)
             from .cluster.setup import cluster_services
 
+            # File bytes live in PostgreSQL; the local copy is a cache with its own bound
+            # (KIAPI_CLUSTER_CACHE_GB), so the local storage quota does not apply.
             self.files, self.jobs = cluster_services(self)
-            self.files.quota = StorageQuota.for_root(self.files.root, self.settings.max_storage_gb)
         else:
             self.jobs = JobManager(settings=self.settings, files=self.files, models=self.models,
                                    plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
