@@ -30,6 +30,7 @@ from ..errors import (
 from ..files.resolve import ResolvedInputs, resolve_inputs
 from ..files.routes import file_response
 from ..images import INPUT_BYTES_PER_PIXEL
+from ..jobs.calls import call
 from ..jobs.models import AsyncJobResponse, Job, JobStatus
 from ..jobs.store import IdempotentReplay
 from ..memory.loaders import INPUT_GB
@@ -65,7 +66,7 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
             else:  # the fingerprint re-encodes and hashes the body: not on the loop
                 idem = await asyncio.to_thread(idempotency.from_request, request, raw,
                                                auth_token=host.settings.auth_token)
-            replayed = host.jobs.find_idempotent(*idem) if idem is not None else None
+            replayed = await call(host.jobs, "find_idempotent", *idem) if idem is not None else None
             mode = raw.get("mode", "sync") if isinstance(raw, dict) else "sync"
             if replayed is None:
                 body, warnings = await _decode(host, capability, operation, raw)
@@ -177,10 +178,10 @@ async def submit(host: Host, capability: Capability, operation: Operation, body:
     try:
         if host.settings.demo:
             warnings = [*warnings, DEMO_NOTE]
-        return host.jobs.submit(capability=capability, operation=operation, model=model, request=body,
-                                params=checked.params, inputs=checked.inputs.files,
-                                input_ids=checked.inputs.summary, warnings=warnings,
-                                estimate_gb=checked.estimate_gb, idempotency=idempotency)
+        return await call(host.jobs, "submit", capability=capability, operation=operation, model=model,
+                          request=body, params=checked.params, inputs=checked.inputs.files,
+                          input_ids=checked.inputs.summary, warnings=warnings,
+                          estimate_gb=checked.estimate_gb, idempotency=idempotency)
     except BaseException:
         await _discard(host, checked.inputs.created)
         raise
@@ -213,7 +214,8 @@ async def validate(host: Host, capability: Capability, operation: Operation, bod
     try:
         if operation.check is not None:
             await asyncio.to_thread(operation.check, body, params, resolved.files, host)
-        estimate = host.models.admit(capability, model, operation, params)
+        # A cluster checks against its largest live host instead of this one (docs/cluster.md).
+        estimate = getattr(host.jobs, "admit", host.models.admit)(capability, model, operation, params)
     except BaseException:
         await _discard(host, resolved.created)
         raise
@@ -234,7 +236,7 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
             f"(KIAPI_SYNC_TIMEOUT_S); it keeps running: poll GET /v1/jobs/{job.id}. Send long runs "
             f"(large sizes, many steps: ERNIE base at its defaults) with \"mode\": \"async\""), job)
     if job.status in (JobStatus.failed, JobStatus.canceled):
-        error = host.jobs.error_of(job.id) or KiapiError(job.error or "the job did not finish",
+        error = await call(host.jobs, "error_of", job.id) or KiapiError(job.error or "the job did not finish",
                                                           code=job.error_code or "internal_error")
         return error_response(error, job_id=job.id, headers=headers)
     artifact = None
