@@ -231,3 +231,27 @@ def test_event_bus_carries_job_cancel_and_work(backend, request):
         assert ("job", job.id) in heard and ("work", "") in heard
     finally:
         bus.close()
+
+
+def test_the_listener_reconnects_and_resyncs_after_losing_its_connection(pg_url):
+    import psycopg
+
+    from kiapi_core.cluster.pg import PgEventBus
+
+    bus = PgEventBus(pg_url)
+    resynced, heard = threading.Event(), threading.Event()
+    bus.on_resync = resynced.set
+    bus.on_job = lambda job_id: heard.set()
+    bus.start()
+    try:
+        assert bus.wait_connected(10.0)
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'kiapi-bus'")
+        assert resynced.wait(10.0)
+        deadline = time.monotonic() + 10
+        while not heard.is_set():  # listening again
+            assert time.monotonic() < deadline
+            bus.job_changed("job_x")
+            heard.wait(0.2)
+    finally:
+        bus.close()

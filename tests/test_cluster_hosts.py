@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -92,8 +93,10 @@ def test_cancel_from_another_host_and_one_idempotency_key_on_two_hosts(three, tm
     assert job["progress_label"] == "canceled"
 
     body = {"release": "", "mode": "async", "model": "m2"}
-    first = a.http.post("/v1/text/cwait/wait", json=body, headers={"Idempotency-Key": "k-1"})
-    second = c.http.post("/v1/text/cwait/wait", json=body, headers={"Idempotency-Key": "k-1"})
+    with ThreadPoolExecutor(2) as pool:  # the same key on two hosts at the same moment
+        first_f, second_f = (pool.submit(h.http.post, "/v1/text/cwait/wait", json=body,
+                                         headers={"Idempotency-Key": "k-1"}) for h in (a, c))
+        first, second = first_f.result(), second_f.result()
     assert first.status_code == 202 and second.status_code == 202
     assert first.json()["job_id"] == second.json()["job_id"]
     clash = b.http.post("/v1/text/cwait/wait", json={**body, "model": "m1"}, headers={"Idempotency-Key": "k-1"})
