@@ -33,7 +33,6 @@ DEFAULT_PLUGINS = (
     "kiapi_core.default_plugins.files",
     "kiapi_core.default_plugins.jobs",
     "kiapi_core.default_plugins.memory",
-    "kiapi_core.default_plugins.cluster",
 )
 ENTRY_POINT_GROUP = "kiapi"
 
