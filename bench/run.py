@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -36,6 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hostspeed
 import httpx
 from cluster import measure_cluster  # bench/cluster.py (the script's directory is on sys.path)
 
@@ -52,8 +52,17 @@ TARGETS: dict[str, tuple[str, float]] = {
     "upload_rss_growth_mib": ("<=", 64.0),
     "upload_vs_copy_ratio": (">=", 0.5),
     "lora_vs_plain_ratio": ("<=", 1.2),
+    # Host speed (bench/hostspeed.py), each a ratio of two measurements interleaved in this run.
+    "sync_noop_vs_cog_ratio": ("<=", 0.8),
+    "noop_throughput_vs_bare_ratio": (">=", 0.5),
+    "noop_throughput_32_vs_1": (">=", 0.95),
+    "sync_png_vs_bare_ratio": ("<=", 2.0),
+    "health_vs_bare_ratio": ("<=", 1.2),
+    "raw_upload_vs_copy_ratio": (">=", 0.5),
+    "loads_per_job": ("<=", 0.3),
 }
-SECTIONS = ("cli", "startup", "first", "overhead", "lora", "queue", "events", "poll", "upload", "cluster")
+SECTIONS = ("cli", "startup", "first", "overhead", "lora", "queue", "events", "peers", "poll", "upload",
+            "rawupload", "affinity", "cluster")
 REQUIRED_KEYS = ("host_overhead_ratio", "poll_p99_ms", "startup_s", "cli_help_s",
                  "upload_rss_growth_mib", "upload_vs_copy_ratio", "queue_jobs_per_s", "lora_vs_plain_ratio")
 
@@ -232,6 +241,19 @@ def install_noop_plugin(site: Path) -> Path:
     return site
 
 
+def swap_servers(workdir: Path, site: Path, servers: list[Server]) -> Callable[[str, dict[str, str]], Server]:
+    """Starts servers for the model-swap measurement: a budget (10 GB) that holds one of the
+    two 6 GB ``swap`` models."""
+    def start(name: str, env: dict[str, str]) -> Server:
+        server = Server(workdir, extra_site=site, name=f"swap-{name}",
+                        env={"KIAPI_MEMORY_LIMIT_GB": "10", **env})
+        servers.append(server)
+        server.wait_healthy(60.0)
+        return server
+
+    return start
+
+
 def timed_run(cmd: list[str], env: dict[str, str], timeout_s: float = 60.0) -> float:
     started = time.perf_counter()
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -371,7 +393,8 @@ def measure_overhead(profile: Profile, server: Server, client: httpx.Client, par
                 http_png = data
             else:
                 direct_png = data
-        same = same and hashlib.sha256(http_png).digest() == hashlib.sha256(direct_png).digest()
+        # Pixels, not bytes: the server's PNG also carries the job's params (a `kiapi` chunk).
+        same = same and _pixels(http_png) == _pixels(direct_png)
     del model
     med_http, med_direct = statistics.median(over_http), statistics.median(over_direct)
     results["host_overhead_ratio"] = round(med_http / med_direct, 4)
@@ -383,7 +406,16 @@ def measure_overhead(profile: Profile, server: Server, client: httpx.Client, par
     say(f"  warm sync generate over HTTP     {med_http * 1000:8.1f} ms  (median of {len(over_http)})")
     say(f"  same generation in-process       {med_direct * 1000:8.1f} ms  (generate_image + PNG encode)")
     say(f"  host overhead                    {results['host_overhead_ms']:8.1f} ms  ratio "
-        f"{results['host_overhead_ratio']:.3f}   identical PNG bytes: {same}")
+        f"{results['host_overhead_ratio']:.3f}   identical pixels: {same}")
+
+
+def _pixels(png: bytes) -> bytes:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return image.tobytes()
 
 
 def measure_lora(profile: Profile, server: Server, client: httpx.Client, clock: Clock,
@@ -723,6 +755,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (server logs)")
     parser.add_argument("--mlx-compile", action="store_true",
                         help="leave mx.compile on (default: MLX_DISABLE_COMPILE=1 on both sides, see docs)")
+    parser.add_argument("--peers", action="store_true",
+                        help=f"also measure Replicate Cog's server ({hostspeed.COG_REQUIREMENT}, pip-installed "
+                        "into a throwaway venv in the work directory)")
     parser.add_argument("--only", default="", help=f"comma-separated sections to run ({', '.join(SECTIONS)})")
     args = parser.parse_args(argv)
     only = {name.strip() for name in args.only.split(",") if name.strip()}
@@ -796,8 +831,14 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: measure_lora(profile, server, client, clock, results))
         section("queue", "queue (no-op jobs)", lambda: measure_noop(profile, server, client, clock, results))
         section("events", "job events", lambda: measure_events(profile, server, client, results))
+        section("peers", "host speed against a bare Starlette+Hypercorn app" + (" and Cog" if args.peers else ""),
+                lambda: hostspeed.measure_peers(profile, server.port, workdir, results, peers=args.peers, say=say))
         section("poll", "responsiveness while a model runs", lambda: measure_poll(profile, server, client, results))
         section("upload", "file upload", lambda: measure_upload(profile, server, client, workdir, clock, results))
+        section("rawupload", "raw-body upload (curl -T)",
+                lambda: hostspeed.measure_raw_upload(profile, server.url, server.data, results, say))
+        section("affinity", "model-aware queue (two models, one-model budget)",
+                lambda: hostspeed.measure_affinity(profile, swap_servers(workdir, site, servers), results, say))
         section("cluster", "cluster: two hosts on PostgreSQL (bench/cluster.py)",
                 lambda: measure_cluster(profile, workdir, site, Server, servers, wait_job, results, say))
         client.close()

@@ -1,9 +1,9 @@
 """kiapi_core: a minimal host for generative-image capability plugins.
 
-Plugin authors need only what this module exports: ``hookimpl`` to mark hook implementations,
-the declarations (:class:`Capability`, :class:`Model`, :class:`Operation`,
-:class:`WeightFiles`), the FileRef types for request Structs, the errors to raise, and the
-:class:`JobContext` handlers receive. Importing it never imports mlx, mflux or torch.
+Plugins import :mod:`kiapi_core.sdk` (plugin API version 2) and nothing else. The names
+exported here are the plugin API version 1 surface, kept for one more release so existing
+plugins keep working: a :class:`Capability` made from them is called the version-1 way.
+Importing it never imports mlx, mflux or torch.
 """
 
 from .errors import (
@@ -22,7 +22,7 @@ from .registry import Capability, Model, Operation, WeightFiles
 
 __version__ = "0.1.0"
 #: Bumped when a hook or declaration changes incompatibly; plugins state the core range they support.
-PLUGIN_API_VERSION = 1
+from .plugin_api import PLUGIN_API_VERSION  # noqa: E402
 
 __all__ = [
     "BadRequest",

@@ -29,6 +29,7 @@ from .http.auth import BearerAuth
 from .http.body import BodyGate, BodyTimeout
 from .http.guard import RequestGuard
 from .http.methods import EXPOSED_HEADERS, method_not_allowed
+from .http.observe import ObserveRequests
 from .http.operations import operation_route
 from .http.responses import JSONResponse, error_response
 from .openapi import pages
@@ -36,6 +37,7 @@ from .openapi.generate import capability_document
 from .openapi.root import root_document
 from .registry import Capability
 from .settings import DEMO_NOTE
+from .webhooks.request import document_webhook_fields
 from .weights import model_readiness
 
 log = logging.getLogger("kiapi.http")
@@ -51,8 +53,8 @@ def build_app(host: Host) -> Starlette:
     ]
     for capability in host.registry:
         routes += _capability_routes(host, capability)
-    for extra in host.pm.hook.register_routes(host=host):
-        routes += list(extra or [])
+    for extra in host.plugin_routes.values():  # collected and checked per plugin by build_host
+        routes += extra
     _check_unique(routes)
 
     @contextlib.asynccontextmanager
@@ -78,10 +80,12 @@ def build_app(host: Host) -> Starlette:
 
 
 def _middleware(host: Host) -> list[Middleware]:
-    """Outermost first: Host/Origin checks, CORS for listed origins (its preflights carry no
-    token), body timeouts, then the bearer token."""
+    """Outermost first: metrics and the access log (they see every answer), Host/Origin
+    checks, CORS for listed origins (its preflights carry no token), body timeouts, then the
+    bearer token (``/metrics`` open to loopback with KIAPI_METRICS_LOOPBACK_OPEN)."""
     settings = host.settings
-    middleware = [Middleware(RequestGuard, bind_host=settings.host, allowed_hosts=settings.allowed_hosts,
+    middleware = [Middleware(ObserveRequests, observe=host.metrics.on_http),
+                  Middleware(RequestGuard, bind_host=settings.host, allowed_hosts=settings.allowed_hosts,
                              cors_origins=settings.cors_origins)]
     if settings.cors_origins:
         middleware.append(Middleware(
@@ -91,13 +95,16 @@ def _middleware(host: Host) -> list[Middleware]:
             expose_headers=EXPOSED_HEADERS, max_age=600))
     middleware.append(Middleware(BodyTimeout, timeout_s=settings.body_timeout_s))
     if settings.auth_token:
-        middleware.append(Middleware(BearerAuth, token=settings.auth_token))
+        loopback = frozenset({"/metrics"}) if settings.metrics_loopback_open else frozenset()
+        middleware.append(Middleware(BearerAuth, token=settings.auth_token, loopback_paths=loopback))
     return middleware
 
 
 def _capability_routes(host: Host, capability: Capability) -> list[BaseRoute]:
     prefix = capability.prefix
-    document = capability_document(capability, version=capability.version)
+    registered = next(r for r in host.registry.registered() if r.capability is capability)
+    document = document_webhook_fields(capability_document(
+        capability, version=capability.version, extra_routes=host.plugin_routes.get(registered.plugin, ())))
 
     async def models(request: Request) -> Response:
         # Extension fields (clients written against the spec ignore them): whether the weights

@@ -18,7 +18,6 @@ every heavy library already.
 from __future__ import annotations
 
 import importlib
-import inspect
 import json
 import os
 import subprocess
@@ -33,7 +32,8 @@ import msgspec
 
 from .registry import Capability
 
-__all__ = ["DEFAULT_HEAVY", "assert_plugin_contract", "check_plugin", "declaration_problems", "openapi_problems"]
+__all__ = ["DEFAULT_HEAVY", "assert_plugin_contract", "check_plugin", "clash_problems", "declaration_problems",
+           "openapi_problems"]
 
 #: Libraries a plugin must not import at import or registration time (only in loaders/handlers).
 DEFAULT_HEAVY: tuple[str, ...] = ("mlx", "mflux", "torch", "transformers", "diffusers", "jax", "tensorflow")
@@ -82,7 +82,9 @@ def check_plugin(
             capabilities = _collect(obj, build_test_host(Path(tmp) / "core"))
         problems += _hook_problems(obj)
         if others is None and compare_installed:
-            others = _installed(Path(tmp) / "installed", {c.name for c in capabilities})
+            installed = _installed(Path(tmp) / "installed", _module_name(obj))
+            problems += clash_problems(capabilities, installed)
+            others = [capability for capability, _ in installed]
     for capability in capabilities:
         problems += declaration_problems(capability)
     problems += openapi_problems(capabilities, others or (), allowed_clashes=allowed_clashes)
@@ -92,22 +94,17 @@ def check_plugin(
 
 def declaration_problems(capability: Capability) -> list[str]:
     """Problems of one declaration: defaults, aliases, memory estimates, operation wiring."""
+    from .registry import declaration_problems as registry_problems
+
     where = f"capability {capability.name!r}"
-    problems: list[str] = []
-    defaults = [m.name for m in capability.models if m.default]
-    if len(defaults) != 1:
-        problems.append(f"{where}: exactly one model must be default=True, found {len(defaults)}"
-                        + (f" ({', '.join(defaults)})" if defaults else ""))
-    owners: dict[str, str] = {}
+    # The registry's own rules first (what would make it refuse the capability), then lints.
+    problems: list[str] = [f"{where}: {p}" for p in registry_problems(capability)]
     for model in capability.models:
-        for name in (model.name, *model.aliases):
-            key = name.lower()
-            if key in owners:
-                other = owners[key]
-                problems.append(f"{where}: the name {name!r} is used twice"
-                                + (f" (models {other!r} and {model.name!r})" if other != model.name
-                                   else f" by model {model.name!r}"))
-            owners[key] = model.name
+        seen: set[str] = set()
+        for name in (model.name, *model.aliases):  # harmless to the registry, but a slip
+            if name.lower() in seen:
+                problems.append(f"{where}: the name {name!r} is used twice by model {model.name!r}")
+            seen.add(name.lower())
         if model.loader is not None and not model.weights_gb:
             problems.append(f"{where}: model {model.name!r} has a loader but no weights_gb; declare its "
                             "resident size per quantization ({None: 0.0} when it holds no weights)")
@@ -136,6 +133,15 @@ def declaration_problems(capability: Capability) -> list[str]:
     if capability.settings is not None and not _is_struct(capability.settings):
         problems.append(f"{where}: settings must be a msgspec.Struct type")
     return problems
+
+
+def clash_problems(capabilities: Iterable[Capability],
+                   installed: Iterable[tuple[Capability, str]]) -> list[str]:
+    """Capabilities named like one an installed distribution already serves: only one of the
+    two would be served (see the precedence rule in :mod:`kiapi_core.plugins`)."""
+    served = {capability.name: distribution for capability, distribution in installed}
+    return [f"capability {c.name!r} is also registered by the installed {served[c.name]}: only one of "
+            "them can be served; choose another name" for c in capabilities if c.name in served]
 
 
 def openapi_problems(capabilities: Iterable[Capability], others: Iterable[Capability] = (), *,
@@ -203,35 +209,34 @@ def _collect(plugin: Any, host: Any) -> list[Capability]:
 
 
 def _hook_problems(plugin: Any) -> list[str]:
-    from .plugins import new_plugin_manager
+    from .plugins import hookimpl_problems, new_plugin_manager
 
     pm = new_plugin_manager()
     try:
         pm.register(plugin, name="contract-hooks")
     except Exception:  # noqa: BLE001 - reported by the strict load
         return []
-    callers = pm.get_hookcallers(plugin) or []
-    if not callers:
+    if not pm.get_hookcallers(plugin):
         return ["implements no kiapi hook: mark the functions with @hookimpl (from kiapi_core import hookimpl)"]
-    problems = []
-    for caller in callers:
-        for impl in caller.get_hookimpls():
-            if impl.plugin is plugin and (inspect.iscoroutinefunction(impl.function)
-                                          or inspect.isasyncgenfunction(impl.function)):
-                problems.append(f"hook {caller.name} is async def; kiapi calls hooks synchronously, so it "
-                                "would return an unawaited coroutine: make it a plain def")
-    return problems
+    return hookimpl_problems(pm, plugin)
 
 
-def _installed(data_dir: Path, own: set[str]) -> list[Capability]:
-    """Capabilities of the installed plugins (entry points), except those named ``own``."""
+def _module_name(plugin: Any) -> str:
+    return plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
+
+
+def _installed(data_dir: Path, own_module: str) -> list[tuple[Capability, str]]:
+    """Capabilities of the installed plugins (entry points) with their distributions, except
+    those the plugin under test (module ``own_module``) registers itself."""
     from .testing.helpers import build_test_host
 
     try:
         host = build_test_host(data_dir, load_entrypoints=True, strict_plugins=False)
-    except Exception:  # noqa: BLE001 - clashes among other plugins are not this plugin's problem
+    except Exception:  # noqa: BLE001 - other plugins' problems are not this plugin's
         return []
-    return [c for c in host.registry if c.name not in own]
+    modules = {r.name: (r.entry_point or "").partition("=")[2].strip().split(":")[0] for r in host.plugins}
+    return [(r.capability, r.distribution) for r in host.registry.registered()
+            if modules.get(r.plugin) != own_module]
 
 
 _PROBE = r"""

@@ -120,11 +120,41 @@ class SyncTimeout(KiapiError):
     code = "sync_timeout"
 
 
+class InvalidResult(KiapiError):
+    """500: a handler returned a result its operation does not declare (a bug in the plugin)."""
+
+    code = "invalid_result"
+
+
 class JobCanceled(Exception):
     """Raised inside a handler (by ``JobContext.check_canceled``) to stop a canceled job.
 
     Not a KiapiError: it never reaches a client as an error; the job simply ends ``canceled``.
     """
+
+
+def _subclasses(base: type[KiapiError]) -> list[type[KiapiError]]:
+    found = [base]
+    for sub in base.__subclasses__():
+        found += _subclasses(sub)
+    return found
+
+
+def error_classes() -> dict[str, type[KiapiError]]:
+    """Every error code and its class (the most specific one defined for it): the table a
+    stored ``error_code`` is turned back into an error with its HTTP status. Computed on each
+    call, so classes plugins define (subclasses with their own ``code``) are included."""
+    table: dict[str, type[KiapiError]] = {}
+    for cls in _subclasses(KiapiError):
+        table.setdefault(cls.code, cls)
+    return table
+
+
+def error_from_code(code: str | None, detail: str, **extra: Any) -> KiapiError:
+    """The error ``code`` names, with ``detail``: the right class (so the right HTTP status)
+    for a known code, a 500 :class:`KiapiError` carrying the code otherwise."""
+    cls = error_classes().get(code or "", KiapiError)
+    return cls(detail, code=code, **extra)
 
 
 class PluginError(Exception):

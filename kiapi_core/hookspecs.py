@@ -8,6 +8,9 @@ default plugins in :mod:`kiapi_core.default_plugins`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pluggy
 
 hookspec = pluggy.HookspecMarker("kiapi")
@@ -15,7 +18,7 @@ hookimpl = pluggy.HookimplMarker("kiapi")
 
 
 @hookspec
-def register_capabilities(register, host):
+def register_capabilities(register: Callable[[Any], None], host: Any) -> None:
     """Declare capabilities.
 
     Called once per host, while it is built, before any route exists. Call
@@ -31,13 +34,15 @@ def register_capabilities(register, host):
 
 
 @hookspec
-def register_routes(host):
+def register_routes(host: Any) -> list[Any] | None:
     """Add HTTP routes that are not capability operations.
 
-    Called once per host after all capabilities are registered, while the Starlette app is
-    built. Return a list of ``starlette.routing.BaseRoute``; they are mounted as given, so a
-    plugin should keep them under its capability prefix (``/v1/{domain}/{family}/...``). The
-    core's own endpoints (``/health``, ``/v1/files``, ``/v1/jobs``) come from default plugins
+    Called once per host after all capabilities are registered, while the host is built, for
+    each plugin on its own. Return a list of ``starlette.routing.BaseRoute``. Every route must
+    lie under the prefix of a capability the plugin registered (``/v1/{domain}/{name}/...``)
+    and take no path already served (the core's, another plugin's); a plugin breaking this is
+    reported and skipped. The routes appear in the capability's OpenAPI document. The core's
+    own endpoints (``/health``, ``/v1/files``, ``/v1/jobs``) come from default plugins
     through this hook.
 
     :param host: the built :class:`~kiapi_core.host.Host`.
@@ -46,11 +51,12 @@ def register_routes(host):
 
 
 @hookspec
-def register_commands(cli):
+def register_commands(cli: Any) -> None:
     """Add subcommands to the ``kiapi`` command line.
 
-    Called when a ``kiapi`` command that is not a core command is looked up, never for
-    ``kiapi --help`` or core commands, so plugins stay unimported there.
+    Called once per host while it is built, for each plugin on its own with a fresh group
+    (never for ``kiapi --help``, which imports no plugin). A command named like a core command
+    or an earlier plugin's is refused and the plugin reported and skipped.
 
     :param cli: the root ``click.Group``; call ``cli.add_command(...)`` or use ``@cli.command()``.
     :return: ignored.

@@ -14,20 +14,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pluggy
 
 from . import __version__
-from .errors import StartupError, Unavailable
+from .errors import SettingsError, StartupError, Unavailable
 from .files.quota import StorageQuota
 from .files.store import FileStore
 from .jobs.manager import JobManager
 from .jobs.sqlite_store import SqliteJobStore
+from .logs import JobLifecycleLog
 from .memory.budget import Budget, resolve_budget
 from .memory.manager import ModelManager
 from .memory.warmup import parse_warmup
+from .metrics import HostMetrics
+from .plugin_extras import collect_commands, collect_routes
 from .plugins import PluginRecord, load_plugins, new_plugin_manager, register_capabilities
 from .registry import Registry
 from .settings import Loaded, Settings, load_settings
+from .webhooks import WebhookDispatcher
 
 log = logging.getLogger("kiapi")
 
@@ -47,7 +52,8 @@ class Host:
         self._plugin_settings: dict[str, Any] = {}
         self._plugin_setting_sources: dict[str, dict[str, str]] = {}
         data = self.settings.data_path
-        self.files = FileStore(data / "files", ttl_s=self.settings.file_ttl_s)
+        self.files = FileStore(data / "files", ttl_s=self.settings.file_ttl_s,
+                               output_ttl_s=self.settings.job_ttl_s, keep=self._job_still_kept)
         self.files.quota = StorageQuota.for_root(self.files.root, self.settings.max_storage_gb)
         self.models = ModelManager(settings=self.settings, registry=registry,
                                    plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
@@ -67,6 +73,28 @@ class Host:
                                    store=SqliteJobStore(data / "jobs.sqlite3", ttl_s=self.settings.job_ttl_s,
                                                         max_jobs=self.settings.max_jobs))
         self._background: list[asyncio.Task[Any]] = []
+        self.metrics = HostMetrics(self)
+        self.jobs.listeners += [self.metrics.on_job, JobLifecycleLog(registry)]
+        self.models.listeners.append(self.metrics.on_model)
+        self.webhooks = WebhookDispatcher(self.settings, data / "webhooks.sqlite3",
+                                          on_attempt=lambda e, o: self.metrics.webhooks.labels(e, o).inc())
+        self.jobs.listeners.append(self.webhooks.on_job)
+        if hasattr(self.jobs, "remote_listeners"):  # a cluster: jobs submitted here may run elsewhere
+            self.jobs.remote_listeners.append(self.webhooks.on_job)
+        #: Routes and CLI commands plugins added (``register_routes``/``register_commands``),
+        #: checked and by plugin name; filled in by :func:`build_host`.
+        self.plugin_routes: dict[str, list[Any]] = {}
+        self.plugin_commands: dict[str, Any] = {}
+
+    @property
+    def plugin_errors(self) -> list[PluginRecord]:
+        """The plugins that failed to load or register (skipped), for ``/health`` and the CLI."""
+        return [p for p in self.plugins if p.error]
+
+    def _job_still_kept(self, record: Any) -> bool:
+        """Retention: a job's outputs never expire while its record is kept (one policy)."""
+        job_id = record.meta.get("job_id")
+        return isinstance(job_id, str) and self.jobs.status_of(job_id) is not None
 
     # -- plugin facing -------------------------------------------------------------------
     def plugin_settings(self, family: str, schema: type | None = None) -> Any:
@@ -79,6 +107,7 @@ class Host:
             if schema is None:
                 self._plugin_settings[family] = None
             else:
+                value: Any
                 value, sources = self.loaded.plugin(family, schema)
                 self._plugin_settings[family] = value
                 self._plugin_setting_sources[family] = sources
@@ -104,8 +133,9 @@ class Host:
         freed = await asyncio.to_thread(sweep_work_dirs, self.settings.data_path / "work")
         if freed:
             log.info("removed %d work directories left by jobs a crash cut off", freed)
+        await self.webhooks.start()  # first: jobs a crash cut off report their end to it
         await self.jobs.start()
-        self._background.append(asyncio.create_task(self.files.sweep_forever()))
+        self._background.append(asyncio.create_task(self._sweep_storage()))
         self._background.append(asyncio.create_task(self._sweep_idle_models()))
         for family, model in self.models.parse_warmup(self.settings.warmup):
             self._background.append(asyncio.create_task(self._warm(family, model)))
@@ -116,7 +146,21 @@ class Host:
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
         await self.jobs.stop(self.settings.shutdown_grace_s)
+        await self.webhooks.stop()
         await asyncio.to_thread(self.models.close)
+
+    async def _sweep_storage(self, interval_s: float = 300.0) -> None:
+        """Retention: expired job records first, then the files no kept job holds any more."""
+        while True:
+            try:
+                await asyncio.to_thread(self.jobs.prune_expired)
+                removed = await self.files.asweep_expired()
+                if removed:
+                    log.info("retention: %d expired file(s) deleted", removed,
+                             extra={"event": "retention", "files_deleted": removed})
+            except OSError as exc:  # a vanished file mid-sweep; the next round catches up
+                log.warning("storage sweep failed: %s", exc)
+            await asyncio.sleep(interval_s)
 
     async def _sweep_idle_models(self, interval_s: float = 30.0) -> None:
         """Unload models idle for longer than KIAPI_MODEL_TTL_S, on the model thread (MLX)."""
@@ -142,35 +186,59 @@ def build_host(
     *,
     plugins: Sequence[Any] = (),
     load_entrypoints: bool = True,
+    diagnose: bool = False,
 ) -> Host:
     """Build a host: load plugins (entry points unless disabled, plus ``plugins``), register
-    their capabilities and create the services. Raises StartupError/PluginError on fatal
-    problems (clashes between distributions; any plugin failure in strict mode)."""
+    their capabilities, routes and commands, and create the services.
+
+    A plugin that fails in any way is recorded (``host.plugins``) and skipped; the rest is
+    served. Raises PluginError for any plugin failure in strict mode, SettingsError for a
+    settings mistake. ``diagnose`` (``kiapi plugins``) never raises for a plugin: strict mode
+    is off and a plugin's settings mistake is recorded on the plugin."""
     if settings is None:
         loaded = load_settings()
     elif isinstance(settings, Settings):
         loaded = Loaded(settings=settings, sources={}, config_file=None, config={}, env={})
     else:
         loaded = settings
+    if diagnose:
+        loaded = msgspec.structs.replace(loaded, settings=msgspec.structs.replace(loaded.settings,
+                                                                                  strict_plugins=False))
+    settings_ = loaded.settings
     pm = new_plugin_manager()
-    records = load_plugins(pm, loaded.settings, extra=plugins, load_entrypoints=load_entrypoints)
+    records = load_plugins(pm, settings_, extra=plugins, load_entrypoints=load_entrypoints)
     registry = Registry()
-    budget = resolve_budget(loaded.settings)  # once: plugins size their models from it
+    budget = resolve_budget(settings_)  # once: plugins size their models from it
     host = _HostUnderConstruction(loaded, pm, records, registry, budget.gb)
-    register_capabilities(pm, records, registry, host, loaded.settings)
+    register_capabilities(pm, records, registry, host, settings_, diagnose=diagnose)
     built = Host(loaded, pm, records, registry, budget)
-    _check_settings(built)
+    routes = collect_routes(pm, records, registry, built, settings_)
+    from .cli import COMMANDS
+
+    built.plugin_commands = collect_commands(pm, records, registry, settings_, COMMANDS)
+    serving = {r.name for r in records if r.error is None}  # a skipped record may share a winner's name
+    built.plugin_routes = {name: r for name, r in routes.items() if name in serving}
+    _check_settings(built, records if diagnose else None)
     return built
 
 
-def _check_settings(host: Host) -> None:
+def _check_settings(host: Host, diagnose: list[PluginRecord] | None = None) -> None:
     """Read every capability's settings and the warm-up list now, so a mistake stops start-up
-    with its message instead of failing requests later (SettingsError / StartupError)."""
+    with its message instead of failing requests later (SettingsError / StartupError). With
+    ``diagnose`` (the records), a capability's settings mistake is recorded on its plugin."""
     if host.settings.role != "all" and not host.settings.cluster_url:
         raise StartupError(f"KIAPI_ROLE={host.settings.role} needs a cluster: set KIAPI_CLUSTER_URL "
                            "(docs/cluster.md), or leave KIAPI_ROLE at all")
-    for capability in host.registry:
-        host.plugin_settings(capability.name)
+    for registered in host.registry.registered():
+        try:
+            host.plugin_settings(registered.capability.name)
+        except SettingsError as exc:
+            record = next((r for r in diagnose or [] if r.name == registered.plugin), None)
+            if record is None:
+                raise
+            record.error = f"settings: {exc}"
+    if diagnose is not None:
+        return
     parse_warmup(host.settings.warmup, host.registry)
     tables = [name for name, value in host.loaded.config.items() if isinstance(value, dict)]
     strays = [name for name in tables if name not in host.registry]

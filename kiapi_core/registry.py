@@ -16,6 +16,7 @@ resolves model names. It never imports a plugin's heavy code.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -24,6 +25,16 @@ import msgspec
 from .errors import StartupError, UnknownModel
 
 InputKind = Literal["image", "file"]
+
+#: Capability, domain and operation names are URL path segments: lower-case ASCII letters and
+#: digits, ``-`` and ``_`` inside, at most 64 characters.
+NAME_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?")
+#: First path segments under ``/v1/`` the core uses itself; no capability domain may take them.
+RESERVED_DOMAINS = frozenset({"files", "jobs", "memory", "models", "webhooks", "metrics", "admin", "plugins"})
+#: Path segments under a capability's prefix the core serves itself.
+RESERVED_OPERATIONS = frozenset({"models", "openapi.json", "docs", "redoc"})
+#: Model names (aliases may also hold ``/``, as Hugging Face repo ids do): printable, no spaces, no ``/`` or ``:`` (``kiapi activate ernie:turbo``).
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 
 class WeightFiles(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,22 +89,28 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     #: model thread with a :class:`kiapi_core.jobs.JobContext`.
     handler: str | Callable[..., Any]
     job_type: str
-    #: ``prepare(request, model, host) -> dict``: cheap validation on the event loop before
-    #: anything is queued; raises :class:`~kiapi_core.errors.InvalidRequest`; returns the
-    #: resolved parameters recorded on the job (defaults filled in, seed drawn).
-    prepare: Callable[..., dict[str, Any]] | None = None
+    #: ``prepare(request, ctx) -> params`` (plugin API 2; API 1: ``prepare(request, model,
+    #: host) -> dict``): cheap validation on the event loop before anything is queued; raises
+    #: :class:`~kiapi_core.errors.InvalidRequest`; returns the resolved parameters recorded on
+    #: the job (defaults filled in, seed drawn), an instance of ``params`` (or a dict).
+    prepare: Callable[..., Any] | None = None
+    #: The params Struct ``prepare`` returns (plugin API 2): the job records it as JSON and the
+    #: handler gets it back as this type in ``job.params``; ``None``: a plain dict.
+    params: type | None = None
     #: FileRef fields (dotted paths, ``[]`` for lists: ``"loras[].file"``) and what they must
     #: hold. ``image`` inputs are checked with Pillow before the job is queued.
     inputs: Mapping[str, InputKind] = msgspec.field(default_factory=dict)
-    #: ``check(request, params, inputs, host)``: slower input checks (archive layout, file
-    #: headers) run in a thread after FileRefs are resolved and before the job is queued.
-    check: Callable[..., None] | None = None
-    #: ``estimate(params, model) -> float``: peak memory in GB this request adds on top of the
-    #: resident weights.
+    #: ``check(request, params, ctx) -> params | None`` (API 2; API 1: ``check(request, params,
+    #: inputs, host)``): slower input checks (archive layout, file headers) run in a thread
+    #: after FileRefs are resolved (``ctx.inputs``) and before the job is queued; returns new
+    #: params (never mutates them), or ``None`` to keep them.
+    check: Callable[..., Any] | None = None
+    #: ``estimate(params, ctx) -> float`` (API 1: ``estimate(params, model)``): peak memory in
+    #: GiB (2**30 bytes) this request adds on top of the resident weights.
     estimate: Callable[..., float] | None = None
     #: ``transient(params) -> bool``: whether this request builds a one-off model even at the
     #: resident quantization (LoRAs); admission then counts a second copy of the weights.
-    transient: Callable[[dict[str, Any]], bool] | None = None
+    transient: Callable[[Any], bool] | None = None
     #: The handler builds its own model (training): ``estimate`` is the whole job's memory and
     #: no resident weights are counted for it.
     own_model: bool = False
@@ -104,6 +121,14 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     operation_id: str | None = None
     #: Extra response descriptions by status code for the OpenAPI document.
     responses: Mapping[int, str] = msgspec.field(default_factory=dict)
+    #: ``False`` when the handler (and its model's loader) never touches MLX (Pillow, numpy,
+    #: torch, pure Python): its jobs then run on a separate bounded pool of threads
+    #: (``KIAPI_POOL_WORKERS``), never queued behind a model job, and are measured by RSS.
+    uses_mlx: bool = True
+    #: How this operation's jobs are measured: ``"mlx"`` (MLX's allocator) or ``"rss"``
+    #: (process resident set). ``None``: ``Model.info["memory_backend"]``, else ``"rss"`` when
+    #: ``uses_mlx`` is ``False``, else ``"mlx"`` when mlx is installed, else ``"rss"``.
+    memory_backend: Literal["mlx", "rss"] | None = None
 
 
 class Capability(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,6 +146,10 @@ class Capability(msgspec.Struct, frozen=True, kw_only=True):
     #: A msgspec Struct of plugin settings, read from ``KIAPI_{NAME}_{FIELD}`` and the
     #: ``[{name}]`` table of the config file.
     settings: type | None = None
+    #: The plugin API version the declaration is written for: 1 (``from kiapi_core import
+    #: Capability``, accepted for one more release) or 2 (``from kiapi_core.sdk import
+    #: Capability``, where it is the default). See docs/plugins/compatibility.md.
+    plugin_api: int = 1
     #: ``smoke_test(model, demo=False) -> (operation name, JSON request body)``: the smallest
     #: real request for ``model`` (a 256-px 1-step generate, a tiny upscale), run by
     #: ``kiapi check``; ``demo`` (optional parameter) asks for the demo models' size.
@@ -178,20 +207,20 @@ class Registry:
                 raise StartupError(
                     f"route POST {path} is registered by both {self._routes[path]} and {distribution}"
                 )
-        names: dict[tuple[str, str], Model] = {}
-        for model in capability.models:
-            for alias in (model.name, *model.aliases):
-                key = (name, alias.lower())
-                if key in names and names[key] is not model:
-                    raise StartupError(
-                        f"{distribution}: capability {name!r} uses the name {alias!r} for both "
-                        f"{names[key].name!r} and {model.name!r}"
-                    )
-                names[key] = model
+        names = {(name, alias.lower()): model for model in capability.models for alias in (model.name, *model.aliases)}
         self._capabilities[name] = Registered(capability=capability, plugin=plugin, distribution=distribution)
         self._names.update(names)
         for op in capability.operations:
             self._routes[f"{capability.prefix}/{op.name}"] = distribution
+
+    def remove(self, name: str) -> None:
+        """Take a capability out again (its plugin was skipped after registering)."""
+        registered = self._capabilities.pop(name, None)
+        if registered is None:
+            return
+        self._names = {k: v for k, v in self._names.items() if k[0] != name}
+        prefix = registered.capability.prefix + "/"
+        self._routes = {path: d for path, d in self._routes.items() if not path.startswith(prefix)}
 
     def __iter__(self):
         return iter(r.capability for r in sorted(self._capabilities.values(), key=_order))
@@ -247,17 +276,63 @@ def _order(registered: Registered) -> tuple[str, str]:
     return (registered.capability.domain, registered.capability.name)
 
 
-def _check_declaration(capability: Capability, distribution: str) -> None:
-    where = f"{distribution}: capability {capability.name!r}"
-    if not capability.name.replace("-", "").replace("_", "").isalnum() or not capability.name.islower():
-        raise StartupError(f"{where}: names must be lower-case letters, digits, '-' or '_'")
+def name_problem(kind: str, name: object) -> str | None:
+    """Why ``name`` cannot be a capability, domain or operation name, or ``None``."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        return (f"{kind} name {name!r} is not a valid URL path segment: use 1-64 lower-case ASCII "
+                "letters, digits, '-' or '_' (starting and ending with a letter or digit)")
+    return None
+
+
+def naming_problems(capability: Capability) -> list[str]:
+    """Capability, domain and operation names that cannot be served (each a sentence)."""
+    named = [("capability", capability.name), ("domain", capability.domain),
+             *(("operation", op.name) for op in capability.operations)]
+    invalid = [f"{kind} name {name!r}" for kind, name in named if name_problem(kind, name)]
+    problems = []
+    if invalid:
+        verb = "is not a valid URL path segment" if len(invalid) == 1 else "are not valid URL path segments"
+        problems.append(f"{', '.join(invalid)} {verb}: use 1-64 lower-case ASCII letters, digits, '-' or '_' "
+                        "(starting and ending with a letter or digit)")
+    if capability.domain in RESERVED_DOMAINS:
+        problems.append(f"domain {capability.domain!r} is reserved for the core's own /v1/{capability.domain} "
+                        "endpoints; choose a media domain such as 'image', 'video', 'audio' or 'text'")
+    for op in capability.operations:
+        if op.name in RESERVED_OPERATIONS:
+            problems.append(f"operation name {op.name!r} is reserved ({', '.join(sorted(RESERVED_OPERATIONS))} "
+                            "are served by the core under every capability)")
+    for model in capability.models:
+        if not isinstance(model.name, str) or not MODEL_NAME_PATTERN.fullmatch(model.name):
+            problems.append(f"model name {model.name!r} is invalid: use 1-64 ASCII letters, digits, "
+                            "'.', '_', '+' or '-', without spaces, '/' or ':' (aliases may be freer)")
+        problems += [f"model {model.name!r} has an empty or blank alias" for alias in model.aliases
+                     if not isinstance(alias, str) or not alias.strip()]
+    return problems
+
+
+def declaration_problems(capability: Capability) -> list[str]:
+    """Why the registry refuses ``capability`` (each a sentence), empty when it accepts it: the
+    one set of rules the registry enforces and the contract check reports."""
+    problems = naming_problems(capability)
     if not capability.models:
-        raise StartupError(f"{where} declares no models")
+        problems.append("declares no models")
     defaults = [m.name for m in capability.models if m.default]
     if len(defaults) > 1:
-        raise StartupError(f"{where} marks several models as default: {', '.join(defaults)}")
+        problems.append(f"marks several models as default ({', '.join(defaults)}); mark one, or none to make "
+                        "the first the default")
     ops = [op.name for op in capability.operations]
-    if len(set(ops)) != len(ops):
-        raise StartupError(f"{where} declares an operation twice")
-    if "models" in ops or "openapi.json" in ops or "docs" in ops or "redoc" in ops:
-        raise StartupError(f"{where}: operation names models, openapi.json, docs and redoc are reserved")
+    problems += [f"declares the operation {name!r} twice" for name in sorted({n for n in ops if ops.count(n) > 1})]
+    owners: dict[str, str] = {}
+    for model in capability.models:
+        for name in (model.name, *model.aliases):
+            key = str(name).lower()
+            if owners.get(key, model.name) != model.name:
+                problems.append(f"the name {name!r} is used twice (models {owners[key]!r} and {model.name!r})")
+            owners.setdefault(key, model.name)
+    return problems
+
+
+def _check_declaration(capability: Capability, distribution: str) -> None:
+    problems = declaration_problems(capability)
+    if problems:
+        raise StartupError(f"{distribution}: capability {capability.name!r}: " + "; ".join(problems))

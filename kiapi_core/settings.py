@@ -75,10 +75,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     "Plugins (entry-point or distribution names) never to load."
     max_queue: Annotated[int, Meta(ge=1)] = 64
     "Jobs that may wait in the queue; more get 503 with Retry-After."
+    pool_workers: Annotated[int, Meta(ge=1, le=64)] = 2
+    "Threads running jobs of operations that never touch MLX (uses_mlx=False), beside the model thread."
+    queue_model_affinity: bool = True
+    "Let a queued job whose model is loaded start before queued jobs that would evict it (bounded below)."
+    queue_max_bypass: Annotated[int, Meta(ge=0)] = 4
+    "Most times a queued job may be overtaken that way; 0 keeps strict FIFO order."
+    queue_max_bypass_s: Annotated[float, Meta(ge=0)] = 60.0
+    "Most seconds a queued job may be held back that way, counted from when it was first overtaken."
     sync_timeout_s: Annotated[float, Meta(gt=0)] = 600.0
     "Seconds a sync request waits before answering 504 (the job keeps running)."
-    job_ttl_s: Annotated[float, Meta(ge=0)] = 86400.0
-    "Seconds finished jobs are kept."
+    job_ttl_s: Annotated[float, Meta(ge=0)] = 604800.0
+    "Seconds finished jobs and their output files are kept (7 days; one policy: an output never expires while its job is kept); 0 keeps them until deleted."
     max_jobs: Annotated[int, Meta(ge=0)] = 1000
     "Finished jobs kept at most (oldest forgotten first)."
     max_upload_mb: Annotated[float, Meta(gt=0)] = 2048.0
@@ -86,7 +94,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_mb: Annotated[float, Meta(gt=0)] = 64.0
     "Largest JSON request body, in MiB (413 beyond)."
     file_ttl_s: Annotated[float, Meta(ge=0)] = 0.0
-    "Seconds after which stored files expire; 0 keeps them until deleted."
+    "Seconds uploads and URL/data-URL inputs are kept; 0 keeps them until deleted. Retention settings apply to files stored before a change too."
     allow_private_urls: bool = False
     "Allow URL inputs that resolve to loopback, private, link-local or reserved addresses."
     url_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
@@ -123,6 +131,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     "Seconds a running job may finish after SIGTERM before it is canceled."
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     "Logging level: debug, info, warning, error."
+    log_format: Literal["text", "json"] = "text"
+    "Log line format: text (for people) or json (one object per line, for log shippers)."
+    metrics_loopback_open: bool = False
+    "Serve /metrics without the token to clients on loopback (a local Prometheus)."
+    webhook_secret: str | None = None
+    "Standard Webhooks signing secret, `whsec_` + base64 (required for webhooks); see docs/operators.md."
+    webhook_allow_private: bool = False
+    "Allow webhook URLs on loopback, private or link-local addresses (receivers on this machine or LAN)."
+    webhook_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    "Seconds a webhook receiver has to answer one delivery."
+    webhook_retry_s: list[float] = msgspec.field(default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0])
+    "Seconds before each retry of a failed webhook delivery; after the last, the delivery is dropped."
 
     @property
     def data_path(self) -> Path:
@@ -205,7 +225,7 @@ def _env_name(namespace: str) -> str:
 
 def _build(schema: type[T], table: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[str, Any],
            *, prefix: str, where: str) -> tuple[T, dict[str, str]]:
-    fields = {f.name: f for f in msgspec.structs.fields(schema)}
+    fields = {f.name: f for f in msgspec.structs.fields(schema)}  # type: ignore[arg-type]  # T: a Struct type
     values: dict[str, Any] = {}
     sources = {name: "default" for name in fields}
     unknown = [k for k in table if k not in fields]

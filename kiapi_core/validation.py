@@ -80,8 +80,9 @@ def ref_summary(ref: Any) -> dict[str, Any]:
     get = ref.get if isinstance(ref, dict) else lambda name, default=None: getattr(ref, name, default)
     if get("file_id") is not None:
         return {"type": "file_id", "file_id": get("file_id")}
-    if get("url") is not None:
-        return {"type": "url", "url": strip_url_secrets(get("url"))}
+    url = get("url")
+    if isinstance(url, str):
+        return {"type": "url", "url": strip_url_secrets(url)}
     data_url = get("data_url")
     if isinstance(data_url, str):
         head = data_url[5:data_url.find(",")] if data_url.startswith("data:") else ""
@@ -98,3 +99,15 @@ def strip_url_secrets(url: str) -> str:
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     except ValueError:
         return "<unparsable URL, not recorded>"
+
+
+def redact(value: Any) -> Any:
+    """``value`` with every FileRef-shaped dict reduced to :func:`ref_summary`: job params never
+    carry inline data or URL secrets, whatever a plugin's ``prepare`` or ``check`` returned."""
+    if isinstance(value, dict):
+        if value.get("type") in ("data_url", "url") and ({"data_url", "url"} & value.keys()):
+            return ref_summary(value)
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value

@@ -362,6 +362,20 @@ def is_missing_weights_error(exc: BaseException) -> bool:
     return bool({cls.__name__ for cls in type(exc).__mro__} & _MISSING_WEIGHTS_ERRORS)
 
 
+async def readiness_of_all(host: Any) -> dict[str, dict[str, bool]]:
+    """:func:`model_readiness` for every capability, with at most one thread hop in all."""
+    import asyncio
+
+    def check() -> dict[str, dict[str, bool]]:
+        return {c.name: {m.name: host.settings.demo or not m.weights
+                         or status(c, m, host.plugin_settings(c.name)).state == "present"
+                         for m in c.models} for c in host.registry}
+
+    if host.settings.demo or not any(m.weights for c in host.registry for m in c.models):
+        return check()
+    return await asyncio.to_thread(check)
+
+
 async def model_readiness(host: Any, capability: Capability) -> dict[str, bool]:
     """Model name → whether it can run now: demo models and weightless ones always can; others
     when their weights are present. Checked off the event loop (it reads the disk)."""
@@ -373,4 +387,6 @@ async def model_readiness(host: Any, capability: Capability) -> dict[str, bool]:
         return {m.name: host.settings.demo or not m.weights or status(capability, m, settings).state == "present"
                 for m in capability.models}
 
+    if host.settings.demo or not any(m.weights for m in capability.models):
+        return check()  # nothing to read from disk: no thread hop (/health runs this per capability)
     return await asyncio.to_thread(check)

@@ -13,7 +13,6 @@ huggingface_hub is imported only inside the functions that talk to the Hub.
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -189,7 +188,3 @@ def explain(exc: BaseException, item: Download) -> str | None:
                 "to resume.")
     return None
 
-
-def offline_env() -> bool:
-    """Whether HF_HUB_OFFLINE asks huggingface_hub not to touch the network."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")

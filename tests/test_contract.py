@@ -75,13 +75,12 @@ def test_heavy_import_inside_a_handler_module_is_fine(site):
     assert check_plugin(module, heavy=("contract_fakeheavy2",)) == []
 
 
-@pytest.mark.parametrize("models, found", [
-    ('(Model(name="a", default=True), Model(name="b", default=True))', "found 2 (a, b)"),
-    ('(Model(name="a"), Model(name="b"))', "found 0"),
-])
-def test_exactly_one_default_model(site, models, found):
-    problems = check_plugin(_plugin(site, f"contract_default_{len(found)}", models=models))
-    assert any("exactly one model must be default=True" in p and found in p for p in problems), problems
+def test_at_most_one_default_model_the_registry_rule(site):
+    models = '(Model(name="a", default=True), Model(name="b", default=True))'
+    problems = check_plugin(_plugin(site, "contract_default_2", models=models))
+    assert any("marks several models as default (a, b)" in p for p in problems), problems
+    # None marked: the first is the default, as the registry resolves it.
+    assert check_plugin(_plugin(site, "contract_default_0", models='(Model(name="a"), Model(name="b"))')) == []
 
 
 def test_duplicate_aliases_are_reported(site):
@@ -146,7 +145,7 @@ def test_component_name_clashing_with_another_plugin_is_reported(site):
 @pytest.mark.filterwarnings("ignore:coroutine 'register_capabilities' was never awaited:RuntimeWarning")
 def test_async_hooks_and_missing_hookimpl_are_reported(site):
     problems = check_plugin(_plugin(site, "contract_async", hook_def="async def"))
-    assert any("hook register_capabilities is async def" in p for p in problems), problems
+    assert any("implements 'register_capabilities' with 'async def'" in p for p in problems), problems
     (site / "contract_unmarked.py").write_text("def register_capabilities(register):\n    pass\n")
     assert any("implements no kiapi hook" in p for p in check_plugin("contract_unmarked"))
 
@@ -164,13 +163,13 @@ def test_import_failure_is_reported(site):
 
 
 def test_assert_plugin_contract_lists_every_problem(site):
-    models = '(Model(name="a"), Model(name="b", aliases=("a",)))'
+    models = '(Model(name="a", default=True), Model(name="b", default=True, aliases=("a",)))'
     module = _plugin(site, "contract_many", models=models)
     with pytest.raises(AssertionError) as info:
         assert_plugin_contract(module)
     message = str(info.value)
     assert message.startswith("contract_many breaks the kiapi plugin contract:")
-    assert "exactly one model" in message and "used twice" in message
+    assert "several models as default" in message and "used twice" in message
 
 
 # The spec/ wire contract fixes these names for both ernie and seedvr2; each capability's
@@ -262,7 +261,18 @@ def test_plugin_objects_are_checked_too():
     class Inline:
         @hookimpl
         def register_capabilities(self, register):
-            register(Capability(name="inline", domain="text", title="T", models=(Model(name="a"),)))
+            register(Capability(name="inline", domain="Text", title="T", models=(Model(name="a"),)))
 
     problems = check_plugin(Inline())
-    assert any("exactly one model must be default=True, found 0" in p for p in problems), problems
+    assert any("domain name 'Text' is not a valid URL path segment" in p for p in problems), problems
+
+
+def test_invalid_names_are_reported(site):
+    problems = check_plugin(_plugin(site, "contract_names", name="Café"))
+    assert any("capability name 'Café' is not a valid URL path segment" in p for p in problems), problems
+
+
+def test_clash_with_an_installed_capability_is_reported(site):
+    # kiapi-ernie is installed in this workspace: a plugin registering "ernie" would lose to it.
+    problems = check_plugin(_plugin(site, "contract_ernie_clash", name="ernie"))
+    assert any("'ernie' is also registered by the installed kiapi-ernie" in p for p in problems), problems

@@ -207,3 +207,26 @@ async def test_keys_work_with_auth_and_survive_restart(kiapi_client_factory, tmp
     async with kiapi_client_factory(plugins=[kiapi_echo], data_dir=data, auth_token="secret") as http:
         again = await http.post("/v1/text/echo/render", json={"text": "p", "mode": "async"}, headers=auth)
         assert again.status_code == 202 and again.json()["job_id"] == first.json()["job_id"]
+
+
+async def test_failed_sync_replay_after_restart_answers_the_stored_error(kiapi_client_factory, tmp_path):
+    data = str(tmp_path / "data")
+    key = {"Idempotency-Key": "failed-then-restart"}
+    body = {"how": "invalid"}
+    async with kiapi_client_factory(plugins=[kiapi_echo], data_dir=data) as http:
+        failed = await http.post("/v1/text/echo/fail", json=body, headers=key)
+        assert failed.status_code == 422 and failed.json()["code"] == "invalid_request"
+    async with kiapi_client_factory(plugins=[kiapi_echo], data_dir=data) as http:
+        replay = await http.post("/v1/text/echo/fail", json=body, headers=key)
+    assert replay.status_code == 422, replay.text
+    assert replay.json()["code"] == "invalid_request" and replay.json()["job_id"] == failed.json()["job_id"]
+    assert replay.json()["detail"] == failed.json()["detail"]
+
+
+def test_error_codes_map_back_to_their_classes():
+    from kiapi_core.errors import InvalidRequest, KiapiError, WeightsMissing, error_from_code
+
+    assert type(error_from_code("invalid_request", "x")) is InvalidRequest
+    assert error_from_code("weights_missing", "x").status == WeightsMissing.status == 503
+    unknown = error_from_code("server_restarted", "x")
+    assert type(unknown) is KiapiError and unknown.status == 500 and unknown.code == "server_restarted"

@@ -254,12 +254,14 @@ def test_root_document() -> None:
     doc = root_document(registry, version="1.2.3")
     assert doc["info"]["title"] == "kiapi" and doc["info"]["version"] == "1.2.3"
     expected = {
-        "/health": {"get"}, "/v1/files": {"get", "post"}, "/v1/files/{file_id}": {"get", "delete"},
+        "/health": {"get"}, "/v1/files": {"get", "post", "put"}, "/v1/files/{file_id}": {"get", "delete"},
         "/v1/files/{file_id}/download": {"get", "head"}, "/v1/jobs": {"get"},
         "/v1/jobs/{job_id}": {"get", "delete"}, "/v1/jobs/{job_id}/cancel": {"post"},
         "/v1/jobs/{job_id}/events": {"get"}, "/v1/memory": {"get"},
         "/v1/memory/models/{family}/{model}/load": {"post"}, "/v1/memory/models/{family}/{model}/unload": {"post"},
+        "/v1/files/usage": {"get"}, "/v1/files/prune": {"post"}, "/metrics": {"get"},
     }
+    expected["/v1/files"] = {"get", "post", "delete"}
     assert {p: set(item) for p, item in doc["paths"].items()} == expected
     jobs_params = {p["name"] for p in doc["paths"]["/v1/jobs"]["get"]["parameters"]}
     assert jobs_params == {"status", "type", "limit", "after"}

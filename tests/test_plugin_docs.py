@@ -91,3 +91,49 @@ def test_plugin_built_from_the_tutorial_alone_works(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['convert', 'resize']"
+
+
+# --- the SDK reference (docs/plugins/sdk.md) ----------------------------------------------------
+
+def _section(title: str) -> str:
+    text = (DOCS / "sdk.md").read_text()
+    start = text.index(f"### `{title}`")
+    end = text.find("\n## ", start)
+    following = text.find("\n### ", start + 1)
+    stops = [s for s in (end, following) if s != -1]
+    return text[start:min(stops)] if stops else text[start:]
+
+
+@pytest.mark.parametrize("name", ["Capability", "Model", "Operation", "WeightFiles", "RequestContext"])
+def test_every_declaration_field_is_documented(name):
+    import msgspec
+
+    from kiapi_core import sdk
+
+    fields = [f.name for f in msgspec.structs.fields(getattr(sdk, name))]
+    if name == "RequestContext":
+        fields += ["file_ids", "demo_note"]
+    section = _section(name)
+    missing = [f for f in fields if f"| `{f}` |" not in section]
+    assert missing == [], f"docs/plugins/sdk.md section {name} does not document {missing}"
+
+
+def test_every_sdk_export_and_error_code_is_documented():
+    from kiapi_core import sdk
+
+    text = (DOCS / "sdk.md").read_text()
+    assert [n for n in sdk.__all__ if f"`{n}" not in text] == []
+    public = {code for code, cls in sdk.error_classes().items() if cls.__module__ == "kiapi_core.errors"}
+    assert [c for c in sorted(public - _PRIVATE_CODES) if f"`{c}`" not in text] == []
+
+
+#: Codes the core answers with itself; plugins never raise them.
+_PRIVATE_CODES = {"malformed_json", "unknown_model", "unauthorized", "not_acceptable", "payload_too_large",
+                  "unsupported_media_type", "queue_full", "sync_timeout", "insufficient_storage"}
+
+
+@pytest.mark.parametrize("hook", sorted(_hooks()))
+def test_every_hook_has_a_test(hook):
+    """A plugin in the tests implements the hook (datasette's habit: no untested hook)."""
+    sources = [p.read_text() for p in (ROOT / "tests").rglob("*.py")]
+    assert any(f"def {hook}(" in text for text in sources), f"no test plugin implements {hook}"

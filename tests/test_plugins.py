@@ -6,6 +6,7 @@ import pytest
 
 import kiapi_broken
 import kiapi_echo
+from kiapi_core import hookimpl as hookimpl_marker
 from kiapi_core.errors import PluginError, StartupError
 from kiapi_core.testing import build_test_host
 
@@ -96,10 +97,16 @@ def test_duplicate_capability_names_both_distributions(tmp_path, fake_site):
     _install_fake_distribution(fake_site, "kiapi-echo-two", {"echo2": "kiapi_echo_twin"},
                                {"kiapi_echo_twin": "from kiapi_broken import DuplicateEcho\n"
                                                    "register_capabilities = DuplicateEcho().register_capabilities\n"})
-    with pytest.raises(StartupError) as info:
-        build_test_host(tmp_path, load_entrypoints=True, strict_plugins=False,
+    host = build_test_host(tmp_path, load_entrypoints=True, strict_plugins=False,
+                           load_plugins=["kiapi-echo-one", "kiapi-echo-two"])
+    assert host.registry.registered()[0].distribution == "kiapi-echo-one"  # first by distribution name
+    loser = next(r for r in host.plugins if r.name == "echo2")
+    assert "kiapi-echo-one" in loser.error and "KIAPI_DISABLE_PLUGINS=echo1" in loser.error
+    assert loser.capabilities == []
+    with pytest.raises(PluginError, match="kiapi-echo-one") as info:
+        build_test_host(tmp_path / "strict", load_entrypoints=True,
                         load_plugins=["kiapi-echo-one", "kiapi-echo-two"])
-    assert "kiapi-echo-one" in str(info.value) and "kiapi-echo-two" in str(info.value)
+    assert "kiapi-echo-two" in str(info.value)
 
 
 def test_misspelled_hook_is_detected(tmp_path):
@@ -162,3 +169,92 @@ def test_config_tables_naming_no_capability_are_reported(tmp_path, caplog):
 def test_bad_warmup_entries_stop_start_up(tmp_path):
     with pytest.raises(StartupError, match="echo:small"):
         build_test_host(tmp_path, plugins=[kiapi_echo], warmup=["small"])
+
+
+def test_editable_installs_show_their_distribution_and_version(tmp_path):
+    import kiapi_ernie
+
+    host = build_test_host(tmp_path, plugins=[kiapi_ernie])
+    record = next(r for r in host.plugins if r.name == "kiapi_ernie")
+    assert (record.distribution, record.version) == ("kiapi-ernie", kiapi_ernie.__version__)
+
+
+def test_every_plugin_with_a_misspelled_hook_is_reported(tmp_path):
+    class Other:
+        @hookimpl_marker
+        def register_route(self, host):  # the typo is the point
+            return []
+
+    host = build_test_host(tmp_path, plugins=[kiapi_echo, kiapi_broken.Misspelled(), Other()],
+                           strict_plugins=False)
+    errors = {r.name: r.error for r in host.plugins if r.error}
+    assert "register_capabilitys" in errors["Misspelled"] and "register_route'" in errors["Other"]
+    assert [c.name for c in host.registry] == ["echo"]
+
+
+
+def test_entry_point_name_clash_keeps_the_first_and_disabling_it_serves_the_other(tmp_path, fake_site):
+    _install_fake_distribution(fake_site, "kiapi-echo-a", {"echo": "kiapi_echo"}, {})
+    _install_fake_distribution(fake_site, "kiapi-echo-b", {"echo": "kiapi_echo"}, {})
+    host = build_test_host(tmp_path, load_entrypoints=True, strict_plugins=False,
+                           load_plugins=["kiapi-echo-a", "kiapi-echo-b"])
+    loser = next(r for r in host.plugins if r.distribution == "kiapi-echo-b")
+    assert "kiapi-echo-a" in loser.error and "KIAPI_DISABLE_PLUGINS=kiapi-echo-a" in loser.error
+    assert host.registry.registered()[0].distribution == "kiapi-echo-a"
+    # Following the hint serves the other one, with no error left.
+    host = build_test_host(tmp_path / "b", load_entrypoints=True, load_plugins=["kiapi-echo-a", "kiapi-echo-b"],
+                           disable_plugins=["kiapi-echo-a"])
+    assert host.registry.registered()[0].distribution == "kiapi-echo-b"
+    assert not [r for r in host.plugins if r.error]
+
+
+def test_diagnosis_records_a_plugin_settings_mistake_on_the_plugin(tmp_path):
+    """`kiapi plugins` (diagnose=True) lists a settings mistake on its plugin instead of failing."""
+    import msgspec
+
+    from kiapi_core import Capability, Model, hookimpl
+    from kiapi_core.errors import SettingsError
+    from kiapi_core.host import build_host
+    from kiapi_core.settings import load_settings
+
+    class Knobs(msgspec.Struct, kw_only=True):
+        level: int = 1
+
+    class Configurable:
+        @hookimpl
+        def register_capabilities(self, register):
+            register(Capability(name="knobs", domain="text", title="Knobs", models=(Model(name="m"),),
+                                settings=Knobs))
+
+    loaded = load_settings(env={"KIAPI_KNOBS_LEVEL": "high", "KIAPI_DATA_DIR": str(tmp_path),
+                                "KIAPI_STRICT_PLUGINS": "1"}, config_file=None)
+    with pytest.raises(SettingsError):
+        build_host(loaded, plugins=[Configurable(), kiapi_echo], load_entrypoints=False)
+    host = build_host(loaded, plugins=[Configurable(), kiapi_echo], load_entrypoints=False, diagnose=True)
+    record = next(r for r in host.plugins if r.name == "Configurable")
+    assert record.error.startswith("settings:") and "KIAPI_KNOBS_LEVEL" in record.error
+    assert "echo" in host.registry
+
+
+def test_a_second_plugin_cannot_take_over_another_plugins_command(tmp_path):
+    import click
+
+    from kiapi_core import hookimpl
+
+    def plugin(label):
+        class Commands:
+            @hookimpl
+            def register_commands(self, cli):
+                @cli.command(name="hello")
+                def hello():
+                    click.echo(label)
+
+        Commands.__name__ = f"Commands{label}"
+        return Commands()
+
+    host = build_test_host(tmp_path, plugins=[plugin("A"), plugin("B")], strict_plugins=False)
+    assert host.plugin_commands["hello"].callback.__qualname__.endswith("hello")
+    errors = {r.name: r.error for r in host.plugins if r.error}
+    assert list(errors) == ["CommandsB"] and "'hello' (already" in errors["CommandsB"]
+    with pytest.raises(PluginError, match="hello"):
+        build_test_host(tmp_path / "strict", plugins=[plugin("A"), plugin("B")])

@@ -45,7 +45,9 @@ def test_file_inputs_are_resolved_like_the_request_path(harness):
     image = harness.store(buffer.getvalue(), "in.png", "image/png")
     run = harness.run("render", {"text": "x", "image": file_ref(image)})
     assert run.inputs["image"].file_id == image.file_id and run.job.inputs == {"image": image.file_id}
-    assert run.read() == buffer.getvalue() and run.artifacts[0].content_type == "image/png"
+    with Image.open(io.BytesIO(run.read())) as echoed:  # the input's pixels plus the job's params
+        assert echoed.tobytes() == Image.open(buffer).tobytes() and "kiapi" in echoed.text
+    assert run.artifacts[0].content_type == "image/png"
     not_image = harness.store(b"plain text", "x.txt", "text/plain")
     with pytest.raises(InvalidInput, match="not a readable image"):  # rejected before any handler runs, as POST would
         harness.prepare("render", {"text": "x", "image": file_ref(not_image)})

@@ -26,7 +26,26 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "deactivate": ("kiapi_core.cli.weights", "deactivate", "Delete models' weights to free disk space."),
     "check": ("kiapi_core.cli.check", "check", "Load each present model and run its smallest real request."),
     "cluster": ("kiapi_core.cli.cluster", "cluster", "List the hosts of the cluster (KIAPI_CLUSTER_URL)."),
+    "ps": ("kiapi_core.cli.ps", "ps", "Show a running server's loaded models, memory and active jobs."),
+    "run": ("kiapi_core.cli.run", "run", "Run one operation on a running server and save its output."),
+    "jobs": ("kiapi_core.cli.jobs", "jobs", "List, watch and cancel a running server's jobs."),
+    "files": ("kiapi_core.cli.files", "files", "Show a running server's storage by kind; list and delete files."),
+    "prune": ("kiapi_core.cli.files", "prune", "Delete files and jobs by age, status or total size."),
 }
+
+
+def _config_path() -> str:
+    """This machine's default config file, as `--help` shows it (macOS differs from Linux)."""
+    import sys
+    from pathlib import Path
+
+    home = str(Path.home())
+    if sys.platform == "darwin":
+        return "~/Library/Application Support/kiapi/config.toml"
+    import os
+
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    return os.path.join(base, "kiapi", "config.toml").replace(home, "~", 1)
 
 
 class LazyGroup(click.Group):
@@ -48,15 +67,13 @@ class LazyGroup(click.Group):
         if ctx is None:
             return None
         host = make_host(ctx)  # with the same --config as any command; errors are ClickExceptions
-        extra = click.Group()
-        host.pm.hook.register_commands(cli=extra)
-        return extra.commands.get(name)
+        return host.plugin_commands.get(name)  # collected and checked per plugin by build_host
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kiapi")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="Config file (TOML). Default: $KIAPI_CONFIG, else ~/.config/kiapi/config.toml if present.")
+              help=f"Config file (TOML). Default: $KIAPI_CONFIG, else {_config_path()} if present.")
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None) -> None:
     """kiapi: a local HTTP server for generative-image models, extended by plugins.
@@ -77,12 +94,12 @@ def load(ctx: click.Context, **flags: Any):
         raise click.ClickException(str(exc)) from None
 
 
-def make_host(ctx: click.Context, **flags: Any):
+def make_host(ctx: click.Context, *, diagnose: bool = False, **flags: Any):
     from ..errors import PluginError, StartupError
     from ..host import build_host
 
     try:
-        return build_host(load(ctx, **flags))
+        return build_host(load(ctx, **flags), diagnose=diagnose)
     except (PluginError, StartupError) as exc:
         raise click.ClickException(str(exc)) from None
 

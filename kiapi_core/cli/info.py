@@ -19,8 +19,11 @@ def _dump(value: object) -> None:
 @click.option("--all", "show_all", is_flag=True, help="Include the core's default plugins.")
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool, show_all: bool) -> None:
-    """List installed plugins with their capabilities, models and load errors."""
-    host = make_host(ctx)
+    """List installed plugins with their capabilities, models and load errors.
+
+    Always exits 0 when the settings load, whatever the plugins do: it is the command that
+    diagnoses them (strict mode is off here; every problem is listed on its plugin)."""
+    host = make_host(ctx, diagnose=True)
     records = [r for r in host.plugins if show_all or not r.default]
     if as_json:
         _dump(records)
@@ -112,8 +115,9 @@ def openapi(ctx: click.Context, family: str | None) -> None:
     if family not in host.registry:
         raise click.BadParameter(f"no capability {family!r}; installed: "
                                  f"{', '.join(c.name for c in host.registry) or 'none'}")
-    capability = host.registry.get(family)
-    _dump(capability_document(capability, version=capability.version))
+    registered = next(r for r in host.registry.registered() if r.capability.name == family)
+    _dump(capability_document(registered.capability, version=registered.capability.version,
+                              extra_routes=host.plugin_routes.get(registered.plugin, ())))
 
 
 @click.command()

@@ -27,12 +27,12 @@ def serve(ctx: click.Context, host: str | None, port: int | None, demo: bool | N
     Every installed capability plugin is served under /v1/{domain}/{family}/; the API is
     described at /openapi.json and browsable at /docs.
     """
+    from ..logs import configure as configure_logging
     from ..serve import serve as run
 
     built = make_host(ctx, host=host, port=port, demo=demo, data_dir=data_dir, log_level=log_level,
                       insecure_no_auth=insecure_no_auth)
-    logging.basicConfig(level=built.settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(built.settings.log_level, built.settings.log_format)
     for record in built.plugins:
         if record.error:
             logging.getLogger("kiapi.plugins").error("skipped %s (%s): %s", record.name,

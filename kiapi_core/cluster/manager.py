@@ -11,16 +11,17 @@ one keepalive period, and a reconnect wakes everyone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 import msgspec
 
 from .. import __version__
-from ..errors import Conflict, KiapiError, NotFound, Unavailable
+from ..errors import Conflict, KiapiError, NotFound, Unavailable, error_from_code
 from ..files.models import StoredFile
 from ..jobs import watch
 from ..jobs.manager import new_job_id
@@ -55,17 +56,25 @@ class ClusterJobManager:
         self._registry = registry
         self._models = models
         self._watchers = watch.Watchers()
-        self._watched: set[str] = set()
+        self._watched: dict[str, int] = {}  # job id -> armed waiters (a reconnect wakes them)
         self._accepting = True
         self._started_at = time.time()
+        #: ``listener(event, job)`` for ``queued``, ``started``, ``progress`` and ``finished`` of the
+        #: jobs this host submits or runs (metrics, lifecycle logs, webhooks), as on one host.
+        self.listeners: list[Callable[[str, Job], None]] = []
+        #: Listeners that also hear of jobs submitted here but run by another host (webhooks:
+        #: their subscription lives where the job was submitted).
+        self.remote_listeners: list[Callable[[str, Job], None]] = []
+        self._submitted: dict[str, tuple[Any, ...]] = {}  # submitted here, not ended: id -> last seen
         self.runner = ClusterRunner(backend=backend, host_id=self.host_id, settings=settings, registry=registry,
-                                    files=files, models=models, host_state=self.host_state, notify=self._wake)
+                                    files=files, models=models, host_state=self.host_state, notify=self._wake,
+                                    emit=self._emit)
         self._worker = Worker(board=self.runner, files=files, models=models, plugin_settings=plugin_settings,
                               cache_dir=cache_dir, work_root=work_root, demo=demo)
-        bus.on_job = self._wake
+        bus.on_job = self._changed
         bus.on_cancel = self.runner.cancel_requested
         bus.on_work = self.runner.work_available
-        bus.on_resync = lambda: self._wake(*list(self._watched))
+        bus.on_resync = lambda: self._wake(*list(self._watched))  # notifications may have been lost
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -103,7 +112,7 @@ class ClusterJobManager:
         self.backend.close()
 
     def host_state(self) -> HostState:
-        stats = self._models.stats() if hasattr(self._models, "stats") else {}  # type: ignore[attr-defined]
+        stats = self._models.stats() if hasattr(self._models, "stats") else {}
         resident = sorted({f"{row['family']}:{row['model']}" for row in stats.get("resident", [])})
         run = self.runner.run
         return HostState(
@@ -130,8 +139,11 @@ class ClusterJobManager:
         envelope = {"operation": operation.name, "body": msgspec.to_builtins(request),
                     "inputs": {field: stored.file_id for field, stored in inputs.items()}}
         self._check_fits(capability, need_gb + load_gb)
-        return self.backend.submit(Submission(job, msgspec.json.encode(envelope), need_gb, load_gb, idempotency),
-                                   max_queue=self.max_queue)
+        queued = self.backend.submit(Submission(job, msgspec.json.encode(envelope), need_gb, load_gb, idempotency),
+                                     max_queue=self.max_queue)
+        self._submitted[queued.id] = watch.change_key(queued)
+        self._emit("queued", queued)
+        return queued
 
     def _check_fits(self, capability: Capability, needed_gb: float) -> None:
         """Can it ever fit? Against the largest live host serving the capability."""
@@ -153,6 +165,10 @@ class ClusterJobManager:
         needed = raw_estimate(operation, params, model) + load_gb
         self._check_fits(capability, needed)
         return needed
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
 
     def check_capacity(self) -> None:
         if self.settings.role == "worker":
@@ -197,7 +213,15 @@ class ClusterJobManager:
             return error
         if job.status is JobStatus.canceled:
             return Conflict(f"job {job_id} was canceled", code="canceled")
-        return KiapiError(job.error or "the job failed", code=job.error_code or "internal_error")
+        return error_from_code(job.error_code, job.error or "the job failed")
+
+    def status_of(self, job_id: str) -> str | None:
+        """The status of a kept job, ``None`` when it is not kept (any thread but the loop)."""
+        job = self.backend.get(job_id)
+        return None if job is None else job.status.value
+
+    def prune_expired(self) -> None:
+        self.backend.prune(ttl_s=self.settings.job_ttl_s, max_jobs=self.settings.max_jobs)
 
     def stats(self) -> dict[str, Any]:
         run = self.runner.run
@@ -211,9 +235,12 @@ class ClusterJobManager:
 
     # --- cancel and delete ------------------------------------------------------------------
     def cancel(self, job_id: str) -> Job:
+        before = self.backend.get(job_id)
         job = self.backend.cancel(job_id)
         if job is None:
             raise NotFound(f"no job {job_id}")
+        if before is not None and before.status is JobStatus.queued and job.status is JobStatus.canceled:
+            self._emit("finished", job)
         self.runner.cancel_requested(job_id) if job.status is JobStatus.running else None
         self._wake(job_id)
         return job
@@ -254,50 +281,100 @@ class ClusterJobManager:
 
     # --- waiting (event loop) ---------------------------------------------------------------
     def _wake(self, *job_ids: str) -> None:
-        self._watchers.notify(*job_ids)
+        self._watchers.notify(*job_ids, final=True)  # ids only: any change may be the end
+
+    def _changed(self, job_id: str) -> None:
+        """The bus heard of a change (bus thread): wake waiters; for a job submitted here but run
+        elsewhere, tell the remote listeners what it did."""
+        self._wake(job_id)
+        last = self._submitted.get(job_id)
+        if last is None or not self.remote_listeners:
+            return
+        job = self.backend.get(job_id)
+        if job is None or job.metrics.get("cluster_host") == self.host_id:
+            self._submitted.pop(job_id, None) if job is None else None
+            return  # deleted, or run here: the runner side emitted its own events
+        key = watch.change_key(job)
+        if key == last:
+            return
+        self._submitted[job_id] = key
+        event = ("finished" if job.status.terminal else "started" if last[0] is JobStatus.queued
+                 and job.status is JobStatus.running else "progress" if job.status is JobStatus.running else "")
+        if job.status.terminal:
+            del self._submitted[job_id]
+        if event:
+            self._notify_listeners(self.remote_listeners, event, job)
+
+    def _emit(self, event: str, job: Job) -> None:
+        self._notify_listeners(self.listeners, event, job)
+        if event == "finished":
+            self._submitted.pop(job.id, None)
+
+    @staticmethod
+    def _notify_listeners(listeners: list[Callable[[str, Job], None]], event: str, job: Job) -> None:
+        if not listeners:
+            return
+        copy = msgspec.structs.replace(job, artifacts=list(job.artifacts), warnings=list(job.warnings),
+                                       metrics=dict(job.metrics))
+        for listener in listeners:
+            try:
+                listener(event, copy)
+            except Exception:  # noqa: BLE001 - an observer must never break a job
+                log.exception("job listener %r failed on %s of %s", listener, event, job.id)
 
     async def wait(self, job_id: str, timeout: float) -> Job:
         deadline = time.monotonic() + timeout
         while True:
-            job = await self.aget(job_id)
-            remaining = deadline - time.monotonic()
-            if job.status.terminal or remaining <= 0:
-                return job
-            await self._woken(job_id, min(remaining, self.runner.lease_s))
+            async with self._armed(job_id) as woken:
+                job = await self.aget(job_id)
+                remaining = deadline - time.monotonic()
+                if job.status.terminal or remaining <= 0:
+                    return job
+                await woken(min(remaining, self.runner.lease_s))
 
     async def wait_change(self, job_id: str, timeout: float, since: Job | None = None) -> Job:
         deadline = time.monotonic() + timeout
         base = watch.change_key(since if since is not None else await self.aget(job_id))
         while True:
-            job = await self.aget(job_id)
-            remaining = deadline - time.monotonic()
-            if watch.change_key(job) != base or job.status.terminal or remaining <= 0:
-                return job
-            await self._woken(job_id, min(remaining, self.runner.lease_s))
+            async with self._armed(job_id) as woken:
+                job = await self.aget(job_id)
+                remaining = deadline - time.monotonic()
+                if watch.change_key(job) != base or job.status.terminal or remaining <= 0:
+                    return job
+                await woken(min(remaining, self.runner.lease_s))
 
     async def events(self, job_id: str, keepalive_s: float = 15.0) -> AsyncIterator[Job | None]:
         last: tuple[Any, ...] | None = None
         while True:
-            try:
-                job = await self.aget(job_id)
-            except NotFound:
-                if last is None:
-                    raise
-                return
-            if watch.change_key(job) != last:
-                last = watch.change_key(job)
-                yield job
-            if job.status.terminal:
-                return
-            if not await self._woken(job_id, keepalive_s):
+            async with self._armed(job_id) as woken:
+                try:
+                    job = await self.aget(job_id)
+                except NotFound:
+                    if last is None:
+                        raise
+                    return
+                if watch.change_key(job) != last:
+                    last = watch.change_key(job)
+                    yield job
+                if job.status.terminal:
+                    return
+                woke = await woken(keepalive_s)
+            if not woke:
                 yield None
 
-    async def _woken(self, job_id: str, timeout: float) -> bool:
-        self._watched.add(job_id)
+    @contextlib.asynccontextmanager
+    async def _armed(self, job_id: str) -> AsyncIterator[Callable[[float], Awaitable[bool]]]:
+        """Armed before the record is read, so a change between the read and the wait is never
+        missed; yields ``woken(timeout)``."""
+        waiter = self._watchers.arm(job_id)
+        self._watched[job_id] = self._watched.get(job_id, 0) + 1
         try:
-            return await self._watchers.woken(job_id, timeout)
+            yield lambda timeout: self._watchers.woken(waiter, timeout)
         finally:
-            self._watched.discard(job_id)
+            self._watchers.disarm(job_id, waiter)
+            left = self._watched.pop(job_id, 1) - 1
+            if left > 0:
+                self._watched[job_id] = left
 
 
 __all__ = ["ClusterJobManager"]

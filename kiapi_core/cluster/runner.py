@@ -51,7 +51,8 @@ class Run:
 
 class ClusterRunner:
     def __init__(self, *, backend: JobBackend, host_id: str, settings: Any, registry: Any, files: Any,
-                 models: Any, host_state: Callable[[], HostState], notify: Callable[..., None]) -> None:
+                 models: Any, host_state: Callable[[], HostState], notify: Callable[..., None],
+                 emit: Callable[[str, Job], None] = lambda event, job: None) -> None:
         self.backend = backend
         self.host_id = host_id
         self.settings = settings
@@ -61,6 +62,8 @@ class ClusterRunner:
         self._models = models
         self._host_state = host_state
         self._notify = notify
+        #: ``emit(event, job)``: the manager's listeners (metrics, logs, webhooks) on this host.
+        self._emit = emit
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._tasks: list[AdminTask] = []
@@ -154,6 +157,7 @@ class ClusterRunner:
             self._fail_unrunnable(claim, exc)
             return None
         self.run = Run(pending, claim.attempt, time.monotonic())
+        self._emit("started", pending.job)
         pin = getattr(self._files, "pin", None)
         if pin is not None and pending.inputs:
             pin(sorted({s.file_id for s in pending.inputs.values()}))
@@ -189,7 +193,10 @@ class ClusterRunner:
         run = self.run
         if run is None or run.pending.job is not job or run.lost:
             return
+        before = (job.progress, job.progress_label)
         change(job)
+        if (job.progress, job.progress_label) != before:
+            self._emit("progress", job)
         try:
             self.backend.write(job, self.host_id, run.attempt)
         except Fenced:
@@ -214,6 +221,7 @@ class ClusterRunner:
             error = _terminate(job, outcome, pending)
             try:
                 self.backend.finish(job, self.host_id, run.attempt, error)
+                self._emit("finished", job)
             except Fenced:
                 run.lost = True
             except Exception:  # noqa: BLE001 - the reaper re-runs or fails it

@@ -7,6 +7,8 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_routes(host):
+    from ..files.manage import routes as manage_routes
     from ..files.routes import routes
 
-    return routes()
+    # usage/prune first: `/v1/files/{file_id}` would otherwise take "usage" for a file id
+    return manage_routes() + routes()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import unicodedata
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import IO, Any
 from urllib.parse import quote
@@ -38,6 +39,7 @@ from ..http.body import drain
 from ..http.responses import JSONResponse
 from .models import StoredFile
 from .names import ID_FORM, check_id, clean_content_type, valid_id
+from .raw_upload import is_raw_upload, raw_upload
 from .store import BlobWriter, FileStore
 
 MiB = 1024 * 1024
@@ -55,6 +57,7 @@ def routes() -> list[Route]:
     """The Files API routes, to be mounted at the application root."""
     return [
         Route("/v1/files", upload_file, methods=["POST"], name="files:upload"),
+        Route("/v1/files", upload_file, methods=["PUT"], name="files:put"),
         Route("/v1/files", list_files, methods=["GET"], name="files:list"),
         Route("/v1/files/{file_id}", get_file, methods=["GET"], name="files:get"),
         Route("/v1/files/{file_id}", delete_file, methods=["DELETE"], name="files:delete"),
@@ -71,7 +74,8 @@ def _store(request: Request) -> FileStore:
 
 
 async def upload_file(request: Request) -> Response:
-    """``POST /v1/files``: multipart field ``file`` → 201 FileRecord."""
+    """``POST /v1/files``: multipart field ``file``, or the raw bytes as the body (also
+    ``PUT``, see :func:`_raw_upload`) → 201 FileRecord."""
     host = request.app.state.host
     if not getattr(getattr(host, "jobs", None), "accepting", True):
         raise Unavailable("the server is shutting down and takes no new uploads",
@@ -80,30 +84,36 @@ async def upload_file(request: Request) -> Response:
     max_bytes = int(settings.max_upload_mb * MiB)
     media, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
-    if media != b"multipart/form-data" or not boundary:
+    raw = is_raw_upload(request, media)
+    if not raw and (media != b"multipart/form-data" or not boundary):
         raise UnsupportedMediaType(
             "send the file as multipart/form-data in a field named `file` "
-            "(curl -F file=@picture.png http://host/v1/files)")
+            "(curl -F file=@picture.png http://host/v1/files), or as the raw body with its "
+            "Content-Type and a name (curl -T picture.png 'http://host/v1/files?filename=picture.png')")
     declared = request.headers.get("content-length")
     store = _store(request)
     if declared is not None:
         if not digits(declared, 19):
             raise BadRequest("Content-Length is not a number")
-        if int(declared) > max_bytes + MULTIPART_OVERHEAD:
+        overhead = 0 if raw else MULTIPART_OVERHEAD
+        if int(declared) > max_bytes + overhead:
             await drain(request)
             raise _too_large(max_bytes)
-        if store.quota is not None and int(declared) - MULTIPART_OVERHEAD > store.quota.available_bytes():
+        if store.quota is not None and int(declared) - overhead > store.quota.available_bytes():
             await drain(request)
             raise store.quota.full("this upload", int(declared))
-    upload = _MultipartUpload(store, boundary, max_bytes)
     try:
-        stored = await upload.run(request)
+        if raw or not boundary:
+            stored = await raw_upload(request, store, media.decode("latin-1"), max_bytes, _too_large)
+        else:
+            stored = await _MultipartUpload(store, boundary, max_bytes).run(request)
     except (PayloadTooLarge, InsufficientStorage) as exc:
         await drain(request)  # clients that send everything before reading still see the answer
         exc.headers.setdefault("Connection", "close")
         raise
     location = f"{request.scope.get('root_path', '')}/v1/files/{stored.file_id}"
     return JSONResponse(stored.record, status_code=201, headers={"Location": location})
+
 
 
 def _too_large(max_bytes: int) -> PayloadTooLarge:
@@ -276,10 +286,28 @@ async def download_file(request: Request) -> Response:
     return await file_response(request, await _store(request).aget(file_id))
 
 
-async def file_response(request: Request, stored: StoredFile, *, disposition: str = "attachment",
-                        headers: dict[str, str] | None = None) -> Response:
+async def file_response(request: Request, stored: StoredFile | Callable[[], StoredFile], *,
+                        disposition: str = "attachment", headers: dict[str, str] | None = None,
+                        data: bytes | None = None) -> Response:
     """A stored file's bytes as an HTTP answer: the one place downloads and sync results are
-    served from, so both carry the same ETag, Range and safety headers."""
+    served from, so both carry the same ETag, Range and safety headers.
+
+    ``data``, the file's bytes already in memory (a sync job's small artifact, see
+    :meth:`FileStore.recent`), is answered without any thread hop. Otherwise ``stored``
+    may be a function that looks the file up (``lambda: store.get(file_id)``): the lookup, the
+    open and the first 1 MiB read then share one thread hop instead of four."""
+    if data is not None and not callable(stored):
+        return _prepare_file_response(request, stored, disposition, headers, data)
+    return await asyncio.to_thread(_prepare_file_response, request, stored, disposition, headers)
+
+
+def _prepare_file_response(request: Request, stored: StoredFile | Callable[[], StoredFile],
+                           disposition: str, headers: dict[str, str] | None,
+                           data: bytes | None = None) -> Response:
+    """Everything up to and including the first chunk of the body (in a worker thread unless
+    the bytes are in ``data``)."""
+    if callable(stored):
+        stored = stored()
     record = stored.record
     etag = f'"{record.sha256}"' if record.sha256 else None
     headers = {
@@ -294,21 +322,38 @@ async def file_response(request: Request, stored: StoredFile, *, disposition: st
         headers["ETag"] = etag
     if etag and _etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
+    fh: IO[bytes] | None = None
+    if data is None:
+        try:
+            fh = open(stored.path, "rb")  # noqa: SIM115 - closed by _BlobResponse
+        except FileNotFoundError:  # deleted between the lookup and the open
+            raise NotFound(f"no file {record.file_id!r}; it was just deleted", code="file_not_found") from None
     try:
-        fh = await asyncio.to_thread(open, stored.path, "rb")
-    except FileNotFoundError:  # deleted between the lookup and the open
-        raise NotFound(f"no file {record.file_id!r}; it was just deleted", code="file_not_found") from None
-    size = os.fstat(fh.fileno()).st_size
-    start, length, status = 0, size, 200
-    byte_range = _requested_range(request, etag, size)
-    if byte_range is not None:
-        start, end = byte_range
-        length, status = end - start + 1, 206
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    headers["Content-Type"] = record.content_type
-    headers["Content-Disposition"] = content_disposition(record.filename, disposition)
-    headers["Content-Length"] = str(length)
-    return _BlobResponse(fh, start, length, status, headers, body=request.method != "HEAD")
+        size = os.fstat(fh.fileno()).st_size if fh is not None else len(data or b"")
+        start, length, status = 0, size, 200
+        byte_range = _requested_range(request, etag, size)
+        if byte_range is not None:
+            start, end = byte_range
+            length, status = end - start + 1, 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        headers["Content-Type"] = record.content_type
+        headers["Content-Disposition"] = content_disposition(record.filename, disposition)
+        headers["Content-Length"] = str(length)
+        body = request.method != "HEAD"
+        head = b""
+        if body and length:
+            if fh is None:
+                head = (data or b"")[start:start + length]
+            else:
+                fh.seek(start)
+                head = fh.read(min(_READ_CHUNK, length))
+        if fh is not None and (not body or len(head) >= length):
+            fh.close()  # all there is to send is in hand
+    except BaseException:
+        if fh is not None:
+            fh.close()
+        raise
+    return _BlobResponse(fh, start, length, status, headers, body=body, head=head)
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -365,14 +410,17 @@ def content_disposition(filename: str, disposition: str = "attachment") -> str:
 
 
 class _BlobResponse(Response):
-    """Streams ``length`` bytes of an already open file from ``start``, 1 MiB at a time.
+    """Streams ``length`` bytes of an already open file from ``start``, 1 MiB at a time,
+    beginning with ``head`` (the first chunk, read while the file was opened; the file is
+    positioned just past it).
 
     The file is opened by the route, so a concurrent DELETE cannot turn into a 500 halfway.
     """
 
-    def __init__(self, fh: IO[bytes], start: int, length: int, status: int,
-                 headers: dict[str, str], *, body: bool) -> None:
+    def __init__(self, fh: IO[bytes] | None, start: int, length: int, status: int,
+                 headers: dict[str, str], *, body: bool, head: bytes = b"") -> None:
         self.fh, self.start, self.length, self.send_body = fh, start, length, body
+        self.head = head
         self.status_code = status
         self.background = None
         self.init_headers(headers)
@@ -384,9 +432,10 @@ class _BlobResponse(Response):
             if not self.send_body:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            await asyncio.to_thread(self.fh.seek, self.start)
-            remaining = self.length
-            while remaining > 0:
+            remaining = self.length - len(self.head)
+            if self.head or remaining <= 0:
+                await send({"type": "http.response.body", "body": self.head, "more_body": remaining > 0})
+            while remaining > 0 and self.fh is not None:
                 chunk = await asyncio.to_thread(self.fh.read, min(_READ_CHUNK, remaining))
                 if not chunk:
                     break  # the file shrank under us; the client sees a short body
@@ -395,4 +444,5 @@ class _BlobResponse(Response):
             if remaining > 0:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            self.fh.close()
+            if self.fh is not None:
+                self.fh.close()

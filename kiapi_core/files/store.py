@@ -33,15 +33,18 @@ import hashlib
 import os
 import secrets
 import shutil
+import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from ..errors import NotFound, PayloadTooLarge
+from . import durability
+from .durability import DeferredSyncs, RecentFiles
 from .models import FileRecord, StoredFile
 from .names import (
     ID_FORM,
@@ -58,10 +61,14 @@ from .quota import StorageQuota, counted, disk_full
 _PARTIAL = ".partial"
 _CHUNK = 1024 * 1024
 #: Bytes a BlobWriter gathers before handing them to a thread to hash and write.
-_WRITE_BATCH = 1024 * 1024
+_WRITE_BATCH = 4 * 1024 * 1024
 #: Temp files and orphan blobs younger than this are left alone by the sweeper: they may
 #: belong to a write that is still running.
 STALE_AFTER_S = 3600.0
+#: Records of the files stored last kept in memory (:meth:`FileStore.recent`).
+RECENT_FILES = 64
+#: Of those, the bytes of files up to this size stored with ``put_bytes`` (at most 16 MiB kept).
+RECENT_BYTES_MAX = 256 * 1024
 
 
 class _Sidecar(msgspec.Struct, kw_only=True):
@@ -70,6 +77,9 @@ class _Sidecar(msgspec.Struct, kw_only=True):
     v: int = 1
     blob: str
     record: FileRecord
+    #: The record's ``expires_at`` was set for this file alone (per-call ``ttl_s``); otherwise
+    #: it follows the store's current retention policy, also after a settings change.
+    fixed: bool = False
 
 
 _sidecar_encoder = msgspec.json.Encoder()
@@ -93,11 +103,13 @@ class BlobWriter:
         self._tmp = store._temp_path()
         self._fh: Any = None
         self._done = False
-        # Network chunks (64 KiB from Hypercorn) are gathered into _WRITE_BATCH-sized batches;
-        # each batch is hashed and written in a worker thread (hashlib releases the GIL) while
-        # the next one is received. One thread hop per chunk capped uploads at ~300 MiB/s and
-        # hashed on the event loop (bench/run.py, docs/performance.md).
-        self._buf = bytearray()
+        # Network chunks (up to 1 MiB from `kiapi serve`) are gathered, without copying, into
+        # _WRITE_BATCH-sized batches; each batch is hashed and written in one pass by a worker
+        # thread (hashlib and write release the GIL) while the next one is received. One thread
+        # hop per chunk capped uploads at ~300 MiB/s and hashed on the event loop
+        # (bench/run.py, docs/performance.md).
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._inflight: asyncio.Future[None] | None = None
         self._reserved = 0  # bytes counted against the store's quota so far
 
@@ -105,10 +117,11 @@ class BlobWriter:
         self._fh = await asyncio.to_thread(builtins.open, self._tmp, "xb")
         return self
 
-    def _write_batch(self, data: bytearray) -> None:
-        """Worker thread: one batch, hashed then written (batches never overlap)."""
-        self._hash.update(data)
-        self._fh.write(data)
+    def _write_batch(self, chunks: list[bytes]) -> None:
+        """Worker thread: one batch, each chunk hashed then written (batches never overlap)."""
+        for chunk in chunks:
+            self._hash.update(chunk)
+            self._fh.write(chunk)
 
     async def _drain(self) -> None:
         """Wait for the batch in flight; its error (disk full ...) is raised here."""
@@ -118,9 +131,9 @@ class BlobWriter:
 
     async def _send_batch(self) -> None:
         await self._drain()
-        if self._buf:
-            data, self._buf = self._buf, bytearray()
-            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write_batch, data))
+        if self._chunks:
+            chunks, self._chunks, self._buffered = self._chunks, [], 0
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write_batch, chunks))
 
     async def _close_file(self) -> None:
         try:
@@ -152,8 +165,9 @@ class BlobWriter:
                 await self.abort()
                 raise
             self._reserved += len(data)
-        self._buf += data
-        if len(self._buf) >= _WRITE_BATCH:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered >= _WRITE_BATCH:
             try:
                 await self._send_batch()
             except OSError as exc:
@@ -193,19 +207,26 @@ class BlobWriter:
 
     async def abort(self) -> None:
         self._done = True
-        self._buf = bytearray()
+        self._chunks, self._buffered = [], 0
         self._release()
         await self._close_file()
         await asyncio.to_thread(_unlink, self._tmp)
 
 
 class FileStore:
-    """Stored files under ``root``. ``ttl_s`` > 0 makes new files expire after that many
-    seconds (per-call ``ttl_s`` overrides it); 0 keeps them until deleted."""
+    """Stored files under ``root``. ``ttl_s`` > 0 makes files expire that many seconds after
+    they were stored (per-call ``ttl_s`` overrides it for one file); 0 keeps them until
+    deleted. Job outputs (``meta.job_id``) follow ``output_ttl_s`` instead when given, and
+    ``keep(record)`` returning true holds back the expiry of a file (an output whose job record
+    is still kept). The policy is evaluated on every read and sweep, not stored, so a changed
+    setting applies to files stored before (see :mod:`.retention`)."""
 
-    def __init__(self, root: Path | str, *, ttl_s: float = 0, quota: StorageQuota | None = None) -> None:
+    def __init__(self, root: Path | str, *, ttl_s: float = 0, output_ttl_s: float | None = None,
+                 keep: Callable[[FileRecord], bool] | None = None, quota: StorageQuota | None = None) -> None:
         self.root = Path(root).expanduser()
         self.ttl_s = float(ttl_s)
+        self.output_ttl_s = None if output_ttl_s is None else float(output_ttl_s)
+        self.keep = keep
         self._partial = self.root / _PARTIAL
         self._partial.mkdir(parents=True, exist_ok=True)
         #: The storage quota (KIAPI_MAX_STORAGE_GB); ``None``: unlimited (507 only on a full disk).
@@ -216,6 +237,10 @@ class FileStore:
         # until the last job using it lets go (a DELETE must not break a job it already fed).
         self._pins: dict[str, int] = {}
         self._doomed: dict[str, Path] = {}
+        # Files this process just stored (a sync job's artifact is served right after): their
+        # records without a disk read or a thread hop. Only a hint; serving re-reads the sidecar.
+        self._recent = RecentFiles(RECENT_FILES, RECENT_BYTES_MAX)
+        self._deferred = DeferredSyncs()
 
     # -- ids and paths -------------------------------------------------------------------
 
@@ -236,22 +261,25 @@ class FileStore:
 
     def put_bytes(self, data: bytes, *, filename: str, content_type: str | None = None,
                   meta: Mapping[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile:
-        """Store ``data`` atomically."""
+        """Store ``data`` atomically: the blob is written under its final name (invisible until
+        its sidecar exists) and synced, then the sidecar publishes it (see :meth:`_publish`)."""
         with self._counted(len(data), filename):
             return self._put_bytes(data, filename=filename, content_type=content_type, meta=meta, ttl_s=ttl_s)
 
     def _put_bytes(self, data: bytes, *, filename: str, content_type: str | None,
                    meta: Mapping[str, Any] | None, ttl_s: float | None) -> StoredFile:
-        tmp = self._temp_path()
+        record = self._new_record(len(data), hashlib.sha256(data).hexdigest(), filename=filename,
+                                  content_type=content_type, meta=meta, ttl_s=ttl_s)
+        blob = self.root / blob_name(record.file_id, record.filename)
         try:
-            with open(tmp, "xb") as fh:
+            with open(blob, "xb") as fh:
                 fh.write(data)
                 fh.flush()
-                os.fsync(fh.fileno())
-            return self._install(tmp, len(data), hashlib.sha256(data).hexdigest(), filename=filename,
-                                 content_type=content_type, meta=meta, ttl_s=ttl_s)
-        finally:
-            _unlink(tmp)
+                self._deferred.sync_or_defer(blob, fh.fileno())
+            return self._publish(record, data, fixed=ttl_s is not None)
+        except BaseException:
+            _unlink(blob)
+            raise
 
     def put_path(self, path: Path | str, *, filename: str | None = None, content_type: str | None = None,
                  meta: Mapping[str, Any] | None = None, move: bool = True,
@@ -263,33 +291,34 @@ class FileStore:
         with open(path, "rb") as fh:
             while chunk := fh.read(_CHUNK):
                 digest.update(chunk)
-        size = path.stat().st_size
-        tmp = self._temp_path()
+            size = os.fstat(fh.fileno()).st_size
         with self._counted(size, filename or path.name):
-            return self._put_path(path, tmp, size, digest.hexdigest(), filename=filename, content_type=content_type,
+            return self._put_path(path, size, digest.hexdigest(), filename=filename, content_type=content_type,
                                   meta=meta, move=move, ttl_s=ttl_s)
 
-    def _put_path(self, path: Path, tmp: Path, size: int, sha256: str, *, filename: str | None,
+    def _put_path(self, path: Path, size: int, sha256: str, *, filename: str | None,
                   content_type: str | None, meta: Mapping[str, Any] | None, move: bool,
                   ttl_s: float | None) -> StoredFile:
+        record = self._new_record(size, sha256, filename=filename or path.name,
+                                  content_type=content_type, meta=meta, ttl_s=ttl_s)
+        blob = self.root / blob_name(record.file_id, record.filename)
         try:
             moved = False
             if move:
                 try:
-                    os.replace(path, tmp)
+                    os.rename(path, blob)  # one rename; the blob is invisible until its sidecar exists
                     moved = True
                 except OSError:  # another filesystem: fall back to a copy
                     pass
             if not moved:
-                shutil.copyfile(path, tmp)
-                with open(tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
+                shutil.copyfile(path, blob)
                 if move:
                     _unlink(path)
-            return self._install(tmp, size, sha256, filename=filename or path.name,
-                                 content_type=content_type, meta=meta, ttl_s=ttl_s)
-        finally:
-            _unlink(tmp)
+            self._deferred.sync_or_defer(blob)  # the handler's writes are not on disk yet either way
+            return self._publish(record, fixed=ttl_s is not None)
+        except BaseException:
+            _unlink(blob)
+            raise
 
     def _counted(self, size: int, filename: str) -> contextlib.AbstractContextManager[None]:
         return counted(self.quota, size, f"file {clean_filename(filename)!r}")
@@ -301,6 +330,13 @@ class FileStore:
             raise NotFound(f"no file {file_id!r}; it was deleted, expired or never existed",
                            code="file_not_found")
         return StoredFile(record=sidecar.record, path=self.root / sidecar.blob)
+
+    def recent(self, file_id: str) -> tuple[StoredFile, bytes | None] | None:
+        """A file among the last :data:`RECENT_FILES` this process stored, from memory (safe on
+        the event loop), with its bytes when ``put_bytes`` stored at most
+        :data:`RECENT_BYTES_MAX`; ``None`` otherwise. A delete or expiry forgets it."""
+        found = self._recent.get(file_id)
+        return None if found is None or _expired(found[0].record, time.time()) else found
 
     def exists(self, file_id: str) -> bool:
         try:
@@ -361,7 +397,7 @@ class FileStore:
             name = entry.name
             if name.endswith(".json") and valid_id(name[:-5]):
                 sidecar = self._read_sidecar(Path(entry.path), check_expiry=False)
-                if sidecar is not None and _expired(sidecar.record, now):
+                if sidecar is not None and self._expired(sidecar.record, now):
                     self._remove(name[:-5], self.root / sidecar.blob)
                     removed += 1
             elif (".data" in name and valid_id(name.split(".", 1)[0]) and name.split(".", 1)[0] not in self._pins
@@ -371,6 +407,15 @@ class FileStore:
             if _stale(entry, now):
                 _unlink(Path(entry.path))
         return removed
+
+    def defer_syncs(self) -> None:
+        """Files the calling thread stores from now on are published at once and synced by
+        :meth:`sync_deferred`, which the model worker calls right after each job's answer."""
+        self._deferred.defer()
+
+    def sync_deferred(self) -> None:
+        """Sync what the calling thread stored since: a data sync per blob, one directory sync."""
+        self._deferred.flush(self.root)
 
     # -- async API (event loop) ----------------------------------------------------------
 
@@ -416,30 +461,48 @@ class FileStore:
     def _install(self, tmp: Path, size: int, sha256: str, *, filename: str | None,
                  content_type: str | None, meta: Mapping[str, Any] | None,
                  ttl_s: float | None) -> StoredFile:
-        """Move a complete temp file into place as a new file; the sidecar goes last."""
+        """Move a complete, synced temp file into place as a new file, then publish it."""
+        record = self._new_record(size, sha256, filename=filename, content_type=content_type,
+                                  meta=meta, ttl_s=ttl_s)
+        blob = self.root / blob_name(record.file_id, record.filename)
+        os.replace(tmp, blob)
+        try:
+            return self._publish(record, fixed=ttl_s is not None)
+        except BaseException:
+            _unlink(blob)
+            raise
+
+    def _new_record(self, size: int, sha256: str, *, filename: str | None, content_type: str | None,
+                    meta: Mapping[str, Any] | None, ttl_s: float | None) -> FileRecord:
         file_id = self.new_id()
         name = clean_filename(filename)
         now = time.time()
-        ttl = self.ttl_s if ttl_s is None else ttl_s
         record = FileRecord(
             file_id=file_id, filename=name, content_type=clean_content_type(content_type, name),
-            size=size, created_at=now, meta=dict(meta or {}),
-            expires_at=(now + ttl) if ttl > 0 else None, sha256=sha256)
-        blob = blob_name(file_id, name)
-        os.replace(tmp, self.root / blob)
+            size=size, created_at=now, meta=dict(meta or {}), sha256=sha256)
+        record.expires_at = self._policy_expiry(record) if ttl_s is None else (
+            (now + ttl_s) if ttl_s > 0 else None)
+        return record
+
+    def _publish(self, record: FileRecord, data: bytes | None = None, *, fixed: bool = False) -> StoredFile:
+        """Make a file whose blob is in place exist: write its sidecar and rename it in (the one
+        step that publishes), then sync the directory. The sidecar itself is not synced; see
+        docs/reliability.md ("Files on disk") and :mod:`.durability`. ``fixed``: the record's
+        expiry was set for this file alone (a per-call ``ttl_s``), so retention changes skip it."""
+        blob = blob_name(record.file_id, record.filename)
         side_tmp = self._temp_path()
         try:
             with open(side_tmp, "xb") as fh:
-                fh.write(_sidecar_encoder.encode(_Sidecar(blob=blob, record=record)))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(side_tmp, self.root / f"{file_id}.json")
+                fh.write(_sidecar_encoder.encode(_Sidecar(blob=blob, record=record, fixed=fixed)))
+            os.replace(side_tmp, self.root / f"{record.file_id}.json")
         except BaseException:
             _unlink(side_tmp)
-            _unlink(self.root / blob)
             raise
-        _fsync_dir(self.root)
-        return StoredFile(record=record, path=self.root / blob)
+        if not self._deferred.active:
+            durability.fsync_dir(self.root)
+        stored = StoredFile(record=record, path=self.root / blob)
+        self._recent.add(stored, data)
+        return stored
 
     def _read_sidecar(self, path: Path, *, check_expiry: bool = True) -> _Sidecar | None:
         try:
@@ -449,14 +512,33 @@ class FileStore:
         if not valid_id(sidecar.record.file_id) or sidecar.blob != blob_name(
                 sidecar.record.file_id, sidecar.record.filename):
             return None  # a sidecar that points anywhere but at its own blob is not trusted
-        if check_expiry and _expired(sidecar.record, time.time()):
+        if not sidecar.fixed:
+            sidecar.record.expires_at = self._policy_expiry(sidecar.record)
+        if check_expiry and self._expired(sidecar.record, time.time()):
             return None
-        if not (self.root / sidecar.blob).is_file():
+        try:
+            blob = os.stat(self.root / sidecar.blob)
+        except OSError:
             return None
+        if not stat.S_ISREG(blob.st_mode) or blob.st_size != sidecar.record.size:
+            return None  # missing, or not the bytes the record describes (cut off by a crash)
         return sidecar
+
+    def _policy_expiry(self, record: FileRecord) -> float | None:
+        """When the retention policy ends ``record``: uploads and inputs after ``ttl_s``,
+        outputs after ``output_ttl_s`` (``ttl_s`` if unset); ``None`` for 0."""
+        ttl = self.output_ttl_s if record.meta.get("job_id") and self.output_ttl_s is not None else self.ttl_s
+        return record.created_at + ttl if ttl > 0 else None
+
+    def _expired(self, record: FileRecord, now: float) -> bool:
+        """Past its expiry, and not held back by ``keep`` (an output of a kept job)."""
+        if not _expired(record, now):
+            return False
+        return self.keep is None or not self.keep(record)
 
     def _remove(self, file_id: str, blob: Path) -> None:
         _unlink(self.root / f"{file_id}.json")
+        self._recent.forget(file_id)
         with self._lock:
             if self._pins.get(file_id):
                 self._doomed[file_id] = blob  # unpin removes it
@@ -488,7 +570,7 @@ def _stale(entry: os.DirEntry[str], now: float) -> bool:
 def _flush_and_sync(fh: Any) -> None:
     """Make a written temp file durable, then close it."""
     fh.flush()
-    os.fsync(fh.fileno())
+    durability.sync_data(fh.fileno())
     fh.close()
 
 
@@ -497,20 +579,6 @@ def _unlink(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the renames durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _mib(n: int) -> str:

@@ -9,6 +9,7 @@ constant-time.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -21,18 +22,21 @@ AUTHENTICATED = "kiapi.authenticated"
 
 
 class BearerAuth:
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, loopback_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         if not token.strip():
             raise StartupError("KIAPI_AUTH_TOKEN is blank; set a real token or unset it")
         self.expected = token.strip().encode()
+        #: Paths open without the token to clients on loopback (``/metrics`` for a local
+        #: Prometheus, with KIAPI_METRICS_LOOPBACK_OPEN=1).
+        self.loopback_paths = loopback_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         scope[AUTHENTICATED] = ok = self._authenticated(scope)
-        if ok or scope["path"] in OPEN_PATHS:
+        if ok or scope["path"] in OPEN_PATHS or (scope["path"] in self.loopback_paths and _loopback(scope)):
             await self.app(scope, receive, send)
             return
         response = error_response(Unauthorized(
@@ -46,4 +50,14 @@ class BearerAuth:
                 scheme, _, token = value.strip().partition(b" ")
                 token = token.strip()
                 return scheme.lower() == b"bearer" and bool(token) and hmac.compare_digest(token, self.expected)
+        return False
+
+
+def _loopback(scope: Scope) -> bool:
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        return ipaddress.ip_address(str(client[0]).split("%", 1)[0]).is_loopback
+    except ValueError:
         return False

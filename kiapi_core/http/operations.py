@@ -1,9 +1,10 @@
 """The request path of a capability operation, from HTTP body to job to response.
 
-Everything that can reject a request happens here, on the event loop and before the job is
-queued: decode (400/422), model (400), weights (503), the plugin's ``prepare`` (422), FileRef
-resolution (400), the plugin's ``check`` (in a thread), memory admission (503), queue space
-(503). Only then does the job reach the model thread.
+Everything that can reject a request happens before the job is queued: here the decode
+(400/422), the model (400) and queue space (503); in the admission pipeline
+(:mod:`kiapi_core.admission`, a service shared with the test harness) the weights (503), the
+plugin's ``prepare`` (422), FileRef resolution (400), the plugin's ``check`` (in a thread) and
+memory admission (503). Only then does the job reach the model thread.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -19,25 +19,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..admission import Validated, validate
+from ..admission import discard_inputs as _discard
 from ..errors import (
     BadRequest,
     InvalidRequest,
     KiapiError,
     NotAcceptable,
     SyncTimeout,
-    WeightsMissing,
 )
-from ..files.resolve import ResolvedInputs, resolve_inputs
 from ..files.routes import file_response
-from ..images import INPUT_BYTES_PER_PIXEL
 from ..jobs.calls import call
 from ..jobs.models import AsyncJobResponse, Job, JobStatus
 from ..jobs.store import IdempotentReplay
-from ..memory.loaders import INPUT_GB
-from ..registry import Capability, Model, Operation
+from ..registry import Capability, Operation
 from ..settings import DEMO_NOTE
-from ..validation import ref_summary
-from ..weights import missing_message, status
+from ..webhooks import take_webhook
 from . import idempotency, negotiation
 from .body import BodyGate, check_json_content_type, decode_json, read_body
 from .decode import decode_body
@@ -46,8 +43,6 @@ from .responses import JSONResponse, error_response
 if TYPE_CHECKING:
     from ..host import Host
 
-#: Request fields the core itself interprets; they are not recorded as ignored.
-_CORE_FIELDS = ("mode", "model")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 log = logging.getLogger("kiapi.http")
 
@@ -68,7 +63,9 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
                                                auth_token=host.settings.auth_token)
             replayed = await call(host.jobs, "find_idempotent", *idem) if idem is not None else None
             mode = raw.get("mode", "sync") if isinstance(raw, dict) else "sync"
+            hook = None
             if replayed is None:
+                hook = take_webhook(raw, enabled=host.webhooks.enabled)  # core fields, not the plugin's
                 body, warnings = await _decode(host, capability, operation, raw)
                 mode = getattr(body, "mode", "sync")
             del raw  # a large body's text is not kept while the job runs
@@ -76,10 +73,15 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
             if replayed is None:
                 if mode != "async":
                     check_acceptable(request, operation)  # 406 now, not after the job ran
+                if hook is not None:
+                    await host.webhooks.check_target(hook.url)
                 try:
                     job = await submit(host, capability, operation, body, warnings, idempotency=idem)
                 except IdempotentReplay as replay:  # an identical request won the race
                     replayed = replay.job
+                else:
+                    if hook is not None:  # at once: no event of the job is handled before this
+                        host.webhooks.subscribe(job.id, hook)
             if replayed is not None:
                 job = replayed
         try:
@@ -187,47 +189,6 @@ async def submit(host: Host, capability: Capability, operation: Operation, body:
         raise
 
 
-@dataclass
-class Validated:
-    """What :func:`validate` accepted: the job's params, its resolved inputs and memory need."""
-
-    model: Model
-    params: dict[str, Any]
-    inputs: ResolvedInputs
-    estimate_gb: float
-
-
-async def validate(host: Host, capability: Capability, operation: Operation, body: Any,
-                   model: Model) -> Validated:
-    """Every check between the model and the queue: weights (503), the plugin's ``prepare``
-    (422), FileRef resolution (400), the plugin's ``check`` (in a thread) and memory admission
-    (503). Used by :func:`submit` and by ``kiapi_core.testing.HandlerHarness``."""
-    plugin_settings = host.plugin_settings(capability.name)
-    if not host.settings.demo and model.weights:
-        found = await asyncio.to_thread(status, capability, model, plugin_settings)
-        if found.state != "present":
-            raise WeightsMissing(missing_message(found), activate=found.activate)
-    params = redact(operation.prepare(body, model, host) if operation.prepare else _default_params(body))
-    resolved = await resolve_inputs(body, operation.inputs, store=host.files, settings=host.settings)
-    if resolved.pixels:  # a 388 KB PNG can decode to gigabytes: admission must know
-        params[INPUT_GB] = round(sum(resolved.pixels.values()) * INPUT_BYTES_PER_PIXEL / 1e9, 4)
-    try:
-        if operation.check is not None:
-            await asyncio.to_thread(operation.check, body, params, resolved.files, host)
-        # A cluster checks against its largest live host instead of this one (docs/cluster.md).
-        estimate = getattr(host.jobs, "admit", host.models.admit)(capability, model, operation, params)
-    except BaseException:
-        await _discard(host, resolved.created)
-        raise
-    return Validated(model=model, params=params, inputs=resolved, estimate_gb=estimate)
-
-
-async def _discard(host: Host, created: list[str]) -> None:
-    """Inputs a request materialised (URL, data URL) belong to no job: do not keep them."""
-    for file_id in created:
-        await host.files.adelete(file_id)
-
-
 async def respond_finished(host: Host, request: Request, job: Job, headers: dict[str, str]) -> Response:
     """The answer to a sync request once its wait is over."""
     if not job.status.terminal:
@@ -239,9 +200,9 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
         error = await call(host.jobs, "error_of", job.id) or KiapiError(job.error or "the job did not finish",
                                                           code=job.error_code or "internal_error")
         return error_response(error, job_id=job.id, headers=headers)
-    artifact = None
-    if len(job.artifacts) == 1:
-        artifact = await host.files.aget(job.artifacts[0])
+    artifact, data = None, None
+    if len(job.artifacts) == 1:  # just stored by the worker: usually still in memory
+        artifact, data = host.files.recent(job.artifacts[0]) or (await host.files.aget(job.artifacts[0]), None)
     choice = negotiation.choose(request.headers.get("accept"), artifact.content_type if artifact else None)
     if choice is None:
         offered = "application/json" + (f" or {artifact.content_type}" if artifact else "")
@@ -251,27 +212,11 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
     if choice == "json":
         return JSONResponse(job, headers=headers)
     assert artifact is not None
-    return await file_response(request, artifact, disposition="inline",
-                               headers={**headers, "X-Kiapi-File-Id": artifact.file_id})
-
-
-def _default_params(body: Any) -> dict[str, Any]:
-    params = msgspec.to_builtins(body)
-    for name in _CORE_FIELDS:
-        params.pop(name, None)
-    return params
-
-
-def redact(value: Any) -> Any:
-    """``value`` with every FileRef-shaped dict reduced to :func:`ref_summary`: job params never
-    carry inline data or URL secrets, whatever a plugin's ``prepare`` returned."""
-    if isinstance(value, dict):
-        if value.get("type") in ("data_url", "url") and ({"data_url", "url"} & value.keys()):
-            return ref_summary(value)
-        return {k: redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
+    file_id = artifact.file_id
+    headers = {**headers, "X-Kiapi-File-Id": file_id}
+    if data is not None:  # answered from memory: no disk read, no thread hop
+        return await file_response(request, artifact, disposition="inline", headers=headers, data=data)
+    return await file_response(request, lambda: host.files.get(file_id), disposition="inline", headers=headers)
 
 
 def _with_job(error: KiapiError, job: Job) -> KiapiError:

@@ -30,8 +30,9 @@ class JobContext(abc.ABC):
     model: Model
     #: The decoded request Struct.
     request: Any
-    #: Parameters resolved by the operation's ``prepare`` (recorded as the job's ``params``).
-    params: dict[str, Any]
+    #: Parameters resolved by the operation's ``prepare`` (recorded as the job's ``params``):
+    #: an instance of the operation's ``params`` Struct when it declares one, else a dict.
+    params: Any
     #: Resolved FileRef inputs by request field path (``"image"``, ``"loras[0].file"``).
     inputs: Mapping[str, StoredFile]
     #: The plugin's settings Struct instance (or ``None`` when it declares none).

@@ -24,12 +24,13 @@ from typing import Any
 
 import msgspec
 
-from ..errors import Conflict, KiapiError, NotFound, QueueFull, Unavailable
+from ..errors import Conflict, KiapiError, NotFound, QueueFull, Unavailable, error_from_code
 from ..files.models import StoredFile
 from ..registry import Capability, Model, Operation
 from ..settings import Settings
-from . import watch
+from . import scheduler, watch
 from .models import Job, JobStatus
+from .pool import LightPool
 from .running import FileSink
 from .store import IdempotentReplay, JobPage, JobStore, MemoryJobStore, idempotent_job
 from .worker import AdminTask, ModelManagerLike, Outcome, Pending, Worker
@@ -60,8 +61,16 @@ class JobManager:
         self.store = store if store is not None else MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_jobs)
         self._worker = Worker(board=self, files=files, models=models, plugin_settings=plugin_settings,
                               cache_dir=cache_dir, work_root=work_root, demo=demo)
+        self._needs_eviction = getattr(models, "needs_eviction", None)
+        self._fairness = scheduler.Fairness(
+            enabled=getattr(settings, "queue_model_affinity", True),
+            max_bypass=getattr(settings, "queue_max_bypass", 4),
+            max_bypass_s=getattr(settings, "queue_max_bypass_s", 60.0))
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        # Operations declared uses_mlx=False run on the light pool, never behind the model thread.
+        self._pool = LightPool(self, self._lock, size=settings.pool_workers, files=files,
+                               plugin_settings=plugin_settings, cache_dir=cache_dir, work_root=work_root, demo=demo)
         self._queue: collections.deque[Pending] = collections.deque()
         self._tasks: collections.deque[AdminTask] = collections.deque()  # run before queued jobs
         self._active: dict[str, Pending] = {}   # queued and running
@@ -74,6 +83,10 @@ class JobManager:
         self._avg_run_s: float | None = None
         self._watchers = watch.Watchers()
         self._exited: asyncio.Event | None = None
+        #: ``listener(event, job)`` for ``queued``, ``started``, ``progress`` and ``finished``
+        #: (metrics, lifecycle logs, webhooks). Called with the manager's lock held, on any
+        #: thread: a listener must be quick, must not block and must not call the manager.
+        self.listeners: list[Callable[[str, Job], None]] = []
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -81,8 +94,11 @@ class JobManager:
         self._watchers.bind(asyncio.get_running_loop())
         self._exited = asyncio.Event()
 
-        await asyncio.to_thread(self._locked, self.store.open)  # jobs a crash cut off end failed
+        cut_off = await asyncio.to_thread(self._locked, self.store.open)  # these end failed
+        for job in cut_off or ():
+            self._emit("finished", job)
         self._worker.start()
+        self._pool.start()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, cancel queued jobs, give the running one ``grace_s``, then cancel it.
@@ -91,6 +107,7 @@ class JobManager:
         goes away. Then the store is closed (records stay readable in memory)."""
         try:
             await self._stop(grace_s)
+            await self._pool.stop(CANCEL_WAIT_S)
         finally:
             with self._lock:
                 self.store.close()
@@ -100,7 +117,7 @@ class JobManager:
         with self._lock:
             self._accepting = False
             self._exit = True
-            dropped, tasks = list(self._queue), list(self._tasks)
+            dropped, tasks = [*self._queue, *self._pool.drain()], list(self._tasks)
             self._queue.clear()
             self._tasks.clear()
             for task in tasks:
@@ -110,7 +127,7 @@ class JobManager:
                     "the server shut down before the job started; submit it again",
                     code="shutting_down")))
             self._cond.notify_all()
-        self._watchers.notify(*(p.job.id for p in dropped))
+        self._watchers.notify(*(p.job.id for p in dropped), final=True)
         if not self._worker.is_alive() or self._exited is None:
             return
         if await self._wait_exit(grace):
@@ -134,7 +151,7 @@ class JobManager:
                     "the server shut down while the job was running", code="shutting_down")))
         if running is not None:
             log.error("job %s did not stop when canceled; abandoning it", running.job.id)
-            self._watchers.notify(running.job.id)
+            self._watchers.notify(running.job.id, final=True)
 
     async def _wait_exit(self, timeout: float) -> bool:
         assert self._exited is not None
@@ -166,16 +183,25 @@ class JobManager:
                 existing = self._idempotent(*idempotency)
                 if existing is not None:
                     raise IdempotentReplay(existing)
-            self._check_capacity()
-            job.queue_position = len(self._queue)
-            self._queue.append(pending)
+            queue = self._queue if operation.uses_mlx else self._pool.queue
+            self._check_capacity(queue)
+            job.queue_position = len(queue)
+            queue.append(pending)
             self._active[job.id] = pending
             self._pin_inputs(job.id, inputs)
             self._totals["submitted"] += 1
             self.store.add(job, idempotency)
+            moved = self._renumber() if queue is self._queue and self._mixed_queue() else []
+            self._emit("queued", job)
             self._prune()
-            self._cond.notify()
-            return snapshot(job)
+            if queue is self._queue:
+                self._cond.notify()
+            else:
+                self._pool.ensure_threads()
+                self._pool.cond.notify()
+            result = snapshot(job)
+        self._watchers.notify(*moved)
+        return result
 
     @property
     def accepting(self) -> bool:
@@ -188,11 +214,11 @@ class JobManager:
         with self._lock:
             self._check_capacity()
 
-    def _check_capacity(self) -> None:
+    def _check_capacity(self, queue: collections.deque[Pending] | None = None) -> None:
         if not self._accepting:
             raise Unavailable("the server is shutting down and takes no new jobs",
                               code="shutting_down", headers={"Retry-After": "30"})
-        if len(self._queue) >= self.max_queue:
+        if len(self._queue if queue is None else queue) >= self.max_queue:
             wait = self._retry_after()
             raise QueueFull(
                 f"the job queue is full ({self.max_queue} jobs waiting); retry in about {wait} s",
@@ -248,7 +274,8 @@ class JobManager:
         with self._lock:
             job = self._get(job_id)
             if job.status is JobStatus.failed:
-                return self._errors.get(job_id) or KiapiError(job.error or "the job failed")
+                # After a restart only the record is left: its code gives back the status.
+                return self._errors.get(job_id) or error_from_code(job.error_code, job.error or "the job failed")
             if job.status is JobStatus.canceled:
                 return self._errors.get(job_id) or Conflict(f"job {job_id} was canceled", code="canceled")
             return None
@@ -267,7 +294,21 @@ class JobManager:
                 "kept": len(self.store),
                 "totals": dict(self._totals),
                 "worker_alive": self._worker.is_alive(),
+                "pool": self._pool.stats(),
             }
+
+    def prune_expired(self) -> None:
+        """Forget finished jobs past KIAPI_JOB_TTL_S / KIAPI_MAX_JOBS now (the storage sweep
+        calls it, so an idle server lets go of old jobs and then of their outputs)."""
+        with self._lock:
+            self._prune()
+
+    def status_of(self, job_id: str) -> str | None:
+        """The status of a kept job, ``None`` when it is not kept (any thread)."""
+        with self._lock:
+            pending = self._active.get(job_id)
+            job = pending.job if pending is not None else self.store.get(job_id)
+            return None if job is None else job.status.value
 
     # --- cancel and delete ------------------------------------------------------------------
     def cancel(self, job_id: str) -> Job:
@@ -276,7 +317,8 @@ class JobManager:
         with self._lock:
             job = self._cancel(job_id)
             result, ids = snapshot(job), self._queued_ids()
-        self._watchers.notify(*ids, job_id)
+        self._watchers.notify(*ids)
+        self._watchers.notify(job_id, final=True)
         return result
 
     def _cancel(self, job_id: str) -> Job:
@@ -285,9 +327,10 @@ class JobManager:
         if pending is None or job.status.terminal:
             return job
         if job.status is JobStatus.queued:
-            self._queue.remove(pending)
+            (self._queue if pending in self._queue else self._pool.queue).remove(pending)
             self._terminate(job, Outcome(JobStatus.canceled))
             self._renumber()
+            self._pool.renumber()
         else:
             pending.cancel.set()
             log.info("job %s: cancel requested while running", job_id)
@@ -304,7 +347,8 @@ class JobManager:
             self.store.remove(job_id)
             self._errors.pop(job_id, None)
             ids = self._queued_ids()
-        self._watchers.notify(*ids, job_id)
+        self._watchers.notify(*ids)
+        self._watchers.notify(job_id, final=True)
         return result, was_running
 
     # --- waiting (event loop) ---------------------------------------------------------------
@@ -329,7 +373,7 @@ class JobManager:
                 return None
             if self._tasks:
                 return self._tasks.popleft()
-            pending = self._queue.popleft()
+            pending = self._next_pending()
             job = pending.job
             job.status = JobStatus.running
             job.started_at = time.time()
@@ -337,25 +381,30 @@ class JobManager:
             job.progress_label = "running"
             job.queue_position = None
             self._running = pending
-            self._renumber()
+            moved = self._renumber()
             self.store.save(job)
-            ids = [job.id, *self._queued_ids()]
-        self._watchers.notify(*ids)
+            self._emit("started", job)
+        self._watchers.notify(job.id, *moved)  # only the jobs whose position changed
         return pending
 
     def mutate(self, job: Job, change: Callable[[Job], None]) -> None:
         with self._lock:
             if job.status.terminal:
                 return  # abandoned at shutdown: keep the answer already given
+            before = (job.progress, job.progress_label)
             change(job)
             self.store.save(job)
+            if (job.progress, job.progress_label) != before:
+                self._emit("progress", job)
         self._watchers.notify(job.id)
 
     def finish(self, pending: Pending, outcome: Outcome, metrics: Mapping[str, Any]) -> None:
         job = pending.job
         self._unpin_inputs(job.id)
         with self._lock:
-            self._running = None
+            if self._running is pending:
+                self._running = None
+            self._pool.running.discard(job.id)
             self._active.pop(job.id, None)
             job.metrics.update(metrics)
             if outcome.status is JobStatus.canceled and pending.cancel_reason is not None:
@@ -366,7 +415,30 @@ class JobManager:
                 self._avg_run_s = took if self._avg_run_s is None else 0.8 * self._avg_run_s + 0.2 * took
             self.store.save(job)
             self._prune()
-        self._watchers.notify(job.id)
+        # Committed before anyone hears of the end (outside the lock: the loop never waits on
+        # it), so an answered job survives kill -9; other changes are written behind.
+        self.store.flush()
+        self._watchers.notify(job.id, final=True)
+
+    def next_pool_job(self) -> Pending | None:
+        """For the pool threads: block until a pool job is queued (marked running), ``None`` to exit."""
+        with self._lock:
+            pending = self._pool.take(lambda: self._exit)
+            ids = [] if pending is None else [pending.job.id, *self._pool.renumber()]
+        self._watchers.notify(*ids)
+        return pending
+
+    def active_pending(self) -> list[Pending]:
+        """Queued and running jobs (lock held by the caller)."""
+        return list(self._active.values())
+
+    def terminate_stuck(self, stuck: list[Pending], reason: KiapiError) -> None:
+        """End jobs whose handler ignored a shutdown cancel, so their waiters get an answer."""
+        with self._lock:
+            for pending in stuck:
+                if not pending.job.status.terminal:
+                    self._terminate(pending.job, Outcome.of(JobStatus.failed, reason))
+        self._watchers.notify(*(p.job.id for p in stuck))
 
     def worker_exited(self) -> None:
         loop, exited = self._watchers.loop, self._exited
@@ -386,8 +458,9 @@ class JobManager:
 
     def _unpin_inputs(self, job_id: str) -> None:
         ids = self._pinned.pop(job_id, None)
-        if ids:
-            self._files.unpin(ids)
+        unpin = getattr(self._files, "unpin", None)  # like pin: not every FileSink pins
+        if ids and unpin is not None:
+            unpin(ids)
 
     def _terminate(self, job: Job, outcome: Outcome) -> None:
         """Make a job terminal: at the worker's end, on a queued cancel, or at shutdown."""
@@ -404,16 +477,83 @@ class JobManager:
         self._active.pop(job.id, None)
         self._totals[outcome.status.value] += 1
         self.store.save(job)
+        self._emit("finished", job)
+
+    def _emit(self, event: str, job: Job) -> None:
+        if not self.listeners:
+            return
+        copy = snapshot(job)
+        for listener in self.listeners:
+            try:
+                listener(event, copy)
+            except Exception:  # noqa: BLE001 - an observer must never break a job
+                log.exception("job listener %r failed on %s of %s", listener, event, job.id)
 
     def _locked(self, fn: Callable[[], Any]) -> Any:
         with self._lock:
             return fn()
 
-    def _renumber(self) -> None:
-        for position, pending in enumerate(self._queue):
+    def _next_pending(self) -> Pending:
+        """Take the job to start from the queue: FIFO, or a job for a loaded model first
+        (:mod:`.scheduler`)."""
+        index = 0
+        if self._mixed_queue():
+            now = time.monotonic()
+            try:
+                index = scheduler.pick(self._queue, self._cheap_check(), self._fairness, now)
+                scheduler.passed_over(self._queue, index, now)
+            except Exception:  # noqa: BLE001 - never let scheduling stop the worker: FIFO
+                log.exception("job scheduling failed; starting the oldest job")
+                index = 0
+        pending = self._queue[index]
+        del self._queue[index]
+        if index:
+            log.info("job %s starts before %d queued job(s): its model is loaded, theirs would "
+                     "evict it", pending.job.id, index)
+        return pending
+
+    def _mixed_queue(self) -> bool:
+        """Whether the order could differ from FIFO: jobs for more than one model queued."""
+        if not self._fairness.active or self._needs_eviction is None or len(self._queue) < 2:
+            return False
+        first = self._queue[0].model_key
+        return any(p.model_key != first for p in self._queue)
+
+    def _cheap_check(self) -> Callable[[Any], bool]:
+        """Whether a queued job can start without evicting a loaded model; asked once per
+        model and operation (the answer depends on what is loaded, not on the job)."""
+        assert self._needs_eviction is not None
+        needs, seen = self._needs_eviction, {}
+
+        def cheap(pending: Any) -> bool:
+            key = (*pending.model_key, pending.operation.name)
+            if key not in seen:
+                try:
+                    seen[key] = not needs(pending.capability, pending.model, pending.operation,
+                                          pending.job.params)
+                except Exception:  # noqa: BLE001 - scheduling must never fail a queue
+                    log.exception("job scheduling: could not tell whether %s/%s needs an eviction", *key[:2])
+                    seen[key] = False
+            return seen[key]
+
+        return cheap
+
+    def _renumber(self) -> list[str]:
+        """Set every queued job's ``queue_position`` to where it will really start; returns
+        the ids whose position changed."""
+        order: Collection[Any] = self._queue
+        if self._mixed_queue():
+            try:
+                order = scheduler.plan(self._queue, self._cheap_check(), self._fairness, time.monotonic())
+            except Exception:  # noqa: BLE001 - positions are a forecast; never fail a submit on them
+                log.exception("job scheduling failed; showing arrival order")
+        moved = []
+        for position, pending in enumerate(order):
             if pending.job.queue_position != position:
                 pending.job.queue_position = position
                 self.store.save(pending.job)
+                moved.append(pending.job.id)
+        return moved
 
     def _queued_ids(self) -> list[str]:
         return [p.job.id for p in self._queue]

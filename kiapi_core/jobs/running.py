@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ..errors import JobCanceled
+from ..files.embed import embed_metadata
 from ..files.models import StoredFile
 from ..registry import Capability, Model
 from .context import JobContext
@@ -56,7 +57,7 @@ class ModelSource(Protocol):
                 options: Mapping[str, Any], on_loading: Callable[[], None]) -> Any: ...
 
 
-class _JobLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _JobLog(logging.LoggerAdapter):
     """Prefixes every line with the job id so a job's log lines can be found."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
@@ -67,7 +68,7 @@ class RunningJob(JobContext):
     """The :class:`JobContext` implementation used by the worker thread."""
 
     def __init__(self, *, job: Job, board: JobBoard, cancel: threading.Event, capability: Capability,
-                 model: Model, request: Any, params: dict[str, Any], inputs: Mapping[str, StoredFile],
+                 model: Model, request: Any, params: Any, inputs: Mapping[str, StoredFile],
                  files: FileSink, models: ModelSource, settings: Any, demo: bool, work_root: Path,
                  cache_dir: Callable[[str], Path]) -> None:
         self._job = job
@@ -84,8 +85,10 @@ class RunningJob(JobContext):
         self.inputs = inputs
         self.settings = settings
         self.demo = demo
-        self.workdir = work_root / job.id
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        # Created on first use: most jobs never need scratch space, and a mkdir plus an rmdir
+        # per job was a third of a no-op job's time on the model thread.
+        self._workdir = work_root / job.id
+        self._workdir_made = False
         self.cache_dir = cache_dir(capability.name)
         self.log = _JobLog(logging.getLogger(f"kiapi.jobs.{capability.name}"),  # type: ignore[assignment]
                            {"job_id": job.id})
@@ -94,6 +97,13 @@ class RunningJob(JobContext):
         self._fraction = job.progress or 0.0
         self._label = job.progress_label
         self._published_at = 0.0
+
+    @property
+    def workdir(self) -> Path:  # type: ignore[override]
+        if not self._workdir_made:
+            self._workdir.mkdir(parents=True, exist_ok=True)
+            self._workdir_made = True
+        return self._workdir
 
     # --- progress and cancellation --------------------------------------------------------
     def progress(self, fraction: float | None = None, label: str | None = None) -> None:
@@ -150,18 +160,28 @@ class RunningJob(JobContext):
     def store_artifact(self, source: Path | bytes, *, filename: str, content_type: str,
                        meta: Mapping[str, Any] | None = None) -> StoredFile:
         record_meta: dict[str, Any] = {"job_id": self.job_id, "job_type": self.job_type,
-                                       "capability": self.capability.name, "model": self.model.name}
+                                       "capability": self.capability.name, "model": self.model.name,
+                                       "params": self.params}
         record_meta.update(meta or {})
         if isinstance(source, (bytes, bytearray, memoryview)):
-            stored = self._files.put_bytes(bytes(source), filename=filename, content_type=content_type,
+            data = embed_metadata(bytes(source), content_type, self._made_with())
+            stored = self._files.put_bytes(data, filename=filename, content_type=content_type,
                                            meta=record_meta)
         else:
             path = Path(source)
-            move = path.resolve().is_relative_to(self.workdir.resolve())
+            move = self._workdir_made and path.resolve().is_relative_to(self._workdir.resolve())
             stored = self._files.put_path(path, filename=filename, content_type=content_type,
                                           meta=record_meta, move=move)
         self._board.mutate(self._job, lambda job: job.artifacts.append(stored.file_id))
         return stored
+
+    def _made_with(self) -> dict[str, Any]:
+        """What an image output carries about its making (see :mod:`kiapi_core.files.embed`)."""
+        operation = next((op.name for op in self.capability.operations if op.job_type == self.job_type),
+                         self.job_type)
+        # No job id: the same request and seed give the same bytes (the record has the id).
+        return {"capability": self.capability.name, "model": self.model.name, "operation": operation,
+                "params": self.params}
 
     def warn(self, message: str) -> None:
         def change(job: Job) -> None:
@@ -179,8 +199,9 @@ class RunningJob(JobContext):
 
     # --- lifecycle (worker only) -----------------------------------------------------------
     def close(self) -> None:
-        """Remove the scratch directory; runs whatever the outcome."""
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        """Remove the scratch directory, if the job made one; runs whatever the outcome."""
+        if self._workdir_made:
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
 
 __all__ = ["PROGRESS_CAP", "FileSink", "JobBoard", "ModelSource", "RunningJob"]

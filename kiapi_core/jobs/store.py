@@ -101,6 +101,10 @@ class JobStore(abc.ABC):
         Nothing to do in memory."""
         return []
 
+    def flush(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Commit every change saved so far before returning (a store that writes behind).
+        Called without the manager's lock. Nothing to do in memory."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release resources (connections, files). Nothing to do in memory."""
 

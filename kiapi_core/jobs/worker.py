@@ -9,7 +9,6 @@ outcome, ``models.end_job`` runs whatever happened, and the loop goes on to the 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import threading
 import traceback
@@ -20,8 +19,10 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ..errors import JobCanceled, KiapiError
+from ..errors import InvalidResult, JobCanceled, KiapiError
 from ..files.models import StoredFile
+from ..imports import resolve_callable
+from ..plugin_api import typed_params
 from ..registry import Capability, Model, Operation
 from .models import Job, JobStatus
 from .running import FileSink, JobBoard, ModelSource, RunningJob
@@ -56,6 +57,13 @@ class Pending:
     #: Why the job was canceled when it was not the client's doing (shutdown): the answer
     #: its sync caller gets instead of a plain 409.
     cancel_reason: KiapiError | None = None
+    #: Times later jobs for a loaded model started first, and since when (see :mod:`.scheduler`).
+    bypassed: int = 0
+    bypassed_since: float | None = None
+
+    @property
+    def model_key(self) -> tuple[str, str]:
+        return (self.capability.name, self.model.name)
 
 
 @dataclass
@@ -119,25 +127,12 @@ class WorkerBoard(JobBoard, Protocol):
         """The thread is about to end."""
 
 
-_handlers: dict[str, Callable[..., Any]] = {}
-_handlers_lock = threading.Lock()
-
-
 def resolve_handler(operation: Operation) -> Callable[..., Any]:
     """The operation's handler; ``"module:function"`` is imported on first use, then cached."""
-    handler = operation.handler
-    if callable(handler):
-        return handler
-    with _handlers_lock:
-        if handler not in _handlers:
-            module_name, _, attr = handler.partition(":")
-            if not module_name or not attr:
-                raise KiapiError(f"handler {handler!r} is not of the form 'module:function'")
-            target: Any = importlib.import_module(module_name)
-            for part in attr.split("."):
-                target = getattr(target, part)
-            _handlers[handler] = target
-        return _handlers[handler]
+    try:
+        return resolve_callable(operation.handler, "handler")
+    except ValueError as exc:
+        raise KiapiError(str(exc)) from exc
 
 
 class Worker(threading.Thread):
@@ -159,6 +154,11 @@ class Worker(threading.Thread):
         self._demo = demo
 
     def run(self) -> None:
+        # Artifacts are published at once and synced to disk right after each job's answer
+        # (files/store.py, docs/reliability.md). Fakes in tests may not offer this.
+        defer = getattr(self._files, "defer_syncs", None)
+        if defer is not None:
+            defer()
         try:
             while True:
                 pending = self._board.next_job()
@@ -181,7 +181,7 @@ class Worker(threading.Thread):
             ctx = self.context_class(
                 job=pending.job, board=self._board, cancel=pending.cancel,
                 capability=pending.capability, model=pending.model, request=pending.request,
-                params=pending.job.params, inputs=pending.inputs, files=self._files,
+                params=typed_params(pending.operation, pending.job.params), inputs=pending.inputs, files=self._files,
                 models=self._models, settings=self._plugin_settings(pending.capability.name),
                 demo=self._demo, work_root=self._work_root, cache_dir=self._cache_dir)
             outcome = self._run_handler(pending, ctx)
@@ -193,9 +193,15 @@ class Worker(threading.Thread):
             metrics = self._models.end_job(job_id, succeeded=outcome.status is JobStatus.succeeded) or {}
         except Exception:  # noqa: BLE001
             log.exception("job %s: models.end_job failed", job_id)
+        self._board.finish(pending, outcome, metrics)  # answer first, then sync and tidy up
+        sync = getattr(self._files, "sync_deferred", None)
+        if sync is not None:
+            try:
+                sync()
+            except OSError:  # the bytes stay published; only their durability is in doubt
+                log.exception("job %s: syncing its artifacts to disk failed", job_id)
         if ctx is not None:
             ctx.close()
-        self._board.finish(pending, outcome, metrics)
 
     def _run_handler(self, pending: Pending, ctx: RunningJob) -> Outcome:
         job_id = pending.job.id
@@ -205,8 +211,7 @@ class Worker(threading.Thread):
             self._models.begin_job(job_id, pending.capability, pending.model, pending.operation,
                                    params=pending.job.params)
             ctx.check_canceled()
-            result = handler(ctx)
-            builtins = msgspec.to_builtins(result) if result is not None else None
+            builtins = checked_result(pending.operation, handler(ctx))
         except JobCanceled:
             log.info("job %s: canceled while running", job_id)
             return Outcome(JobStatus.canceled)
@@ -218,6 +223,24 @@ class Worker(threading.Thread):
                 return Outcome(JobStatus.canceled)
             return _failure(job_id, exc)
         return Outcome(JobStatus.succeeded, result=builtins)
+
+
+def checked_result(operation: Operation, result: Any) -> Any:
+    """The handler's result as JSON-ready builtins, checked against the operation's declared
+    result Struct: a result that does not match is the plugin's bug and fails the job (500
+    ``invalid_result``) instead of being served as if it matched."""
+    declared = operation.result
+    if not (isinstance(declared, type) and issubclass(declared, msgspec.Struct)):
+        return msgspec.to_builtins(result) if result is not None else None
+    if result is None:
+        raise InvalidResult(f"the handler of {operation.name!r} returned nothing, but the operation declares "
+                            f"a {declared.__name__} result; this is a bug in the plugin")
+    try:
+        msgspec.json.decode(msgspec.json.encode(result), type=declared, strict=False)
+    except (msgspec.ValidationError, TypeError) as exc:
+        raise InvalidResult(f"the handler of {operation.name!r} returned a result that does not match its "
+                            f"declared {declared.__name__}: {exc}; this is a bug in the plugin") from exc
+    return msgspec.to_builtins(result)
 
 
 def _failure(job_id: str, exc: BaseException) -> Outcome:

@@ -13,13 +13,16 @@ the peak since the last reset, reset that peak, and give cached memory back to t
   ``VmHWM``, reset by writing ``5`` to ``/proc/self/clear_refs``; where that is impossible the
   peak is the largest RSS sampled since the reset (a lower bound).
 
-Selection per model (:func:`backend_for_model`): ``model.info["memory_backend"]`` (``"mlx"`` or
-``"rss"``) when the plugin declares it; otherwise MLX when mlx is installed (the models this host
-is built for run on MLX), else RSS.
+Selection per operation (:func:`backend_for_model`): the operation's ``memory_backend``
+(``"mlx"`` or ``"rss"``) when declared; else ``model.info["memory_backend"]``; else RSS for an
+operation declared ``uses_mlx=False`` (Pillow, numpy, torch: MLX counters would read 0 for it
+even with mlx installed next to it); else MLX when mlx is installed (the models this host is
+built for run on MLX), else RSS.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib.util
 import resource
@@ -78,15 +81,6 @@ class MlxBackend:
         if mx is not None:
             mx.clear_cache()
 
-    def recommended_working_set_bytes(self) -> int | None:
-        """``max_recommended_working_set_size`` on Apple Silicon; ``None`` elsewhere or unloaded."""
-        mx = self._mx()
-        if mx is None:
-            return None
-        info = mx.device_info()
-        value = info.get("max_recommended_working_set_size") if isinstance(info, dict) else None
-        return int(value) if value else None
-
 
 class RssBackend:
     """Process resident set size (``/proc/self/status`` on Linux, ``getrusage`` elsewhere)."""
@@ -143,8 +137,10 @@ def _maxrss_bytes() -> int:
     return int(maxrss) if sys.platform == "darwin" else int(maxrss) * 1024
 
 
+@functools.cache
 def mlx_installed() -> bool:
-    """True when mlx can be imported (checked without importing it)."""
+    """True when mlx can be imported (checked once, without importing it: ``find_spec`` walks
+    ``sys.path`` and cost up to a third of a no-op job when it ran per job)."""
     try:
         return importlib.util.find_spec("mlx") is not None
     except (ImportError, ValueError):
@@ -155,15 +151,20 @@ _MLX = MlxBackend()
 _RSS = RssBackend()
 
 
-def backend_for_model(model: Any) -> MemoryBackend:
-    """The backend measuring ``model`` (a :class:`~kiapi_core.registry.Model`, or ``None``).
+def backend_for_model(model: Any, operation: Any = None) -> MemoryBackend:
+    """The backend measuring ``operation`` of ``model`` (a :class:`~kiapi_core.registry.Model`
+    and :class:`~kiapi_core.registry.Operation`, either may be ``None``).
 
     Backends are shared singletons: the counters are process-wide anyway.
     """
-    info = getattr(model, "info", None) or {}
-    declared = info.get("memory_backend") if hasattr(info, "get") else None
+    declared = getattr(operation, "memory_backend", None)
+    if declared is None:
+        info = getattr(model, "info", None) or {}
+        declared = info.get("memory_backend") if hasattr(info, "get") else None
     if declared == "rss":
         return _RSS
     if declared == "mlx":
         return _MLX
+    if operation is not None and getattr(operation, "uses_mlx", True) is False:
+        return _RSS
     return _MLX if mlx_installed() else _RSS

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from ..imports import resolve_callable
 
 log = logging.getLogger("kiapi.memory")
 
@@ -27,12 +28,7 @@ def resolve_loader(loader: Any) -> Callable[..., Any] | None:
 
     Importing lazily is what keeps ``import kiapi_core`` and a host start free of mlx/mflux.
     """
-    if loader is None or callable(loader):
-        return loader
-    module_name, _, attr = str(loader).partition(":")
-    if not attr:
-        raise ValueError(f"model loader {loader!r} must be 'package.module:function'")
-    return getattr(importlib.import_module(module_name), attr)
+    return None if loader is None else resolve_callable(loader, "model loader")
 
 
 def close_runtime(runtime: Any, what: str) -> None:

@@ -54,7 +54,7 @@ class ModelManager:
         self._demo = demo
         self._clock = clock
         self.budget = budget or resolve_budget(settings)
-        self._backend_for = backend_for or backend_for_model
+        self._backend_for = backend_for  # tests inject one; else chosen per operation
         self._lock = threading.Lock()
         self._residents: dict[Key, Resident] = {}
         self._reservations: dict[str, Reservation] = {}
@@ -62,6 +62,9 @@ class ModelManager:
         self._load_sizes: dict[Key, float] = {}
         self._observations = Observations()
         self._high_water_gb = 0.0
+        #: ``listener(event, facts)`` for ``load`` (family, model, quantize, seconds, gb,
+        #: transient) and ``evict`` (family, model, quantize, reason, gb); model thread.
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     # ------------------------------------------------------------------ event loop
     def admit(self, capability: Any, model: Any, operation: Any, params: Mapping[str, Any]) -> float:
@@ -121,7 +124,7 @@ class ModelManager:
     def _begin(self, job_id: str, capability: Any, model: Any, operation: Any, params: Mapping[str, Any],
                raw: float, *, kind: str) -> float:
         family = capability.name
-        backend = self._backend_for(model)
+        backend = self._backend_for(model) if self._backend_for else backend_for_model(model, operation)
         with self._lock:
             if job_id in self._reservations:
                 raise RuntimeError(f"job {job_id} has already begun")
@@ -218,9 +221,14 @@ class ModelManager:
                 res.acquired.add(key)
             self._note_high_water()
             over = self._used_gb() - self.budget.gb
+        took_s = time.monotonic() - started
         log.info("loaded %s/%s q=%s (%s) in %.1fs: measured %.3f GB, declared %.3f GB, counted %.3f GB",
                  family, model.name, quantize, "transient" if transient else "resident",
-                 time.monotonic() - started, measured, declared, size)
+                 took_s, measured, declared, size,
+                 extra={"event": "model_loaded", "job_id": job_id, "capability": family, "model": model.name,
+                        "quantize": quantize, "load_s": round(took_s, 3), "gb": round(size, 4)})
+        self._emit("load", family=family, model=model.name, quantize=quantize, seconds=took_s, gb=size,
+                   transient=transient)
         if over > 1e-9:
             log.warning("the load of %s/%s measured more than its declaration: the accounting exceeds "
                         "the budget by %.3f GB until a model is evicted", family, model.name, over)
@@ -324,6 +332,18 @@ class ModelManager:
         """``KIAPI_WARMUP`` entries as (family, canonical model); see :func:`warmup.parse_warmup`."""
         return parse_warmup(entries, self._registry)
 
+    def needs_eviction(self, capability: Any, model: Any, operation: Any, params: Mapping[str, Any]) -> bool:
+        """Whether starting this job now would evict a loaded model (for the job scheduler):
+        it must load weights, and they do not fit beside the residents. Running jobs'
+        reservations are left out: they end before a queued job starts."""
+        raw = raw_estimate(operation, params, model)
+        with self._lock:
+            _quantize, key, estimate, weights, _on_resident = self._needs(capability, model, operation, params, raw)
+            if weights <= 0 or not any(k != key for k in self._residents):
+                return False
+            resident_gb = sum(r.gb for r in self._residents.values())
+            return resident_gb + estimate + weights > self.budget.gb + 1e-9
+
     def resident_keys(self) -> list[Key]:
         """Keys of the resident models (tests, logs)."""
         with self._lock:
@@ -395,6 +415,13 @@ class ModelManager:
         return loader(model=model, quantize=quantize, settings=self._plugin_settings(capability.name),
                       demo=self._demo, cache_dir=self._cache_dir(capability.name), **options)
 
+    def _emit(self, event: str, **facts: Any) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event, facts)
+            except Exception:  # noqa: BLE001 - an observer must never break a load
+                log.exception("model listener failed on %s", event)
+
     def _dispose_residents(self, evicted: list[Resident], *, reason: str) -> None:
         if not evicted:
             return
@@ -409,4 +436,6 @@ class ModelManager:
         freed = max(0, before - backend.active_bytes()) / GB
         for r in evicted:
             log.info("evicted %s/%s q=%s (%s): counted %.3f GB", r.key[0], r.key[1], r.key[2], reason, r.gb)
+            self._emit("evict", family=r.key[0], model=r.key[1], quantize=r.key[2],
+                       reason=reason.split(",")[0].split(" ")[0], gb=r.gb)
         log.info("eviction freed %.3f GB measured by %s", freed, backend.name)

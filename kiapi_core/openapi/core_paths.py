@@ -82,11 +82,33 @@ _FILE_ID = Param(name="file_id", location="path", required=True, description="A 
 _JOB_ID = Param(name="job_id", location="path", required=True, description="A job id.")
 _NOT_FOUND = _error("No such id (or it expired).")
 
+_FILENAME = Param(name="filename", description="Raw-body uploads: the file's name (its extension "
+                  "sets the type when the Content-Type does not). Default: `upload` plus an extension "
+                  "for the Content-Type.")
+_DISPOSITION = Param(name="Content-Disposition", location="header",
+                     description="Raw-body uploads: `attachment; filename=...` (or `filename*=UTF-8''...`) "
+                     "names the file when the `filename` parameter is absent.")
+_UPLOAD_REPLIES = {
+    201: Reply(description="The stored file's metadata.", content=_json("FileRecord"),
+               headers={"Location": "URL of the new file's metadata."}),
+    400: _error("A malformed multipart body (bad boundary, cut off before its end), more than one "
+                "`file` field, or a client that disconnected mid-upload."),
+    413: _error("The file exceeds the upload size cap."),
+    415: _error("Neither multipart/form-data nor a raw body (a raw POST needs "
+                "`application/octet-stream` or a filename)."),
+    422: _error("No `file` field in the form."),
+    503: _error("The server is shutting down and takes no new uploads (`shutting_down`)."),
+    507: _error("Storing the file would pass the storage quota (`KIAPI_MAX_STORAGE_GB`) or the disk "
+                "is full (`insufficient_storage`); the detail names the usage and how to free space."),
+}
+
 CORE_PATHS: tuple[CorePath, ...] = (
     CorePath(
         method="get", path="/health", tag="health", summary="Health",
         description="Server status: loaded plugins (and the ones that failed), resident models, "
-        "memory budget and reservations, queue length, and whether demo mode is on.",
+        "memory budget and reservations, queue length, and whether demo mode is on. `status` is "
+        "`ok`, or `degraded` when a plugin failed and was skipped (the rest is served; "
+        "`plugin_errors` says what went wrong).",
         responses={200: Reply(description="Server status.", content=_json("Health"))},
     ),
     CorePath(
@@ -103,26 +125,26 @@ CORE_PATHS: tuple[CorePath, ...] = (
     ),
     CorePath(
         method="post", path="/v1/files", tag="files", summary="Upload a file",
-        description="Upload one file as `multipart/form-data` with the field `file`. The upload is "
-        "streamed to disk; use the returned `file_id` in any FileRef (`{\"type\": \"file_id\", "
-        "\"file_id\": ...}`).",
+        description="Upload one file as `multipart/form-data` with the field `file`, or as the raw "
+        "body (`application/octet-stream` or the file's own media type) named by `filename` or a "
+        "`Content-Disposition` header. The upload is streamed to disk; use the returned `file_id` "
+        "in any FileRef (`{\"type\": \"file_id\", \"file_id\": ...}`).",
+        params=(_FILENAME, _DISPOSITION),
         body={"multipart/form-data": {
             "type": "object",
             "properties": {"file": {**_BINARY, "title": "File"}},
             "required": ["file"],
-        }},
-        responses={
-            201: Reply(description="The stored file's metadata.", content=_json("FileRecord"),
-                       headers={"Location": "URL of the new file's metadata."}),
-            400: _error("A malformed multipart body (bad boundary, cut off before its end) or more "
-                        "than one `file` field."),
-            413: _error("The file exceeds the upload size cap."),
-            415: _error("The body is not multipart/form-data."),
-            422: _error("No `file` field in the form."),
-            503: _error("The server is shutting down and takes no new uploads (`shutting_down`)."),
-            507: _error("Storing the file would pass the storage quota (`KIAPI_MAX_STORAGE_GB`) or the disk "
-                        "is full (`insufficient_storage`); the detail names the usage and how to free space."),
-        },
+        }, "application/octet-stream": _BINARY},
+        responses=_UPLOAD_REPLIES,
+    ),
+    CorePath(
+        method="put", path="/v1/files", tag="files", summary="Upload a file (raw body)",
+        description="The request body is the file (`curl -T photo.png "
+        "'http://127.0.0.1:8000/v1/files?filename=photo.png'`). Its type is the Content-Type, or "
+        "is guessed from the name when that is missing or `application/octet-stream`.",
+        params=(_FILENAME, _DISPOSITION),
+        body={"application/octet-stream": _BINARY},
+        responses=_UPLOAD_REPLIES,
     ),
     CorePath(
         method="get", path="/v1/files/{file_id}", tag="files", summary="File metadata",
@@ -226,6 +248,44 @@ CORE_PATHS: tuple[CorePath, ...] = (
             ("unload", "Unload a model", "Unload a model's idle resident instances; one in use by a "
              "running job stays."),
         )
+    ),
+    # --- operations: storage chores and metrics (docs/files.md, docs/operators.md) ---------------
+    CorePath(
+        method="get", path="/v1/files/usage", tag="files", summary="Storage usage",
+        description="Stored files and bytes in total and per kind (`output`: made by jobs; `upload`; "
+        "`input`: materialised URL and data-URL inputs), and the retention in force.",
+        responses={200: Reply(description="Usage figures.", content={_JSON: {"type": "object"}})},
+    ),
+    CorePath(
+        method="delete", path="/v1/files", tag="files", summary="Delete many files",
+        description="Delete up to 1000 files at once; ids that are already gone are reported in "
+        "`not_found`.",
+        body={_JSON: {"type": "object", "required": ["file_ids"], "properties": {
+            "file_ids": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1000}}}},
+        responses={200: Reply(description="`{deleted: [...], not_found: [...]}`.", content={_JSON: {"type": "object"}}),
+                   400: _error("The body is not JSON."),
+                   422: _error("No ids, too many, or malformed ones (nothing was deleted).")},
+    ),
+    CorePath(
+        method="post", path="/v1/files/prune", tag="files", summary="Prune files and jobs",
+        description="Delete files (and, with `job_status`, job records) by age, job status, kind and "
+        "a total size target (oldest first until it fits); `dry_run` reports without deleting. At "
+        "least one of `older_than_s`, `job_status`, `max_total_bytes`.",
+        body={_JSON: {"type": "object", "properties": {
+            "older_than_s": {"type": "number", "minimum": 0},
+            "job_status": {"type": "array", "items": {"type": "string", "enum": ["succeeded", "failed", "canceled"]}},
+            "kinds": {"type": "array", "items": {"type": "string", "enum": ["output", "upload", "input"]}},
+            "max_total_bytes": {"type": "integer", "minimum": 0},
+            "dry_run": {"type": "boolean", "default": False}}}},
+        responses={200: Reply(description="`{dry_run, deleted, deleted_bytes, jobs_deleted, remaining_bytes}`.",
+                              content={_JSON: {"type": "object"}}),
+                   400: _error("The body is not JSON."), 422: _error("No criterion, or an invalid one.")},
+    ),
+    CorePath(
+        method="get", path="/metrics", tag="health", summary="Prometheus metrics",
+        description="Jobs, queue, memory, model loads, HTTP traffic, storage and webhook deliveries "
+        "in the Prometheus text exposition format (docs/operators.md#11-metrics).",
+        responses={200: Reply(description="The metrics.", content={"text/plain": {"type": "string"}})},
     ),
 )
 

@@ -35,6 +35,7 @@ __all__ = [
     "capability_document",
     "derived_operation_id",
     "derived_summary",
+    "extra_route_paths",
     "prune_components",
 ]
 
@@ -49,12 +50,37 @@ _MODELS_DESCRIPTION = (
 _BINARY = {"type": "string", "format": "binary"}
 
 
+def extra_route_paths(routes: Iterable[Any], prefix: str) -> dict[str, dict[str, Any]]:
+    """OpenAPI path items for plugin routes (duck-typed Starlette routes: ``path``,
+    ``methods``, ``endpoint``, ``include_in_schema``); mounts and hidden routes are left out."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        methods = getattr(route, "methods", None)
+        if not methods or not getattr(route, "include_in_schema", True):
+            continue
+        endpoint = getattr(route, "endpoint", None)
+        doc = (getattr(endpoint, "__doc__", None) or "").strip()
+        summary = doc.splitlines()[0] if doc else f"{route.path} (added by the plugin)"
+        parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                      for name in re.findall(r"{([^}:]+)(?::[^}]*)?}", route.path)]
+        for method in sorted(m for m in methods if m != "HEAD"):
+            slug = re.sub(r"[^A-Za-z0-9]+", "_", route.path.removeprefix(prefix)).strip("_") or "root"
+            item: dict[str, Any] = {"summary": summary, "description": doc,
+                                    "operationId": f"{method.lower()}_{slug}",
+                                    "responses": {"200": {"description": "Successful Response"}}}
+            if parameters:
+                item["parameters"] = parameters
+            paths.setdefault(route.path, {})[method.lower()] = item
+    return paths
+
+
 def capability_document(
     capability: Capability,
     host_version: str | None = None,
     *,
     version: str | None = None,
     root_openapi: str = ROOT_OPENAPI_URL,
+    extra_routes: Iterable[Any] = (),
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document served at ``{capability.prefix}/openapi.json``.
 
@@ -65,6 +91,9 @@ def capability_document(
         a client can tell which host generated the document.
     :param version: ``info.version``; the capability's own version when omitted.
     :param root_openapi: where the root document (files, jobs, health) is served.
+    :param extra_routes: the routes the capability's plugin added with ``register_routes``
+        (all under the capability's prefix); each appears with its methods and the first line
+        of its endpoint's docstring as summary.
     :raises ValueError: when two different Structs would share one component name.
     """
     builder = SchemaBuilder(open_structs=[op.request for op in capability.operations])
@@ -72,6 +101,8 @@ def capability_document(
     for op in capability.operations:
         paths[f"{capability.prefix}/{op.name}"] = {"post": operation_object(capability, op, builder)}
     paths[f"{capability.prefix}/models"] = {"get": _models_operation(capability)}
+    for path, item in extra_route_paths(extra_routes, capability.prefix).items():
+        paths.setdefault(path, {}).update(item)
     add_core_components(builder)
     info: dict[str, Any] = {
         "title": capability.title,

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ..admission import validate
 from ..errors import JobCanceled
 from ..files.models import StoredFile
-from ..http.operations import decode_body, validate
+from ..http.operations import decode_body
 from ..jobs.manager import new_job_id
 from ..jobs.models import Job, JobStatus
 from ..jobs.running import RunningJob

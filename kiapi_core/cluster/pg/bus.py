@@ -71,7 +71,7 @@ class PgEventBus(EventBus):
             self._call(self.on_work)
 
     @staticmethod
-    def _call(fn, *args) -> None:  # type: ignore[no-untyped-def]
+    def _call(fn, *args) -> None:
         try:
             fn(*args)
         except Exception:  # noqa: BLE001 - a receiver's bug must not stop the bus

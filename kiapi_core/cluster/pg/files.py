@@ -16,7 +16,6 @@ import builtins
 import logging
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +40,10 @@ class PgFileStore(FileStore):
         self.cache_bytes = int(cache_gb * 2**30)
 
     # -- writes: local first (the cache), then the database in one transaction -----------
-    def _install(self, tmp: Path, size: int, sha256: str, *, filename: str | None,
-                 content_type: str | None, meta: Mapping[str, Any] | None, ttl_s: float | None) -> StoredFile:
-        stored = super()._install(tmp, size, sha256, filename=filename, content_type=content_type,
-                                  meta=meta, ttl_s=ttl_s)
+    def _publish(self, record: FileRecord, data: bytes | None = None, *, fixed: bool = False) -> StoredFile:
+        """Every new file (upload, artifact, materialised input) ends here: published locally,
+        then stored in the database; a failed database write removes the local copy."""
+        stored = super()._publish(record, data, fixed=fixed)
         try:
             self._upload(stored)
         except BaseException:
@@ -112,7 +111,8 @@ class PgFileStore(FileStore):
         from ...files.store import _Sidecar, _sidecar_encoder  # the local store's own format
 
         side_tmp = self._temp_path()
-        side_tmp.write_bytes(_sidecar_encoder.encode(_Sidecar(blob=blob, record=record)))
+        # fixed: the expiry is the database's, not recomputed from this host's retention settings
+        side_tmp.write_bytes(_sidecar_encoder.encode(_Sidecar(blob=blob, record=record, fixed=True)))
         os.replace(side_tmp, self.root / f"{record.file_id}.json")
 
     def list(self, *, limit: int | None = None, after: str | None = None) -> builtins.list[FileRecord]:

@@ -118,7 +118,7 @@ class PgJobBackend(JobBackend):
 
     def page(self, *, status: Collection[JobStatus] | None = None, type: str | None = None,
              limit: int = 50, after: str | None = None) -> JobPage:
-        where, args = ["true"], []  # type: ignore[var-annotated]
+        where, args = ["true"], []
         with self.pool.connection() as conn:
             if after is not None:
                 row = conn.execute("SELECT seq FROM kiapi_jobs WHERE id = %s", (after,)).fetchone()

@@ -6,7 +6,7 @@ model thread through ``kiapi_ernie.runtime:load``.
 
 from __future__ import annotations
 
-from kiapi_core import hookimpl
+from kiapi_core.sdk import hookimpl
 
 __version__ = "0.1.0"
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiapi_core.errors import InvalidInput
+from kiapi_core.sdk import InvalidInput
 
 from .loras import applied_shape_problems
 

@@ -6,7 +6,7 @@ loader are named as ``"module:function"`` strings and imported on first use.
 
 from __future__ import annotations
 
-from kiapi_core import Capability, Model, Operation, WeightFiles
+from kiapi_core.sdk import Capability, Model, Operation, WeightFiles
 
 from . import docs, memory, validation
 from .schemas import EditRequest, GenerateRequest, ImageResponse, TrainRequest, TrainResponse
@@ -105,6 +105,7 @@ def build_capability(settings: ErnieSettings | None = None, *, demo: bool = Fals
     return Capability(
         name="ernie",
         domain="image",
+        plugin_api=1,  # prepare(request, model, host), check(..., inputs, host): not yet moved to API 2
         title=docs.TITLE,
         summary=docs.SUMMARY,
         description=docs.DESCRIPTION,

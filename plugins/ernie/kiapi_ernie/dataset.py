@@ -32,8 +32,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from kiapi_core.errors import InvalidInput
-from kiapi_core.images import probe_image
+from kiapi_core.sdk import InvalidInput, probe_image
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 _JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kiapi_core.images import EXTENSIONS, MEDIA_TYPES, encode_image
+from kiapi_core.sdk import EXTENSIONS, MEDIA_TYPES, encode_image
 
 from .schemas import ImageResponse, Timings
 from .validation import guidance_warnings
@@ -72,7 +72,7 @@ def _run_image(job, *, image_path: Path | None) -> ImageResponse:
     )
     job.metric("generate_s", round(total, 3))
     return ImageResponse(
-        model=p["model"], prompt=p["prompt"], file_id=stored.file_id, image_bytes=len(data),
+        model=p["model"], prompt=p["prompt"], file_id=stored.file_id, image_bytes=stored.record.size,
         width=image.width, height=image.height, params=params, timings=Timings(total_s=round(total, 3)),
     )
 

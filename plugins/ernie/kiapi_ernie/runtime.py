@@ -8,14 +8,12 @@ runtime with :meth:`ErnieRuntime.close`.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from kiapi_core.errors import WeightsMissing
-from kiapi_core.weights import is_missing_weights_error
+from kiapi_core.sdk import WeightsMissing, is_missing_weights_error
 
 from . import adapters
 from .adapters import AdapterCache
@@ -237,7 +235,8 @@ class ErnieRuntime:
         return result.image
 
     def close(self) -> None:
-        """Free the model's memory (the host calls this when it unloads the runtime)."""
+        """Drop the model (the host calls this when it unloads the runtime, then collects
+        garbage and clears MLX's cache itself: doing it here too cost a second collection)."""
         model, self.model = self.model, None
         if model is not None:
             try:
@@ -246,13 +245,6 @@ class ErnieRuntime:
                 pass
             self.adapters.clear()
             del model
-        gc.collect()
-        try:
-            import mlx.core as mx
-
-            mx.clear_cache()
-        except Exception:  # pragma: no cover - freeing must never fail the job
-            log.debug("mx.clear_cache failed", exc_info=True)
 
 
 class _LoraScope(contextlib.AbstractContextManager):

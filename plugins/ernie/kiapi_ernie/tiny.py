@@ -22,13 +22,14 @@ import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .variants import TINY_ARCH
 
 # Channel counts: GroupNorm uses 32 groups -> multiples of 32; quantized Linear input dims must
 # be multiples of 64 (group size 64), which is why the last VAE block (mid attention) has 64.
 VAE_CH = (32, 32, 32, 64)  # 4 blocks keep the 8x spatial factor ERNIE's latent packing assumes
-TX = dict(
+TX: dict[str, Any] = dict(
     hidden_size=TINY_ARCH.hidden,  # 64
     num_attention_heads=2,  # head_dim 32
     num_layers=TINY_ARCH.layers,

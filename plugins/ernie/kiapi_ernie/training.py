@@ -25,7 +25,6 @@ No resume is offered, so the mflux resume bug (ErnieTrainingAdapter.load_lora_ad
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import math
 import threading
@@ -34,6 +33,8 @@ import traceback
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from kiapi_core.sdk import free_memory
 
 from . import dataset, trainconfig
 from .schemas import TrainResponse
@@ -276,11 +277,7 @@ def run_training(job) -> TrainResponse:
         raise
     finally:
         del adapter
-        gc.collect()
-        with contextlib.suppress(Exception):
-            import mlx.core as mx
-
-            mx.clear_cache()
+        free_memory()
     train_s = time.perf_counter() - started
 
     job.progress(0.97, "saving")

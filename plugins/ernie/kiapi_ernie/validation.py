@@ -15,8 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from kiapi_core.errors import InvalidInput, MemoryBudgetExceeded
-from kiapi_core.validation import Problems, ref_summary, resolve_quantize, resolve_seed
+from kiapi_core.sdk import InvalidInput, MemoryBudgetExceeded, Problems, ref_summary, resolve_quantize, resolve_seed
 
 from . import dataset, loras, memory, trainconfig
 from .settings import ErnieSettings
@@ -25,7 +24,7 @@ from .variants import VARIANTS, Variant, arch, num_layers
 #: Schedulers mflux registers by name; anything else would make mflux import a module by path.
 SCHEDULERS = ("linear", "flow_match_euler_discrete")
 #: What ``params["note"]`` says in demo mode (the core adds the one job warning).
-from kiapi_core.settings import DEMO_NOTE
+from kiapi_core.sdk import DEMO_NOTE
 
 #: Training falls back to this ``max_resolution`` when the request sends null (the spec default).
 DEFAULT_TRAIN_RESOLUTION = 512

@@ -6,7 +6,7 @@ by the model loader (:mod:`kiapi_seedvr2.runtime`) on the model thread.
 
 from __future__ import annotations
 
-from kiapi_core import hookimpl
+from kiapi_core.sdk import hookimpl
 
 __version__ = "0.1.0"
 

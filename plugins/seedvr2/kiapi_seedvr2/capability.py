@@ -54,8 +54,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from kiapi_core.registry import Capability, Model, Operation, WeightFiles
-from kiapi_core.validation import QUANTIZE_LEVELS
+from kiapi_core.sdk import QUANTIZE_LEVELS, Capability, Model, Operation, WeightFiles
 
 from . import docs
 from .schemas import ImageResponse, UpscaleRequest
@@ -188,6 +187,7 @@ def build_capability(*, demo: bool = False) -> Capability:
     return Capability(
         name="seedvr2",
         domain="image",
+        plugin_api=1,  # prepare(request, model, host), check(..., inputs, host): not yet moved to API 2
         title=docs.TITLE,
         summary=docs.SUMMARY,
         description=docs.DESCRIPTION,

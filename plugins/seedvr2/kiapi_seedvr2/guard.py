@@ -79,4 +79,4 @@ def uninstall_cumsum_guard() -> None:
 
     with _lock:
         if is_installed():
-            mx.cumsum = mx.cumsum.__wrapped__
+            mx.cumsum = mx.cumsum.__wrapped__  # type: ignore[attr-defined]  # set by install_cumsum_guard

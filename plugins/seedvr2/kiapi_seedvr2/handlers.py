@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiapi_core.images import EXTENSIONS, MEDIA_TYPES, encode_image
+from kiapi_core.sdk import EXTENSIONS, MEDIA_TYPES, encode_image
 
 from .schemas import ImageResponse, Timings
 from .validation import image_size, output_size, scale_factor
@@ -53,7 +53,7 @@ def upscale(job: Any) -> ImageResponse:
     return ImageResponse(
         model=job.model.name,
         file_id=stored.file_id,
-        image_bytes=len(data),
+        image_bytes=stored.record.size,  # with the params the core embeds
         input_width=in_w,
         input_height=in_h,
         width=image.width,

@@ -18,13 +18,12 @@ Cancellation: every report may raise ``JobCanceled`` (the job context checks), w
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kiapi_core.weights import is_missing_weights_error
+from kiapi_core.sdk import is_missing_weights_error
 
 from .settings import DEFAULT_SETTINGS
 from .validation import padded_size
@@ -186,26 +185,23 @@ class Seedvr2Runtime:
         order = ["encoding", "upscaling", "decoding", "colour correction"]
         stamps = [run.marks.get(k) for k in order] + [finished]
         phases = {
-            f"{label.replace(' ', '_')}_s": round(stamps[i + 1] - stamps[i], 4)
-            for i, label in enumerate(order)
-            if stamps[i] is not None and stamps[i + 1] is not None
+            f"{label.replace(' ', '_')}_s": round(end - start, 4)
+            for label, start, end in zip(order, stamps, stamps[1:], strict=False)
+            if start is not None and end is not None
         }
         measurements = {"run_s": round(finished - started, 4), **phases}
         return generated.image, measurements
 
     def close(self) -> None:
-        """Free the model (the host calls this when it evicts or drops a transient instance)."""
-        import mlx.core as mx
-
+        """Drop the model (the host calls this when it evicts or drops a transient instance,
+        then collects garbage and clears MLX's cache itself)."""
         self.model = None
-        gc.collect()
-        mx.clear_cache()
 
 
 def load(*, model: Any, quantize: int | None, settings: Any = None, demo: bool = False,
          cache_dir: Path | None = None, **options: Any) -> Seedvr2Runtime:
     """Build a SeedVR2 runtime for ``model`` (a kiapi Model declaration) on the model thread."""
-    from kiapi_core.errors import WeightsMissing
+    from kiapi_core.sdk import WeightsMissing
 
     from .guard import install_cumsum_guard
     from .tiny import check_tiny, ensure_tiny_weights, model_config_for, tiny_construction

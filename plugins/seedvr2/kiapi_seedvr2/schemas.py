@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from kiapi_core.files.refs import FileRef
+from kiapi_core.sdk import FileRef
 
 __all__ = ["ImageResponse", "Timings", "UpscaleRequest"]
 

@@ -94,7 +94,8 @@ def _to_hf(module: Any, component: Any) -> dict[str, Any]:
         for mlx_path, transform in targets:
             inverse.setdefault(mlx_path, (hf_key, transform))
     out, unmapped = {}, []
-    for path, value in tree_flatten(module.parameters()):
+    parameters: list[tuple[str, Any]] = tree_flatten(module.parameters())  # type: ignore[assignment]
+    for path, value in parameters:
         if path not in inverse:
             unmapped.append(path)
             continue

@@ -26,8 +26,7 @@ import math
 import re
 from typing import Any
 
-from kiapi_core.errors import InvalidRequest
-from kiapi_core.validation import Problems, ref_summary, resolve_quantize, resolve_seed
+from kiapi_core.sdk import InvalidRequest, Problems, ref_summary, resolve_quantize, resolve_seed
 
 from .settings import Seedvr2Settings, settings_from
 
@@ -35,7 +34,7 @@ from .settings import Seedvr2Settings, settings_from
 STEP = 16
 FORMATS = ("png", "jpeg", "webp")
 #: What ``params["note"]`` says in demo mode (the core adds the one job warning).
-from kiapi_core.settings import DEMO_NOTE
+from kiapi_core.sdk import DEMO_NOTE
 
 _SCALE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*[xX]\s*$")
 _INTEGER = re.compile(r"^\s*\+?\d+\s*$")

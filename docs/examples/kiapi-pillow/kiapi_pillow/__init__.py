@@ -4,7 +4,7 @@ Importing this package imports neither Pillow nor anything heavy: the handlers a
 loader are named by "module:function" strings and imported on the model thread when needed.
 """
 
-from kiapi_core import hookimpl
+from kiapi_core.sdk import hookimpl
 
 __version__ = "0.1.0"
 

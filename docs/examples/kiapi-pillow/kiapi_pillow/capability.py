@@ -1,13 +1,18 @@
 """The Capability declaration: models, operations, validation and memory estimates.
 
-Light on purpose (msgspec and kiapi_core only): it is imported while the host starts.
+Light on purpose (msgspec and kiapi_core.sdk only): it is imported while the host starts.
 """
 
-from typing import Any
+from kiapi_core.sdk import Capability, InvalidRequest, Model, Operation, RequestContext
 
-from kiapi_core import Capability, InvalidRequest, Model, Operation
-
-from .schemas import PillowConvertRequest, PillowImage, PillowResizeRequest, PillowSettings
+from .schemas import (
+    PillowConvertParams,
+    PillowConvertRequest,
+    PillowImage,
+    PillowResizeParams,
+    PillowResizeRequest,
+    PillowSettings,
+)
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 #: Decoded source + resized copy + encoder buffer, 4 bytes (RGBA) per pixel each.
@@ -33,33 +38,33 @@ MODELS = (
 )
 
 
-def _limit(host: Any) -> int:
-    settings = host.plugin_settings("pillow") or PillowSettings()
-    return settings.max_output_pixels
+def _limit(ctx: RequestContext) -> int:
+    settings = ctx.settings or PillowSettings()
+    return min(settings.max_output_pixels, ctx.limits.max_image_pixels)
 
 
-def prepare_resize(request: PillowResizeRequest, model: Model, host: Any) -> dict[str, Any]:
+def prepare_resize(request: PillowResizeRequest, ctx: RequestContext) -> PillowResizeParams:
     """Reject impossible combinations before anything is queued (422 naming the field)."""
     sized = request.width is not None or request.height is not None
     if sized == (request.scale is not None):
         raise InvalidRequest("give width and/or height, or scale (not both)", field="scale")
     if request.fit == "stretch" and (request.width is None or request.height is None):
         raise InvalidRequest("fit 'stretch' needs both width and height", field="fit")
-    return {"width": request.width, "height": request.height, "scale": request.scale, "fit": request.fit,
-            "filter": model.name, "format": request.format, "quality": request.quality,
-            "max_output_pixels": _limit(host)}
+    return PillowResizeParams(width=request.width, height=request.height, scale=request.scale, fit=request.fit,
+                              filter=ctx.model.name, format=request.format, quality=request.quality,
+                              max_output_pixels=_limit(ctx))
 
 
-def prepare_convert(request: PillowConvertRequest, model: Model, host: Any) -> dict[str, Any]:
-    return {"format": request.format, "quality": request.quality, "background": request.background,
-            "max_output_pixels": _limit(host)}
+def prepare_convert(request: PillowConvertRequest, ctx: RequestContext) -> PillowConvertParams:
+    return PillowConvertParams(format=request.format, quality=request.quality, background=request.background,
+                               max_output_pixels=_limit(ctx))
 
 
-def estimate(params: dict[str, Any], model: Model) -> float:
-    """Peak GB of one job: exact when both sides are given, else the output-size limit."""
-    pixels = params["max_output_pixels"]
-    if params.get("width") and params.get("height"):
-        pixels = min(pixels, params["width"] * params["height"])
+def estimate(params: PillowResizeParams | PillowConvertParams, ctx: RequestContext) -> float:
+    """Peak GiB of one job: exact when both sides are given, else the output-size limit."""
+    pixels = params.max_output_pixels
+    if params.width and params.height:
+        pixels = min(pixels, params.width * params.height)
     return pixels * BYTES_PER_PIXEL / 2**30
 
 
@@ -75,12 +80,14 @@ CAPABILITY = Capability(
     operations=(
         Operation(name="resize", request=PillowResizeRequest, result=PillowImage,
                   handler="kiapi_pillow.handlers:resize", job_type="pillow-resize",
-                  prepare=prepare_resize, inputs={"image": "image"}, estimate=estimate,
-                  produces=IMAGE_TYPES, summary="Resize an image"),
+                  prepare=prepare_resize, params=PillowResizeParams, inputs={"image": "image"}, estimate=estimate,
+                  produces=IMAGE_TYPES, summary="Resize an image",
+                  uses_mlx=False),  # Pillow only: the light pool, measured by RSS
         Operation(name="convert", request=PillowConvertRequest, result=PillowImage,
                   handler="kiapi_pillow.handlers:convert", job_type="pillow-convert",
-                  prepare=prepare_convert, inputs={"image": "image"}, estimate=estimate,
-                  produces=IMAGE_TYPES, summary="Convert an image to another format"),
+                  prepare=prepare_convert, params=PillowConvertParams, inputs={"image": "image"}, estimate=estimate,
+                  produces=IMAGE_TYPES, summary="Convert an image to another format",
+                  uses_mlx=False),
     ),
     settings=PillowSettings,
 )

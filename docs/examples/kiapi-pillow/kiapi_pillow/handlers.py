@@ -8,13 +8,15 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from kiapi_core import InvalidRequest
-from kiapi_core.images import EXTENSIONS, MEDIA_TYPES, encode_image
+from kiapi_core.sdk import EXTENSIONS, MEDIA_TYPES, ImageFormat, InvalidRequest, JobContext, encode_image
 
-from .schemas import PillowImage
+from .schemas import PillowConvertParams, PillowImage, PillowResizeParams
+
+#: Pillow's input format -> the output format that keeps it (others become PNG).
+_OUTPUT_FORMATS: dict[str, ImageFormat] = {"png": "png", "jpeg": "jpeg", "webp": "webp"}
 
 
-def _open(job) -> tuple[Any, str]:
+def _open(job: JobContext) -> tuple[Any, str]:
     job.progress(0.05, "decoding")
     with Image.open(job.inputs["image"].path) as source:
         fmt = (source.format or "PNG").lower()
@@ -23,23 +25,24 @@ def _open(job) -> tuple[Any, str]:
     return image, fmt
 
 
-def _target(size: tuple[int, int], p: dict[str, Any]) -> tuple[int, int]:
+def _target(size: tuple[int, int], p: PillowResizeParams) -> tuple[int, int]:
     width, height = size
-    if p["scale"] is not None:
-        return max(1, round(width * p["scale"])), max(1, round(height * p["scale"]))
-    if p["width"] and p["height"]:
-        if p["fit"] == "stretch":
-            return p["width"], p["height"]
-        ratio = min(p["width"] / width, p["height"] / height)
+    if p.scale is not None:
+        return max(1, round(width * p.scale)), max(1, round(height * p.scale))
+    if p.width and p.height:
+        if p.fit == "stretch":
+            return p.width, p.height
+        ratio = min(p.width / width, p.height / height)
         return max(1, round(width * ratio)), max(1, round(height * ratio))
-    if p["width"]:
-        return p["width"], max(1, round(height * p["width"] / width))
-    return max(1, round(width * p["height"] / height)), p["height"]
+    if p.width:
+        return p.width, max(1, round(height * p.width / width))
+    assert p.height is not None  # prepare_resize made sure one size is given
+    return max(1, round(width * p.height / height)), p.height
 
 
-def _store(job, image: Any, fmt: str, source: Any, filter: str | None) -> PillowImage:
+def _store(job: JobContext, image: Any, fmt: ImageFormat, source: Any, filter: str | None) -> PillowImage:
     job.progress(0.8, "encoding")
-    data = encode_image(image, fmt, job.params["quality"])
+    data = encode_image(image, fmt, job.params.quality)
     job.progress(0.95, "saving")
     stored = job.store_artifact(data, filename=f"pillow_{job.job_id}.{EXTENSIONS[fmt]}",
                                 content_type=MEDIA_TYPES[fmt], meta={"capability": "pillow"})
@@ -53,28 +56,28 @@ def _check_size(size: tuple[int, int], limit: int) -> None:
                              "(KIAPI_PILLOW_MAX_OUTPUT_PIXELS); ask for a smaller size")
 
 
-def resize(job) -> PillowImage:
-    p = job.params
+def resize(job: JobContext) -> PillowImage:
+    p: PillowResizeParams = job.params
     resampler = job.runtime()  # the model's runtime: a Resampler for the requested filter
     source, source_format = _open(job)
     size = _target(source.size, p)
-    _check_size(size, p["max_output_pixels"])
+    _check_size(size, p.max_output_pixels)
     job.check_canceled()  # a cancel requested while decoding stops here, before the work
     job.progress(0.3, "resizing")
     image = resampler.resize(source, size)
-    fmt = p["format"] or (source_format if source_format in MEDIA_TYPES else "png")
+    fmt = p.format or _OUTPUT_FORMATS.get(source_format, "png")
     return _store(job, image, fmt, source, resampler.name)
 
 
-def convert(job) -> PillowImage:
-    p = job.params
+def convert(job: JobContext) -> PillowImage:
+    p: PillowConvertParams = job.params
     source, _ = _open(job)
-    _check_size(source.size, p["max_output_pixels"])
+    _check_size(source.size, p.max_output_pixels)
     job.check_canceled()
     image = source
-    if p["format"] == "jpeg" and image.mode in ("RGBA", "LA", "P"):
+    if p.format == "jpeg" and image.mode in ("RGBA", "LA", "P"):
         job.progress(0.5, "flattening")
         rgba = image.convert("RGBA")
-        image = Image.new("RGB", rgba.size, p["background"])
+        image = Image.new("RGB", rgba.size, p.background)
         image.paste(rgba, mask=rgba.getchannel("A"))
-    return _store(job, image, p["format"], source, None)
+    return _store(job, image, p.format, source, None)

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from kiapi_core import FileRef
+from kiapi_core.sdk import FileRef
 
 Format = Literal["png", "jpeg", "webp"]
 Side = Annotated[int, msgspec.Meta(ge=1, le=16384, description="Pixels.")]
@@ -37,6 +37,31 @@ class PillowConvertRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
     quality: Quality = 90
     background: Annotated[str, msgspec.Meta(pattern="^#[0-9a-fA-F]{6}$")] = "#ffffff"
     mode: Literal["sync", "async"] = "sync"
+
+
+class PillowResizeParams(msgspec.Struct, kw_only=True, frozen=True):
+    """What ``prepare`` resolved for a resize: recorded as the job's ``params``, handed to the
+    handler as ``job.params``."""
+
+    width: int | None
+    height: int | None
+    scale: float | None
+    fit: Literal["contain", "stretch"]
+    filter: str
+    format: Format | None
+    quality: int
+    max_output_pixels: int
+
+
+class PillowConvertParams(msgspec.Struct, kw_only=True, frozen=True):
+    """What ``prepare`` resolved for a convert."""
+
+    format: Format
+    quality: int
+    background: str
+    max_output_pixels: int
+    width: int | None = None
+    height: int | None = None
 
 
 class PillowImage(msgspec.Struct, kw_only=True):

@@ -5,7 +5,6 @@ import io
 import msgspec
 import pytest
 
-from kiapi_core import InvalidRequest
 from kiapi_core.contract import DEFAULT_HEAVY, assert_plugin_contract
 
 
@@ -36,23 +35,28 @@ def test_filters_are_the_models_and_lanczos_is_the_default(kiapi_host_factory):
     ({"width": 10, "fit": "stretch"}, "fit"),             # stretch needs both sides
 ])
 def test_prepare_rejects_impossible_sizes(kiapi_host_factory, body, field):
+    from kiapi_core.sdk import InvalidRequest, RequestContext
     from kiapi_pillow.capability import prepare_resize
     from kiapi_pillow.schemas import PillowResizeRequest
 
     host = kiapi_host_factory(plugins=["kiapi_pillow"])
     request = msgspec.convert({"image": {"type": "file_id", "file_id": "file_x"}, **body}, PillowResizeRequest)
+    ctx = RequestContext(capability="pillow", model=host.registry.resolve_model("pillow", None))
     with pytest.raises(InvalidRequest) as info:
-        prepare_resize(request, host.registry.resolve_model("pillow", None), host)
+        prepare_resize(request, ctx)
     assert info.value.extra["field"] == field
 
 
 def test_estimate_is_exact_for_a_box_and_bounded_otherwise():
     from kiapi_pillow.capability import BYTES_PER_PIXEL, estimate
+    from kiapi_pillow.schemas import PillowConvertParams
 
-    assert estimate({"width": 1024, "height": 1024, "max_output_pixels": 10**8}, None) == pytest.approx(
-        1024 * 1024 * BYTES_PER_PIXEL / 2**30)
-    assert estimate({"width": None, "height": None, "max_output_pixels": 2**20}, None) == pytest.approx(
-        2**20 * BYTES_PER_PIXEL / 2**30)
+    ctx = None  # estimate reads only the params
+    box = PillowConvertParams(format="png", quality=90, background="#ffffff", max_output_pixels=10**8,
+                              width=1024, height=1024)
+    assert estimate(box, ctx) == pytest.approx(1024 * 1024 * BYTES_PER_PIXEL / 2**30)
+    unbounded = PillowConvertParams(format="png", quality=90, background="#ffffff", max_output_pixels=2**20)
+    assert estimate(unbounded, ctx) == pytest.approx(2**20 * BYTES_PER_PIXEL / 2**30)
 
 
 def test_resize_handler_reports_progress_and_stops_when_canceled(kiapi_harness_factory):
