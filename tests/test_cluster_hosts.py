@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from cluster_procs import start_hosts
+from helpers_server import Receiver
 
 
 @pytest.fixture
@@ -187,8 +189,11 @@ def test_a_host_with_the_model_resident_wins_the_job(tmp_path, pg_url):
             host.stop()
 
 
-def test_roles_and_a_graceful_stop_hands_the_running_job_to_another_host(tmp_path, pg_url):
-    api = start_hosts(tmp_path, pg_url, ["api"], role="api")[0]
+def test_roles_webhooks_and_a_graceful_stop_hands_the_running_job_to_another_host(tmp_path, pg_url):
+    receiver = Receiver()
+    hooks = {"KIAPI_WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"k" * 32).decode(),
+             "KIAPI_WEBHOOK_ALLOW_PRIVATE": "1"}
+    api = start_hosts(tmp_path, pg_url, ["api"], role="api", extra_env=hooks)[0]
     workers = start_hosts(tmp_path, pg_url, ["w1", "w2"], role="worker", grace_s=1.0)
     try:
         rows = {h["id"]: h for h in api.http.get("/v1/cluster/hosts").json()["data"]}
@@ -208,6 +213,15 @@ def test_roles_and_a_graceful_stop_hands_the_running_job_to_another_host(tmp_pat
         assert first.name not in [h["id"] for h in api.http.get("/v1/cluster/hosts").json()["data"]]
         release.touch()
         assert api.wait_for(job_id, lambda j: j["status"] == "succeeded")["artifacts"]
+        # A webhook registered where the job was submitted fires although another host ran it.
+        hooked = api.http.post("/v1/text/cwait/wait", json={"mode": "async", "webhook": receiver.url})
+        assert hooked.status_code == 202, hooked.text
+        hooked_id = hooked.json()["job_id"]
+        seen = receiver.wait_for(lambda ds: any(d["json"]["type"] == "job.completed" for d in ds))
+        mine = [d["json"] for d in seen if d["json"]["data"]["id"] == hooked_id]
+        assert mine[0]["type"] == "job.start" and mine[-1]["type"] == "job.completed"
+        assert mine[-1]["data"]["status"] == "succeeded" and mine[-1]["data"]["metrics"]["cluster_host"] != "api"
     finally:
+        receiver.close()
         for host in [api, *workers]:
             host.stop()

@@ -298,11 +298,15 @@ class ClusterJobManager:
         if key == last:
             return
         self._submitted[job_id] = key
-        event = ("finished" if job.status.terminal else "started" if last[0] is JobStatus.queued
-                 and job.status is JobStatus.running else "progress" if job.status is JobStatus.running else "")
+        events: list[str] = []
+        if last[0] is JobStatus.queued and job.started_at is not None:
+            events.append("started")  # also when the run ended before this host looked
+        elif job.status is JobStatus.running:
+            events.append("progress")
         if job.status.terminal:
             del self._submitted[job_id]
-        if event:
+            events.append("finished")
+        for event in events:
             self._notify_listeners(self.remote_listeners, event, job)
 
     def _emit(self, event: str, job: Job) -> None:
