@@ -74,7 +74,6 @@ class ClusterRunner:
         self._refused: dict[str, float] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.claim_latencies_s: list[float] = []
         #: Refreshed by every pulse, so the request path never waits on the database for them.
         self.hosts_cache: list[HostState] = []
         self.queued = 0
@@ -149,8 +148,6 @@ class ClusterRunner:
             return None
         if claim is None:
             return None
-        queued_for = time.time() - claim.job.created_at
-        self.claim_latencies_s.append(queued_for)
         try:
             pending = self._pending(claim)
         except Exception as exc:  # noqa: BLE001 - an unreadable request fails its job, not the host
