@@ -262,7 +262,7 @@ def test_root_document() -> None:
         "/v1/files/usage": {"get"}, "/v1/files/prune": {"post"}, "/metrics": {"get"},
         "/v1/cluster/hosts": {"get"},
     }
-    expected["/v1/files"] = {"get", "post", "delete"}
+    expected["/v1/files"] = {"get", "post", "put", "delete"}
     assert {p: set(item) for p, item in doc["paths"].items()} == expected
     jobs_params = {p["name"] for p in doc["paths"]["/v1/jobs"]["get"]["parameters"]}
     assert jobs_params == {"status", "type", "limit", "after"}
