@@ -839,8 +839,9 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: hostspeed.measure_raw_upload(profile, server.url, server.data, results, say))
         section("affinity", "model-aware queue (two models, one-model budget)",
                 lambda: hostspeed.measure_affinity(profile, swap_servers(workdir, site, servers), results, say))
-        section("cluster", "cluster: two hosts on PostgreSQL (bench/cluster.py)",
-                lambda: measure_cluster(profile, workdir, site, Server, servers, wait_job, results, say))
+        if not args.quick or "cluster" in only:  # a PostgreSQL server and two hosts: ~30 s, not for --quick
+            section("cluster", "cluster: two hosts on PostgreSQL (bench/cluster.py)",
+                    lambda: measure_cluster(profile, workdir, site, Server, servers, wait_job, results, say))
         client.close()
         rss = rss_bytes(server.pid)
         results["server_rss_end_mib"] = round(rss / MiB, 1) if rss else None
