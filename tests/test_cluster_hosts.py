@@ -154,17 +154,19 @@ def test_sigstop_past_the_lease_then_sigcont_is_fenced_out(two, tmp_path):
         job = other.wait_for(job_id, lambda j: j["metrics"].get("attempt") == 2 and j["progress_label"] == "waiting",
                              "the stalled host's job was never taken over")
         assert job["metrics"]["cluster_host"] == other.name
+        release.touch()  # both runs may now finish: the second while the first is still stopped
+        job = other.wait_for(job_id, lambda j: j["status"] == "succeeded", "the second attempt never finished")
     finally:
         stalled.signal(signal.SIGCONT)
-    # The stalled host wakes up believing it runs the job; let its watchdog and writes happen.
+    # The stalled host wakes up believing it runs the job and finishes it too: its result, its
+    # record writes and its artifact must all be refused or removed.
     time.sleep(3.0)
     job = other.job(job_id)
-    assert job["status"] == "running" and job["metrics"]["cluster_host"] == other.name
-    assert job["metrics"]["attempt"] == 2 and job["artifacts"] == []
-    assert "lost its lease" in stalled.output() or "stopped here" in stalled.output()
-    release.touch()
-    job = stalled.wait_for(job_id, lambda j: j["status"] == "succeeded", "never finished")
-    assert job["result"]["pid"] == other.proc.pid and len(job["artifacts"]) == 1
+    assert job["status"] == "succeeded" and job["metrics"]["cluster_host"] == other.name
+    assert job["metrics"]["attempt"] == 2 and job["result"]["pid"] == other.proc.pid and len(job["artifacts"]) == 1
+    assert "attempt 1" in stalled.output() and ("lost its lease" in stalled.output() or "stopped here" in stalled.output())
+    outputs = [f["file_id"] for f in stalled.http.get("/v1/files").json()["data"] if f["meta"].get("job_id") == job_id]
+    assert outputs == job["artifacts"]
 
 
 def test_a_host_with_the_model_resident_wins_the_job(tmp_path, pg_url):

@@ -188,10 +188,12 @@ class ClusterRunner:
 
     def mutate(self, job: Job, change: Callable[[Job], None]) -> None:
         run = self.run
-        if run is None or run.pending.job is not job or run.lost:
+        if run is None or run.pending.job is not job:
             return
         before = (job.progress, job.progress_label)
-        change(job)
+        change(job)  # also once lost: the local copy tracks the artifacts to remove at the end
+        if run.lost:
+            return
         if (job.progress, job.progress_label) != before:
             self._emit("progress", job)
         try:
