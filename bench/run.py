@@ -382,7 +382,7 @@ def measure_overhead(profile: Profile, server: Server, client: httpx.Client, par
     same = True
     limit = time.monotonic() + profile.overhead_cap_s
     for i in range(profile.overhead_pairs):
-        if time.monotonic() > limit or clock.left() < 30:
+        if over_http and (time.monotonic() > limit or clock.left() < 30):  # at least one pair
             break
         # Alternate which side goes first, so drift and caches favour neither.
         pair = (http, direct) if i % 2 == 0 else (direct, http)

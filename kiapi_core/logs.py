@@ -60,6 +60,8 @@ def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = No
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.captureWarnings(True)  # library warnings become log records (py.warnings)
+    for chatty in ("httpx", "httpcore"):  # one INFO line per webhook delivery or URL fetch
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
     return handler
 
 
@@ -137,9 +139,9 @@ class _ModelThreadStream(io.TextIOBase):
 def capture_model_output() -> None:
     """Route the model thread's prints into the log (DEBUG); call once when serving."""
     if not isinstance(sys.stdout, _ModelThreadStream):
-        sys.stdout = _ModelThreadStream(sys.stdout, "stdout")  # type: ignore[assignment]
+        sys.stdout = _ModelThreadStream(sys.stdout, "stdout")
     if not isinstance(sys.stderr, _ModelThreadStream):
-        sys.stderr = _ModelThreadStream(sys.stderr, "stderr")  # type: ignore[assignment]
+        sys.stderr = _ModelThreadStream(sys.stderr, "stderr")
 
 
 __all__ = ["JobLifecycleLog", "JsonFormatter", "capture_model_output", "configure", "log_job_event"]

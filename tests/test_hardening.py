@@ -86,6 +86,7 @@ async def test_3_foreign_host_names_are_refused(echo, host):
         assert r.status_code == 400 and r.json()["code"] == "host_not_allowed", r.text
         assert "KIAPI_ALLOWED_HOSTS" in r.json()["detail"]
     assert (await echo.get("/v1/jobs")).json()["data"] == []
+    assert (await echo.get("/health", headers={"Host": host})).status_code == 200  # probes by service name
 
 
 @pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1:8000", "[::1]:8000", "192.168.1.7:8000",
@@ -108,6 +109,7 @@ async def test_3_foreign_origins_cannot_change_state(echo):
     assert r.status_code == 403 and r.json()["code"] == "origin_not_allowed"
     assert "KIAPI_CORS_ORIGINS" in r.json()["detail"]
     assert (await echo.post("/v1/files", files=upload, headers={"Origin": "null"})).status_code == 403
+    assert (await echo.post("/v1/files", files=upload, headers={"Sec-Fetch-Site": "cross-site"})).status_code == 403
     assert (await echo.get("/v1/files")).json()["data"] == []
     assert (await echo.get("/v1/jobs")).json()["data"] == []
     # the server's own pages (same origin) and clients without Origin keep working

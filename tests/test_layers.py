@@ -9,8 +9,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[1] / "kiapi_core"
 #: The HTTP layer and the front ends; everything else in kiapi_core is the SDK or a service.
-HTTP_AND_FRONT_ENDS = ("app.py", "serve.py", "http/", "default_plugins/", "cli/", "testing/", "openapi/pages.py")
-HTTP_MODULES = ("kiapi_core.app", "kiapi_core.http", "kiapi_core.default_plugins", "kiapi_core.serve")
+#: files/manage.py and files/raw_upload.py are route handlers kept beside the files service.
+HTTP_AND_FRONT_ENDS = ("app.py", "serve.py", "http/", "default_plugins/", "cli/", "testing/", "openapi/pages.py",
+                       "files/manage.py", "files/raw_upload.py")
+HTTP_MODULES = ("kiapi_core.app", "kiapi_core.http", "kiapi_core.default_plugins", "kiapi_core.serve",
+                "kiapi_core.files.manage", "kiapi_core.files.raw_upload")
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

@@ -254,7 +254,7 @@ def test_root_document() -> None:
     doc = root_document(registry, version="1.2.3")
     assert doc["info"]["title"] == "kiapi" and doc["info"]["version"] == "1.2.3"
     expected = {
-        "/health": {"get"}, "/v1/files": {"get", "post", "put"}, "/v1/files/{file_id}": {"get", "delete"},
+        "/health": {"get"}, "/v1/files": {"get", "post", "put", "delete"}, "/v1/files/{file_id}": {"get", "delete"},
         "/v1/files/{file_id}/download": {"get", "head"}, "/v1/jobs": {"get"},
         "/v1/jobs/{job_id}": {"get", "delete"}, "/v1/jobs/{job_id}/cancel": {"post"},
         "/v1/jobs/{job_id}/events": {"get"}, "/v1/memory": {"get"},
@@ -262,7 +262,6 @@ def test_root_document() -> None:
         "/v1/files/usage": {"get"}, "/v1/files/prune": {"post"}, "/metrics": {"get"},
         "/v1/cluster/hosts": {"get"},
     }
-    expected["/v1/files"] = {"get", "post", "put", "delete"}
     assert {p: set(item) for p, item in doc["paths"].items()} == expected
     jobs_params = {p["name"] for p in doc["paths"]["/v1/jobs"]["get"]["parameters"]}
     assert jobs_params == {"status", "type", "limit", "after"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,9 @@ def test_pending_deliveries_survive_a_restart(tmp_path: Path, receiver):
         job = server.http.get(f"/v1/jobs/{running}", params={"wait": 0}).json()
         while job["status"] != "running":
             job = server.http.get(f"/v1/jobs/{running}").json()
+        # The job store writes behind (a start may be lost in the last few ms before a kill):
+        # let it record the running job, so the restart finds it cut off.
+        time.sleep(0.5)
     finally:
         server.stop(kill=True)
     failed_ids = {d["headers"]["webhook-id"] for d in receiver.deliveries}
@@ -133,6 +137,8 @@ def test_pending_deliveries_survive_a_restart(tmp_path: Path, receiver):
     server = Server(tmp_path, data, **env)
     try:
         got = receiver.wait_for(lambda ds: sum(d["status"] == 200 for d in ds) >= 2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nserver log:\n{server.output()}") from None
     finally:
         server.stop()
     ok = [d for d in got if d["status"] == 200]

@@ -7,7 +7,7 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_routes(host):
-    from ..files.manage import routes as manage_routes
+    from ..files.manage_routes import routes as manage_routes
     from ..files.routes import routes
 
     # usage/prune first: `/v1/files/{file_id}` would otherwise take "usage" for a file id

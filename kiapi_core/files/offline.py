@@ -51,7 +51,7 @@ def _open(settings: Settings) -> tuple[FileStore, SqliteJobStore]:
 def prune_data_dir(settings: Settings, body: PruneRequest) -> PruneResult:
     """Apply retention, then ``body``, to a stopped server's data directory (LockHeld if a
     server holds it)."""
-    from .manage import run_prune
+    from .retention import run_prune
 
     with DataDirLock(settings.data_path):
         files, jobs = _open(settings)
@@ -63,7 +63,7 @@ def prune_data_dir(settings: Settings, body: PruneRequest) -> PruneResult:
 
 
 def usage_of_data_dir(settings: Settings) -> dict[str, Any]:
-    from .manage import retention_of
+    from .retention import retention_of
 
     with DataDirLock(settings.data_path):
         files, jobs = _open(settings)

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from ..errors import NotFound
 from .models import FileRecord
 from .store import FileStore
 
@@ -119,6 +120,69 @@ def select(records: list[FileRecord], request: PruneRequest, *,
         chosen.append(record)
         excess -= record.size
     return chosen
+
+def retention_of(settings: Any, quota: Any = None) -> dict[str, Any]:
+    """The retention in force, and the storage quota (KIAPI_MAX_STORAGE_GB, or the one derived
+    from the free disk space when it is unset)."""
+    limit = getattr(quota, "limit_bytes", None)
+    if limit is None and getattr(settings, "max_storage_gb", None):
+        limit = int(settings.max_storage_gb * 1e9)
+    return {"output_ttl_s": settings.job_ttl_s, "upload_ttl_s": settings.file_ttl_s,
+            "job_ttl_s": settings.job_ttl_s, "quota_bytes": limit,
+            "quota_configured": bool(getattr(quota, "configured", limit is not None))}
+
+
+def run_prune(files: Any, jobs: Any, body: PruneRequest) -> PruneResult:
+    """Prune ``files`` (a FileStore) and ``jobs`` (anything with ``list_jobs``, ``status_of``
+    and ``delete``: the JobManager, or a job store when the server is stopped)."""
+    forget = _jobs_to_forget(jobs, body)
+    result = _prune_files(files, jobs, body)
+    if not body.dry_run:
+        for job_id in forget:
+            try:
+                jobs.delete(job_id)
+            except NotFound:
+                pass
+    result.jobs_deleted = forget
+    return result
+
+
+def _jobs_to_forget(jobs: Any, body: PruneRequest) -> list[str]:
+    """Finished job records matching the status (and age) filters: a status prune forgets
+    the jobs as well as their outputs."""
+    if not body.job_status:
+        return []
+    from ..jobs.models import JobStatus
+
+    statuses = [JobStatus(s) for s in body.job_status if s in ("succeeded", "failed", "canceled")]
+    cutoff = None if body.older_than_s is None else time.time() - body.older_than_s
+    found: list[str] = []
+    after = None
+    while statuses:
+        page = jobs.list_jobs(status=statuses, limit=500, after=after)
+        found += [j.id for j in page.jobs if cutoff is None or (j.finished_at or 0) <= cutoff]
+        if not page.has_more:
+            break
+        after = page.jobs[-1].id
+    return found
+
+
+def _prune_files(files: Any, jobs: Any, body: PruneRequest) -> PruneResult:
+    records = files.list()
+    total = sum(r.size for r in records)
+    chosen = select(records, body, job_status=jobs.status_of)
+    deleted: list[str] = []
+    freed = 0
+    for record in chosen:
+        if not body.dry_run:
+            try:
+                files.delete(record.file_id)
+            except NotFound:
+                continue
+        deleted.append(record.file_id)
+        freed += record.size
+    return PruneResult(dry_run=body.dry_run, deleted=deleted, deleted_bytes=freed, jobs_deleted=[],
+                       remaining_bytes=total - freed)
 
 
 __all__ = ["KINDS", "PruneRequest", "PruneResult", "kind_of", "select", "usage"]

@@ -8,11 +8,12 @@ close both doors, in a pure ASGI middleware in front of everything (auth include
 * **Host**: the ``Host`` header must name this server: ``localhost`` (and ``*.localhost``), a
   literal IP address (a rebinding page always uses a DNS name), the configured ``KIAPI_HOST``,
   or a name listed in ``KIAPI_ALLOWED_HOSTS`` (``*`` allows any). Otherwise 400
-  ``host_not_allowed``.
+  ``host_not_allowed``. ``GET /health`` answers any name (liveness probes).
 * **Origin**: a state-changing request (POST, PUT, PATCH, DELETE) carrying an ``Origin`` header
   must come from this server's own origin (the docs pages and the playground) or one listed in
-  ``KIAPI_CORS_ORIGINS``; otherwise 403 ``origin_not_allowed``. Requests without ``Origin``
-  (curl, httpx, SDKs) are not browsers' cross-site requests and pass.
+  ``KIAPI_CORS_ORIGINS``; otherwise 403 ``origin_not_allowed`` (also when a browser marks it
+  ``Sec-Fetch-Site: cross-site`` without an ``Origin``). Requests without ``Origin`` (curl,
+  httpx, SDKs) are not browsers' cross-site requests and pass.
 
 JSON endpoints also require ``Content-Type: application/json`` (415), which a page can only send
 after a CORS preflight, and the preflight only succeeds for ``KIAPI_CORS_ORIGINS``.
@@ -79,7 +80,13 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        error = self.check(scope["method"], headers.get(b"host"), headers.get(b"origin"))
+        # /health answers any Host: probes address containers by service name, and what it
+        # tells an anonymous caller (status, version) is no secret worth rebinding for.
+        host = None if scope["path"] == "/health" and scope["method"] in ("GET", "HEAD") else headers.get(b"host")
+        origin = headers.get(b"origin")
+        if origin is None and headers.get(b"sec-fetch-site") == b"cross-site":
+            origin = b"null"  # a browser said another site sent it, though without an Origin
+        error = self.check(scope["method"], host, origin)
         if error is None:
             await self.app(scope, receive, send)
             return

@@ -25,10 +25,10 @@ measurements of MLX peak memory; none were measured on real weights here, no GPU
   tiny VAE's full-resolution buffers (64 channels).
 * **Training** builds its own model (``TrainingRunner``), so its estimate includes weights at
   the training quantization, plus per-block activations kept for the backward pass
-  (36 blocks x tokens at ``max_resolution`` x batch; ~0.55 GiB per block for one 512^2 sample,
-  measured at real width), plus LoRA parameters with AdamW state. ``low_ram`` turns on mflux's
-  gradient checkpointing: each block then keeps only its inputs (~17x less), plus one block's
-  full activations while it is recomputed.
+  (tokens at ``max_resolution`` x batch: each of the 36 blocks keeps ~0.2 MB per token, and the
+  block being differentiated needs ~0.46 MB per token at its peak; measured at real width on
+  stacks of one and three blocks), plus LoRA parameters with AdamW state. ``low_ram`` turns on
+  mflux's gradient checkpointing: each block then keeps only its input (~25x less).
 * **LoRA** adapters are applied to the loaded model (no second copy): a request counts its
   adapter files' size (``params["lora_mb"]``, filled in by the check) x 1.5.
 """
@@ -67,12 +67,15 @@ def _tokens(width: int, height: int) -> int:
     return max(1, (width // 16) * (height // 16))
 
 
-#: Training keeps, per block and token, ~66 hidden-sized bf16 tensors for the backward pass:
-#: 0.55 GiB per block for a 512^2 sample (1,024 image + 64 caption tokens) at real width.
-_TRAIN_TENSORS_PER_TOKEN = 66
-#: With gradient checkpointing a block keeps only its inputs (~17x less); the block being
-#: recomputed holds its full activations once.
-_CHECKPOINT_REDUCTION = 17
+#: Training, in hidden-sized bf16 tensors per token (8 KB each at real width), measured at real
+#: width on stacks of one and three blocks (tests/test_ernie_real_geometry.py):
+#: the backward of the block being differentiated needs ~57 at its peak (0.46 MB per token, the
+#: ~0.5 GiB per 512^2 sample often quoted per block) ...
+_TRAIN_WORKING_TENSORS = 66
+#: ... while every other block keeps ~25 for the backward pass (0.20 MB per token) ...
+_TRAIN_KEPT_TENSORS = 30
+#: ... or ~1 (its input) with gradient checkpointing, which recomputes the rest.
+_TRAIN_KEPT_CHECKPOINTED = 2
 #: Caption tokens per training sample (mflux pads a batch to its longest caption).
 _CAPTION_TOKENS = 64
 #: Resident quantizations tried, best first, when the setting leaves the choice to the budget.
@@ -95,10 +98,19 @@ def inference_block_gb(tokens: int, batch: int = 1) -> float:
     return batch * tokens * HIDDEN * 2 * _ACTIVE_TENSORS_PER_TOKEN / GB
 
 
-def train_block_gb(tokens: int, *, checkpointing: bool) -> float:
-    """Activations one block keeps for the backward pass (``tokens`` = all samples' tokens)."""
-    full = tokens * HIDDEN * 2 * _TRAIN_TENSORS_PER_TOKEN / GB
-    return full / _CHECKPOINT_REDUCTION if checkpointing else full
+def train_working_gb(tokens: int) -> float:
+    """The backward working set of the block being differentiated (``tokens``: all samples')."""
+    return tokens * HIDDEN * 2 * _TRAIN_WORKING_TENSORS / GB
+
+
+def train_kept_gb(tokens: int, *, checkpointing: bool) -> float:
+    """What each other block keeps for the backward pass."""
+    return tokens * HIDDEN * 2 * (_TRAIN_KEPT_CHECKPOINTED if checkpointing else _TRAIN_KEPT_TENSORS) / GB
+
+
+def train_activations_gb(tokens: int, blocks: int, *, checkpointing: bool) -> float:
+    """Peak training activations over ``blocks`` blocks."""
+    return (blocks - 1) * train_kept_gb(tokens, checkpointing=checkpointing) + train_working_gb(tokens)
 
 
 def image_peak_gb(width: int, height: int, steps: int, guidance: float, *, edit: bool = False) -> float:
@@ -149,9 +161,7 @@ def train_gb(params: dict[str, Any], *, low_ram: bool | None = None) -> float:
     if params.get("demo"):  # its own tiny model: a few MB of weights
         return demo_gb(side, side, batch)
     tokens = (_tokens(side, side) + _CAPTION_TOKENS) * batch
-    kept = BLOCKS * train_block_gb(tokens, checkpointing=low_ram)
-    if low_ram:
-        kept += train_block_gb(tokens, checkpointing=False)  # the block being recomputed
+    kept = train_activations_gb(tokens, BLOCKS, checkpointing=low_ram)
     lora = _lora_params(params.get("lora_layers", {}).get("targets", [])) * 4 * 4 / GB  # f32 param, grad, m, v
     encode = side * side * _VAE_CHANNELS * 4 * _VAE_LIVE_BUFFERS / GB
     return round(weights_gb(params.get("quantize")) + max(kept, encode) + lora + _TEXT_ENCODER_GB, 2)

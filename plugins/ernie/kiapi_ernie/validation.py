@@ -323,7 +323,7 @@ def train_memory_problem(params: dict[str, Any], budget_gb: float | None) -> Mem
     side = int(params.get("max_resolution") or DEFAULT_TRAIN_RESOLUTION)
     tries: list[tuple[str, dict[str, Any]]] = []
     if not params.get("low_ram"):
-        tries.append(("low_ram: true (gradient checkpointing; ~30 % slower)", {"low_ram": True}))
+        tries.append(("low_ram: true (gradient checkpointing; slower)", {"low_ram": True}))
     tries += [(f"quantize {q} with low_ram: true", {"low_ram": True, "quantize": q})
               for q in (6, 5, 4, 3) if bits is None or q < bits]
     tries += [(f"max_resolution {r} with quantize 4 and low_ram: true",
