@@ -9,11 +9,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[1] / "kiapi_core"
 #: The HTTP layer and the front ends; everything else in kiapi_core is the SDK or a service.
-#: files/manage.py and files/raw_upload.py are route handlers kept beside the files service.
-HTTP_AND_FRONT_ENDS = ("app.py", "serve.py", "http/", "default_plugins/", "cli/", "testing/", "openapi/pages.py",
-                       "files/manage.py", "files/raw_upload.py")
-HTTP_MODULES = ("kiapi_core.app", "kiapi_core.http", "kiapi_core.default_plugins", "kiapi_core.serve",
-                "kiapi_core.files.manage", "kiapi_core.files.raw_upload")
+#: Route handlers kept beside their service are named routes.py or *_routes.py (files/manage_routes.py ...).
+HTTP_AND_FRONT_ENDS = ("app.py", "serve.py", "http/", "default_plugins/", "cli/", "testing/", "openapi/pages.py")
+HTTP_MODULES = ("kiapi_core.app", "kiapi_core.http", "kiapi_core.default_plugins", "kiapi_core.serve")
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -29,8 +27,14 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+#: Every route module (routes.py, *_routes.py) by dotted name.
+ROUTE_MODULES = tuple(".".join(("kiapi_core", *p.relative_to(ROOT).with_suffix("").parts))
+                      for p in ROOT.rglob("*routes.py"))
+
+
 def _is_http(name: str) -> bool:
-    return name.split(".")[0] == "starlette" or name.startswith(HTTP_MODULES) or name.endswith(".routes")
+    return (name.split(".")[0] == "starlette" or name.startswith(HTTP_MODULES)
+            or any(name == m or name.startswith(m + ".") for m in ROUTE_MODULES))
 
 
 def test_services_and_the_sdk_never_import_the_http_layer():

@@ -39,7 +39,7 @@ from ..http.body import drain
 from ..http.responses import JSONResponse
 from .models import StoredFile
 from .names import ID_FORM, check_id, clean_content_type, valid_id
-from .raw_upload_routes import is_raw_upload, raw_upload
+from .raw_routes import is_raw_upload, raw_upload
 from .store import BlobWriter, FileStore
 
 MiB = 1024 * 1024
