@@ -139,9 +139,14 @@ class ClusterJobManager:
         envelope = {"operation": operation.name, "body": msgspec.to_builtins(request),
                     "inputs": {field: stored.file_id for field, stored in inputs.items()}}
         self._check_fits(capability, need_gb + load_gb)
-        queued = self.backend.submit(Submission(job, msgspec.json.encode(envelope), need_gb, load_gb, idempotency),
-                                     max_queue=self.max_queue)
-        self._submitted[queued.id] = watch.change_key(queued)
+        # Tracked before it exists: another host may start (and end) it before submit returns.
+        self._submitted[job.id] = watch.change_key(job)
+        try:
+            queued = self.backend.submit(Submission(job, msgspec.json.encode(envelope), need_gb, load_gb,
+                                                    idempotency), max_queue=self.max_queue)
+        except BaseException:
+            self._submitted.pop(job.id, None)
+            raise
         self._emit("queued", queued)
         return queued
 
