@@ -37,6 +37,7 @@ from .openapi.generate import capability_document
 from .openapi.root import root_document
 from .registry import Capability
 from .settings import DEMO_NOTE
+from .ui.routes import routes as ui_routes
 from .webhooks.request import document_webhook_fields
 from .weights import model_readiness
 
@@ -50,6 +51,7 @@ def build_app(host: Host) -> Starlette:
         Route("/docs", partial(_swagger, "/openapi.json", "kiapi"), methods=["GET"]),
         Route("/redoc", partial(_redoc, "/openapi.json", "kiapi"), methods=["GET"]),
         Mount(pages.STATIC_PREFIX, app=StaticFiles(directory=pages.STATIC_DIR), name="static"),
+        *ui_routes(),
     ]
     for capability in host.registry:
         routes += _capability_routes(host, capability)
@@ -108,11 +110,15 @@ def _capability_routes(host: Host, capability: Capability) -> list[BaseRoute]:
 
     async def models(request: Request) -> Response:
         # Extension fields (clients written against the spec ignore them): whether the weights
-        # are there (`kiapi activate` otherwise), and in demo mode that outputs are noise.
+        # are there (`kiapi activate` otherwise), the quantization the model is kept at (and who
+        # chose it: a setting or the memory budget), and in demo mode that outputs are noise.
         specs = msgspec.to_builtins(host.registry.model_specs(capability.name))
         ready = await model_readiness(host, capability)
-        for spec in specs:
+        for spec, model in zip(specs, capability.models, strict=True):
             spec["ready"] = ready[spec["name"]]
+            if model.weights_gb:
+                spec["resident_quantize"] = model.resident_quantize
+                spec["resident_quantize_chosen_by"] = (model.info or {}).get("resident_quantize_chosen_by")
             if host.settings.demo:
                 spec["demo"] = DEMO_NOTE
         return JSONResponse(specs)

@@ -129,6 +129,9 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     #: (process resident set). ``None``: ``Model.info["memory_backend"]``, else ``"rss"`` when
     #: ``uses_mlx`` is ``False``, else ``"mlx"`` when mlx is installed, else ``"rss"``.
     memory_backend: Literal["mlx", "rss"] | None = None
+    #: A request body that runs as it stands, shown by Swagger UI and ReDoc; when omitted, one
+    #: is derived from the request schema's required fields (see ``kiapi_core.openapi.examples``).
+    example: Mapping[str, Any] | None = None
 
 
 class Capability(msgspec.Struct, frozen=True, kw_only=True):

@@ -79,7 +79,7 @@ def test_core_components_match_spec(name: str) -> None:
     generated = capability_document(_capability())["components"]["schemas"]
     spec = spec_document(name)["components"]["schemas"]
     for component in CORE_COMPONENTS:
-        diffs = compare_documents(generated[component], spec[component], prose=True)
+        diffs = compare_documents({component: generated[component]}, {component: spec[component]}, prose=True)
         assert diffs == [], f"{component}:\n" + "\n".join(diffs)
     job = generated["JobPaint"]
     spec_job = spec["JobImageResponse"]
@@ -330,3 +330,29 @@ def test_the_repository_copy_of_the_contract_matches_the_shared_original():
         pytest.skip("no shared/spec beside this checkout to compare with")
     for name in ("ernie.openapi.json", "seedvr2.openapi.json"):
         assert (root / "spec" / name).read_bytes() == (shared / name).read_bytes(), name
+
+
+# --- request examples -------------------------------------------------------------------------
+
+
+def test_request_examples_are_declared_or_derived_and_decode() -> None:
+    from kiapi_core.openapi.examples import SAMPLE_IMAGE
+
+    cap = _capability()
+    declared = (msgspec.structs.replace(cap.operations[0], example={"image": SAMPLE_IMAGE, "strength": 3}),
+                cap.operations[1])
+    doc = capability_document(msgspec.structs.replace(cap, operations=declared))
+    for path, struct, expected in (("paint", PaintRequest, {"image": SAMPLE_IMAGE, "strength": 3}),
+                                   ("bake", Bake, {"label": "a lighthouse on a cliff at dusk"})):
+        body = doc["paths"][f"/v1/image/paint/{path}"]["post"]["requestBody"]["content"]["application/json"]
+        value = body["examples"]["default"]["value"]
+        assert value == expected
+        msgspec.json.decode(msgspec.json.encode(value), type=struct)  # the example decodes as it stands
+    derived = capability_document(cap)["paths"]["/v1/image/paint/paint"]["post"]["requestBody"]
+    assert derived["content"]["application/json"]["examples"]["default"]["value"] == {"image": SAMPLE_IMAGE}
+
+
+def test_core_examples_describe_this_project() -> None:
+    text = json.dumps(capability_document(_capability()))
+    for foreign in ("zimage", "flux2", "acestep", "qwen3", "not activated"):
+        assert foreign not in text

@@ -2,8 +2,8 @@
 
 When ``KIAPI_AUTH_TOKEN`` is set every request needs ``Authorization: Bearer <token>``, except
 ``GET /health`` (for liveness probes, which then shows only status and version to anonymous
-callers). The scheme is case-insensitive (RFC 9110 §11.1); the token comparison is
-constant-time.
+callers) and the web playground's page and assets (``/``, ``/-/ui/``), which hold no data.
+The scheme is case-insensitive (RFC 9110 §11.1); the token comparison is constant-time.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..errors import StartupError, Unauthorized
 from .responses import error_response
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/"})
+#: The web playground's static assets hold no data; the page asks for the token itself.
+OPEN_PREFIXES = ("/-/ui/",)
 #: Set in the ASGI scope of every request: whether it carried the right token.
 AUTHENTICATED = "kiapi.authenticated"
 
@@ -36,7 +38,8 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         scope[AUTHENTICATED] = ok = self._authenticated(scope)
-        if ok or scope["path"] in OPEN_PATHS or (scope["path"] in self.loopback_paths and _loopback(scope)):
+        if (ok or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES)
+                or (scope["path"] in self.loopback_paths and _loopback(scope))):
             await self.app(scope, receive, send)
             return
         response = error_response(Unauthorized(

@@ -47,8 +47,9 @@ ASYNC_JOB_RESPONSE: dict[str, Any] = {
         "type": {
             "type": "string",
             "title": "Type",
-            "description": "Job type. Generation APIs use values such as zimage, flux2-edit, or acestep-extract.",
-            "examples": ["zimage"],
+            "description": "Job type: the capability's job type for the operation, such as ernie, ernie-edit, "
+            "ernie-train or seedvr2 (see each capability's guide).",
+            "examples": ["ernie"],
         },
         "status": {
             **ref("JobStatus"),
@@ -73,7 +74,7 @@ CAPABILITY_MODEL_SPEC: dict[str, Any] = {
             "type": "string",
             "title": "Family",
             "description": "Capability family that resolves this model variant.",
-            "examples": ["zimage"],
+            "examples": ["ernie"],
         },
         "domain": {
             "type": "string",
@@ -86,7 +87,7 @@ CAPABILITY_MODEL_SPEC: dict[str, Any] = {
             "type": "array",
             "title": "Aliases",
             "description": "Alternative names that also resolve to this model.",
-            "examples": [["omni", "qwen3-omni-30b"]],
+            "examples": [["ernie-image-turbo", "baidu/ERNIE-Image-Turbo"]],
         },
         "default": {
             "type": "boolean",
@@ -113,7 +114,7 @@ _JOB_PROPERTIES: dict[str, Any] = {
     "type": {
         **ref("JobType"),
         "description": "Job type. Use this to interpret the capability-specific result payload.",
-        "examples": ["zimage"],
+        "examples": ["ernie"],
     },
     "params": {
         "additionalProperties": True,
@@ -144,7 +145,7 @@ _JOB_PROPERTIES: dict[str, Any] = {
         "anyOf": [{"type": "string"}, {"type": "null"}],
         "title": "Error",
         "description": "Error message when status is failed; otherwise null.",
-        "examples": ["model 'turbo' is not activated"],
+        "examples": [None],
     },
     "created_at": {
         "type": "number",
@@ -168,14 +169,14 @@ _JOB_PROPERTIES: dict[str, Any] = {
         "anyOf": [{"type": "number", "maximum": 1.0, "minimum": 0.0}, {"type": "null"}],
         "title": "Progress",
         "description": "Best-effort completion fraction in [0.0, 1.0]. Null means the job has not reported progress.",
-        "examples": [0.42],
+        "examples": [1.0],
     },
     "progress_label": {
         "type": "string",
         "title": "Progress Label",
         "description": "Short human-readable phase label such as queued, running, denoising, saving, or done.",
         "default": "queued",
-        "examples": ["denoising"],
+        "examples": ["done"],
     },
 }
 

@@ -27,6 +27,7 @@ from .components import (
     job_schema,
     job_schema_name,
 )
+from .examples import request_examples
 from .schema import REF_PREFIX, SchemaBuilder, ref
 
 __all__ = [
@@ -132,9 +133,11 @@ def operation_object(capability: Capability, op: Operation, builder: SchemaBuild
     }
     if not op.always_async:
         out["parameters"] = [copy.deepcopy(ACCEPT_PARAMETER)]
+    schema = builder.schema(op.request)
+    examples = request_examples(op.example, schema, builder.components)
     out["requestBody"] = {
         "required": True,
-        "content": {"application/json": {"schema": builder.schema(op.request)}},
+        "content": {"application/json": {"schema": schema, "examples": examples}},
     }
     if op.always_async:
         out["responses"] = _async_only_responses(op)

@@ -51,6 +51,10 @@ def capability_index(capabilities: Iterable[Capability]) -> list[dict[str, Any]]
             "version": c.version,
             **capability_links(c),
             "operations": [f"{c.prefix}/{op.name}" for op in c.operations],
+            # For clients such as the web playground: which operation made a job, and which
+            # FileRef fields take which kind of file.
+            "job_types": {op.name: op.job_type for op in c.operations},
+            "inputs": {op.name: dict(op.inputs) for op in c.operations},
         }
         for c in sorted(capabilities, key=lambda c: (c.domain, c.name))
     ]

@@ -15,7 +15,8 @@ plugins, versioned by :data:`PLUGIN_API_VERSION`:
 * helpers: :class:`Problems`, :func:`resolve_seed`, :func:`resolve_quantize`,
   :func:`ref_summary`, :data:`QUANTIZE_LEVELS`; :func:`encode_image`, :func:`probe_image`,
   :data:`MEDIA_TYPES`, :data:`EXTENSIONS`, :data:`ImageFormat`; :func:`free_memory`,
-  :func:`weights_missing_error`, :func:`is_missing_weights_error`; :data:`DEMO_NOTE`.
+  :func:`weights_missing_error`, :func:`is_missing_weights_error`; :data:`DEMO_NOTE`;
+  :data:`SAMPLE_IMAGE` and :data:`SAMPLE_DATASET` (inline FileRefs for ``Operation.example``).
 
 Importing it never imports mlx, mflux, torch or Pillow.
 """
@@ -43,6 +44,7 @@ from ..files.refs import FileDataURLRef, FileIDRef, FileRef, FileURLRef
 from ..hookspecs import hookimpl, hookspec
 from ..images import EXTENSIONS, MEDIA_TYPES, ImageFormat, encode_image, probe_image
 from ..jobs.context import JobContext
+from ..openapi.examples import SAMPLE_DATASET, SAMPLE_IMAGE
 from ..plugin_api import PLUGIN_API_VERSION, SUPPORTED_PLUGIN_APIS
 from ..settings import DEMO_NOTE
 from ..validation import QUANTIZE_LEVELS, Problems, ref_summary, resolve_quantize, resolve_seed
@@ -59,6 +61,8 @@ __all__ = [
     "MEDIA_TYPES",
     "PLUGIN_API_VERSION",
     "QUANTIZE_LEVELS",
+    "SAMPLE_DATASET",
+    "SAMPLE_IMAGE",
     "SDK_VERSION",
     "SUPPORTED_PLUGIN_APIS",
     "BadRequest",

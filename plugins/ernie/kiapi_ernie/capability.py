@@ -6,7 +6,7 @@ loader are named as ``"module:function"`` strings and imported on first use.
 
 from __future__ import annotations
 
-from kiapi_core.sdk import Capability, Model, Operation, WeightFiles
+from kiapi_core.sdk import SAMPLE_DATASET, SAMPLE_IMAGE, Capability, Model, Operation, WeightFiles
 
 from . import docs, memory, validation
 from .schemas import EditRequest, GenerateRequest, ImageResponse, TrainRequest, TrainResponse
@@ -118,6 +118,8 @@ def build_capability(settings: ErnieSettings | None = None, *, demo: bool = Fals
                 inputs={"loras[].file": "file"}, estimate=memory.estimate_generate, produces=IMAGE_TYPES,
                 summary=docs.GENERATE_SUMMARY, operation_id=docs.GENERATE_OPERATION_ID,
                 description=docs.GENERATE_DESCRIPTION,
+                example={"prompt": "a lighthouse on a cliff at dusk, oil painting", "width": 512, "height": 512,
+                         "seed": 42},
             ),
             Operation(
                 name="edit", request=EditRequest, result=ImageResponse,
@@ -126,6 +128,8 @@ def build_capability(settings: ErnieSettings | None = None, *, demo: bool = Fals
                 inputs={"image": "image", "loras[].file": "file"}, estimate=memory.estimate_edit,
                 produces=IMAGE_TYPES, summary=docs.EDIT_SUMMARY, operation_id=docs.EDIT_OPERATION_ID,
                 description=docs.EDIT_DESCRIPTION,
+                example={"prompt": "the same hill in winter, covered in snow", "image": SAMPLE_IMAGE,
+                         "width": 512, "height": 512, "seed": 42},
             ),
             Operation(
                 name="train", request=TrainRequest, result=TrainResponse,
@@ -134,6 +138,7 @@ def build_capability(settings: ErnieSettings | None = None, *, demo: bool = Fals
                 inputs={"dataset": "file"}, estimate=memory.estimate_train, always_async=True, own_model=True,
                 summary=docs.TRAIN_SUMMARY, operation_id=docs.TRAIN_OPERATION_ID,
                 description=docs.TRAIN_DESCRIPTION, responses=docs.TRAIN_RESPONSES,
+                example={"dataset": SAMPLE_DATASET, "num_epochs": 1, "lora_rank": 4},
             ),
         ),
         settings=ErnieSettings,

@@ -54,7 +54,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from kiapi_core.sdk import QUANTIZE_LEVELS, Capability, Model, Operation, WeightFiles
+from kiapi_core.sdk import QUANTIZE_LEVELS, SAMPLE_IMAGE, Capability, Model, Operation, WeightFiles
 
 from . import docs
 from .schemas import ImageResponse, UpscaleRequest
@@ -207,6 +207,7 @@ def build_capability(*, demo: bool = False) -> Capability:
                 summary=docs.UPSCALE_SUMMARY,
                 operation_id=docs.UPSCALE_OPERATION_ID,
                 description=docs.UPSCALE_DESCRIPTION,
+                example={"image": SAMPLE_IMAGE, "resolution": "2x", "seed": 42},
             ),
         ),
         settings=Seedvr2Settings,

@@ -3,7 +3,7 @@
 Light on purpose (msgspec and kiapi_core.sdk only): it is imported while the host starts.
 """
 
-from kiapi_core.sdk import Capability, InvalidRequest, Model, Operation, RequestContext
+from kiapi_core.sdk import SAMPLE_IMAGE, Capability, InvalidRequest, Model, Operation, RequestContext
 
 from .schemas import (
     PillowConvertParams,
@@ -82,12 +82,13 @@ CAPABILITY = Capability(
                   handler="kiapi_pillow.handlers:resize", job_type="pillow-resize",
                   prepare=prepare_resize, params=PillowResizeParams, inputs={"image": "image"}, estimate=estimate,
                   produces=IMAGE_TYPES, summary="Resize an image",
+                  example={"image": SAMPLE_IMAGE, "width": 128},  # runs as it stands in Swagger UI
                   uses_mlx=False),  # Pillow only: the light pool, measured by RSS
         Operation(name="convert", request=PillowConvertRequest, result=PillowImage,
                   handler="kiapi_pillow.handlers:convert", job_type="pillow-convert",
                   prepare=prepare_convert, params=PillowConvertParams, inputs={"image": "image"}, estimate=estimate,
                   produces=IMAGE_TYPES, summary="Convert an image to another format",
-                  uses_mlx=False),
+                  example={"image": SAMPLE_IMAGE, "format": "webp"}, uses_mlx=False),
     ),
     settings=PillowSettings,
 )
