@@ -37,6 +37,7 @@ from typing import Any
 
 import hostspeed
 import httpx
+from cluster import measure_cluster  # bench/cluster.py (the script's directory is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -61,7 +62,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "loads_per_job": ("<=", 0.3),
 }
 SECTIONS = ("cli", "startup", "first", "overhead", "lora", "queue", "events", "peers", "poll", "upload",
-            "rawupload", "affinity")
+            "rawupload", "affinity", "cluster")
 REQUIRED_KEYS = ("host_overhead_ratio", "poll_p99_ms", "startup_s", "cli_help_s",
                  "upload_rss_growth_mib", "upload_vs_copy_ratio", "queue_jobs_per_s", "lora_vs_plain_ratio")
 
@@ -838,6 +839,9 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: hostspeed.measure_raw_upload(profile, server.url, server.data, results, say))
         section("affinity", "model-aware queue (two models, one-model budget)",
                 lambda: hostspeed.measure_affinity(profile, swap_servers(workdir, site, servers), results, say))
+        if not args.quick or "cluster" in only:  # a PostgreSQL server and two hosts: ~30 s, not for --quick
+            section("cluster", "cluster: two hosts on PostgreSQL (bench/cluster.py)",
+                    lambda: measure_cluster(profile, workdir, site, Server, servers, wait_job, results, say))
         client.close()
         rss = rss_bytes(server.pid)
         results["server_rss_end_mib"] = round(rss / MiB, 1) if rss else None

@@ -58,7 +58,8 @@ async def validate(host: Host, capability: Capability, operation: Operation, bod
     try:
         if operation.check is not None:
             await asyncio.to_thread(operation.check, body, params, resolved.files, host)
-        estimate = host.models.admit(capability, model, operation, params)
+        # A cluster checks against its largest live host instead of this one (docs/cluster.md).
+        estimate = getattr(host.jobs, "admit", host.models.admit)(capability, model, operation, params)
     except BaseException:
         await discard_inputs(host, resolved.created)
         raise

@@ -18,7 +18,7 @@ import msgspec
 import pluggy
 
 from . import __version__
-from .errors import SettingsError, Unavailable
+from .errors import SettingsError, StartupError, Unavailable
 from .files.quota import StorageQuota
 from .files.store import FileStore
 from .jobs.manager import JobManager
@@ -60,11 +60,18 @@ class Host:
                                    demo=self.settings.demo, budget=budget)
         #: The memory budget in GB (plugins size their resident models from it).
         self.memory_budget_gb = self.models.budget.gb
-        self.jobs = JobManager(settings=self.settings, files=self.files, models=self.models,
-                               plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
-                               work_root=data / "work", demo=self.settings.demo,
-                               store=SqliteJobStore(data / "jobs.sqlite3", ttl_s=self.settings.job_ttl_s,
-                                                    max_jobs=self.settings.max_jobs))
+        if self.settings.cluster_url:  # several hosts on PostgreSQL (docs/cluster.md)
+            from .cluster.setup import cluster_services
+
+            # File bytes live in PostgreSQL; the local copy is a cache with its own bound
+            # (KIAPI_CLUSTER_CACHE_GB), so the local storage quota does not apply.
+            self.files, self.jobs = cluster_services(self)
+        else:
+            self.jobs = JobManager(settings=self.settings, files=self.files, models=self.models,
+                                   plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
+                                   work_root=data / "work", demo=self.settings.demo,
+                                   store=SqliteJobStore(data / "jobs.sqlite3", ttl_s=self.settings.job_ttl_s,
+                                                        max_jobs=self.settings.max_jobs))
         self._background: list[asyncio.Task[Any]] = []
         self.metrics = HostMetrics(self)
         self.jobs.listeners += [self.metrics.on_job, JobLifecycleLog(registry)]
@@ -72,6 +79,8 @@ class Host:
         self.webhooks = WebhookDispatcher(self.settings, data / "webhooks.sqlite3",
                                           on_attempt=lambda e, o: self.metrics.webhooks.labels(e, o).inc())
         self.jobs.listeners.append(self.webhooks.on_job)
+        if hasattr(self.jobs, "remote_listeners"):  # a cluster: jobs submitted here may run elsewhere
+            self.jobs.remote_listeners.append(self.webhooks.on_job)
         #: Routes and CLI commands plugins added (``register_routes``/``register_commands``),
         #: checked and by plugin name; filled in by :func:`build_host`.
         self.plugin_routes: dict[str, list[Any]] = {}
@@ -217,6 +226,9 @@ def _check_settings(host: Host, diagnose: list[PluginRecord] | None = None) -> N
     """Read every capability's settings and the warm-up list now, so a mistake stops start-up
     with its message instead of failing requests later (SettingsError / StartupError). With
     ``diagnose`` (the records), a capability's settings mistake is recorded on its plugin."""
+    if host.settings.role != "all" and not host.settings.cluster_url:
+        raise StartupError(f"KIAPI_ROLE={host.settings.role} needs a cluster: set KIAPI_CLUSTER_URL "
+                           "(docs/cluster.md), or leave KIAPI_ROLE at all")
     for registered in host.registry.registered():
         try:
             host.plugin_settings(registered.capability.name)

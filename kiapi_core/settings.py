@@ -109,6 +109,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     "Memory budget for models and jobs, in GB; unset: a share of physical memory."
     model_ttl_s: Annotated[float, Meta(ge=0)] = 1800.0
     "Seconds an idle resident model stays loaded; 0 keeps it until evicted."
+    cluster_url: str | None = None
+    "PostgreSQL URL (postgresql://...) shared by several hosts: turns cluster mode on (docs/cluster.md)."
+    role: Literal["all", "api", "worker"] = "all"
+    "Cluster role: all (serve the API and run jobs), api (no jobs run here), worker (runs jobs)."
+    cluster_advertise_url: str | None = None
+    "URL other hosts and `kiapi cluster` show for this host; default http://<host>:<port>."
+    cluster_host_id: str | None = None
+    "This host's id in the cluster; default <hostname>-<port>."
+    cluster_lease_s: Annotated[float, Meta(gt=0)] = 30.0
+    "Seconds a running job's lease lasts; renewed every second (or third of it). A host silent longer loses the job."
+    affinity_wait_s: Annotated[float, Meta(ge=0)] = 5.0
+    "Seconds a queued job waits for a host that has its model resident before any host may take it."
+    cluster_max_attempts: Annotated[int, Meta(ge=1)] = 2
+    "Runs of a job whose host was lost, before it fails as host_lost."
+    cluster_cache_gb: Annotated[float, Meta(gt=0)] = 20.0
+    "Local cache of cluster files (bytes live in PostgreSQL), in GB; least recently used go first."
     warmup: list[str] = msgspec.field(default_factory=list)
     "Models to load in the background at start-up, as family:model (ernie:turbo)."
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = 30.0

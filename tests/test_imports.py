@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("mlx", "mflux", "transformers", "torch", "PIL", "huggingface_hub")
+HEAVY = ("mlx", "mflux", "transformers", "torch", "PIL", "huggingface_hub", "psycopg")
 
 
 def _modules_after(code: str) -> set[str]:

@@ -260,6 +260,7 @@ def test_root_document() -> None:
         "/v1/jobs/{job_id}/events": {"get"}, "/v1/memory": {"get"},
         "/v1/memory/models/{family}/{model}/load": {"post"}, "/v1/memory/models/{family}/{model}/unload": {"post"},
         "/v1/files/usage": {"get"}, "/v1/files/prune": {"post"}, "/metrics": {"get"},
+        "/v1/cluster/hosts": {"get"},
     }
     assert {p: set(item) for p, item in doc["paths"].items()} == expected
     jobs_params = {p["name"] for p in doc["paths"]["/v1/jobs"]["get"]["parameters"]}

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "activate": ("kiapi_core.cli.weights", "activate", "Download models' weights from the Hugging Face Hub."),
     "deactivate": ("kiapi_core.cli.weights", "deactivate", "Delete models' weights to free disk space."),
     "check": ("kiapi_core.cli.check", "check", "Load each present model and run its smallest real request."),
+    "cluster": ("kiapi_core.cli.cluster", "cluster", "List the hosts of the cluster (KIAPI_CLUSTER_URL)."),
     "ps": ("kiapi_core.cli.ps", "ps", "Show a running server's loaded models, memory and active jobs."),
     "run": ("kiapi_core.cli.run", "run", "Run one operation on a running server and save its output."),
     "jobs": ("kiapi_core.cli.jobs", "jobs", "List, watch and cancel a running server's jobs."),

@@ -58,7 +58,8 @@ def check(ctx: click.Context, selectors: tuple[str, ...], demo: bool, data_dir: 
     from ..serve import quiet_model_libraries
 
     quiet_model_libraries()
-    host = make_host(ctx, demo=demo, data_dir=data_dir)
+    # The checks run in this process, never through a cluster's shared queue (KIAPI_CLUSTER_URL).
+    host = make_host(ctx, demo=demo, data_dir=data_dir, cluster_url="", role="all")
     caps = list(host.registry)
     if not caps:
         raise click.ClickException("no capability plugins are installed; try `pip install kiapi-ernie`")

@@ -132,6 +132,10 @@ def config(ctx: click.Context, as_json: bool) -> None:
     values = msgspec.to_builtins(loaded.settings)
     if values.get("auth_token"):
         values["auth_token"] = "***"
+    if values.get("cluster_url"):
+        from .cluster import redact_url
+
+        values["cluster_url"] = redact_url(values["cluster_url"])
     rows = {"core": {k: {"value": v, "source": loaded.sources.get(k, "default"), "env": f"KIAPI_{k.upper()}"}
                      for k, v in values.items()}}
     docs = {"core": describe(Settings)}

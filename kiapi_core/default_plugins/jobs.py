@@ -1,4 +1,4 @@
-"""The jobs endpoints of the core, as a default plugin."""
+"""The jobs endpoints of the core (and the cluster's host list), as a default plugin."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_routes(host):
+    from ..cluster.routes import routes as cluster_routes
     from ..jobs.routes import routes
 
-    return routes()
+    return routes() + cluster_routes()

@@ -29,6 +29,7 @@ from ..errors import (
     SyncTimeout,
 )
 from ..files.routes import file_response
+from ..jobs.calls import call
 from ..jobs.models import AsyncJobResponse, Job, JobStatus
 from ..jobs.store import IdempotentReplay
 from ..registry import Capability, Operation
@@ -60,7 +61,7 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
             else:  # the fingerprint re-encodes and hashes the body: not on the loop
                 idem = await asyncio.to_thread(idempotency.from_request, request, raw,
                                                auth_token=host.settings.auth_token)
-            replayed = host.jobs.find_idempotent(*idem) if idem is not None else None
+            replayed = await call(host.jobs, "find_idempotent", *idem) if idem is not None else None
             mode = raw.get("mode", "sync") if isinstance(raw, dict) else "sync"
             hook = None
             if replayed is None:
@@ -179,10 +180,10 @@ async def submit(host: Host, capability: Capability, operation: Operation, body:
     try:
         if host.settings.demo:
             warnings = [*warnings, DEMO_NOTE]
-        return host.jobs.submit(capability=capability, operation=operation, model=model, request=body,
-                                params=checked.params, inputs=checked.inputs.files,
-                                input_ids=checked.inputs.summary, warnings=warnings,
-                                estimate_gb=checked.estimate_gb, idempotency=idempotency)
+        return await call(host.jobs, "submit", capability=capability, operation=operation, model=model,
+                          request=body, params=checked.params, inputs=checked.inputs.files,
+                          input_ids=checked.inputs.summary, warnings=warnings,
+                          estimate_gb=checked.estimate_gb, idempotency=idempotency)
     except BaseException:
         await _discard(host, checked.inputs.created)
         raise
@@ -196,7 +197,7 @@ async def respond_finished(host: Host, request: Request, job: Job, headers: dict
             f"(KIAPI_SYNC_TIMEOUT_S); it keeps running: poll GET /v1/jobs/{job.id}. Send long runs "
             f"(large sizes, many steps: ERNIE base at its defaults) with \"mode\": \"async\""), job)
     if job.status in (JobStatus.failed, JobStatus.canceled):
-        error = host.jobs.error_of(job.id) or KiapiError(job.error or "the job did not finish",
+        error = await call(host.jobs, "error_of", job.id) or KiapiError(job.error or "the job did not finish",
                                                           code=job.error_code or "internal_error")
         return error_response(error, job_id=job.id, headers=headers)
     artifact, data = None, None

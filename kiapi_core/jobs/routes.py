@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from ..errors import InvalidRequest, KiapiError, NotFound
 from ..http.responses import JSONResponse, error_response
+from .calls import call
 from .manager import JobManager
 from .models import JobStatus
 
@@ -74,7 +75,7 @@ async def list_jobs(request: Request) -> Response:
     limit = _number(query.get("limit"), "limit", DEFAULT_LIMIT, int)
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
-    page = _jobs(request).list_jobs(status=statuses or None, type=query.get("type") or None, limit=limit,
+    page = await call(_jobs(request), "list_jobs", status=statuses or None, type=query.get("type") or None, limit=limit,
                                after=query.get("after") or None)
     body: dict[str, Any] = {
         "object": "list", "data": page.jobs, "has_more": page.has_more,
@@ -94,7 +95,7 @@ async def get_job(request: Request, job_id: str) -> Response:
     if wait > 0:
         job = await jobs.wait_change(job_id, min(wait, MAX_WAIT_S))
     else:
-        job = jobs.get(job_id)
+        job = await call(jobs, "get", job_id)
     return JSONResponse(job)
 
 
@@ -103,7 +104,7 @@ async def job_events(request: Request, job_id: str) -> Response:
     """Server-Sent Events: ``event: job`` with the Job JSON on every change, ending with the
     terminal state; ``: keepalive`` comments while nothing happens."""
     jobs = _jobs(request)
-    jobs.get(job_id)  # 404 as JSON before the stream starts
+    await call(jobs, "get", job_id)  # 404 as JSON before the stream starts
 
     async def stream() -> AsyncIterator[bytes]:
         seq = 0
@@ -122,13 +123,13 @@ async def job_events(request: Request, job_id: str) -> Response:
 async def cancel_job(request: Request, job_id: str) -> Response:
     """Cancel: a queued job ends ``canceled`` at once; a running one at its next step. Canceling
     a finished job changes nothing and answers it as it is."""
-    return JSONResponse(_jobs(request).cancel(job_id))
+    return JSONResponse(await call(_jobs(request), "cancel", job_id))
 
 
 @_about_job
 async def delete_job(request: Request, job_id: str) -> Response:
     """Cancel the job if it is active, then forget it. Its artifacts stay in the Files API."""
-    _, was_running = _jobs(request).delete(job_id)
+    _, was_running = await call(_jobs(request), "delete", job_id)
     return JSONResponse({"deleted": True, "job_id": job_id, "was_running": was_running})
 
 

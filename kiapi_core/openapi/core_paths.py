@@ -287,6 +287,15 @@ CORE_PATHS: tuple[CorePath, ...] = (
         "in the Prometheus text exposition format (docs/operators.md#11-metrics).",
         responses={200: Reply(description="The metrics.", content={"text/plain": {"type": "string"}})},
     ),
+    CorePath(
+        method="get", path="/v1/cluster/hosts", tag="cluster", summary="Cluster hosts",
+        description="The hosts sharing this cluster's PostgreSQL database (`KIAPI_CLUSTER_URL`): id, "
+        "advertised URL, role, capabilities, resident models, budget and free memory, running job, "
+        "heartbeat age, draining and live (docs/cluster.md).",
+        responses={200: Reply(description="`{object: \"list\", self: <this host's id>, data: [...]}`.",
+                              content={_JSON: {"type": "object"}}),
+                   404: _error("Cluster mode is off on this host (`cluster_off`).")},
+    ),
 )
 
 

@@ -1,0 +1,8 @@
+"""PostgreSQL implementations of the cluster interfaces (needs ``kiapi-core[cluster]``)."""
+
+from .bus import PgEventBus
+from .connect import Pool, connect_pool
+from .files import PgFileStore
+from .jobs import PgJobBackend
+
+__all__ = ["PgEventBus", "PgFileStore", "PgJobBackend", "Pool", "connect_pool"]

@@ -1,0 +1,35 @@
+"""Building a host's cluster services from ``KIAPI_CLUSTER_URL`` (imports psycopg: only called
+when the setting is present)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import StartupError
+
+
+def cluster_services(host: Any) -> tuple[Any, Any]:
+    """``(files, jobs)`` for ``host``: a PostgreSQL-backed file store and job manager. Nothing
+    connects before the host starts serving."""
+    try:
+        from .pg import PgEventBus, PgFileStore, PgJobBackend, Pool
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise StartupError("KIAPI_CLUSTER_URL is set but the cluster extra is not installed: "
+                           "pip install 'kiapi-core[cluster]'") from exc
+    from .manager import ClusterJobManager
+
+    settings = host.settings
+    url = settings.cluster_url
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise StartupError(f"KIAPI_CLUSTER_URL must be a postgresql:// URL, not {url.split(':', 1)[0]!r}")
+    pool = Pool(url)
+    data = settings.data_path
+    files = PgFileStore(data / "files", pool, ttl_s=settings.file_ttl_s, cache_gb=settings.cluster_cache_gb)
+    jobs = ClusterJobManager(settings=settings, backend=PgJobBackend(pool), bus=PgEventBus(url),
+                             registry=host.registry, files=files, models=host.models,
+                             plugin_settings=host.plugin_settings, cache_dir=host.cache_dir,
+                             work_root=data / "work", demo=settings.demo)
+    return files, jobs
+
+
+__all__ = ["cluster_services"]

@@ -1,0 +1,101 @@
+"""The blob store contract against the local FileStore and PgFileStore, then what only a shared
+store does: a file stored by one host is fetched into another's cache, deletes are seen at once,
+bytes go in and out in chunks, and the cache stays under its size."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+
+from kiapi_core.cluster.interfaces import BlobStore
+from kiapi_core.errors import NotFound, PayloadTooLarge
+from kiapi_core.files.store import FileStore
+
+
+@pytest.fixture
+def pool(pg_url):
+    from kiapi_core.cluster.pg import connect_pool
+
+    pool = connect_pool(pg_url)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(params=["local", "pg"])
+def store(request, tmp_path) -> BlobStore:
+    if request.param == "local":
+        return FileStore(tmp_path / "files")
+    from kiapi_core.cluster.pg import PgFileStore
+
+    return PgFileStore(tmp_path / "files", request.getfixturevalue("pool"))
+
+
+def test_put_get_list_delete(store):
+    one = store.put_bytes(b"one", filename="one.txt", content_type="text/plain", meta={"k": 1})
+    src = store.put_bytes(b"x" * 10, filename="src.bin")
+    two = store.put_path(src.path, filename="two.bin", move=False)
+    assert store.get(one.file_id).path.read_bytes() == b"one" and store.get(one.file_id).record.meta == {"k": 1}
+    assert [r.file_id for r in store.list()] == [two.file_id, src.file_id, one.file_id]
+    assert [r.file_id for r in store.list(limit=1, after=src.file_id)] == [one.file_id]
+    store.delete(one.file_id)
+    with pytest.raises(NotFound):
+        store.get(one.file_id)
+    with pytest.raises(NotFound):
+        store.delete(one.file_id)
+
+
+async def test_streamed_upload_and_its_limit(store):
+    async def chunks():
+        for i in range(5):
+            yield bytes([i]) * (700 * 1024)
+
+    stored = await store.save_stream(chunks(), filename="big.bin")
+    data = b"".join(bytes([i]) * (700 * 1024) for i in range(5))
+    assert stored.record.size == len(data) and stored.record.sha256 == hashlib.sha256(data).hexdigest()
+    assert (await store.aget(stored.file_id)).path.read_bytes() == data
+    with pytest.raises(PayloadTooLarge):
+        await store.save_stream(chunks(), filename="big.bin", max_bytes=1024 * 1024)
+    assert [r.file_id for r in await store.alist()] == [stored.file_id]
+
+
+def test_expiry(store):
+    stored = store.put_bytes(b"soon", filename="a.txt", ttl_s=60)
+    assert store.sweep_expired(now=stored.record.expires_at + 1) == 1
+    with pytest.raises(NotFound):
+        store.get(stored.file_id)
+
+
+def test_a_file_stored_on_one_host_is_read_deleted_and_evicted_on_another(tmp_path, pool):
+    from kiapi_core.cluster.pg import PgFileStore
+
+    a = PgFileStore(tmp_path / "a", pool)
+    b = PgFileStore(tmp_path / "b", pool, cache_gb=3.5 / 1024)  # a 3.5 MiB cache
+    data = os.urandom(3 * 1024 * 1024 + 5)  # four chunks
+    stored = a.put_bytes(data, filename="r.bin")
+    with pool.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM kiapi_file_chunks WHERE file_id = %s",
+                            (stored.file_id,)).fetchone()[0] == 4
+    fetched = b.get(stored.file_id)
+    assert fetched.path.parent == tmp_path / "b" and fetched.path.read_bytes() == data
+    assert fetched.record == stored.record
+    second = a.put_bytes(b"y" * (1024 * 1024), filename="s.bin")
+    b.get(second.file_id)
+    os.utime(b.get(second.file_id).path, (1, 1))       # the least recently used copy ...
+    b.pin([stored.file_id])
+    b.sweep_expired()
+    assert b.get(stored.file_id).path.exists()          # ... but the pinned one stays
+    b.unpin([stored.file_id])
+    os.utime(b.get(second.file_id).path)
+    os.utime(b.get(stored.file_id).path, (10, 10))  # now the older one (mtimes may be coarse)
+    b.sweep_expired()                                   # 4 MiB > 3.5 MiB: the older copy goes
+    assert not (tmp_path / "b" / f"{stored.file_id}.json").exists()
+    assert b.get(stored.file_id).path.read_bytes() == data  # fetched again from the database
+    a.delete(stored.file_id)
+    with pytest.raises(NotFound):
+        b.get(stored.file_id)
+    b.sweep_expired()
+    assert not (tmp_path / "b" / f"{stored.file_id}.json").exists()
+    assert asyncio.run(b.alist()) == [second.record]
