@@ -14,7 +14,7 @@ os.environ["HF_HUB_CACHE"] = str(Path(tempfile.mkdtemp(prefix="kiapi-test-hf-"))
 os.environ.pop("KIAPI_CONFIG", None)
 
 
-import pytest  # noqa: E402  (after the environment above is set, before any test module imports)
+import pytest  # after the environment above is set, before any test module imports
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -336,7 +336,7 @@ def _start_cog_if_asked(peers: bool, workdir: Path, started: list[Peer], results
         started.append(start_cog(python, workdir, port))
         results["cog_version"] = COG_REQUIREMENT.split("==")[1]
         return port
-    except Exception as exc:  # noqa: BLE001 - the peer is optional: the figure says why it is missing
+    except Exception as exc:  # the peer is optional: the figure says why it is missing
         results["cog_note"] = f"Cog unavailable: {type(exc).__name__}: {str(exc)[:300]}"
         say(f"  {results['cog_note']}")
         return None

@@ -800,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
             fn()
         except KeyboardInterrupt:
             raise
-        except Exception as exc:  # noqa: BLE001 - report and go on with the next measurement
+        except Exception as exc:  # report and go on with the next measurement
             errors.append(f"{title}: {type(exc).__name__}: {exc}")
             say(f"  FAILED: {type(exc).__name__}: {exc}")
             if os.environ.get("KIAPI_BENCH_TRACEBACK"):

@@ -22,7 +22,7 @@ from .registry import Capability, Model, Operation, WeightFiles
 
 __version__ = "0.1.0"
 #: Bumped when a hook or declaration changes incompatibly; plugins state the core range they support.
-from .plugin_api import PLUGIN_API_VERSION  # noqa: E402
+from .plugin_api import PLUGIN_API_VERSION
 
 __all__ = [
     "BadRequest",
@@ -47,4 +47,4 @@ __all__ = [
     "hookspec",
 ]
 
-from .hookspecs import hookspec  # noqa: E402  (re-exported for completeness)
+from .hookspecs import hookspec  # re-exported for completeness

@@ -66,7 +66,7 @@ def check_plugin(
     """
     try:
         obj = importlib.import_module(plugin) if isinstance(plugin, str) else plugin
-    except Exception as exc:  # noqa: BLE001 - an import failure is the first problem to report
+    except Exception as exc:  # an import failure is the first problem to report
         return [f"cannot be imported: {exc!r}"]
     problems: list[str] = []
     from .testing.helpers import build_test_host
@@ -77,7 +77,7 @@ def check_plugin(
             host = build_test_host(Path(tmp) / "strict", plugins=[obj])
             record = next(r for r in host.plugins if not r.default)
             capabilities = [host.registry.get(name) for name in record.capabilities]
-        except Exception as exc:  # noqa: BLE001 - PluginError, StartupError or the plugin's own
+        except Exception as exc:  # PluginError, StartupError or the plugin's own
             problems.append(f"does not load in strict mode: {exc}")
             capabilities = _collect(obj, build_test_host(Path(tmp) / "core"))
         problems += _hook_problems(obj)
@@ -159,14 +159,14 @@ def openapi_problems(capabilities: Iterable[Capability], others: Iterable[Capabi
         try:
             for name, schema in capability_document(other)["components"]["schemas"].items():
                 theirs.setdefault(name, (other.name, schema))
-        except Exception:  # noqa: BLE001 - another plugin's problem, not this one's
+        except Exception:  # another plugin's problem, not this one's
             continue
     for capability in capabilities:
         where = f"capability {capability.name!r}"
         try:
             document = capability_document(capability)
             msgspec.json.encode(document)
-        except Exception as exc:  # noqa: BLE001 - ValueError for clashes, TypeError for types
+        except Exception as exc:  # ValueError for clashes, TypeError for types
             problems.append(f"{where}: its OpenAPI document cannot be generated: {exc}")
             continue
         problems += [f"{where}: OpenAPI {ref}" for ref in unresolved_refs(document)]
@@ -203,7 +203,7 @@ def _collect(plugin: Any, host: Any) -> list[Capability]:
         for impl in pm.hook.register_capabilities.get_hookimpls():
             arguments = {"register": collected.append, "host": host}
             impl.function(**{k: v for k, v in arguments.items() if k in impl.argnames})
-    except Exception:  # noqa: BLE001 - already reported as a strict-mode load failure
+    except Exception:  # already reported as a strict-mode load failure
         pass
     return [c for c in collected if isinstance(c, Capability)]
 
@@ -214,7 +214,7 @@ def _hook_problems(plugin: Any) -> list[str]:
     pm = new_plugin_manager()
     try:
         pm.register(plugin, name="contract-hooks")
-    except Exception:  # noqa: BLE001 - reported by the strict load
+    except Exception:  # reported by the strict load
         return []
     if not pm.get_hookcallers(plugin):
         return ["implements no kiapi hook: mark the functions with @hookimpl (from kiapi_core import hookimpl)"]
@@ -232,7 +232,7 @@ def _installed(data_dir: Path, own_module: str) -> list[tuple[Capability, str]]:
 
     try:
         host = build_test_host(data_dir, load_entrypoints=True, strict_plugins=False)
-    except Exception:  # noqa: BLE001 - other plugins' problems are not this plugin's
+    except Exception:  # other plugins' problems are not this plugin's
         return []
     modules = {r.name: (r.entry_point or "").partition("=")[2].strip().split(":")[0] for r in host.plugins}
     return [(r.capability, r.distribution) for r in host.registry.registered()

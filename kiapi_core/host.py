@@ -170,14 +170,14 @@ class Host:
                 await self.jobs.run_on_worker(self.models.sweep_idle)
             except Unavailable:
                 return  # shutting down: the models are closed with the host
-            except Exception as exc:  # noqa: BLE001 - a failed sweep must not stop the server
+            except Exception as exc:  # a failed sweep must not stop the server
                 log.warning("idle model sweep failed: %s", exc)
 
     async def _warm(self, family: str, model: str) -> None:
         try:
             await self.jobs.run_on_worker(lambda: self.models.warm(family, model))
             log.info("warmed %s:%s", family, model)
-        except Exception as exc:  # noqa: BLE001 - warmup is best effort, the server stays up
+        except Exception as exc:  # warmup is best effort, the server stays up
             log.warning("warmup of %s:%s failed: %s", family, model, exc)
 
 

@@ -91,15 +91,22 @@ class _Contexts:
         self._host = host
         self._settings: Any = msgspec.UNSET
 
-    def __call__(self, model: Model, inputs: Mapping[str, Any] | None = None) -> Any:
+    def __call__(self, model: Model, inputs: Mapping[str, Any] | None = None, host: Any = None) -> Any:
+        """The context of one request; ``host`` is the serving host when the request path passes
+        it (its settings are the live ones), else the host the capability registered with."""
         from .sdk.context import Limits, RequestContext
 
-        if self._settings is msgspec.UNSET:
-            self._settings = self._host.plugin_settings(self.capability.name, self.capability.settings)
-        core = self._host.settings
-        return RequestContext(capability=self.capability.name, model=model, settings=self._settings,
+        if host is not None and callable(getattr(host, "plugin_settings", None)):
+            settings = host.plugin_settings(self.capability.name)
+        else:
+            if self._settings is msgspec.UNSET:
+                self._settings = self._host.plugin_settings(self.capability.name, self.capability.settings)
+            settings, host = self._settings, self._host
+        core = host.settings
+        return RequestContext(capability=self.capability.name, model=model, settings=settings,
                               demo=core.demo, inputs=dict(inputs or {}),
-                              limits=Limits(max_image_pixels=core.max_image_pixels, max_upload_mb=core.max_upload_mb))
+                              limits=Limits(max_image_pixels=core.max_image_pixels, max_upload_mb=core.max_upload_mb,
+                                            memory_budget_gb=getattr(host, "memory_budget_gb", None)))
 
 
 def _adapt(op: Operation, contexts: _Contexts) -> Operation:
@@ -107,12 +114,12 @@ def _adapt(op: Operation, contexts: _Contexts) -> Operation:
     prepare, check, estimate, transient = op.prepare, op.check, op.estimate, op.transient
     if prepare is not None:
         def prepare_v1(request: Any, model: Model, host: Any = None) -> dict[str, Any]:
-            return _builtins(prepare(request, contexts(model)))
+            return _builtins(prepare(request, contexts(model, host=host)))
         changes["prepare"] = prepare_v1
     if check is not None:
         def check_v1(request: Any, params: dict[str, Any], inputs: Mapping[str, Any], host: Any) -> None:
             model = host.registry.resolve_model(contexts.capability.name, getattr(request, "model", None))
-            new = check(request, typed_params(op, params), contexts(model, inputs))
+            new = check(request, typed_params(op, params), contexts(model, inputs, host))
             if new is not None:  # the plugin returned new params; the record takes them
                 replacement = _builtins(new)
                 core = {k: params[k] for k in CORE_PARAM_KEYS if k in params}  # set by the core, kept

@@ -50,7 +50,7 @@ def collect_routes(pm: pluggy.PluginManager, records: list[PluginRecord], regist
             prefixes = None if record is None or record.default else [
                 registry.get(name).prefix + "/" for name in record.capabilities]
             claimed = _check_routes(routes, prefixes, taken, label)
-        except Exception as exc:  # noqa: BLE001 - the plugin's own mistake
+        except Exception as exc:  # the plugin's own mistake
             if record is None:
                 raise
             fail(record, f"register_routes: {exc}", settings, exc)
@@ -103,7 +103,7 @@ def collect_commands(pm: pluggy.PluginManager, records: list[PluginRecord], regi
             if clashes:
                 raise PluginError(f"tries to take over the command {', '.join(clashes)}; "
                                   "choose another name")
-        except Exception as exc:  # noqa: BLE001 - the plugin's own mistake
+        except Exception as exc:  # the plugin's own mistake
             if record is None:
                 raise
             fail(record, f"register_commands: {exc}", settings, exc)

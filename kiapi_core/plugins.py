@@ -100,7 +100,7 @@ def load_plugins(
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
+            except Exception as exc:  # any import failure is the plugin's
                 fail(record, f"could not be imported: {exc!r}", settings, exc)
                 continue
             _register_checked(pm, plugin, record, settings)
@@ -119,7 +119,7 @@ def _register_checked(pm: pluggy.PluginManager, plugin: Any, record: PluginRecor
     plugin's mistakes are reported (pluggy's ``check_pending`` stops at the first offender)."""
     try:
         _register(pm, plugin, record.name)
-    except Exception as exc:  # noqa: BLE001 - a hookimpl pluggy refuses (wrong arguments ...)
+    except Exception as exc:  # a hookimpl pluggy refuses (wrong arguments ...)
         fail(record, f"could not be registered: {exc}", settings, exc)
         return
     record.hooks = _hooks(pm, plugin)
@@ -230,7 +230,7 @@ def _call_register(impl: Any, record: PluginRecord, host: Any, settings: Setting
             raise  # the operator's mistake, not the plugin's: never skip a plugin over it
         record.error = f"settings: {exc}"
         return None
-    except Exception as exc:  # noqa: BLE001 - a plugin's own declaration problem
+    except Exception as exc:  # a plugin's own declaration problem
         fail(record, f"failed to register its capabilities: {exc}", settings, exc)
         return None
     return collected

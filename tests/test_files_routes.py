@@ -21,7 +21,7 @@ from kiapi_core.settings import Settings
 MiB = 1024 * 1024
 
 
-async def _render(request, exc):  # noqa: ANN001 - starlette handler signature
+async def _render(request, exc):  # starlette handler signature
     return error_response(exc)
 
 

@@ -8,13 +8,13 @@ import threading
 
 import pytest
 
-from helpers_jobs import BROKEN, LAZY, OTHER, WAIT, Rig, make_rig  # noqa: E402
-from kiapi_core.errors import InvalidRequest, NotFound, QueueFull, Unavailable  # noqa: E402
-from kiapi_core.jobs import manager as manager_module  # noqa: E402
-from kiapi_core.jobs.models import Job, JobStatus  # noqa: E402
-from kiapi_core.jobs.running import PROGRESS_CAP  # noqa: E402
-from kiapi_core.jobs.store import MemoryJobStore  # noqa: E402
-from kiapi_core.jobs.watch import change_key  # noqa: E402
+from helpers_jobs import BROKEN, LAZY, OTHER, WAIT, Rig, make_rig
+from kiapi_core.errors import InvalidRequest, NotFound, QueueFull, Unavailable
+from kiapi_core.jobs import manager as manager_module
+from kiapi_core.jobs.models import Job, JobStatus
+from kiapi_core.jobs.running import PROGRESS_CAP
+from kiapi_core.jobs.store import MemoryJobStore
+from kiapi_core.jobs.watch import change_key
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-from helpers_jobs import OTHER, WAIT, make_rig  # noqa: E402
-from kiapi_core.errors import KiapiError  # noqa: E402
-from kiapi_core.http.responses import error_response  # noqa: E402
-from kiapi_core.jobs.routes import routes  # noqa: E402
+from helpers_jobs import OTHER, WAIT, make_rig
+from kiapi_core.errors import KiapiError
+from kiapi_core.http.responses import error_response
+from kiapi_core.jobs.routes import routes
 
 
 async def _kiapi_error(request: Request, exc: Exception):

@@ -39,7 +39,7 @@ class Host:
         self.closed: list[str] = []
 
         class Runtime:
-            def close(inner) -> None:  # noqa: N805
+            def close(inner) -> None:
                 self.closed.append("x")
 
         def load(**_: Any) -> Runtime:

@@ -14,6 +14,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -22,6 +23,7 @@ import pytest
 from kiapi_core.errors import MemoryBudgetExceeded
 from kiapi_core.memory import GB, ModelManager
 from kiapi_core.memory.budget import resolve_budget
+from kiapi_core.plugin_api import adapt
 from kiapi_core.registry import Registry
 from kiapi_core.settings import Settings
 
@@ -54,7 +56,8 @@ def _train(low_ram: bool) -> dict[str, Any]:
 
 def _upscale(model: str) -> dict[str, Any]:
     return {"model": model, "quantize": None, "resolution": "2x", "input_width": 1920, "input_height": 1080,
-            "width": 3840, "height": 2160}
+            "width": 3840, "height": 2160, "softness": 0.0, "seed": 1, "format": "png", "quality": 90,
+            "image": {"type": "file_id", "file_id": "example"}}
 
 
 CASES = (
@@ -122,11 +125,15 @@ def build(budget_gb: float, ernie_settings: dict[str, Any] | None = None) -> tup
         return msgspec.structs.replace(capability, models=tuple(
             msgspec.structs.replace(m, loader=load) for m in capability.models))
 
+    settings = Settings(memory_limit_gb=budget_gb, data_dir="/nonexistent")
+    # what registering through the host does: plugin API 2 hooks are called with a RequestContext
+    host = SimpleNamespace(settings=settings, plugin_settings=lambda name, spec=None: None)
+    upscale = adapt(upscale, host)
     registry = Registry()
     registry.add(with_fake_loader(ernie_capability(ErnieSettings(**(ernie_settings or {})), budget_gb=budget_gb)),
                  plugin="ernie", distribution="kiapi-ernie")
     registry.add(with_fake_loader(upscale), plugin="seedvr2", distribution="kiapi-seedvr2")
-    manager = ModelManager(settings=Settings(memory_limit_gb=budget_gb, data_dir="/nonexistent"), registry=registry,
+    manager = ModelManager(settings=settings, registry=registry,
                            plugin_settings=lambda family: None, cache_dir=lambda family: Path("/nonexistent"),
                            demo=False, backend_for=lambda model: allocator)
     return manager, registry

@@ -128,7 +128,7 @@ def _in_thread(fn) -> tuple[threading.Thread, dict]:
     def run() -> None:
         try:
             out["response"] = fn()
-        except Exception as exc:  # noqa: BLE001 - the assertion reports it
+        except Exception as exc:  # the assertion reports it
             out["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)

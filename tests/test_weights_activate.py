@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from huggingface_hub import errors
 from huggingface_hub.file_download import DryRunFileInfo
 
-from helpers_weights import (  # noqa: E402
+from helpers_weights import (
     FLAT_FILES,
     FLAT_REPO,
     FLAT_REV,
@@ -31,8 +31,8 @@ from helpers_weights import (  # noqa: E402
     build_snapshot,
     use_toy_plugin,
 )
-from kiapi_core.cli import cli  # noqa: E402
-from kiapi_core.weights import matches, snapshot_dir  # noqa: E402
+from kiapi_core.cli import cli
+from kiapi_core.weights import matches, snapshot_dir
 
 REPOS = {(TOY_REPO, TOY_REV): TOY_FILES, (FLAT_REPO, FLAT_REV): FLAT_FILES}
 

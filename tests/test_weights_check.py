@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from helpers_weights import TOY_FILES, TOY_REPO, TOY_REV, build_snapshot, use_toy_plugin  # noqa: E402
-from kiapi_core.cli import cli  # noqa: E402
-from kiapi_core.lockfile import DataDirLock, LockHeld, holder  # noqa: E402
+from helpers_weights import TOY_FILES, TOY_REPO, TOY_REV, build_snapshot, use_toy_plugin
+from kiapi_core.cli import cli
+from kiapi_core.lockfile import DataDirLock, LockHeld, holder
 
 
 @pytest.fixture

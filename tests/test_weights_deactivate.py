@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-import kiapi_core.cli.weights as weights_cli  # noqa: E402
-from helpers_weights import (  # noqa: E402
+import kiapi_core.cli.weights as weights_cli
+from helpers_weights import (
     FLAT_FILES,
     FLAT_REPO,
     FLAT_REV,
@@ -21,8 +21,8 @@ from helpers_weights import (  # noqa: E402
     needs_plugins,
     use_toy_plugin,
 )
-from kiapi_core.cli import cli  # noqa: E402
-from kiapi_core.weights import repo_cache_dir  # noqa: E402
+from kiapi_core.cli import cli
+from kiapi_core.weights import repo_cache_dir
 
 
 def run(*args: str):

@@ -8,7 +8,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from helpers_weights import (  # noqa: E402
+from helpers_weights import (
     ERNIE_FILES,
     ERNIE_TURBO,
     FLAT_FILES,
@@ -25,8 +25,8 @@ from helpers_weights import (  # noqa: E402
     needs_plugins,
     use_toy_plugin,
 )
-from kiapi_core.cli import cli  # noqa: E402
-from kiapi_core.weights import SelectionError, mlx_note, select, status  # noqa: E402
+from kiapi_core.cli import cli
+from kiapi_core.weights import SelectionError, mlx_note, select, status
 
 
 def run(*args: str):

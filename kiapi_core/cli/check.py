@@ -139,7 +139,7 @@ async def _run(host: Any, items: list[tuple[Any, Any]], demo: bool, *, progress:
                 click.echo(f"checking {capability.name}:{model.name} ...", err=True)
             try:
                 results.append(await _check_one(http, capability, model, demo))
-            except Exception as exc:  # noqa: BLE001 - one model's crash is that model's failure
+            except Exception as exc:  # one model's crash is that model's failure
                 results.append(CheckResult(model=f"{capability.name}:{model.name}", outcome="failed",
                                            detail=f"{type(exc).__name__}: {exc}"))
     return results

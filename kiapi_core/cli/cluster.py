@@ -32,7 +32,7 @@ def cluster(ctx: click.Context, as_json: bool) -> None:
         raise click.ClickException("the cluster extra is not installed: pip install 'kiapi-core[cluster]'") from None
     try:
         pool = connect_pool(settings.cluster_url, size=1)
-    except Exception as exc:  # noqa: BLE001 - psycopg's errors, shown as they are
+    except Exception as exc:  # psycopg's errors, shown as they are
         raise click.ClickException(f"cannot reach {redact_url(settings.cluster_url)}: {exc}") from None
     try:
         hosts = PgJobBackend(pool).hosts(live_s=settings.cluster_lease_s)

@@ -172,7 +172,7 @@ def activate(ctx: click.Context, selectors: tuple[str, ...], use_all: bool, yes:
             refine(item)
         except KeyboardInterrupt:
             _interrupted()
-        except Exception as exc:  # noqa: BLE001 - worded by explain(), else re-raised
+        except Exception as exc:  # worded by explain(), else re-raised
             message = explain(exc, item)
             if message is None:
                 raise
@@ -204,7 +204,7 @@ def activate(ctx: click.Context, selectors: tuple[str, ...], use_all: bool, yes:
             download(item)
         except KeyboardInterrupt:
             _interrupted()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             message = explain(exc, item)
             if message is None:
                 raise

@@ -92,7 +92,7 @@ class PersistedError(msgspec.Struct, kw_only=True):
     detail: str
 
 
-class Fenced(Exception):  # noqa: N818 - a signal
+class Fenced(Exception):  # a signal
     """The writer no longer owns the job (lease lost, job reaped or deleted)."""
 
 

@@ -328,7 +328,7 @@ class ClusterJobManager:
         for listener in listeners:
             try:
                 listener(event, copy)
-            except Exception:  # noqa: BLE001 - an observer must never break a job
+            except Exception:  # an observer must never break a job
                 log.exception("job listener %r failed on %s of %s", listener, event, job.id)
 
     async def wait(self, job_id: str, timeout: float) -> Job:

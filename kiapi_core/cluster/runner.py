@@ -142,7 +142,7 @@ class ClusterRunner:
     def _try_claim(self) -> Pending | None:
         try:
             claim = self.backend.claim(self._claimer())
-        except Exception as exc:  # noqa: BLE001 - the database may be away; try again later
+        except Exception as exc:  # the database may be away; try again later
             log.warning("cluster: claiming failed: %s", exc)
             self._stop.wait(POLL_S)
             return None
@@ -150,7 +150,7 @@ class ClusterRunner:
             return None
         try:
             pending = self._pending(claim)
-        except Exception as exc:  # noqa: BLE001 - an unreadable request fails its job, not the host
+        except Exception as exc:  # an unreadable request fails its job, not the host
             self._fail_unrunnable(claim, exc)
             return None
         self.run = Run(pending, claim.attempt, time.monotonic())
@@ -182,7 +182,7 @@ class ClusterRunner:
         try:
             self.backend.finish(job, self.host_id, claim.attempt,
                                 PersistedError(status=500, code="internal_error", detail=job.error))
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("job %s: could not record its failure", job.id)
         self._notify(job.id)
 
@@ -200,7 +200,7 @@ class ClusterRunner:
             self.backend.write(job, self.host_id, run.attempt)
         except Fenced:
             self._lose(run, "its record was taken over by another host")
-        except Exception as exc:  # noqa: BLE001 - progress is best effort; the lease decides
+        except Exception as exc:  # progress is best effort; the lease decides
             log.warning("job %s: could not save progress: %s", job.id, exc)
         self._notify(job.id)
 
@@ -223,7 +223,7 @@ class ClusterRunner:
                 self._emit("finished", job)
             except Fenced:
                 run.lost = True
-            except Exception:  # noqa: BLE001 - the reaper re-runs or fails it
+            except Exception:  # the reaper re-runs or fails it
                 log.exception("job %s: could not record its end; the lease will expire", job.id)
         if run.lost:
             log.warning("job %s: attempt %d lost its lease; its late result is discarded", job.id, run.attempt)
@@ -239,7 +239,7 @@ class ClusterRunner:
             self.backend.release(job.id, self.host_id, run.attempt)
             log.info("job %s: given back to the cluster queue (%s)", job.id,
                      "did not fit this host's memory now" if refused else "host stopping")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("job %s: could not give it back (%s); the lease will expire", job.id, exc)
         self._notify(job.id)
 
@@ -247,7 +247,7 @@ class ClusterRunner:
         for file_id in file_ids:
             try:
                 self._files.delete(file_id)
-            except Exception:  # noqa: BLE001 - already gone
+            except Exception:  # already gone
                 pass
 
     def worker_exited(self) -> None:
@@ -285,7 +285,7 @@ class ClusterRunner:
                 log.warning("job %s: its host was lost; now %s", job.id, job.status.value)
                 self._drop_artifacts(lost)
                 self._notify(job.id)
-        except Exception as exc:  # noqa: BLE001 - the database may be away; the watchdog decides
+        except Exception as exc:  # the database may be away; the watchdog decides
             log.warning("cluster: heartbeat failed: %s", exc)
 
     def _renew(self) -> None:

@@ -21,7 +21,6 @@ import msgspec
 
 from ..errors import BadRequest, InvalidInput, InvalidRequest, KiapiError, NotFound, PayloadTooLarge
 from ..images import probe_image
-from ..validation import strip_url_secrets
 from .fetch import URLFetcher
 from .models import StoredFile
 from .names import ID_FORM, clean_content_type, suggest_extension, valid_id
@@ -42,9 +41,6 @@ class ResolvedInputs(msgspec.Struct, kw_only=True):
     files: dict[str, StoredFile] = msgspec.field(default_factory=dict)
     #: Field path → file id, for the job record.
     summary: dict[str, str] = msgspec.field(default_factory=dict)
-    #: Field path → what to show instead of the FileRef in job params: the ref's type and the
-    #: file id, plus the redacted URL for URL refs; never a data URL's text.
-    refs: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)
     #: Ids of files this resolution stored (URL and data URL inputs), oldest first.
     created: list[str] = msgspec.field(default_factory=list)
     #: Field path → pixel count of each image input (what decoding it will take in memory).
@@ -110,12 +106,10 @@ async def _resolve_one(path: str, ref: Any, kind: str, *, store: FileStore, sett
     stem = f"input-{_slug(path)}"
     if isinstance(ref, FileIDRef):
         stored = await _by_id(path, ref.file_id, store)
-        result.refs[path] = {"type": "file_id", "file_id": stored.file_id}
     elif isinstance(ref, FileURLRef):
         stored = await fetcher.fetch(ref.url, store=store, stem=stem, what=f"`{path}`",
                                      meta={"field": path, "kind": kind})
         result.created.append(stored.file_id)
-        result.refs[path] = {"type": "url", "url": strip_url_secrets(ref.url), "file_id": stored.file_id}
     elif isinstance(ref, FileDataURLRef):
         max_bytes = int(settings.max_data_url_mb * MiB)
         media, data = await asyncio.to_thread(decode_data_url, ref.data_url, max_bytes=max_bytes,
@@ -126,7 +120,6 @@ async def _resolve_one(path: str, ref: Any, kind: str, *, store: FileStore, sett
             content_type=content_type, meta={"source": "data_url", "field": path, "kind": kind})
         del data
         result.created.append(stored.file_id)
-        result.refs[path] = {"type": "data_url", "file_id": stored.file_id}
     else:  # pragma: no cover - FILE_REF_TYPES has exactly three members
         raise TypeError(f"unexpected FileRef {type(ref).__name__}")
     if kind == "image":

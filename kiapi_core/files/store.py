@@ -138,7 +138,7 @@ class BlobWriter:
     async def _close_file(self) -> None:
         try:
             await self._drain()
-        except Exception:  # noqa: BLE001 - aborting anyway; the file is removed
+        except Exception:  # aborting anyway; the file is removed
             pass
         finally:
             if self._fh is not None:

@@ -88,7 +88,7 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
             return await _answer(host, request, job, mode, replayed=replayed is not None)
         except KiapiError as exc:
             raise _with_job(exc, job) from None
-        except Exception as exc:  # noqa: BLE001 - the job exists: the client must learn its id
+        except Exception as exc:  # the job exists: the client must learn its id
             log.exception("answering for job %s failed", job.id)
             raise _with_job(KiapiError(f"job {job.id} was queued, but answering failed "
                                        f"({exc.__class__.__name__}); follow it with GET /v1/jobs/{job.id}"),
@@ -160,7 +160,7 @@ def _prepare_problems(host: Host, capability: Capability, operation: Operation, 
     except InvalidRequest as found:
         items = found.extra.get("errors") or [{"field": found.extra.get("field", "$"), "detail": found.detail}]
         return [item for item in items if re.split(r"[.\[]", str(item["field"]))[0] not in bad]
-    except Exception:  # noqa: BLE001 - only a better message is at stake
+    except Exception:  # only a better message is at stake
         return []
     return []
 

@@ -486,7 +486,7 @@ class JobManager:
         for listener in self.listeners:
             try:
                 listener(event, copy)
-            except Exception:  # noqa: BLE001 - an observer must never break a job
+            except Exception:  # an observer must never break a job
                 log.exception("job listener %r failed on %s of %s", listener, event, job.id)
 
     def _locked(self, fn: Callable[[], Any]) -> Any:
@@ -502,7 +502,7 @@ class JobManager:
             try:
                 index = scheduler.pick(self._queue, self._cheap_check(), self._fairness, now)
                 scheduler.passed_over(self._queue, index, now)
-            except Exception:  # noqa: BLE001 - never let scheduling stop the worker: FIFO
+            except Exception:  # never let scheduling stop the worker: FIFO
                 log.exception("job scheduling failed; starting the oldest job")
                 index = 0
         pending = self._queue[index]
@@ -531,7 +531,7 @@ class JobManager:
                 try:
                     seen[key] = not needs(pending.capability, pending.model, pending.operation,
                                           pending.job.params)
-                except Exception:  # noqa: BLE001 - scheduling must never fail a queue
+                except Exception:  # scheduling must never fail a queue
                     log.exception("job scheduling: could not tell whether %s/%s needs an eviction", *key[:2])
                     seen[key] = False
             return seen[key]
@@ -545,7 +545,7 @@ class JobManager:
         if self._mixed_queue():
             try:
                 order = scheduler.plan(self._queue, self._cheap_check(), self._fairness, time.monotonic())
-            except Exception:  # noqa: BLE001 - positions are a forecast; never fail a submit on them
+            except Exception:  # positions are a forecast; never fail a submit on them
                 log.exception("job scheduling failed; showing arrival order")
         moved = []
         for position, pending in enumerate(order):

@@ -27,7 +27,7 @@ from ..errors import Conflict, InvalidRequest
 from .models import Job, JobStatus
 
 
-class IdempotentReplay(Exception):  # noqa: N818 - a signal, not an error
+class IdempotentReplay(Exception):  # a signal, not an error
     """A submission's idempotency key names a kept job with the same request: answer with it."""
 
     def __init__(self, job: Job) -> None:

@@ -94,7 +94,7 @@ class AdminTask:
     def run(self) -> None:
         try:
             value, error = self.fn(), None
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, never kills the thread
+        except BaseException as exc:  # handed to the caller, never kills the thread
             value, error = None, exc
         self.settle(value, error)
 
@@ -169,7 +169,7 @@ class Worker(threading.Thread):
                     continue
                 try:
                     self.execute(pending)
-                except BaseException:  # noqa: BLE001 - the thread must outlive any job
+                except BaseException:  # the thread must outlive any job
                     log.exception("job %s: unexpected error in the worker", pending.job.id)
         finally:
             self._board.worker_exited()
@@ -185,13 +185,13 @@ class Worker(threading.Thread):
                 models=self._models, settings=self._plugin_settings(pending.capability.name),
                 demo=self._demo, work_root=self._work_root, cache_dir=self._cache_dir)
             outcome = self._run_handler(pending, ctx)
-        except BaseException as exc:  # noqa: BLE001 - context set-up failed (disk full ...)
+        except BaseException as exc:  # context set-up failed (disk full ...)
             outcome = _failure(job_id, exc)
         metrics: Mapping[str, Any] = {}
         try:
             # Whatever happened: free the reservation and any transient model.
             metrics = self._models.end_job(job_id, succeeded=outcome.status is JobStatus.succeeded) or {}
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("job %s: models.end_job failed", job_id)
         self._board.finish(pending, outcome, metrics)  # answer first, then sync and tidy up
         sync = getattr(self._files, "sync_deferred", None)
@@ -215,7 +215,7 @@ class Worker(threading.Thread):
         except JobCanceled:
             log.info("job %s: canceled while running", job_id)
             return Outcome(JobStatus.canceled)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             if pending.cancel.is_set():
                 # Library code may wrap or swallow JobCanceled (``except Exception``): a job
                 # that was asked to stop and stopped with an error was canceled all the same.

@@ -135,7 +135,7 @@ def _mlx_working_set_bytes() -> int | None:
         return None
     try:
         info = mx.device_info()
-    except Exception:  # noqa: BLE001 - an informational probe must never break start-up
+    except Exception:  # an informational probe must never break start-up
         return None
     value = info.get("max_recommended_working_set_size") if isinstance(info, dict) else None
     return int(value) if value else None

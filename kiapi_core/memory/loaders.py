@@ -38,5 +38,5 @@ def close_runtime(runtime: Any, what: str) -> None:
         return
     try:
         close()
-    except Exception:  # noqa: BLE001 - freeing must go on; the job's outcome is already decided
+    except Exception:  # freeing must go on; the job's outcome is already decided
         log.exception("closing %s failed", what)

@@ -419,7 +419,7 @@ class ModelManager:
         for listener in self.listeners:
             try:
                 listener(event, facts)
-            except Exception:  # noqa: BLE001 - an observer must never break a load
+            except Exception:  # an observer must never break a load
                 log.exception("model listener failed on %s", event)
 
     def _dispose_residents(self, evicted: list[Resident], *, reason: str) -> None:

@@ -26,10 +26,6 @@ class Resident:
     #: Jobs that need it now; a resident with users is never evicted.
     users: set[str] = field(default_factory=set)
 
-    @property
-    def family(self) -> str:
-        return self.key[0]
-
 
 @dataclass
 class Transient:

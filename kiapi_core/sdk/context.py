@@ -25,6 +25,9 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_image_pixels: int = 100_000_000
     #: Largest upload, in MiB (``KIAPI_MAX_UPLOAD_MB``).
     max_upload_mb: float = 2048.0
+    #: The memory budget in GiB jobs are admitted against (``KIAPI_MEMORY_LIMIT_GB``, or what the
+    #: host derived from the machine); ``None`` when the host has none.
+    memory_budget_gb: float | None = None
 
 
 class RequestContext(msgspec.Struct, frozen=True, kw_only=True):

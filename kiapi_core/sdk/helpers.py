@@ -24,7 +24,7 @@ def free_memory() -> None:
     if mx is not None:
         try:
             mx.clear_cache()
-        except Exception:  # noqa: BLE001 - freeing is best effort, never a job failure
+        except Exception:  # freeing is best effort, never a job failure
             log.debug("mx.clear_cache failed", exc_info=True)
 
 

@@ -185,7 +185,7 @@ class _Board:
         self.cancel = threading.Event()
         if isinstance(cancel_on, str):
             prefix = cancel_on
-            cancel_on = lambda _f, label: label is not None and label.startswith(prefix)  # noqa: E731
+            cancel_on = lambda _f, label: label is not None and label.startswith(prefix)
         self._cancel_on = cancel_on
         self._cancel_at = cancel_at
 

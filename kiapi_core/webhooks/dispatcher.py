@@ -171,7 +171,7 @@ class WebhookDispatcher:
             fn, args = await self._writes.get()
             try:
                 await asyncio.to_thread(fn, *args)
-            except Exception:  # noqa: BLE001 - a full disk must not stop later writes
+            except Exception:  # a full disk must not stop later writes
                 log.exception("webhooks: could not record %s", fn.__name__)
             finally:
                 self._writes.task_done()

@@ -74,7 +74,7 @@ class PgEventBus(EventBus):
     def _call(fn, *args) -> None:
         try:
             fn(*args)
-        except Exception:  # noqa: BLE001 - a receiver's bug must not stop the bus
+        except Exception:  # a receiver's bug must not stop the bus
             log.exception("cluster event bus: a receiver failed")
 
     def close(self) -> None:

@@ -105,7 +105,6 @@ def build_capability(settings: ErnieSettings | None = None, *, demo: bool = Fals
     return Capability(
         name="ernie",
         domain="image",
-        plugin_api=1,  # prepare(request, model, host), check(..., inputs, host): not yet moved to API 2
         title=docs.TITLE,
         summary=docs.SUMMARY,
         description=docs.DESCRIPTION,

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kiapi_core.sdk import EXTENSIONS, MEDIA_TYPES, encode_image
+from kiapi_core.sdk import EXTENSIONS, MEDIA_TYPES, JobContext, encode_image
 
 from .schemas import ImageResponse, Timings
 from .validation import guidance_warnings
@@ -15,7 +15,7 @@ from .validation import guidance_warnings
 SAVING_AT = 0.96
 
 
-def _lora_files(job) -> tuple[list[tuple[str, str]], list[float]]:
+def _lora_files(job: JobContext) -> tuple[list[tuple[str, str]], list[float]]:
     """(file id, path) of each requested adapter, and their scales."""
     loras = list(job.request.loras or ())
     files = [(job.inputs[f"loras[{i}].file"].file_id, str(job.inputs[f"loras[{i}].file"].path))
@@ -23,7 +23,7 @@ def _lora_files(job) -> tuple[list[tuple[str, str]], list[float]]:
     return files, [float(lora.scale) for lora in loras]
 
 
-def _result_params(job) -> dict[str, Any]:
+def _result_params(job: JobContext) -> dict[str, Any]:
     """The job's resolved params (FileRefs already summarised by the core's ``ref_summary``),
     with each FileRef replaced by the file id it resolved to, so the run can be repeated."""
     params = dict(job.params)
@@ -39,7 +39,7 @@ def _result_params(job) -> dict[str, Any]:
     return params
 
 
-def _run_image(job, *, image_path: Path | None) -> ImageResponse:
+def _run_image(job: JobContext, *, image_path: Path | None) -> ImageResponse:
     p = job.params
     for note in guidance_warnings(p):
         job.warn(note)
@@ -64,7 +64,7 @@ def _run_image(job, *, image_path: Path | None) -> ImageResponse:
     data = encode_image(image, fmt, p["quality"])
     params = _result_params(job)
     meta = {"capability": "ernie", "model": p["model"], "kind": p["kind"], "seed": p["seed"],
-            "width": image.width, "height": image.height, "job_id": getattr(job, "job_id", None)}
+            "width": image.width, "height": image.height, "job_id": job.job_id}
     if job.demo:
         meta["demo"] = True
     stored = job.store_artifact(
@@ -77,17 +77,17 @@ def _run_image(job, *, image_path: Path | None) -> ImageResponse:
     )
 
 
-def generate(job) -> ImageResponse:
+def generate(job: JobContext) -> ImageResponse:
     """Text-to-image on the resident model (a transient one only for another quantize)."""
     return _run_image(job, image_path=None)
 
 
-def edit(job) -> ImageResponse:
+def edit(job: JobContext) -> ImageResponse:
     """Image-to-image from the resolved ``image`` input."""
     return _run_image(job, image_path=Path(job.inputs["image"].path))
 
 
-def train(job):
+def train(job: JobContext):
     """LoRA training through mflux's TrainingRunner (see :mod:`kiapi_ernie.training`)."""
     from .training import run_training
 

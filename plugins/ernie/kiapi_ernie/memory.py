@@ -129,13 +129,13 @@ def lora_gb(params: dict[str, Any]) -> float:
     return float(params.get("lora_mb") or 0.0) * 1.5 / 1024
 
 
-def estimate_generate(params: dict[str, Any], model: Any = None) -> float:
+def estimate_generate(params: dict[str, Any], ctx: Any = None) -> float:
     if params.get("demo"):
         return demo_gb(params["width"], params["height"]) + lora_gb(params)
     return image_peak_gb(params["width"], params["height"], params["steps"], params["guidance"]) + lora_gb(params)
 
 
-def estimate_edit(params: dict[str, Any], model: Any = None) -> float:
+def estimate_edit(params: dict[str, Any], ctx: Any = None) -> float:
     if params.get("demo"):
         return demo_gb(params["width"], params["height"]) + lora_gb(params)
     return (image_peak_gb(params["width"], params["height"], params["steps"], params["guidance"], edit=True)
@@ -167,7 +167,7 @@ def train_gb(params: dict[str, Any], *, low_ram: bool | None = None) -> float:
     return round(weights_gb(params.get("quantize")) + max(kept, encode) + lora + _TEXT_ENCODER_GB, 2)
 
 
-def estimate_train(params: dict[str, Any], model: Any = None) -> float:
+def estimate_train(params: dict[str, Any], ctx: Any = None) -> float:
     """Training peak: its own model at the training quantization + backward activations."""
     return train_gb(params)
 

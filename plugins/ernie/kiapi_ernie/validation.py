@@ -2,7 +2,7 @@
 
 ``prepare_*`` run on the event loop before anything is queued: they apply every rule of the
 operation (422 :class:`InvalidRequest` listing each problem with its fix, collected with the
-core's :class:`~kiapi_core.validation.Problems`), fill in the variant defaults, draw a seed when
+SDK's :class:`~kiapi_core.sdk.Problems`), fill in the variant defaults, draw a seed when
 none was given and return the resolved ``params`` the job records.
 ``check_*`` run in a thread once FileRefs are resolved: LoRA files must be safetensors within
 the size cap whose tensors fit the model (:mod:`kiapi_ernie.loras`), a training dataset must be
@@ -15,7 +15,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from kiapi_core.sdk import InvalidInput, MemoryBudgetExceeded, Problems, ref_summary, resolve_quantize, resolve_seed
+from kiapi_core.sdk import (
+    InvalidInput,
+    MemoryBudgetExceeded,
+    Problems,
+    RequestContext,
+    ref_summary,
+    resolve_quantize,
+    resolve_seed,
+)
 
 from . import dataset, loras, memory, trainconfig
 from .settings import ErnieSettings
@@ -23,27 +31,20 @@ from .variants import VARIANTS, Variant, arch, num_layers
 
 #: Schedulers mflux registers by name; anything else would make mflux import a module by path.
 SCHEDULERS = ("linear", "flow_match_euler_discrete")
-#: What ``params["note"]`` says in demo mode (the core adds the one job warning).
-from kiapi_core.sdk import DEMO_NOTE
 
 #: Training falls back to this ``max_resolution`` when the request sends null (the spec default).
 DEFAULT_TRAIN_RESOLUTION = 512
 
 
-def plugin_settings(host: Any) -> ErnieSettings:
-    getter = getattr(host, "plugin_settings", None)
-    settings = getter("ernie") if callable(getter) else None
-    return settings if settings is not None else ErnieSettings()
+def plugin_settings(ctx: RequestContext) -> ErnieSettings:
+    return ctx.settings if isinstance(ctx.settings, ErnieSettings) else ErnieSettings()
 
 
-def is_demo(host: Any) -> bool:
-    return bool(getattr(getattr(host, "settings", None), "demo", False))
-
-
-def mark_demo(params: dict[str, Any], demo: bool) -> None:
-    if demo:
+def mark_demo(params: dict[str, Any], ctx: RequestContext) -> None:
+    """Demo outputs are marked in their params (the core adds the one job warning)."""
+    if ctx.demo:
         params["demo"] = True
-        params["note"] = DEMO_NOTE
+        params["note"] = ctx.demo_note
 
 
 def _size(p: Problems, name: str, value: int, cap: int) -> None:
@@ -62,8 +63,8 @@ def _size(p: Problems, name: str, value: int, cap: int) -> None:
 # --- generate / edit --------------------------------------------------------------------
 
 
-def _resolve_image_params(request: Any, model: Any, host: Any, *, kind: str) -> dict[str, Any]:
-    settings, demo = plugin_settings(host), is_demo(host)
+def _resolve_image_params(request: Any, ctx: RequestContext, *, kind: str) -> dict[str, Any]:
+    settings, model = plugin_settings(ctx), ctx.model
     variant: Variant = VARIANTS[model.name]
     p = Problems()
 
@@ -84,7 +85,7 @@ def _resolve_image_params(request: Any, model: Any, host: Any, *, kind: str) -> 
         p.add("guidance", f"guidance must be a finite number >= 0 (got {request.guidance}); "
                           f"omit it for the {variant.name} default of {variant.guidance}")
     seed = resolve_seed(request.seed, p)
-    resident = getattr(model, "resident_quantize", settings.resident_quantize)
+    resident = model.resident_quantize
     quantize = resolve_quantize(request.quantize, resident, p)
     if request.scheduler not in SCHEDULERS:
         p.add("scheduler", f"scheduler {request.scheduler!r} is not supported; use 'linear' (the default)")
@@ -127,17 +128,17 @@ def _resolve_image_params(request: Any, model: Any, host: Any, *, kind: str) -> 
                            f"width and height, or set KIAPI_ERNIE_EDIT_REQUIRE_SQUARE=0 to lift this guard")
         params["image"] = ref_summary(request.image)
         params["image_strength"] = strength
-    mark_demo(params, demo)
+    mark_demo(params, ctx)
     p.raise_if_any()
     return params
 
 
-def prepare_generate(request: Any, model: Any, host: Any) -> dict[str, Any]:
-    return _resolve_image_params(request, model, host, kind="txt2img")
+def prepare_generate(request: Any, ctx: RequestContext) -> dict[str, Any]:
+    return _resolve_image_params(request, ctx, kind="txt2img")
 
 
-def prepare_edit(request: Any, model: Any, host: Any) -> dict[str, Any]:
-    return _resolve_image_params(request, model, host, kind="edit")
+def prepare_edit(request: Any, ctx: RequestContext) -> dict[str, Any]:
+    return _resolve_image_params(request, ctx, kind="edit")
 
 
 def guidance_warnings(params: dict[str, Any]) -> list[str]:
@@ -160,12 +161,12 @@ def guidance_warnings(params: dict[str, Any]) -> list[str]:
 # --- LoRA files -------------------------------------------------------------------------
 
 
-def _check_loras(request: Any, params: dict[str, Any], inputs: Any, host: Any) -> None:
-    settings, demo = plugin_settings(host), is_demo(host)
+def _check_loras(request: Any, params: dict[str, Any], ctx: RequestContext) -> None:
+    settings, demo = plugin_settings(ctx), ctx.demo
     problems = Problems()
     total_bytes = 0
     for i, _ in enumerate(request.loras or ()):
-        stored = inputs.get(f"loras[{i}].file") if inputs is not None else None
+        stored = ctx.inputs.get(f"loras[{i}].file")
         if stored is None:
             continue
         total_bytes += Path(stored.path).stat().st_size
@@ -177,20 +178,27 @@ def _check_loras(request: Any, params: dict[str, Any], inputs: Any, host: Any) -
         params["lora_mb"] = round(total_bytes / 2**20, 3)
 
 
-def check_generate(request: Any, params: dict[str, Any], inputs: Any, host: Any) -> None:
-    _check_loras(request, params, inputs, host)
+def check_generate(request: Any, params: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+    """New params with the adapters' size (``lora_mb``, for the estimate); 400 for a bad adapter."""
+    checked = dict(params)
+    _check_loras(request, checked, ctx)
+    return checked
 
 
-def check_edit(request: Any, params: dict[str, Any], inputs: Any, host: Any) -> None:
-    _check_loras(request, params, inputs, host)
-    stored = inputs.get("image") if inputs is not None else None
-    settings = plugin_settings(host)
+def check_edit(request: Any, params: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+    """As :func:`check_generate`, plus the output size from the input's aspect ratio when the
+    request leaves it open."""
+    checked = dict(params)
+    _check_loras(request, checked, ctx)
+    stored = ctx.inputs.get("image")
+    settings = plugin_settings(ctx)
     if stored is not None and (request.width is None or request.height is None) and not settings.edit_require_square:
         from PIL import Image
 
         with Image.open(stored.path) as image:
             size = image.size
-        params["width"], params["height"] = edit_size(size, request.width, request.height, settings)
+        checked["width"], checked["height"] = edit_size(size, request.width, request.height, settings)
+    return checked
 
 
 def edit_size(image_size: tuple[int, int], width: int | None, height: int | None,
@@ -217,9 +225,9 @@ def edit_size(image_size: tuple[int, int], width: int | None, height: int | None
 # --- train ------------------------------------------------------------------------------
 
 
-def prepare_train(request: Any, model: Any, host: Any) -> dict[str, Any]:
-    settings, demo = plugin_settings(host), is_demo(host)
-    variant: Variant = VARIANTS[model.name]
+def prepare_train(request: Any, ctx: RequestContext) -> dict[str, Any]:
+    settings, demo = plugin_settings(ctx), ctx.demo
+    variant: Variant = VARIANTS[ctx.model.name]
     p = Problems()
     # mflux trains ERNIE on the model's own schedule (ModelConfig.lora_training_steps/guidance)
     # whatever the config says, so other values are accepted, recorded and warned about.
@@ -291,7 +299,7 @@ def prepare_train(request: Any, model: Any, host: Any) -> dict[str, Any]:
         params["requested_steps"] = request.steps
     if request.guidance is not None and request.guidance != guidance:
         params["requested_guidance"] = request.guidance
-    mark_demo(params, demo)
+    mark_demo(params, ctx)
     p.raise_if_any()
     return params
 
@@ -346,16 +354,18 @@ def train_memory_problem(params: dict[str, Any], budget_gb: float | None) -> Mem
                                 without_low_ram_gb=round(memory.train_gb(params, low_ram=False), 3))
 
 
-def check_train(request: Any, params: dict[str, Any], inputs: Any, host: Any) -> None:
-    problem = None if is_demo(host) else train_memory_problem(params, getattr(host, "memory_budget_gb", None))
+def check_train(request: Any, params: dict[str, Any], ctx: RequestContext) -> None:
+    """503 when the training can never fit the memory budget; 400/422 for the dataset."""
+    problem = None if ctx.demo else train_memory_problem(params, ctx.limits.memory_budget_gb)
     if problem is not None:
         raise problem
-    stored = inputs.get("dataset") if inputs is not None else None
+    stored = ctx.inputs.get("dataset")
     if stored is None:
         return
-    settings = plugin_settings(host)
+    settings = plugin_settings(ctx)
     plan = dataset.inspect(Path(stored.path), dataset.Limits.from_settings(settings),
-                           max_pixels=_max_image_pixels(host), max_resolution=params.get("max_resolution"))
+                           max_pixels=ctx.limits.max_image_pixels or dataset.DEFAULT_MAX_PIXELS,
+                           max_resolution=params.get("max_resolution"))
     check_train_size(params, plan.num_images, settings)
 
 
@@ -377,7 +387,3 @@ def check_train_size(params: dict[str, Any], num_images: int, settings: ErnieSet
                                 f"(KIAPI_ERNIE_MAX_CHECKPOINTS); use save_frequency >= "
                                 f"{-(-total // settings.max_checkpoints)} or omit it")
     p.raise_if_any()
-
-
-def _max_image_pixels(host: Any) -> int:
-    return int(getattr(getattr(host, "settings", None), "max_image_pixels", 0) or dataset.DEFAULT_MAX_PIXELS)

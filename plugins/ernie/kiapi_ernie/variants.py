@@ -90,10 +90,6 @@ REAL_ARCH = Arch(layers=36, hidden=4096, ffn=12288, text_in=3072, out_channels=1
 TINY_ARCH = Arch(layers=2, hidden=64, ffn=128, text_in=3072, out_channels=128)
 
 
-def variant(name: str) -> Variant:
-    return VARIANTS[name]
-
-
 def arch(demo: bool) -> Arch:
     return TINY_ARCH if demo else REAL_ARCH
 

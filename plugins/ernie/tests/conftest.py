@@ -15,16 +15,16 @@ for _key, _value in (("MLX_DISABLE_COMPILE", "1"), ("HF_HUB_OFFLINE", "1"), ("TQ
                      ("TRANSFORMERS_VERBOSITY", "error")):
     os.environ.setdefault(_key, _value)
 
-import io  # noqa: E402
-import itertools  # noqa: E402
-import types  # noqa: E402
-import zipfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import io
+import itertools
+import types
+import zipfile
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
+import pytest
 
-from kiapi_core.testing import HandlerHarness, build_test_host  # noqa: E402
+from kiapi_core.testing import HandlerHarness, build_test_host
 
 _hosts = itertools.count(1)
 

@@ -105,16 +105,21 @@ def test_extract_flattens_only_validated_files(tmp_path, png):
     assert plan.num_images == 1
 
 
+def check_train(request, inputs, host):
+    """``check`` of ernie's train operation as ``host`` calls it (plugin API 2, adapted)."""
+    operation = next(op for op in host.registry.get("ernie").operations if op.name == "train")
+    operation.check(request, {}, inputs, host)
+
+
 def test_check_train_uses_settings(tmp_path, png, ernie_helpers, ernie_files):
     from kiapi_core.files.refs import FileIDRef
-    from kiapi_ernie import validation
     from kiapi_ernie.schemas import TrainRequest
 
     stored = ernie_files(_write(tmp_path, {"a.png": png, "a.txt": "x", "b.png": png, "b.txt": "y"}).read_bytes())
     request = TrainRequest(dataset=FileIDRef(file_id=stored.file_id))
-    validation.check_train(request, {}, {"dataset": stored}, ernie_helpers.host())
+    check_train(request, {"dataset": stored}, ernie_helpers.host())
     with pytest.raises(InvalidInput, match="KIAPI_ERNIE_DATASET_MAX_ENTRIES"):
-        validation.check_train(request, {}, {"dataset": stored}, ernie_helpers.host(dataset_max_entries=3))
+        check_train(request, {"dataset": stored}, ernie_helpers.host(dataset_max_entries=3))
 
 
 
@@ -125,7 +130,6 @@ def test_images_are_probed_by_the_core_within_the_host_pixel_limit(tmp_path, png
     from PIL import Image
 
     from kiapi_core.files.refs import FileIDRef
-    from kiapi_ernie import validation
     from kiapi_ernie.schemas import TrainRequest
 
     big = ernie_helpers.png((64, 64))
@@ -138,13 +142,13 @@ def test_images_are_probed_by_the_core_within_the_host_pixel_limit(tmp_path, png
     stored = ernie_files(_write(tmp_path, entries).read_bytes())
     request = TrainRequest(dataset=FileIDRef(file_id=stored.file_id))
     with pytest.raises(InvalidInput) as info:
-        validation.check_train(request, {}, {"dataset": stored}, ernie_helpers.host(max_image_pixels=1000))
+        check_train(request, {"dataset": stored}, ernie_helpers.host(max_image_pixels=1000))
     text = " | ".join(info.value.extra["problems"])
     assert "a.png is 64x64 = 4096 pixels, over the limit of 1000 (KIAPI_MAX_IMAGE_PIXELS)" in text
     assert "b.png could not be decoded" in text
     assert "c.png is a GIF image; send PNG, JPEG or WebP" in text
     ok = ernie_files(_write(tmp_path, {"a.png": big, "a.txt": "x"}, "ok.zip").read_bytes())
-    validation.check_train(request, {}, {"dataset": ok}, ernie_helpers.host(max_image_pixels=4096))
+    check_train(request, {"dataset": ok}, ernie_helpers.host(max_image_pixels=4096))
 
 
 def test_extract_does_not_decode_images_again(tmp_path, png, monkeypatch):

@@ -17,6 +17,23 @@ IMG = FileIDRef(file_id="file_img")
 DS = FileIDRef(file_id="file_ds")
 
 
+def _operation(host, name):
+    """The operation as the host serves it: its plugin API 2 hooks adapted to the request path."""
+    return next(op for op in host.registry.get("ernie").operations if op.name == name)
+
+
+def prepare_generate(request, model, host):
+    return _operation(host, "generate").prepare(request, model, host)
+
+
+def prepare_edit(request, model, host):
+    return _operation(host, "edit").prepare(request, model, host)
+
+
+def prepare_train(request, model, host):
+    return _operation(host, "train").prepare(request, model, host)
+
+
 def _model(name=None):
     return _registry.resolve_model("ernie", name)
 
@@ -55,42 +72,42 @@ def _problem(fn, request, host, model=None) -> str:
     ({"scheduler": "os.system"}, "scheduler 'os.system' is not supported; use 'linear'"),
 ])
 def test_generate_rules(kw, expected, ernie_host):
-    assert expected in _problem(validation.prepare_generate, _gen(**kw), ernie_host)
+    assert expected in _problem(prepare_generate, _gen(**kw), ernie_host)
 
 
 def test_all_problems_are_listed_at_once(ernie_host):
     with pytest.raises(InvalidRequest) as info:
-        validation.prepare_generate(_gen(width=100, steps=500, quantize=1), _model(), ernie_host)
+        prepare_generate(_gen(width=100, steps=500, quantize=1), _model(), ernie_host)
     fields = [e["field"] for e in info.value.extra["errors"]]
     assert fields == ["width", "steps", "quantize"]
 
 
 def test_generate_defaults_and_seed(ernie_host):
-    params = validation.prepare_generate(_gen(), _model(), ernie_host)
+    params = prepare_generate(_gen(), _model(), ernie_host)
     assert (params["width"], params["height"], params["steps"], params["guidance"], params["quantize"]) == (
         1024, 1024, 8, 1.0, 8)
     assert 0 <= params["seed"] < 2**32 and params["transient"] is False and params["demo"] is True
     assert params["note"] == "demo mode: tiny random-weight model, the output is noise"
-    base = validation.prepare_generate(_gen(model="base"), _model("baidu/ERNIE-Image"), ernie_host)
+    base = prepare_generate(_gen(model="base"), _model("baidu/ERNIE-Image"), ernie_host)
     assert (base["model"], base["steps"], base["guidance"]) == ("base", 50, 4.0)
-    assert validation.prepare_generate(_gen(seed=5), _model(), ernie_host)["seed"] == 5
-    assert validation.prepare_generate(_gen(quantize=8), _model(), ernie_host)["transient"] is False
-    assert validation.prepare_generate(_gen(quantize=4), _model(), ernie_host)["transient"] is True
+    assert prepare_generate(_gen(seed=5), _model(), ernie_host)["seed"] == 5
+    assert prepare_generate(_gen(quantize=8), _model(), ernie_host)["transient"] is False
+    assert prepare_generate(_gen(quantize=4), _model(), ernie_host)["transient"] is True
 
 
 def test_settings_change_the_limits(ernie_helpers):
     host = ernie_helpers.host(demo=False, default_width=512, max_steps=10, max_loras=1)
-    params = validation.prepare_generate(_gen(), _model(), host)
+    params = prepare_generate(_gen(), _model(), host)
     assert params["width"] == 512 and "demo" not in params and "note" not in params
-    assert "steps must be in 1..10" in _problem(validation.prepare_generate, _gen(steps=11), host)
+    assert "steps must be in 1..10" in _problem(prepare_generate, _gen(steps=11), host)
     loras = [LoraRef(file=FileIDRef(file_id="a")), LoraRef(file=FileIDRef(file_id="b"))]
-    assert "at most 1 loras" in _problem(validation.prepare_generate, _gen(loras=loras), host)
+    assert "at most 1 loras" in _problem(prepare_generate, _gen(loras=loras), host)
 
 
 def test_file_refs_are_summarised_never_echoed(ernie_host):
     loras = [LoraRef(file=FileURLRef(url="https://user:pw@example.com/a.safetensors?token=secret")),
              LoraRef(file=FileDataURLRef(data_url="data:application/octet-stream;base64,AAAA"), scale=0.5)]
-    params = validation.prepare_generate(_gen(loras=loras), _model(), ernie_host)
+    params = prepare_generate(_gen(loras=loras), _model(), ernie_host)
     assert params["loras"] == [
         {"file": {"type": "url", "url": "https://example.com/a.safetensors"}, "scale": 1.0},
         {"file": {"type": "data_url", "media_type": "application/octet-stream", "chars": 41}, "scale": 0.5},
@@ -107,7 +124,7 @@ def _edit(**kw):
     ({"image_strength": -0.1}, "image_strength must be in 0..1"),
 ])
 def test_edit_rules(kw, expected, ernie_host):
-    assert expected in _problem(validation.prepare_edit, _edit(**kw), ernie_host)
+    assert expected in _problem(prepare_edit, _edit(**kw), ernie_host)
 
 
 @pytest.mark.parametrize("kw, expected", [
@@ -115,13 +132,13 @@ def test_edit_rules(kw, expected, ernie_host):
     ({"width": 512}, "requires a square size"),  # height defaults to 1024
 ])
 def test_edit_square_guard_when_turned_on(kw, expected, ernie_helpers):
-    assert expected in _problem(validation.prepare_edit, _edit(**kw), ernie_helpers.host(edit_require_square=True))
+    assert expected in _problem(prepare_edit, _edit(**kw), ernie_helpers.host(edit_require_square=True))
 
 
 def test_edit_square_guard_is_off_by_default(ernie_host):
-    params = validation.prepare_edit(_edit(width=512, height=768), _model(), ernie_host)
+    params = prepare_edit(_edit(width=512, height=768), _model(), ernie_host)
     assert (params["width"], params["height"]) == (512, 768)
-    ok = validation.prepare_edit(_edit(), _model(), ernie_host)
+    ok = prepare_edit(_edit(), _model(), ernie_host)
     assert ok["image"] == {"type": "file_id", "file_id": "file_img"} and ok["image_strength"] == 0.4
 
 
@@ -130,7 +147,7 @@ def _train(**kw):
 
 
 def test_train_defaults(ernie_host, ernie_helpers):
-    p = validation.prepare_train(_train(), _model(), ernie_host)
+    p = prepare_train(_train(), _model(), ernie_host)
     assert (p["seed"], p["steps"], p["guidance"], p["quantize"], p["max_resolution"], p["low_ram"]) == (
         42, 8, 1.0, 8, 512, True)
     assert (p["num_epochs"], p["batch_size"], p["timestep_low"], p["timestep_high"]) == (10, 1, 1, 8)
@@ -140,7 +157,7 @@ def test_train_defaults(ernie_host, ernie_helpers):
         "layers.{block}.self_attention.to_q", "layers.{block}.self_attention.to_k",
         "layers.{block}.self_attention.to_v", "layers.{block}.self_attention.to_out.0", "text_proj"]
     assert targets[0]["blocks"] == {"start": 0, "end": 2}  # demo: the tiny model has 2 blocks
-    real = validation.prepare_train(_train(model="base", lora_include_ff=True), _model("base"),
+    real = prepare_train(_train(model="base", lora_include_ff=True), _model("base"),
                                     ernie_helpers.host(demo=False))
     assert (real["steps"], real["guidance"], real["timestep_high"]) == (50, 4.0, 50)
     paths = [t["module_path"] for t in real["lora_layers"]["targets"]]
@@ -176,13 +193,13 @@ def test_train_defaults(ernie_host, ernie_helpers):
     ({"lora_layers": {"targets": [{"module_path": "layers.5.mlp.up_proj", "rank": 4}]}}, "names block 5"),
 ])
 def test_train_rules(kw, expected, ernie_host):
-    assert expected in _problem(validation.prepare_train, _train(**kw), ernie_host)
+    assert expected in _problem(prepare_train, _train(**kw), ernie_host)
 
 
 def test_train_custom_lora_layers_accepted(ernie_host):
     spec = {"targets": [{"module_path": "layers.{block}.mlp.gate_proj", "rank": 8, "blocks": {"indices": [1]},
                          "alpha": 8.0}, {"module_path": "final_linear", "rank": 4}]}
-    params = validation.prepare_train(_train(lora_layers=spec), _model(), ernie_host)
+    params = prepare_train(_train(lora_layers=spec), _model(), ernie_host)
     assert params["lora_layers"] == spec and params["lora_layers_custom"] is True
 
 
@@ -195,27 +212,27 @@ def test_train_custom_lora_layers_accepted(ernie_host):
 ])
 def test_size_bounds_come_before_the_multiple_rule(value, expected, ernie_host):
     """Out-of-range sizes get the cap, not a 'multiple of 16' hint; hints stay within 16..cap."""
-    detail = _problem(validation.prepare_generate, _gen(width=value), ernie_host)
+    detail = _problem(prepare_generate, _gen(width=value), ernie_host)
     assert expected in detail
     assert "2064" not in detail and "99999999999999999999984" not in detail
 
 
 def test_size_hints_respect_a_cap_that_is_not_a_multiple_of_16(ernie_helpers):
     host = ernie_helpers.host(demo=True, max_width=1000)
-    assert "use 992" in _problem(validation.prepare_generate, _gen(width=995), host)
-    assert "1008" not in _problem(validation.prepare_generate, _gen(width=995), host)
-    assert "use at most 992" in _problem(validation.prepare_generate, _gen(width=1001), host)
+    assert "use 992" in _problem(prepare_generate, _gen(width=995), host)
+    assert "1008" not in _problem(prepare_generate, _gen(width=995), host)
+    assert "use at most 992" in _problem(prepare_generate, _gen(width=1001), host)
 
 
 @pytest.mark.parametrize("model, guidance", [("turbo", 3.0), ("turbo", 1.0), ("base", 7.5), ("turbo", 0.0)])
 def test_any_finite_guidance_is_accepted(model, guidance, ernie_host):
-    params = validation.prepare_generate(_gen(guidance=guidance), _model(model), ernie_host)
+    params = prepare_generate(_gen(guidance=guidance), _model(model), ernie_host)
     assert params["guidance"] == guidance
 
 
 def test_guidance_warnings_say_what_mflux_does(ernie_host):
     def notes(model, **kw):
-        return validation.guidance_warnings(validation.prepare_generate(_gen(**kw), _model(model), ernie_host))
+        return validation.guidance_warnings(prepare_generate(_gen(**kw), _model(model), ernie_host))
 
     assert notes("turbo") == [] and notes("base") == [] and notes("base", guidance=1.0) == []
     (turbo,) = notes("turbo", guidance=3.0)
@@ -227,23 +244,23 @@ def test_guidance_warnings_say_what_mflux_does(ernie_host):
 
 
 def test_train_accepts_other_steps_and_guidance_and_records_what_runs(ernie_host):
-    p = validation.prepare_train(_train(steps=20, guidance=3.0), _model(), ernie_host)
+    p = prepare_train(_train(steps=20, guidance=3.0), _model(), ernie_host)
     assert (p["steps"], p["guidance"], p["timestep_high"]) == (8, 1.0, 8)  # what mflux really uses
     assert (p["requested_steps"], p["requested_guidance"]) == (20, 3.0)
     notes = validation.train_warnings(p)
     assert len(notes) == 2 and "steps 20 was not used" in notes[0] and "guidance 3 was not used" in notes[1]
-    same = validation.prepare_train(_train(steps=8, guidance=1.0), _model(), ernie_host)
+    same = prepare_train(_train(steps=8, guidance=1.0), _model(), ernie_host)
     assert "requested_steps" not in same and validation.train_warnings(same) == []
 
 
 def test_train_max_resolution_null_is_the_spec_default(ernie_host, ernie_helpers):
-    assert validation.prepare_train(_train(max_resolution=None), _model(), ernie_host)["max_resolution"] == 512
+    assert prepare_train(_train(max_resolution=None), _model(), ernie_host)["max_resolution"] == 512
     small_cap = ernie_helpers.host(demo=True, max_train_resolution=256)
-    assert validation.prepare_train(_train(max_resolution=None), _model(), small_cap)["max_resolution"] == 256
-    assert validation.prepare_train(_train(max_resolution=1024), _model(), ernie_host)["max_resolution"] == 1024
+    assert prepare_train(_train(max_resolution=None), _model(), small_cap)["max_resolution"] == 256
+    assert prepare_train(_train(max_resolution=1024), _model(), ernie_host)["max_resolution"] == 1024
 
 
 def test_seeds_use_the_full_64_bit_range(ernie_host):
     top = 2**64 - 1
-    assert validation.prepare_generate(_gen(seed=top), _model(), ernie_host)["seed"] == top
-    assert validation.prepare_train(_train(seed=top), _model(), ernie_host)["seed"] == top
+    assert prepare_generate(_gen(seed=top), _model(), ernie_host)["seed"] == top
+    assert prepare_train(_train(seed=top), _model(), ernie_host)["seed"] == top

@@ -51,13 +51,14 @@ they only need to be right in shape and on the safe side for request sizes not y
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 from typing import Any
 
-from kiapi_core.sdk import QUANTIZE_LEVELS, SAMPLE_IMAGE, Capability, Model, Operation, WeightFiles
+import msgspec
+
+from kiapi_core.sdk import QUANTIZE_LEVELS, SAMPLE_IMAGE, Capability, Model, Operation, RequestContext, WeightFiles
 
 from . import docs
-from .schemas import ImageResponse, UpscaleRequest
+from .schemas import ImageResponse, UpscaleParams, UpscaleRequest
 from .settings import RESIDENT_QUANTIZE, Seedvr2Settings
 from .validation import check_upscale, padded_size, prepare_upscale
 
@@ -139,16 +140,21 @@ def _model(variant: str, demo: bool) -> Model:
     )
 
 
-def estimate_upscale(params: Mapping[str, Any], model: Model) -> float:
-    """Peak GB one upscale adds on top of the resident weights (see the module docstring).
+def estimate_upscale(params: UpscaleParams, ctx: RequestContext) -> float:
+    """Peak GB one upscale adds on top of the resident weights (see the module docstring)."""
+    return estimate_upscale_gb(params, ctx.model)
+
+
+def estimate_upscale_gb(params: UpscaleParams, model: Model) -> float:
+    """Peak GB one upscale with ``params`` adds on top of ``model``'s resident weights.
 
     Reads the input and output sizes that :func:`~kiapi_seedvr2.validation.check_upscale` put
     into ``params``; without them, assumes a 2048x2048 output from an input as large.
     """
-    width, height = params.get("width"), params.get("height")
+    width, height = params.width, params.height
     if not width or not height:
         width, height = FALLBACK_SIZE
-    in_w, in_h = params.get("input_width") or width, params.get("input_height") or height
+    in_w, in_h = params.input_width or width, params.input_height or height
     pw, ph = padded_size(int(width), int(height))
     mpx = pw * ph / 1e6
     input_mpx = int(in_w) * int(in_h) / 1e6
@@ -177,9 +183,14 @@ def smoke_test(model: Model, demo: bool = False) -> tuple[str, dict[str, Any]]:
 
 def memory_examples(model: Model) -> list[tuple[str, str, dict[str, Any]]]:
     """Typical upscales with their sized params, for ``kiapi models --budget-gb``."""
-    return [(f"upscale {w}x{h} -> {2 * w}x{2 * h}", "upscale",
-             {"model": model.name, "quantize": None, "resolution": "2x", "input_width": w, "input_height": h,
-              "width": 2 * w, "height": 2 * h}) for w, h in ((512, 512), (1024, 1024), (1920, 1080))]
+    def sized(w: int, h: int) -> dict[str, Any]:
+        params = UpscaleParams(model=model.name, resolution="2x", softness=0.0, seed=0, quantize=None, format="png",
+                               quality=90, image={"type": "file_id", "file_id": "example"},
+                               input_width=w, input_height=h, width=2 * w, height=2 * h)
+        return msgspec.to_builtins(params)
+
+    return [(f"upscale {w}x{h} -> {2 * w}x{2 * h}", "upscale", sized(w, h))
+            for w, h in ((512, 512), (1024, 1024), (1920, 1080))]
 
 
 def build_capability(*, demo: bool = False) -> Capability:
@@ -187,7 +198,6 @@ def build_capability(*, demo: bool = False) -> Capability:
     return Capability(
         name="seedvr2",
         domain="image",
-        plugin_api=1,  # prepare(request, model, host), check(..., inputs, host): not yet moved to API 2
         title=docs.TITLE,
         summary=docs.SUMMARY,
         description=docs.DESCRIPTION,
@@ -200,6 +210,7 @@ def build_capability(*, demo: bool = False) -> Capability:
                 handler="kiapi_seedvr2.handlers:upscale",
                 job_type="seedvr2",
                 prepare=prepare_upscale,
+                params=UpscaleParams,
                 inputs={"image": "image"},
                 check=check_upscale,
                 estimate=estimate_upscale,

@@ -16,9 +16,9 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from kiapi_core.sdk import FileRef
+from kiapi_core.sdk import FileRef, ImageFormat
 
-__all__ = ["ImageResponse", "Timings", "UpscaleRequest"]
+__all__ = ["ImageResponse", "Timings", "UpscaleParams", "UpscaleRequest"]
 
 
 class UpscaleRequest(msgspec.Struct, kw_only=True):
@@ -125,3 +125,28 @@ class ImageResponse(msgspec.Struct, kw_only=True):
         ),
     ]
     timings: Annotated[Timings, msgspec.Meta(description="kiapi extension: server-side timing.")]
+
+
+class UpscaleParams(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """The resolved parameters of one upscale (plugin API 2): what ``prepare`` returns, the job
+    records and the handler runs. Not part of the wire contract; ``ImageResponse.params`` is
+    built from it. Fields left at their default (``None``) are not recorded."""
+
+    model: str
+    resolution: int | str
+    softness: float
+    seed: int
+    quantize: int | None
+    format: ImageFormat
+    quality: int
+    #: The input as recorded: ids and URLs without secrets, never inline data (``ref_summary``).
+    image: dict[str, Any]
+    #: The Files-API id of the input image (set by ``check`` once the input is stored).
+    image_file_id: str | None = None
+    demo: bool | None = None
+    note: str | None = None
+    #: Set by ``check`` from the stored input: input and output sizes (the estimate reads them).
+    input_width: int | None = None
+    input_height: int | None = None
+    width: int | None = None
+    height: int | None = None

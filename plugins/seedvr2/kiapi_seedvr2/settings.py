@@ -2,7 +2,7 @@
 
 Read by the core from ``KIAPI_SEEDVR2_<FIELD>`` environment variables and the ``[seedvr2]`` table
 of the config file; handlers get the instance as ``job.settings``, ``prepare``/``check`` through
-``host.plugin_settings("seedvr2")``. The string under each field is its documentation
+``ctx.settings``. The string under each field is its documentation
 (``kiapi config`` shows it).
 """
 
@@ -41,12 +41,3 @@ class Seedvr2Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 DEFAULT_SETTINGS = Seedvr2Settings()
 
-
-def settings_from(host: object | None) -> Seedvr2Settings:
-    """This plugin's settings as the host resolved them, or the defaults when it has none."""
-    getter = getattr(host, "plugin_settings", None)
-    if getter is not None:
-        value = getter("seedvr2")
-        if isinstance(value, Seedvr2Settings):
-            return value
-    return DEFAULT_SETTINGS

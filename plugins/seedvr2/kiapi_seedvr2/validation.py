@@ -2,16 +2,17 @@
 
 Two steps, both before the job is queued:
 
-* :func:`prepare_upscale` (event loop, cheap): checks every field (the core's ``Problems``,
+* :func:`prepare_upscale` (event loop, cheap): checks every field (the SDK's ``Problems``,
   ``resolve_seed`` and ``resolve_quantize``, so both plugins share one seed range and message)
-  and returns the resolved parameters recorded on the job: ``model``, ``resolution`` (``768`` or
+  and returns the resolved parameters recorded on the job (an :class:`UpscaleParams`): ``model``, ``resolution`` (``768`` or
   ``"2x"``, normalised), ``softness``, ``seed`` (drawn when omitted), ``quantize`` (the resident
   one when omitted), ``format``, ``quality``, ``image`` (the core's ``ref_summary``: never inline
   data or URL secrets), ``image_file_id`` when the image is a Files-API id, and in demo mode
   ``demo``/``note``.
 * :func:`check_upscale` (worker thread, after the image is stored): reads the input size,
-  computes the output size exactly as mflux will, rejects outputs over the pixel cap, and adds
-  ``input_width``, ``input_height``, ``width`` and ``height`` to ``params``, which is how the
+  computes the output size exactly as mflux will, rejects outputs over the pixel cap, and returns
+  new params with ``input_width``, ``input_height``, ``width``, ``height`` and the stored input's
+  ``image_file_id`` (from ``ctx.file_ids``), which is how the
   memory estimate (:func:`kiapi_seedvr2.capability.estimate_upscale`) learns the output size.
 
 Accepted ``resolution`` forms (lenient on purpose, earlier kiapi rejected ``"2X"``):
@@ -26,15 +27,16 @@ import math
 import re
 from typing import Any
 
-from kiapi_core.sdk import InvalidRequest, Problems, ref_summary, resolve_quantize, resolve_seed
+import msgspec
 
-from .settings import Seedvr2Settings, settings_from
+from kiapi_core.sdk import InvalidRequest, Problems, RequestContext, ref_summary, resolve_quantize, resolve_seed
+
+from .schemas import UpscaleParams, UpscaleRequest
+from .settings import DEFAULT_SETTINGS, Seedvr2Settings
 
 #: mflux floors a scaled short side to a multiple of this (``DIMENSION_STEP_PIXELS``).
 STEP = 16
 FORMATS = ("png", "jpeg", "webp")
-#: What ``params["note"]`` says in demo mode (the core adds the one job warning).
-from kiapi_core.sdk import DEMO_NOTE
 
 _SCALE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*[xX]\s*$")
 _INTEGER = re.compile(r"^\s*\+?\d+\s*$")
@@ -117,11 +119,15 @@ def _as_mflux_number(factor: float) -> int | float:
     return int(factor) if factor.is_integer() else factor
 
 
-def prepare_upscale(request: Any, model: Any, host: Any) -> dict[str, Any]:
+def _settings(ctx: RequestContext) -> Seedvr2Settings:
+    return ctx.settings if isinstance(ctx.settings, Seedvr2Settings) else DEFAULT_SETTINGS
+
+
+def prepare_upscale(request: UpscaleRequest, ctx: RequestContext) -> UpscaleParams:
     """Validate an UpscaleRequest and resolve its parameters (one 422 listing every problem)."""
-    settings = settings_from(host)
+    settings = _settings(ctx)
     p = Problems()
-    resolution: int | str | None = None
+    resolution: int | str = 0
     try:
         resolution = parse_resolution(request.resolution, settings)
     except InvalidRequest as exc:
@@ -131,7 +137,7 @@ def prepare_upscale(request: Any, model: Any, host: Any) -> dict[str, Any]:
     if isinstance(softness, bool) or not isinstance(softness, (int, float)) or not math.isfinite(softness) \
             or not 0.0 <= softness <= 1.0:
         p.add("softness", f"softness must be a number from 0 to 1 (0 = sharpest); got {softness!r}")
-    quantize = resolve_quantize(request.quantize, model.resident_quantize, p)
+    quantize = resolve_quantize(request.quantize, ctx.model.resident_quantize, p)
     if request.format not in FORMATS:
         p.add("format", f"format must be png, jpeg or webp; got {request.format!r}")
     quality = request.quality
@@ -139,24 +145,13 @@ def prepare_upscale(request: Any, model: Any, host: Any) -> dict[str, Any]:
         p.add("quality", f"quality must be an integer from 1 to 100; got {quality!r}")
     seed = resolve_seed(request.seed, p)
     p.raise_if_any()
-
-    params: dict[str, Any] = {
-        "model": model.name,
-        "resolution": resolution,
-        "softness": float(softness),
-        "seed": seed,
-        "quantize": quantize,
-        "format": request.format,
-        "quality": quality,
-        "image": ref_summary(request.image),
-    }
-    file_id = getattr(request.image, "file_id", None)
-    if file_id:
-        params["image_file_id"] = file_id
-    if getattr(getattr(host, "settings", None), "demo", False):
-        params["demo"] = True
-        params["note"] = DEMO_NOTE
-    return params
+    assert seed is not None  # a bad seed was raised just above
+    return UpscaleParams(
+        model=ctx.model.name, resolution=resolution, softness=float(softness), seed=seed, quantize=quantize,
+        format=request.format, quality=quality, image=ref_summary(request.image),
+        image_file_id=getattr(request.image, "file_id", None) or None,
+        demo=True if ctx.demo else None, note=ctx.demo_note,
+    )
 
 
 def image_size(path: Any) -> tuple[int, int]:
@@ -169,19 +164,20 @@ def image_size(path: Any) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def check_upscale(request: Any, params: dict[str, Any], inputs: Any, host: Any) -> None:
+def check_upscale(request: UpscaleRequest, params: UpscaleParams, ctx: RequestContext) -> UpscaleParams:
     """Size the output from the stored input image; 422 when it is too small or too large.
 
-    Adds ``input_width``, ``input_height``, ``width`` and ``height`` to ``params`` (the memory
-    estimate reads them).
+    Returns the params with ``input_width``, ``input_height``, ``width`` and ``height`` (the
+    memory estimate reads them) and the stored input's ``image_file_id``.
     """
-    settings = settings_from(host)
-    width, height = image_size(inputs["image"].path)
-    size_output(params, width, height, settings)
+    width, height = image_size(ctx.inputs["image"].path)
+    sized = size_output(params, width, height, _settings(ctx))
+    return msgspec.structs.replace(sized, image_file_id=ctx.file_ids["image"])
 
 
-def size_output(params: dict[str, Any], width: int, height: int, settings: Seedvr2Settings) -> None:
-    resolution = params["resolution"]
+def size_output(params: UpscaleParams, width: int, height: int, settings: Seedvr2Settings) -> UpscaleParams:
+    """``params`` with the input and output sizes; 422 when the output is too small or too large."""
+    resolution = params.resolution
     out_w, out_h = output_size(width, height, resolution)
     if min(out_w, out_h) < settings.min_resolution:
         raise InvalidRequest(
@@ -198,4 +194,4 @@ def size_output(params: dict[str, Any], width: int, height: int, settings: Seedv
             "Use a smaller scale factor or integer target, or crop the input.",
             field="resolution",
         )
-    params.update(input_width=width, input_height=height, width=out_w, height=out_h)
+    return msgspec.structs.replace(params, input_width=width, input_height=height, width=out_w, height=out_h)

@@ -9,7 +9,8 @@ import pytest
 
 from kiapi_core.errors import WeightsMissing
 from kiapi_core.registry import Registry
-from kiapi_seedvr2.capability import REVISION, build_capability, estimate_upscale
+from kiapi_seedvr2.capability import REVISION, build_capability, estimate_upscale_gb
+from kiapi_seedvr2.schemas import UpscaleParams
 from kiapi_seedvr2.settings import Seedvr2Settings
 
 
@@ -58,21 +59,28 @@ def test_demo_declares_no_downloads():
     assert all(m.weights == () and m.info["demo"] for m in build_capability(demo=True).models)
 
 
+def estimate(sizes, model):
+    """The estimate of an upscale sized as ``sizes`` says (``check`` sets these fields)."""
+    params = UpscaleParams(model=model.name, resolution="2x", softness=0.0, seed=1, quantize=8, format="png",
+                           quality=90, image={"type": "file_id", "file_id": "f"}, **sizes)
+    return estimate_upscale_gb(params, model)
+
+
 def test_estimate_grows_with_the_output_and_saturates_the_vae_tile():
     model = next(m for m in build_capability().models if m.name == "3b")
     def sized(w, h, iw=256, ih=256):
         return {"width": w, "height": h, "input_width": iw, "input_height": ih}
 
-    small = estimate_upscale(sized(512, 512), model)
-    mid = estimate_upscale(sized(768, 768), model)
-    big = estimate_upscale(sized(2048, 2048), model)
+    small = estimate(sized(512, 512), model)
+    mid = estimate(sized(768, 768), model)
+    big = estimate(sized(2048, 2048), model)
     assert 0 < small < mid < big
     k = model.info["estimate"]
     assert big - mid == pytest.approx(k["gb_per_mpx"] * (2048**2 - 768**2) / 1e6, abs=0.01)  # tile term saturated
     # unsized: assume a 2048x2048 output from an input as large
-    assert estimate_upscale({}, model) == estimate_upscale(sized(2048, 2048, 2048, 2048), model)
+    assert estimate({}, model) == estimate(sized(2048, 2048, 2048, 2048), model)
     seven = next(m for m in build_capability().models if m.name == "7b")
-    assert estimate_upscale({"width": 768, "height": 768}, seven) > mid
+    assert estimate({"width": 768, "height": 768}, seven) > mid
 
 
 def test_estimate_counts_the_input_pixels():
@@ -81,8 +89,8 @@ def test_estimate_counts_the_input_pixels():
 
     model = next(m for m in build_capability().models if m.name == "3b")
     tiny_output = {"width": 16, "height": 16}
-    small_in = estimate_upscale({**tiny_output, "input_width": 16, "input_height": 16}, model)
-    huge_in = estimate_upscale({**tiny_output, "input_width": 10_000, "input_height": 10_000}, model)
+    small_in = estimate({**tiny_output, "input_width": 16, "input_height": 16}, model)
+    huge_in = estimate({**tiny_output, "input_width": 10_000, "input_height": 10_000}, model)
     assert huge_in - small_in == pytest.approx(INPUT_GB_PER_MPX * (100 - 0.000256), abs=0.001)
     assert huge_in > 1.2
 

@@ -155,8 +155,10 @@ def test_measured_peak_stays_under_the_estimate(seedvr2):
     """Measured here, by the test, the way the core measures a job (the plugin never touches
     MLX's counters)."""
     import mlx.core as mx
+    import msgspec
 
-    from kiapi_seedvr2.capability import estimate_upscale
+    from kiapi_seedvr2.capability import estimate_upscale_gb
+    from kiapi_seedvr2.schemas import UpscaleParams
 
     image = seedvr2.image(32, 24)
     seedvr2.run({"resolution": "2x", "seed": 9}, image)  # the resident model is loaded
@@ -164,7 +166,7 @@ def test_measured_peak_stays_under_the_estimate(seedvr2):
     before = mx.get_active_memory()
     _, job = seedvr2.run({"resolution": "2x", "seed": 9}, image)
     request_peak_gb = (mx.get_peak_memory() - before) / 1e9
-    assert 0 < request_peak_gb <= estimate_upscale(job.params, job.model)
+    assert 0 < request_peak_gb <= estimate_upscale_gb(msgspec.convert(job.params, UpscaleParams), job.model)
 
 
 def test_the_plugin_never_resets_or_reads_mlx_memory_counters(seedvr2, monkeypatch):

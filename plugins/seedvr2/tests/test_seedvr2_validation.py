@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from kiapi_core.errors import InvalidRequest
@@ -106,12 +107,14 @@ def test_check_rejects_outputs_over_the_pixel_cap(seedvr2_with):
 
 def test_no_fixed_output_cap_by_default_memory_decides():
     """1080p -> 4K (8.3 MP) passes validation; admission sizes it against the budget."""
+    from kiapi_seedvr2.schemas import UpscaleParams
     from kiapi_seedvr2.validation import size_output
 
-    params = {"resolution": "2x"}
-    size_output(params, 1920, 1080, SETTINGS)
-    assert (params["width"], params["height"]) == (3840, 2160)
-    size_output({"resolution": 2048}, 2100, 1000, SETTINGS)
+    params = UpscaleParams(model="3b", resolution="2x", softness=0.0, seed=1, quantize=8, format="png", quality=90,
+                           image={"type": "file_id", "file_id": "f"})
+    sized = size_output(params, 1920, 1080, SETTINGS)
+    assert (sized.width, sized.height) == (3840, 2160) and params.width is None  # new params, not mutated
+    size_output(msgspec.structs.replace(params, resolution=2048), 2100, 1000, SETTINGS)
 
 
 def test_check_rejects_a_scale_that_floors_to_nothing(seedvr2):
