@@ -87,6 +87,10 @@ async def test_webhook_requests_are_checked_before_queueing(kiapi_client_factory
         r = await http.post("/v1/text/echo/render", json={"text": "x", "webhook": receiver.url})
         assert r.status_code == 400 and r.json()["code"] == "webhook_forbidden_address"
         assert "KIAPI_WEBHOOK_ALLOW_PRIVATE" in r.json()["detail"]
+        # A host name's refusal names the address class, never the address (no DNS oracle).
+        r = await http.post("/v1/text/echo/render", json={"text": "x", "webhook": "http://localhost:9/h"})
+        assert r.status_code == 400 and r.json()["code"] == "webhook_forbidden_address"
+        assert "resolves to a" in r.json()["detail"] and "127.0.0.1" not in r.json()["detail"]
         r = await http.post("/v1/text/echo/render", json={"text": "x", "webhook": "ftp://example.com/x"})
         assert r.status_code == 400
         r = await http.post("/v1/text/echo/render", json={"text": "x", "webhook": "https://example.com/h",

@@ -85,6 +85,26 @@ def classify(address: IPAddress) -> str | None:
     return None
 
 
+async def checked_addresses(url: httpx.URL, resolver: Resolver,
+                            policy: AddressPolicy) -> tuple[list[IPAddress], str | None, str]:
+    """``url``'s addresses (resolved unless the host is a literal), the policy's reason for
+    refusing the first refused one (``None`` if all pass), and the words to add to a refusal.
+
+    The words name the class, never the address: naming what a host name resolves to would make
+    this server a DNS oracle for the network it sits in (URL inputs and webhooks alike)."""
+    host = url.raw_host.decode("ascii")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        addresses = [ipaddress.ip_address(host)]
+        literal = True
+    except ValueError:
+        addresses = [ipaddress.ip_address(a) for a in await resolver(host, port)]
+        literal = False
+    reason = next((r for r in map(policy.refusal, addresses) if r), None)
+    via = "" if literal or reason is None else f" (its host name resolves to a {reason} address)"
+    return addresses, reason, via
+
+
 async def system_resolver(host: str, port: int) -> list[str]:
     """All addresses ``host`` resolves to, via the event loop's threaded getaddrinfo."""
     loop = asyncio.get_running_loop()
@@ -175,23 +195,14 @@ class URLFetcher:
     async def _pinned_request(self, client: httpx.AsyncClient, url: httpx.URL, what: str) -> httpx.Request:
         """Resolve and check ``url``'s host, then build a request aimed at the checked address."""
         host = url.raw_host.decode("ascii")
-        port = url.port or (443 if url.scheme == "https" else 80)
-        try:
-            addresses = [ipaddress.ip_address(host)]
-        except ValueError:
-            addresses = [ipaddress.ip_address(a) for a in await self.resolver(host, port)]
+        addresses, reason, via = await checked_addresses(url, self.resolver, self.policy)
         if not addresses:
             raise BadRequest(f"URL host {host!r} resolved to no address", code="url_unresolvable")
-        for address in addresses:
-            reason = self.policy.refusal(address)
-            if reason:
-                # The class, never the address: naming what a host name resolves to would
-                # make this server a DNS oracle for the network it sits in.
-                via = "" if str(address) == host else f" (its host name resolves to a {reason} address)"
-                raise BadRequest(
-                    f"{what} {strip_url_secrets(str(url))} points at a {reason} address{via}; only public "
-                    f"internet addresses are allowed by default; {_HOW_TO_ALLOW}",
-                    code="url_forbidden_address", address_class=reason)
+        if reason:
+            raise BadRequest(
+                f"{what} {strip_url_secrets(str(url))} points at a {reason} address{via}; only public "
+                f"internet addresses are allowed by default; {_HOW_TO_ALLOW}",
+                code="url_forbidden_address", address_class=reason)
         pinned = url.copy_with(host=str(addresses[0]))
         extensions = {"sni_hostname": host} if url.scheme == "https" else {}
         headers = {"Host": url.netloc.decode("ascii"), "Accept-Encoding": "identity",

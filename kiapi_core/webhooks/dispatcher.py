@@ -17,7 +17,6 @@ cannot turn a webhook into a request inside the network.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 import uuid
@@ -30,7 +29,7 @@ import httpx
 import msgspec
 
 from ..errors import BadRequest
-from ..files.fetch import AddressPolicy, Resolver, system_resolver
+from ..files.fetch import AddressPolicy, Resolver, checked_addresses, system_resolver
 from ..jobs.models import Job
 from ..validation import strip_url_secrets
 from .signing import secret_bytes, sign
@@ -249,20 +248,13 @@ class WebhookDispatcher:
         """Resolve and check ``url``'s host; the URL aimed at the checked address, the Host
         header and (https) the SNI name to use."""
         host = url.raw_host.decode("ascii")
-        port = url.port or (443 if url.scheme == "https" else 80)
-        try:
-            addresses = [ipaddress.ip_address(host)]
-        except ValueError:
-            addresses = [ipaddress.ip_address(a) for a in await self.resolver(host, port)]
+        addresses, reason, via = await checked_addresses(url, self.resolver, self.policy)
         if not addresses:
             raise BadRequest(f"webhook host {host!r} resolved to no address", code="url_unresolvable")
-        for address in addresses:
-            reason = self.policy.refusal(address)
-            if reason:
-                via = "" if str(address) == host else f" (it resolves to {address})"
-                raise BadRequest(f"webhook {strip_url_secrets(str(url))} points at a {reason} address{via}; "
-                                 "set KIAPI_WEBHOOK_ALLOW_PRIVATE=1 to deliver to this machine or the LAN",
-                                 code="webhook_forbidden_address", address_class=reason)
+        if reason:
+            raise BadRequest(f"webhook {strip_url_secrets(str(url))} points at a {reason} address{via}; "
+                             "set KIAPI_WEBHOOK_ALLOW_PRIVATE=1 to deliver to this machine or the LAN",
+                             code="webhook_forbidden_address", address_class=reason)
         extensions = {"sni_hostname": host} if url.scheme == "https" else {}
         return url.copy_with(host=str(addresses[0])), {"host": url.netloc.decode("ascii")}, extensions
 
