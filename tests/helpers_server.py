@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_healthy(http: httpx.Client, proc: subprocess.Popen, output: Callable[[], str],
+                       timeout_s: float) -> None:
+    """Poll ``/health`` until the server answers 200; fail with its log if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if http.get("/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, output()
+        assert time.monotonic() < deadline, "server did not start:\n" + output()
+        time.sleep(0.1)
 
 
 def plugin_site(tmp: Path) -> Path:
@@ -63,16 +79,7 @@ class Server:
         token = env.get("KIAPI_AUTH_TOKEN")
         self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT,
                                  headers={"Authorization": f"Bearer {token}"} if token else None)
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                if self.http.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, self.output()
-            assert time.monotonic() < deadline, "server did not start:\n" + self.output()
-            time.sleep(0.1)
+        wait_until_healthy(self.http, self.proc, self.output, TIMEOUT)
 
     def output(self) -> str:
         self.log.flush()

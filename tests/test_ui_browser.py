@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers_server import free_port, wait_until_healthy
 from PIL import Image
 
 from kiapi_core.ui.routes import CSP
@@ -40,14 +41,6 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not shutil.which
 # --- servers and browser ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """``kiapi serve --demo`` on a free loopback port, with the pillow example installed."""
 
@@ -57,7 +50,7 @@ class Server:
         info.mkdir(parents=True)
         (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kiapi-pillow\nVersion: 0.1.0\n")
         (info / "entry_points.txt").write_text("[kiapi]\npillow = kiapi_pillow\n")
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(PILLOW), *sys.path]),
                    "KIAPI_DATA_DIR": str(tmp / "data"), "KIAPI_LOAD_PLUGINS": plugins, "KIAPI_STRICT_PLUGINS": "1",
@@ -69,16 +62,7 @@ class Server:
             env=environ, stdout=self.log, stderr=subprocess.STDOUT)
         headers = {"Authorization": f"Bearer {env['KIAPI_AUTH_TOKEN']}"} if "KIAPI_AUTH_TOKEN" in env else {}
         self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT_S, headers=headers)
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            try:
-                if self.http.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, self.output()
-            assert time.monotonic() < deadline, "server did not start:\n" + self.output()
-            time.sleep(0.1)
+        wait_until_healthy(self.http, self.proc, self.output, TIMEOUT_S)
 
     def output(self) -> str:
         self.log.flush()
