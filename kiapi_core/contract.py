@@ -105,8 +105,8 @@ def declaration_problems(capability: Capability) -> list[str]:
             if name.lower() in seen:
                 problems.append(f"{where}: the name {name!r} is used twice by model {model.name!r}")
             seen.add(name.lower())
-        if model.loader is not None and not model.weights_gb:
-            problems.append(f"{where}: model {model.name!r} has a loader but no weights_gb; declare its "
+        if model.loader is not None and not model.weights_gib:
+            problems.append(f"{where}: model {model.name!r} has a loader but no weights_gib; declare its "
                             "resident size per quantization ({None: 0.0} when it holds no weights)")
         if isinstance(model.loader, str) and ":" not in model.loader:
             problems.append(f"{where}: model {model.name!r} loader {model.loader!r} is not 'module:function'")
@@ -115,7 +115,7 @@ def declaration_problems(capability: Capability) -> list[str]:
         at = f"{where} operation {op.name!r}"
         if model_backed and op.estimate is None:
             problems.append(f"{at}: models load weights, so the operation needs estimate(params, model) "
-                            "-> peak GB, or admission cannot protect the memory budget")
+                            "-> peak GiB, or admission cannot protect the memory budget")
         if not _is_struct(op.request):
             problems.append(f"{at}: request must be a msgspec.Struct type, not {op.request!r}")
         if op.result is not None and not _is_struct(op.result):
