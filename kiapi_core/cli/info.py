@@ -44,6 +44,8 @@ def plugins(ctx: click.Context, as_json: bool, show_all: bool) -> None:
         click.echo(label + (f"  (entry point {r.entry_point})" if r.entry_point else ""))
         if r.error:
             click.secho(f"  error: {r.error}", fg="red")
+        for text in r.deprecations:
+            click.secho(f"  deprecated: {text}", fg="yellow")
         for capability, models in r.models.items():
             click.echo(f"  {capability}: models {', '.join(models)}")
 
