@@ -53,7 +53,7 @@ def plugins(ctx: click.Context, as_json: bool, show_all: bool) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--budget-gb", type=click.FloatRange(min=0.5), default=None,
-              help="Size every model for a machine with this memory budget (a 16 GB Mac has 10.67): "
+              help="Size every model for a machine with this memory budget in GiB (a 16 GB Mac has 10.67): "
                    "the resident quantization it would get and which typical requests fit.")
 @click.pass_context
 def models(ctx: click.Context, as_json: bool, budget_gb: float | None) -> None:
