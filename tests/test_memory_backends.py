@@ -120,3 +120,36 @@ def test_mlx_backend_measures_a_real_allocation(tmp_path: Path, monkeypatch: pyt
     gc.collect()
     assert before - backend.active_bytes() == 32 * 1024 * 1024
     assert os.environ["MLX_DISABLE_COMPILE"] == "1"
+
+
+def test_a_freed_model_costs_one_collection_and_a_plain_job_none(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full collection with mflux imported holds the GIL for 10-25 ms: the manager collects
+    once when it frees a transient or an evicted model, and the RSS backend's free_caches
+    (called after every job) does not collect again."""
+    import gc
+
+    collections: list[int] = []
+    monkeypatch.setattr(gc, "collect", lambda *args: collections.append(1) or 0)
+    closed: list[int] = []
+
+    class Runtime:
+        def close(self) -> None:
+            closed.append(1)
+
+    model = Model(name="m", loader=lambda **_: Runtime(), resident_quantize=8,  # type: ignore[arg-type]
+                  weights_gib={8: 0.01, 4: 0.01}, info={"memory_backend": "rss"})
+    cap = Capability(name="rsscap", domain="image", title="t", models=(model,))
+    registry = Registry()
+    registry.add(cap, plugin="t", distribution="t")
+    manager = ModelManager(settings=Settings(memory_limit_gb=1.0, data_dir=str(tmp_path)), registry=registry,
+                           plugin_settings=lambda f: None, cache_dir=lambda f: tmp_path, demo=False)
+    manager.begin_job("plain", cap, model, None, {})
+    manager.acquire("plain", cap, model)  # the resident q8
+    assert manager.end_job("plain")["memory_backend"] == "rss"
+    assert collections == []
+    manager.begin_job("transient", cap, model, None, {"quantize": 4})
+    manager.acquire("transient", cap, model, 4)  # another quantization: a one-off model
+    manager.end_job("transient")
+    assert closed == [1] and collections == [1]
+    assert manager.unload("rsscap", "m") and closed == [1, 1] and collections == [1, 1]
