@@ -251,11 +251,11 @@ try:
 except Exception as exc:
     out["import"] = repr(exc)
 out["heavy"] = sorted({m.split(".")[0] for m in list(sys.modules)} & set(heavy))
+from kiapi_core.imports import resolve_callable  # the resolver the host uses, not a copy
 for what, value in strings:
-    name, _, attr = value.partition(":")
     try:
-        if not callable(getattr(importlib.import_module(name), attr)):
-            raise TypeError(f"{attr} is not callable")
+        if not callable(resolve_callable(value, what)):
+            raise TypeError(f"{value.partition(':')[2]} is not callable")
     except Exception as exc:
         out["unresolved"].append(f"{what} {value!r} does not resolve: {exc!r}")
 print(json.dumps(out))

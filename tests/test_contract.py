@@ -108,6 +108,18 @@ def test_unresolvable_handler_and_loader_strings_are_reported(site):
     assert any("loader 'contract_nowhere:load' does not resolve" in p for p in problems), problems
 
 
+
+def test_strings_resolve_as_the_host_resolves_them(site):
+    """The probe uses the host's resolver: a ``module:Object.attribute`` loader the host can load
+    passes, one naming a missing attribute does not."""
+    (site / "contract_dotted_mod.py").write_text("class Loaders:\n    @staticmethod\n    def load(**options):\n"
+                                                 "        return object()\n")
+    models = '(Model(name="a", default=True, loader="contract_dotted_mod:Loaders.load", weights_gib={None: 0.0}),)'
+    assert check_plugin(_plugin(site, "contract_dotted", models=models, estimate="lambda p, m: 0.0")) == []
+    models = '(Model(name="a", default=True, loader="contract_dotted_mod:Loaders.nope", weights_gib={None: 0.0}),)'
+    problems = check_plugin(_plugin(site, "contract_dotted_bad", models=models, estimate="lambda p, m: 0.0"))
+    assert any("loader 'contract_dotted_mod:Loaders.nope' does not resolve" in p for p in problems), problems
+
 def test_component_name_clashing_with_the_core_is_reported(site):
     (site / "contract_job.py").write_text(textwrap.dedent('''
         import msgspec
