@@ -28,7 +28,7 @@ def ps(remote: Remote, as_json: bool) -> None:
     else:
         click.echo("no model loaded")
     click.echo(f"memory: {memory['used_gb']:.2f} of {memory['budget_gb']:.2f} GiB used "
-               f"({memory['resident_gb']:.2f} resident, {memory['reserved_gb']:.2f} reserved for jobs)")
+               f"({memory['resident_gb']:.2f} GiB resident, {memory['reserved_gb']:.2f} GiB reserved for jobs)")
     if active:
         click.echo("")
         click.echo(table([[j["id"], j["status"], f"{j.get('capability') or '-'}:{j.get('model') or '-'}", j["type"],
