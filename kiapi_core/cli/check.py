@@ -18,7 +18,7 @@ from typing import Any, Literal
 import click
 import msgspec
 
-from ..weights.presence import status
+from ..weights.presence import checks_disk, status
 from ..weights.runtime import mlx_note
 from ..weights.selection import SelectionError, select
 from . import make_host
@@ -104,7 +104,7 @@ def _triage(host: Any, chosen: list[tuple[Any, Any]], *, demo: bool,
     runnable: list[tuple[Any, Any]] = []
     for capability, model in chosen:
         name = f"{capability.name}:{model.name}"
-        if not demo and model.weights:
+        if checks_disk(model, demo):
             found = status(capability, model, host.plugin_settings(capability.name))
             if found.state != "present":
                 results.append(CheckResult(model=name, outcome="missing" if named else "skipped",
