@@ -154,3 +154,19 @@ def test_two_hosts_storing_at_once_cannot_both_pass_the_quota(tmp_path, pool):
     assert total == (900_000, True)
     loser = hosts[stored.index(False)]
     assert not [n for n in os.listdir(loser.root) if n.startswith("file_")]
+
+
+def test_the_cache_is_bounded_as_files_are_fetched_not_only_at_the_sweep(tmp_path, pool):
+    import time
+
+    from kiapi_core.cluster.pg import PgFileStore
+    from kiapi_core.files.cache import IN_USE_S
+
+    a = PgFileStore(tmp_path / "a", pool)
+    b = PgFileStore(tmp_path / "b", pool, cache_gb=1.5 / 1024)  # a 1.5 MiB cache
+    one, two = (a.put_bytes(bytes([i]) * (1024 * 1024), filename=f"{i}.bin") for i in range(2))
+    long_ago = time.time() - 2 * IN_USE_S
+    os.utime(b.get(one.file_id).path, (long_ago, long_ago))
+    b.get(two.file_id)  # 2 MiB > 1.5 MiB: the idle copy of `one` goes now
+    assert sorted(n for n in os.listdir(tmp_path / "b") if n.endswith(".json")) == [f"{two.file_id}.json"]
+    assert b.get(one.file_id).path.read_bytes() == bytes([0]) * (1024 * 1024)  # fetched again when needed

@@ -8,8 +8,9 @@ through its public API: every new file is stored there first and handed to the d
 another host is copied into the cache (``put_copy``) the first time it is needed here. The
 database decides what exists: a file deleted on another host answers 404 here at once, and its
 cached copy goes at the next sweep (after the jobs that pinned it let go). The cache is kept
-under ``KIAPI_CLUSTER_CACHE_GB``, least recently used first; ``KIAPI_MAX_STORAGE_GB`` bounds the
-bytes in the database (:mod:`.quota`).
+under ``KIAPI_CLUSTER_CACHE_GB`` as copies are added, least recently used first
+(:class:`~kiapi_core.files.cache.CacheBound`); ``KIAPI_MAX_STORAGE_GB`` bounds the bytes in the
+database (:mod:`.quota`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import msgspec
 import psycopg
 
 from ...errors import NotFound
+from ...files.cache import CacheBound
 from ...files.models import FileRecord, StoredFile
 from ...files.names import check_id
 from ...files.quota import StorageQuota
@@ -60,7 +62,8 @@ class PgFileStore:
         #: writing them (evicting a copy frees nothing: DatabaseQuota.removed is a no-op).
         self.cache = FileStore(root, ttl_s=ttl_s, quota=self._db_quota, on_publish=self._upload)
         self.root = self.cache.root
-        self.cache_bytes = int(cache_gb * 2**30)
+        #: KIAPI_CLUSTER_CACHE_GB: checked as copies are added, least recently used go first.
+        self.cache_bound = CacheBound(self.cache, int(cache_gb * 2**30))
 
     # -- writes: into the cache, which hands every new file to _upload --------------------
     def put_bytes(self, data: bytes, *, filename: str, content_type: str | None = None,
@@ -111,6 +114,7 @@ class PgFileStore:
                     raise
         except psycopg.errors.DiskFull:
             raise database_full(f"file {record.filename!r}") from None
+        self.cache_bound.added(record.size)
 
     @staticmethod
     def _copy_in(conn: psycopg.Connection, stored: StoredFile) -> None:
@@ -143,11 +147,13 @@ class PgFileStore:
         """Copy a file's bytes from the database into the cache, chunk by chunk."""
         try:
             with self.pool.connection() as conn:
-                return self.cache.put_copy(record, _chunks(conn, record.file_id))
+                stored = self.cache.put_copy(record, _chunks(conn, record.file_id))
         except OSError:
             if self._record(record.file_id) is None:  # deleted while it was being copied
                 raise _not_found(record.file_id) from None
             raise
+        self.cache_bound.added(record.size)
+        return stored
 
     def recent(self, file_id: str) -> tuple[StoredFile, bytes | None] | None:
         return self.cache.recent(file_id)
@@ -218,35 +224,12 @@ class PgFileStore:
                 self._db_quota.refresh(conn)
         for file_id, _complete in gone:
             self._drop_local(file_id)
-        self._trim_cache(known)
+        self.cache_bound.trim(keep_only=known)  # also copies of files deleted on other hosts
         self.cache.sweep_expired(now)
         return sum(1 for _file_id, complete in gone if complete)
 
     async def asweep_expired(self) -> int:
         return await asyncio.to_thread(self.sweep_expired)
-
-    def _trim_cache(self, known: set[str]) -> None:
-        """Drop cached copies of files gone from the database, then the least recently used
-        ones beyond the cache size (never those a job here pinned)."""
-        cached: list[tuple[float, int, str]] = []
-        for record in self.cache.list():
-            file_id = record.file_id
-            if file_id not in known:
-                self._drop_local(file_id)
-                continue
-            if self.cache.pinned(file_id):
-                continue
-            try:
-                st = self.cache.get(file_id).path.stat()
-            except (NotFound, OSError):  # removed meanwhile
-                continue
-            cached.append((st.st_mtime, st.st_size, file_id))
-        total = sum(size for _, size, _ in cached)
-        for _, size, file_id in sorted(cached):
-            if total <= self.cache_bytes:
-                break
-            self._drop_local(file_id)  # the bytes stay in the database
-            total -= size
 
 
 def _chunks(conn: psycopg.Connection, file_id: str) -> Iterator[bytes]:
