@@ -22,6 +22,10 @@ valid after the file it names is deleted. Anything not matching the pattern is a
 
 The sync methods are for the model worker thread; the ``a*`` methods and :meth:`writer` are
 for the event loop and never block it.
+
+FileStore is the local :class:`~.blobstore.BlobStore`. The steps that decide what exists on
+disk (ids, sidecars, publishing, removing, local copies of files kept elsewhere) are in
+:mod:`.sidecars`; streamed uploads in :mod:`.writer`; the storage quota in :mod:`.quota`.
 """
 
 from __future__ import annotations

@@ -106,6 +106,9 @@ class PgFileStore:
                                  (record.file_id, _enc.encode(record).decode(), record.expires_at))
                 try:
                     with conn.transaction():
+                        # one COPY statement per file: a large one may take longer than the
+                        # pool's statement timeout, which is for short statements
+                        conn.execute("SET LOCAL statement_timeout = 0")
                         self._copy_in(conn, stored)
                         conn.execute("UPDATE kiapi_files SET complete = true WHERE id = %s", (record.file_id,))
                 except BaseException:
