@@ -48,6 +48,7 @@ class SidecarFiles:
     """Ids, sidecars, publishing and removing: the part of :class:`~.store.FileStore` that
     decides what exists on disk."""
 
+    # set by FileStore.__init__ (declared here for the type checker)
     root: Path
     ttl_s: float
     output_ttl_s: float | None
