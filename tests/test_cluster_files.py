@@ -170,3 +170,23 @@ def test_the_cache_is_bounded_as_files_are_fetched_not_only_at_the_sweep(tmp_pat
     b.get(two.file_id)  # 2 MiB > 1.5 MiB: the idle copy of `one` goes now
     assert sorted(n for n in os.listdir(tmp_path / "b") if n.endswith(".json")) == [f"{two.file_id}.json"]
     assert b.get(one.file_id).path.read_bytes() == bytes([0]) * (1024 * 1024)  # fetched again when needed
+
+
+def test_a_full_database_disk_is_507_and_leaves_no_row_or_copy(tmp_path, pool, monkeypatch):
+    import psycopg
+
+    from kiapi_core.cluster.pg import PgFileStore
+    from kiapi_core.errors import InsufficientStorage
+
+    store = PgFileStore(tmp_path / "a", pool)  # no KIAPI_MAX_STORAGE_GB: the database's disk is the limit
+
+    def full(conn, stored):  # what PostgreSQL answers when it cannot extend a table file
+        raise psycopg.errors.DiskFull("could not extend file: No space left on device")
+
+    monkeypatch.setattr(PgFileStore, "_copy_in", staticmethod(full))
+    with pytest.raises(InsufficientStorage) as raised:
+        store.put_bytes(b"x" * 1000, filename="a.bin")
+    assert raised.value.status == 507 and "database's disk is full" in raised.value.detail
+    with pool.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM kiapi_files").fetchone()[0] == 0
+    assert sorted(os.listdir(store.root)) == [".partial"] and store.list() == []
