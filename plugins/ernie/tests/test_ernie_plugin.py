@@ -51,6 +51,9 @@ def test_models_declare_weights_and_memory():
     assert turbo.weights_gb[None] > turbo.weights_gb[8] > turbo.weights_gb[4] > turbo.weights_gb[3]
     assert 11 < turbo.weights_gb[8] < 12  # GB = 2**30 bytes, as the core counts
     assert build_capability(ErnieSettings(resident_quantize=4)).models[0].resident_quantize == 4
+    # info holds only what the core reads (kiapi models, GET /v1/memory, the 503 hint)
+    assert turbo.info == {"resident_quantize_chosen_by": "default",
+                          "resident_quantize_setting": "KIAPI_ERNIE_RESIDENT_QUANTIZE"}
 
 
 def _params(operation: str, demo: bool = False, **body):
