@@ -231,6 +231,15 @@ def with_alphas(data: bytes, targets: list[dict], scratch: Path) -> bytes:
         out.unlink(missing_ok=True)
 
 
+def _tiny_if(demo: bool) -> contextlib.AbstractContextManager:
+    """In demo mode mflux builds the tiny model (:func:`kiapi_ernie.tiny.tiny_construct`)."""
+    if not demo:
+        return contextlib.nullcontext()
+    from .tiny import tiny_construct
+
+    return tiny_construct()
+
+
 def run_training(job: JobContext) -> TrainResponse:
     from mflux.models.common.training.runner import TrainingRunner
 
@@ -256,14 +265,8 @@ def run_training(job: JobContext) -> TrainResponse:
     tracker = _Tracker(job, plan.num_images)
     adapter = spec = None
     try:
-        with _hooks(tracker):
-            if job.demo:
-                from .tiny import tiny_construct
-
-                with tiny_construct():
-                    adapter, spec = TrainingRunner.train(config_path=str(config_path), resume_path=None)
-            else:
-                adapter, spec = TrainingRunner.train(config_path=str(config_path), resume_path=None)
+        with _hooks(tracker), _tiny_if(job.demo):
+            adapter, spec = TrainingRunner.train(config_path=str(config_path), resume_path=None)
         output = Path(spec.checkpoint.output_path)
         num_layers = len(adapter.transformer().layers)
     except BaseException as exc:
