@@ -8,7 +8,6 @@ runtime with :meth:`ErnieRuntime.close`.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,6 @@ from . import adapters
 from .adapters import AdapterCache
 from .settings import ErnieSettings, settings_of
 from .variants import VARIANTS, Variant
-
-log = logging.getLogger("kiapi.ernie")
 
 #: Progress fractions of the phases a generate/edit job goes through (loading is the host's).
 DENOISE_START, DENOISE_END, DECODE_AT = 0.05, 0.90, 0.92
