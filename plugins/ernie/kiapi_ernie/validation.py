@@ -3,10 +3,11 @@
 ``prepare_*`` run on the event loop before anything is queued: they apply every rule of the
 operation (422 :class:`InvalidRequest` listing each problem with its fix, collected with the
 SDK's :class:`~kiapi_core.sdk.Problems`), fill in the variant defaults, draw a seed when
-none was given and return the resolved ``params`` the job records.
+none was given and return the params Struct the job records (:mod:`kiapi_ernie.params`).
 ``check_*`` run in a thread once FileRefs are resolved: LoRA files must be safetensors within
 the size cap whose tensors fit the model (:mod:`kiapi_ernie.loras`), a training dataset must be
-a safe ZIP of captioned images (400 listing every problem). Nothing here imports mlx or mflux.
+a safe ZIP of captioned images (400 listing every problem). They return new params (the Structs
+are frozen) naming the stored inputs' file ids. Nothing here imports mlx or mflux.
 """
 
 from __future__ import annotations
