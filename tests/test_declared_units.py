@@ -158,6 +158,8 @@ def test_size_settings_mean_the_unit_docs_settings_md_names(tmp_path):
     docs = (Path(__file__).resolve().parents[1] / "docs" / "settings.md").read_text()
     row = {line.split("|")[1].strip(" `"): line for line in docs.splitlines() if line.startswith("| `KIAPI_")}
     assert "in GiB (2³⁰ bytes" in row["KIAPI_MEMORY_LIMIT_GB"]
+    assert "in GiB (2³⁰ bytes)" in row["KIAPI_CLUSTER_CACHE_GB"]  # cluster/pg/files.py: cache_gb * 2**30
+    assert "in GB (10⁹ bytes)" in row["KIAPI_MAX_STORAGE_GB"]
     units = docs[docs.index("**Size units.**"):].split("\n\n")[0]
     assert "`KIAPI_MEMORY_LIMIT_GB` and the local cache `KIAPI_CLUSTER_CACHE_GB` are GiB" in units
     assert "`KIAPI_MAX_STORAGE_GB` is GB (10⁹ bytes)" in units and "`_MB` settings are MiB" in units
