@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import builtins
-import hashlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PayloadTooLarge
-from . import durability
 from .durability import unlink as _unlink
+from .ingest import BLOCK_BYTES, BUFFERS, BlockSink, Chunk, take
 from .models import StoredFile
 from .quota import disk_full
 
 if TYPE_CHECKING:
     from .store import FileStore
-
-#: Bytes a BlobWriter gathers before handing them to a thread to hash and write.
-_WRITE_BATCH = 4 * 1024 * 1024
-
 
 class BlobWriter:
     """An upload in progress: bytes go to a temp file in ``.partial/``; :meth:`commit` makes
@@ -34,56 +28,63 @@ class BlobWriter:
         self._max = max_bytes
         self._what = what
         self.size = 0
-        self._hash = hashlib.sha256()
         self._tmp = store._temp_path()
-        self._fh: Any = None
+        self._sink = BlockSink(self._tmp)
         self._done = False
         # Network chunks (up to 1 MiB from `kiapi serve`) are gathered, without copying, into
-        # _WRITE_BATCH-sized batches; each batch is hashed and written in one pass by a worker
-        # thread (hashlib and write release the GIL) while the next one is received. One thread
-        # hop per chunk capped uploads at ~300 MiB/s and hashed on the event loop
-        # (bench/run.py, docs/performance.md).
-        self._chunks: list[bytes] = []
+        # blocks of BLOCK_BYTES; worker threads hash each block and write it (.ingest) while
+        # the next one is received: one thread hop per chunk capped uploads at ~300 MiB/s.
+        self._chunks: list[Chunk] = []
         self._buffered = 0
-        self._inflight: asyncio.Future[None] | None = None
+        self._blocks = 0  # blocks handed to the sink so far
+        self._filling: asyncio.Future[int] | None = None  # the last block's fill (copy + hash)
+        self._writes: list[asyncio.Future[None] | None] = [None] * BUFFERS  # per buffer
         self._reserved = 0  # bytes counted against the store's quota so far
 
     async def __aenter__(self) -> BlobWriter:
-        self._fh = await asyncio.to_thread(builtins.open, self._tmp, "xb")
+        await asyncio.to_thread(self._sink.open)
         return self
 
-    def _write_batch(self, chunks: list[bytes]) -> None:
-        """Worker thread: one batch, each chunk hashed then written (batches never overlap)."""
-        for chunk in chunks:
-            self._hash.update(chunk)
-            self._fh.write(chunk)
+    async def _send_block(self, chunks: list[Chunk]) -> None:
+        """Hand one block to the worker threads: filled (and hashed) after the previous
+        block's fill, written once its buffer's previous write has finished. An error of an
+        earlier block (disk full ...) is raised here."""
+        if self._filling is not None:
+            await self._filling
+        index = self._blocks % BUFFERS
+        previous = self._writes[index]
+        if previous is not None:
+            await previous
+        offset, self._blocks = self._blocks * BLOCK_BYTES, self._blocks + 1
+        self._filling = fill = asyncio.ensure_future(asyncio.to_thread(self._sink.fill, index, chunks))
+        self._writes[index] = asyncio.ensure_future(self._write_after(fill, index, offset))
 
-    async def _drain(self) -> None:
-        """Wait for the batch in flight; its error (disk full ...) is raised here."""
-        inflight, self._inflight = self._inflight, None
-        if inflight is not None:
-            await inflight
+    async def _write_after(self, fill: asyncio.Future[int], index: int, offset: int) -> None:
+        length = await fill
+        await asyncio.to_thread(self._sink.write, index, length, offset)
 
-    async def _send_batch(self) -> None:
-        await self._drain()
-        if self._chunks:
-            chunks, self._chunks, self._buffered = self._chunks, [], 0
-            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write_batch, chunks))
+    async def _wait_all(self) -> None:
+        """Wait for every fill and write in flight; the first error is raised."""
+        pending = [f for f in (self._filling, *self._writes) if f is not None]
+        self._filling, self._writes = None, [None] * BUFFERS
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _close_file(self) -> None:
         try:
-            await self._drain()
+            await self._wait_all()
         except Exception:  # aborting anyway; the file is removed
             pass
         finally:
-            if self._fh is not None:
-                self._fh.close()  # idempotent; a close is one syscall
+            self._sink.close()  # idempotent; a close is one syscall
 
     async def __aexit__(self, *exc: object) -> None:
         if not self._done:
             await self.abort()
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: Chunk) -> None:
         if self._done:
             raise RuntimeError("write after commit/abort")
         self.size += len(data)
@@ -102,25 +103,31 @@ class BlobWriter:
             self._reserved += len(data)
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered >= _WRITE_BATCH:
-            try:
-                await self._send_batch()
-            except OSError as exc:
-                await self.abort()
-                full = disk_full(exc, f"this {self._what}")
-                if full is None:
-                    raise
-                raise full from None
+        try:
+            while self._buffered >= BLOCK_BYTES:
+                block, self._chunks = take(self._chunks, BLOCK_BYTES)
+                self._buffered -= BLOCK_BYTES
+                await self._send_block(block)
+        except OSError as exc:
+            await self.abort()
+            full = disk_full(exc, f"this {self._what}")
+            if full is None:
+                raise
+            raise full from None
 
     async def commit(self, *, filename: str, content_type: str | None = None,
                      meta: Mapping[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile:
         self._done = True
         try:
-            await self._send_batch()
-            await self._drain()
-            await asyncio.to_thread(_flush_and_sync, self._fh)
+            # The last block is written alone: its unaligned tail takes the file out of O_DIRECT.
+            await self._wait_all()
+            if self._chunks:
+                chunks, self._chunks, self._buffered = self._chunks, [], 0
+                await self._send_block(chunks)
+                await self._wait_all()
+            await asyncio.to_thread(self._sink.finish)
             stored = await asyncio.to_thread(
-                self._store._install, self._tmp, self.size, self._hash.hexdigest(),
+                self._store._install, self._tmp, self.size, self._sink.hash.hexdigest(),
                 filename=filename, content_type=content_type, meta=meta, ttl_s=ttl_s)
         except BaseException as exc:
             await self._close_file()
@@ -146,13 +153,6 @@ class BlobWriter:
         self._release()
         await self._close_file()
         await asyncio.to_thread(_unlink, self._tmp)
-
-
-def _flush_and_sync(fh: Any) -> None:
-    """Make a written temp file durable, then close it."""
-    fh.flush()
-    durability.sync_data(fh.fileno())
-    fh.close()
 
 
 def _mib(n: int) -> str:
