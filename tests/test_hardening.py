@@ -224,7 +224,7 @@ async def test_2_full_disk_is_507_never_500(echo, monkeypatch):
     def full(self, index, length, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ingest.BlockSink, "write", full)
+    monkeypatch.setattr(ingest.BlockFile, "write_block", full)
     r = await echo.post("/v1/files", files={"file": ("a.bin", os.urandom(3 * MiB), "application/octet-stream")})
     assert r.status_code == 507 and r.json()["code"] == "insufficient_storage", r.text
     assert "disk" in r.json()["detail"]

@@ -1,52 +1,55 @@
 """An upload's bytes on their way to disk: hashed and written in large aligned blocks.
 
-:class:`~.writer.BlobWriter` gathers network chunks on the event loop and hands them over
-:data:`BLOCK_BYTES` at a time; a :class:`BlockSink` does the rest in worker threads:
+:class:`Ingest` is what :class:`~.writer.BlobWriter` feeds network chunks to:
 
-1. ``fill``: the block's chunks are copied into one of two page-aligned buffers and hashed
-   with one ``sha256.update`` call (hashlib releases the GIL for it). Fills run one at a
-   time, in order, so the digest is the file's;
-2. ``write``: the buffer is written at the block's offset with ``pwrite``; the write of one
-   block overlaps the fill of the next.
+1. on the event loop, each chunk is copied into the current block, one of :data:`BUFFERS`
+   page-aligned buffers of :data:`BLOCK_BYTES` (a memcpy, ~0.1 s per GiB; the chunk is then
+   freed at once);
+2. a full block is hashed by one worker thread (one ``sha256.update`` call, which releases
+   the GIL; blocks are hashed in order) and, at the same time, written at its offset with
+   ``pwrite`` by another (which releases the GIL too), while the loop fills the next buffer.
 
-On Linux the temp file is opened with ``O_DIRECT``: the blocks go from the aligned buffer to
-the disk without being copied into the page cache. Allocating fresh page-cache pages for a
-GiB of new data cost 0.2–2.5 s of CPU on the benchmark machine, more than hashing it, and the
-final data sync then had nothing left to flush (docs/performance.md, "Uploads"). Where
-``O_DIRECT`` is refused (tmpfs, some network file systems) or does not exist (macOS), the
-same blocks are written through the page cache. Durability is unchanged: :meth:`finish`
-syncs the file's data before the BlobWriter publishes it (docs/reliability.md).
+The worker threads hold the GIL only between those calls. Copying in the workers instead
+made the event loop wait for the GIL after every ``recv`` (docs/performance.md, "Uploads").
+
+On Linux the temp file is opened with ``O_DIRECT``: blocks go from the aligned buffer to the
+disk without being copied into the page cache. Allocating fresh page-cache pages for a GiB of
+new data cost 0.2–2.5 s of CPU on the benchmark machine, more than hashing it, and the final
+data sync then has little left to flush. Where ``O_DIRECT`` is refused (tmpfs, some network
+file systems) or does not exist (macOS), the same blocks go through the page cache.
+Durability is unchanged: :meth:`Ingest.finish` syncs the file's data before the BlobWriter
+publishes it (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import mmap
 import os
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 
 from . import durability
 
 #: Bytes per block handed to the worker threads (a multiple of the page size).
 BLOCK_BYTES = 8 * 1024 * 1024
+#: Buffers per upload: one filling on the loop, the others being hashed and written.
+BUFFERS = 3
 #: ``O_DIRECT`` needs buffers, offsets and lengths aligned to the device's logical block size;
 #: a page is a multiple of every common one.
 _ALIGN = mmap.PAGESIZE
-#: Buffers per sink: one being filled while the other is written.
-BUFFERS = 2
 
 Chunk = bytes | bytearray | memoryview
 
 
-class BlockSink:
-    """A temp file at ``path`` written block by block from worker threads.
+class BlockFile:
+    """The temp file and its buffers; the methods but :meth:`buffer` run in worker threads.
 
-    Block ``n`` is filled into buffer ``n % BUFFERS`` and written at ``n * BLOCK_BYTES``; every
-    block but the last is exactly :data:`BLOCK_BYTES`. The caller (BlobWriter) runs one fill
-    at a time, in block order, and does not refill a buffer before its write has finished.
+    Block ``n`` lives in buffer ``n % BUFFERS`` and is written at ``n * BLOCK_BYTES``. Every
+    block but the last is exactly :data:`BLOCK_BYTES` long, so every write but the last is
+    aligned; the last is written by :meth:`finish`, after all others have finished.
     """
 
     def __init__(self, path: Path) -> None:
@@ -59,7 +62,7 @@ class BlockSink:
         self._lock = threading.Lock()
 
     def open(self) -> None:
-        """Worker thread: create the file (it must not exist) and the buffers."""
+        """Create the file (it must not exist) and the buffers."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         o_direct = getattr(os, "O_DIRECT", 0)
         if o_direct:
@@ -71,33 +74,32 @@ class BlockSink:
                     raise
         if self._fd < 0:
             self._fd = os.open(self.path, flags, 0o666)
-        # Anonymous maps are page-aligned, as O_DIRECT needs; touched pages only count once used.
+        # Anonymous maps are page-aligned, as O_DIRECT needs them.
         self._buffers = [mmap.mmap(-1, BLOCK_BYTES) for _ in range(BUFFERS)]
 
-    def fill(self, index: int, chunks: Sequence[Chunk]) -> int:
-        """Worker thread: copy ``chunks`` into buffer ``index``, hash them; the byte count."""
-        buffer = self._buffers[index]
-        at = 0
-        for chunk in chunks:
-            size = len(chunk)
-            buffer[at:at + size] = chunk
-            at += size
-        with memoryview(buffer) as view, view[:at] as block:
+    def buffer(self, index: int) -> mmap.mmap:
+        return self._buffers[index]
+
+    def hash_block(self, index: int, length: int) -> None:
+        """Add the first ``length`` bytes of buffer ``index`` to the digest (in block order)."""
+        with memoryview(self._buffers[index]) as view, view[:length] as block:
             self.hash.update(block)
-        return at
 
-    def write(self, index: int, length: int, offset: int) -> None:
-        """Worker thread: write the first ``length`` bytes of buffer ``index`` at ``offset``.
-
-        Only the last block may have a length that is not a multiple of the page size; its
-        write must come after every other write has finished (the file then leaves
-        ``O_DIRECT`` for its unaligned tail)."""
+    def write_block(self, index: int, length: int, offset: int) -> None:
+        """Write the first ``length`` bytes of buffer ``index`` at ``offset``."""
         with memoryview(self._buffers[index]) as view:
             aligned = length - length % _ALIGN if self.direct else length
             self._pwrite(view[:aligned], offset)
-            if aligned < length:
+            if aligned < length:  # the last block's tail; every other write has finished
                 self._leave_direct()
                 self._pwrite(view[aligned:length], offset + aligned)
+
+    def finish(self, index: int, length: int, offset: int) -> None:
+        """Hash and write the last block, sync the file's data (durable), close it."""
+        self.hash_block(index, length)
+        self.write_block(index, length, offset)
+        durability.sync_data(self._fd)
+        self.close()
 
     def _pwrite(self, data: memoryview, offset: int) -> None:
         with data:
@@ -123,11 +125,6 @@ class BlockSink:
                 fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
                 self.direct = False
 
-    def finish(self) -> None:
-        """Worker thread: make the written file durable (one data sync), then close it."""
-        durability.sync_data(self._fd)
-        self.close()
-
     def close(self) -> None:
         """Close the file and free the buffers (idempotent; the file itself stays)."""
         fd, self._fd = self._fd, -1
@@ -137,22 +134,88 @@ class BlockSink:
         for buffer in buffers:
             try:
                 buffer.close()
-            except BufferError:  # a canceled upload's worker still holds it: freed with it
+            except BufferError:  # a canceled upload's worker still reads it: freed with it
                 pass
 
 
-def take(chunks: list[Chunk], size: int) -> tuple[list[Chunk], list[Chunk]]:
-    """``chunks`` split after exactly ``size`` bytes (a chunk cut in two without copying)."""
-    head: list[Chunk] = []
-    for index, chunk in enumerate(chunks):
-        if len(chunk) >= size:
-            if len(chunk) == size:
-                return [*head, chunk], chunks[index + 1:]
-            view = memoryview(chunk)
-            return [*head, view[:size]], [view[size:], *chunks[index + 1:]]
-        head.append(chunk)
-        size -= len(chunk)
-    return head, []
+class Ingest:
+    """The event loop's side: fills blocks from chunks and keeps the worker threads busy.
+
+    ``await open()``, ``await feed(chunk)`` for each chunk, then ``await finish()`` (the
+    SHA-256 hex digest, the file durable on disk) or ``await close()`` to give up. An error of
+    an earlier block (disk full ...) is raised by a later ``feed`` or by ``finish``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.file = BlockFile(path)
+        self._blocks = 0  # blocks handed to the workers
+        self._filled = 0  # bytes in the block being filled
+        self._hashing: asyncio.Future[None] | None = None  # the last block's hash
+        self._busy: list[asyncio.Future[None] | None] = [None] * BUFFERS  # per buffer
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self.file.open)
+
+    async def feed(self, data: Chunk) -> None:
+        view = memoryview(data)
+        while view:
+            index = self._blocks % BUFFERS
+            if self._filled == 0:
+                await self._free(index)
+            take = min(len(view), BLOCK_BYTES - self._filled)
+            self.file.buffer(index)[self._filled:self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+            if self._filled == BLOCK_BYTES:
+                self._launch(index)
+
+    async def _free(self, index: int) -> None:
+        busy, self._busy[index] = self._busy[index], None
+        if busy is not None:
+            await busy
+
+    def _launch(self, index: int) -> None:
+        """Hash (after the previous block's hash) and write the full block ``index``."""
+        offset, self._blocks, self._filled = self._blocks * BLOCK_BYTES, self._blocks + 1, 0
+        self._hashing = hashing = asyncio.ensure_future(self._hash_after(self._hashing, index))
+        writing = asyncio.ensure_future(asyncio.to_thread(self.file.write_block, index, BLOCK_BYTES, offset))
+        self._busy[index] = asyncio.ensure_future(_both(hashing, writing))
+
+    async def _hash_after(self, previous: asyncio.Future[None] | None, index: int) -> None:
+        if previous is not None:
+            await previous
+        await asyncio.to_thread(self.file.hash_block, index, BLOCK_BYTES)
+
+    async def wait(self) -> None:
+        """Wait for every block in flight; the first error is raised."""
+        pending = [f for f in (self._hashing, *self._busy) if f is not None]
+        self._hashing, self._busy = None, [None] * BUFFERS
+        for result in await asyncio.gather(*pending, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+
+    async def finish(self) -> str:
+        """Write the last block, sync the file's data and close it; the SHA-256 hex digest."""
+        await self.wait()
+        await asyncio.to_thread(self.file.finish, self._blocks % BUFFERS, self._filled,
+                                self._blocks * BLOCK_BYTES)
+        return self.file.hash.hexdigest()
+
+    async def close(self) -> None:
+        """Give up: wait for the workers (errors ignored), close the file (it stays on disk)."""
+        try:
+            await self.wait()
+        except Exception:  # giving up anyway
+            pass
+        finally:
+            self.file.close()
 
 
-__all__ = ["BLOCK_BYTES", "BUFFERS", "BlockSink", "take"]
+async def _both(first: asyncio.Future[None], second: asyncio.Future[None]) -> None:
+    """Wait for both (the buffer is free only then); the first error is raised."""
+    for result in await asyncio.gather(first, second, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
+
+
+__all__ = ["BLOCK_BYTES", "BUFFERS", "BlockFile", "Chunk", "Ingest"]

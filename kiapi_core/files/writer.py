@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import PayloadTooLarge
 from .durability import unlink as _unlink
-from .ingest import BLOCK_BYTES, BUFFERS, BlockSink, Chunk, take
+from .ingest import Chunk, Ingest
 from .models import StoredFile
 from .quota import disk_full
 
 if TYPE_CHECKING:
     from .store import FileStore
+
 
 class BlobWriter:
     """An upload in progress: bytes go to a temp file in ``.partial/``; :meth:`commit` makes
@@ -29,56 +30,16 @@ class BlobWriter:
         self._what = what
         self.size = 0
         self._tmp = store._temp_path()
-        self._sink = BlockSink(self._tmp)
+        # Chunks (up to 1 MiB from `kiapi serve`) are copied into 8 MiB blocks that worker
+        # threads hash and write while the next block fills (.ingest); one thread hop per
+        # chunk capped uploads at ~300 MiB/s.
+        self._ingest = Ingest(self._tmp)
         self._done = False
-        # Network chunks (up to 1 MiB from `kiapi serve`) are gathered, without copying, into
-        # blocks of BLOCK_BYTES; worker threads hash each block and write it (.ingest) while
-        # the next one is received: one thread hop per chunk capped uploads at ~300 MiB/s.
-        self._chunks: list[Chunk] = []
-        self._buffered = 0
-        self._blocks = 0  # blocks handed to the sink so far
-        self._filling: asyncio.Future[int] | None = None  # the last block's fill (copy + hash)
-        self._writes: list[asyncio.Future[None] | None] = [None] * BUFFERS  # per buffer
         self._reserved = 0  # bytes counted against the store's quota so far
 
     async def __aenter__(self) -> BlobWriter:
-        await asyncio.to_thread(self._sink.open)
+        await self._ingest.open()
         return self
-
-    async def _send_block(self, chunks: list[Chunk]) -> None:
-        """Hand one block to the worker threads: filled (and hashed) after the previous
-        block's fill, written once its buffer's previous write has finished. An error of an
-        earlier block (disk full ...) is raised here."""
-        if self._filling is not None:
-            await self._filling
-        index = self._blocks % BUFFERS
-        previous = self._writes[index]
-        if previous is not None:
-            await previous
-        offset, self._blocks = self._blocks * BLOCK_BYTES, self._blocks + 1
-        self._filling = fill = asyncio.ensure_future(asyncio.to_thread(self._sink.fill, index, chunks))
-        self._writes[index] = asyncio.ensure_future(self._write_after(fill, index, offset))
-
-    async def _write_after(self, fill: asyncio.Future[int], index: int, offset: int) -> None:
-        length = await fill
-        await asyncio.to_thread(self._sink.write, index, length, offset)
-
-    async def _wait_all(self) -> None:
-        """Wait for every fill and write in flight; the first error is raised."""
-        pending = [f for f in (self._filling, *self._writes) if f is not None]
-        self._filling, self._writes = None, [None] * BUFFERS
-        results = await asyncio.gather(*pending, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-
-    async def _close_file(self) -> None:
-        try:
-            await self._wait_all()
-        except Exception:  # aborting anyway; the file is removed
-            pass
-        finally:
-            self._sink.close()  # idempotent; a close is one syscall
 
     async def __aexit__(self, *exc: object) -> None:
         if not self._done:
@@ -101,13 +62,8 @@ class BlobWriter:
                 await self.abort()
                 raise
             self._reserved += len(data)
-        self._chunks.append(data)
-        self._buffered += len(data)
         try:
-            while self._buffered >= BLOCK_BYTES:
-                block, self._chunks = take(self._chunks, BLOCK_BYTES)
-                self._buffered -= BLOCK_BYTES
-                await self._send_block(block)
+            await self._ingest.feed(data)
         except OSError as exc:
             await self.abort()
             full = disk_full(exc, f"this {self._what}")
@@ -119,18 +75,12 @@ class BlobWriter:
                      meta: Mapping[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile:
         self._done = True
         try:
-            # The last block is written alone: its unaligned tail takes the file out of O_DIRECT.
-            await self._wait_all()
-            if self._chunks:
-                chunks, self._chunks, self._buffered = self._chunks, [], 0
-                await self._send_block(chunks)
-                await self._wait_all()
-            await asyncio.to_thread(self._sink.finish)
+            sha256 = await self._ingest.finish()
             stored = await asyncio.to_thread(
-                self._store._install, self._tmp, self.size, self._sink.hash.hexdigest(),
+                self._store._install, self._tmp, self.size, sha256,
                 filename=filename, content_type=content_type, meta=meta, ttl_s=ttl_s)
         except BaseException as exc:
-            await self._close_file()
+            await self._ingest.close()
             await asyncio.to_thread(_unlink, self._tmp)
             self._release()
             full = disk_full(exc, f"this {self._what}") if isinstance(exc, OSError) else None
@@ -149,9 +99,8 @@ class BlobWriter:
 
     async def abort(self) -> None:
         self._done = True
-        self._chunks, self._buffered = [], 0
         self._release()
-        await self._close_file()
+        await self._ingest.close()
         await asyncio.to_thread(_unlink, self._tmp)
 
 
