@@ -150,6 +150,14 @@ def _extract_body_without_copies() -> None:
     cls.maybe_extract_at_most = maybe_extract_at_most  # type: ignore[method-assign]
 
 
+def tune_hypercorn() -> None:
+    """Hypercorn's read path as ``kiapi serve`` runs it (also used by bench/bare_app.py, so the
+    upload floor it measures is the one kiapi stands on)."""
+    _raise_read_size()
+    _raise_stream_limit()
+    _extract_body_without_copies()
+
+
 def quiet_model_libraries() -> None:
     """Keep model libraries' console noise out of a server's log (its stderr): tqdm progress
     bars and transformers' advice to install torch. Job progress is on the API. Call before a
@@ -180,9 +188,7 @@ def serve(host: Host) -> None:
     except LockHeld as exc:
         raise SystemExit(f"Error: cannot start: {exc}. Stop that server first, or give this one "
                          "its own data directory (--data-dir or KIAPI_DATA_DIR).") from None
-    _raise_read_size()
-    _raise_stream_limit()
-    _extract_body_without_copies()
+    tune_hypercorn()
     quiet_model_libraries()
     capture_model_output()
     try:
