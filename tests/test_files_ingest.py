@@ -152,22 +152,29 @@ async def test_a_failed_block_write_fails_the_upload_and_leaves_nothing(tmp_path
     assert store.list() == []
 
 
-async def test_serve_reads_a_megabyte_per_recv():
-    """kiapi serve's start_server sets each connection's transport to READ_SIZE reads."""
-    seen: list[int] = []
+async def test_serve_reads_a_megabyte_per_recv_once_a_body_streams():
+    """kiapi serve's start_server keeps asyncio's 256 KiB reads for small requests and moves
+    a connection to READ_SIZE reads once a read comes back full (a large body streaming)."""
+    sizes: list[int] = []
 
     async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append(writer.transport.max_size)  # type: ignore[attr-defined]
+        size = int((await reader.readline()).decode())
+        while size > 0:
+            size -= len(await reader.read(serve.READ_SIZE))
+        sizes.append(writer.transport.max_size)  # type: ignore[attr-defined]
         writer.close()
 
     server = await serve._StreamLimit(asyncio).start_server(connected, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    await _reader.read()
-    writer.close()
+    for body in (b"x" * 10, os.urandom(8 * 1024 * 1024)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"%d\n" % len(body) + body)
+        await reader.read()
+        writer.close()
     server.close()
     await server.wait_closed()
-    assert seen == [serve.READ_SIZE]
+    assert sizes[0] < serve.READ_SIZE  # asyncio's own default
+    assert sizes[1] == serve.READ_SIZE
 
 
 def test_h11_body_extraction_without_copies_parses_the_same(monkeypatch):
