@@ -47,7 +47,7 @@ async def _store(store: FileStore, chunks: list[bytes | memoryview]) -> tuple[by
 @pytest.mark.parametrize("size", [0, 1, 4095, SMALL_BLOCK - 1, SMALL_BLOCK, SMALL_BLOCK + 1,
                                   3 * SMALL_BLOCK, 7 * SMALL_BLOCK + 12_345])
 async def test_blocks_store_exactly_the_bytes_sent(tmp_path, monkeypatch, size):
-    monkeypatch.setattr(ingest, "BLOCK_BYTES", SMALL_BLOCK)  # many blocks, all three buffers reused
+    monkeypatch.setattr(ingest, "BLOCK_BYTES", SMALL_BLOCK)  # many blocks, every buffer reused
     rng = random.Random(size)
     data = rng.randbytes(size)
     stored, sha256, _ = await _store(FileStore(tmp_path), _chunks(data, rng))
