@@ -80,15 +80,60 @@ class _StreamLimit:
     def __getattr__(self, name: str) -> object:
         return getattr(self._module, name)
 
-    def start_server(self, client_connected_cb: Callable[..., Awaitable[None]], *args: object,
-                     **kwargs: object) -> object:
-        kwargs.setdefault("limit", READ_SIZE)
+    async def start_server(self, client_connected_cb: Callable[..., Awaitable[None]], host: Any = None,
+                           port: Any = None, *, limit: int = READ_SIZE, **kwargs: Any) -> asyncio.Server:
+        """``asyncio.start_server`` (the same three lines), with a :class:`_BodyReader` per
+        connection when asyncio's StreamReader is as expected."""
 
         async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             read_more_when_streaming(writer.transport)
             await client_connected_cb(reader, writer)
 
-        return self._module.start_server(connected, *args, **kwargs)  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        reader_class = _BodyReader if _BodyReader.usable() else asyncio.StreamReader
+
+        def factory() -> asyncio.StreamReaderProtocol:
+            return asyncio.StreamReaderProtocol(reader_class(limit=limit, loop=loop), connected, loop=loop)
+
+        return await loop.create_server(factory, host, port, **kwargs)
+
+
+class HandedOver(bytearray):
+    """A read buffer :class:`_BodyReader` has given away: nothing else holds or changes it, so
+    h11 may keep it as its own buffer instead of copying it (:func:`_extract_body_without_copies`)."""
+
+
+class _BodyReader(asyncio.StreamReader):
+    """A StreamReader whose ``read(n)`` hands over its whole buffer when ``n`` covers it.
+
+    asyncio copies what ``read`` returns out of its buffer (``bytes(...)``) and h11 copies it
+    into its own: two copies of every body byte, about 0.2 CPU seconds per GiB uploaded. Here
+    the buffer itself is returned (a :class:`HandedOver` bytearray; Hypercorn only feeds it to
+    its protocol parser) and a fresh one started. Anything else is asyncio's own ``read``.
+    Uses StreamReader's private ``_buffer``, ``_wait_for_data`` and
+    ``_maybe_resume_transport`` (CPython 3.8 to 3.13); :meth:`usable` checks them first.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._buffer = HandedOver()
+
+    @staticmethod
+    def usable() -> bool:
+        """Whether asyncio's StreamReader has the private parts used here (call in a loop)."""
+        probe = asyncio.StreamReader()
+        return isinstance(getattr(probe, "_buffer", None), bytearray) \
+            and all(hasattr(probe, name) for name in ("_wait_for_data", "_maybe_resume_transport"))
+
+    async def read(self, n: int = -1) -> bytes:
+        if n > 0 and not self._buffer and not self.at_eof() and self.exception() is None:
+            await self._wait_for_data("read")  # type: ignore[attr-defined]
+        buffer = self._buffer
+        if 0 < len(buffer) <= n and self.exception() is None:
+            self._buffer = HandedOver()
+            self._maybe_resume_transport()  # type: ignore[attr-defined]
+            return buffer  # type: ignore[return-value]  # a bytes-like bytearray
+        return await super().read(n)
 
 
 def read_more_when_streaming(transport: asyncio.BaseTransport) -> None:
@@ -133,7 +178,8 @@ def _raise_stream_limit() -> None:
 
 
 def _extract_body_without_copies() -> None:
-    """Let h11 hand over its whole receive buffer when a body read takes all of it.
+    """Let h11 hand over its whole receive buffer when a body read takes all of it, and adopt
+    a :class:`HandedOver` read buffer as its own when it has nothing buffered.
 
     h11's ``ReceiveBuffer.maybe_extract_at_most`` slices the buffer twice (one copy to test
     for emptiness, one to return) and then deletes what it returned: two copies of every body
@@ -159,8 +205,17 @@ def _extract_body_without_copies() -> None:
             return data
         return original(self, count)
 
+    add = cls.__iadd__
+
+    def adopt_or_add(self: Any, byteslike: Any) -> Any:
+        if not self._data and type(byteslike) is HandedOver:
+            self._data = byteslike  # given away by _BodyReader: no copy
+            return self
+        return add(self, byteslike)
+
     maybe_extract_at_most.kiapi_fast = True  # type: ignore[attr-defined]
     cls.maybe_extract_at_most = maybe_extract_at_most  # type: ignore[method-assign]
+    cls.__iadd__ = adopt_or_add  # type: ignore[method-assign]
 
 
 def tune_hypercorn() -> None:

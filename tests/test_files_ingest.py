@@ -204,3 +204,47 @@ def test_h11_body_extraction_without_copies_parses_the_same(monkeypatch):
                     got += bytes(event.data)
         assert got == body
         assert events[0] is h11.Request and events[-1] is h11.EndOfMessage
+
+
+async def test_body_reader_hands_its_buffer_over_and_h11_adopts_it(monkeypatch):
+    from h11 import _receivebuffer
+
+    cls = _receivebuffer.ReceiveBuffer
+    for name in ("maybe_extract_at_most", "__iadd__"):  # restored after the test
+        monkeypatch.setattr(cls, name, getattr(cls, name))
+    serve._extract_body_without_copies()
+    assert serve._BodyReader.usable()
+    reader = serve._BodyReader(limit=serve.READ_SIZE)
+    reader.feed_data(b"abc")
+    reader.feed_data(b"def")
+    first = await reader.read(serve.READ_SIZE)
+    assert first == b"abcdef" and type(first) is serve.HandedOver  # the buffer itself
+    reader.feed_data(b"0123456789")
+    part = await reader.read(4)  # less than is buffered: asyncio's own read (a copy)
+    assert part == b"0123" and type(part) is bytes
+    waiting = asyncio.ensure_future(reader.read(serve.READ_SIZE))
+    assert await waiting == b"456789"
+    later = asyncio.ensure_future(reader.read(serve.READ_SIZE))  # nothing buffered: waits
+    await asyncio.sleep(0)
+    reader.feed_data(b"xyz")
+    assert await later == b"xyz"
+    reader.feed_eof()
+    assert await reader.read(serve.READ_SIZE) == b"" and reader.at_eof()
+
+    request = b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n"
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(serve.HandedOver(request))
+    assert type(conn.next_event()) is h11.Request
+    handed = serve.HandedOver(b"body!!")
+    conn.receive_data(handed)  # adopted: no copy
+    event = conn.next_event()
+    assert isinstance(event, h11.Data) and event.data is handed
+    # a plain bytearray is copied as h11 always did: changing it later changes nothing
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(request)
+    conn.next_event()
+    mine = bytearray(b"body!!")
+    conn.receive_data(mine)
+    mine[:] = b"XXXXXX"
+    event = conn.next_event()
+    assert isinstance(event, h11.Data) and bytes(event.data) == b"body!!"
