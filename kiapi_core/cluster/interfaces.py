@@ -62,6 +62,10 @@ class Submission(NamedTuple):
     load_gb: float
     #: ``(scoped key, fingerprint)`` of an Idempotency-Key, or ``None``.
     idempotency: tuple[str, str] | None = None
+    #: The operation uses no MLX: it runs on a host's light pool, not its model thread.
+    light: bool = False
+    #: Stored files the job reads: no host deletes or expires them while it is queued or running.
+    pins: tuple[str, ...] = ()
 
 
 class Claim(NamedTuple):
@@ -82,6 +86,8 @@ class ClaimerState(NamedTuple):
     lease_s: float
     #: Jobs this host refused after claiming them (left to others for a while).
     exclude: Collection[str] = ()
+    #: Claim jobs of operations that use no MLX (a light-pool thread) instead of model jobs.
+    light: bool = False
 
 
 class PersistedError(msgspec.Struct, kw_only=True):
@@ -100,9 +106,11 @@ class Fenced(Exception):  # a signal
 HOST_LOST = "host_lost"
 
 
-def requeued(job: Job) -> Job:
-    """The job back in the queue: never started, no artifacts."""
-    job.status, job.started_at, job.progress, job.progress_label = JobStatus.queued, None, None, "queued"
+def requeued(job: Job, reason: str | None = None) -> Job:
+    """The job back in the queue: never started, no artifacts; ``reason`` (why it waits) is
+    shown as its progress label until a host takes it."""
+    job.status, job.started_at, job.progress = JobStatus.queued, None, None
+    job.progress_label = reason or "queued"
     job.artifacts = []
     return job
 
@@ -187,8 +195,9 @@ class JobBackend(abc.ABC):
         """Save the terminal record (and the sync caller's error); raises Fenced."""
 
     @abc.abstractmethod
-    def release(self, job_id: str, owner: str, attempt: int) -> None:
-        """Give a claimed job back to the queue without counting the attempt."""
+    def release(self, job_id: str, owner: str, attempt: int, reason: str | None = None) -> None:
+        """Give a claimed job back to the queue without counting the attempt; ``reason`` says
+        why it waits (its progress label while queued)."""
 
     @abc.abstractmethod
     def reap(self, *, max_attempts: int) -> list[tuple[Job, list[str]]]:

@@ -43,6 +43,7 @@ class _Row:
     load_gb: float
     queued_at: float
     idem: tuple[str, str] | None = None
+    light: bool = False
     owner: str | None = None
     attempt: int = 0
     lease_until: float | None = None
@@ -88,7 +89,8 @@ class LocalJobBackend(JobBackend):
             self._seq += 1
             job.queue_position = queued
             self._rows[job.id] = _Row(self._seq, _copy(job), submission.request, submission.need_gb,
-                                      submission.load_gb, time.monotonic(), submission.idempotency)
+                                      submission.load_gb, time.monotonic(), submission.idempotency,
+                                      submission.light)
             if submission.idempotency is not None:
                 self._keys[submission.idempotency[0]] = job.id
         self._emit("work")
@@ -194,7 +196,7 @@ class LocalJobBackend(JobBackend):
                 key = f"{job.capability}:{job.model}"
                 resident = key in claimer.resident
                 if (job.status is not JobStatus.queued or job.capability not in claimer.capabilities
-                        or job.id in claimer.exclude
+                        or job.id in claimer.exclude or row.light != claimer.light
                         or row.need_gb + (0.0 if resident else row.load_gb) > claimer.claimable_gb):
                     continue
                 if not (resident or now - row.queued_at >= claimer.affinity_wait_s or key not in elsewhere):
@@ -242,10 +244,10 @@ class LocalJobBackend(JobBackend):
         self._emit("job", job.id)
         self._emit("work")
 
-    def release(self, job_id: str, owner: str, attempt: int) -> None:
+    def release(self, job_id: str, owner: str, attempt: int, reason: str | None = None) -> None:
         with self._lock:
             row = self._owned(job_id, owner, attempt)
-            requeued(row.job)
+            requeued(row.job, reason)
             row.owner, row.lease_until, row.attempt = None, None, row.attempt - 1
         self._emit("job", job_id)
         self._emit("work")

@@ -12,7 +12,7 @@ def cluster_services(host: Any) -> tuple[Any, Any]:
     """``(files, jobs)`` for ``host``: a PostgreSQL-backed file store and job manager. Nothing
     connects before the host starts serving."""
     try:
-        from .pg import PgEventBus, PgFileStore, PgJobBackend, Pool
+        from .pg import PgEventBus, PgFileStore, PgJobBackend, PgWebhookStore, Pool
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise StartupError("KIAPI_CLUSTER_URL is set but the cluster extra is not installed: "
                            "pip install 'kiapi-core[cluster]'") from exc
@@ -29,6 +29,8 @@ def cluster_services(host: Any) -> tuple[Any, Any]:
                              registry=host.registry, files=files, models=host.models,
                              plugin_settings=host.plugin_settings, cache_dir=host.cache_dir,
                              work_root=data / "work", demo=settings.demo)
+    # Held past a whole attempt (timeout + connect), so two senders never send one delivery at once.
+    jobs.webhook_store = PgWebhookStore(pool, claim_s=float(settings.webhook_timeout_s) * 2 + 30.0)
     return files, jobs
 
 

@@ -26,6 +26,7 @@ from ...files.models import FileRecord, StoredFile
 from ...files.names import blob_name, check_id
 from ...files.store import FileStore
 from .connect import Pool
+from .pins import delete_unless_pinned, pinned
 
 log = logging.getLogger("kiapi.cluster")
 CHUNK = 1024 * 1024
@@ -64,15 +65,17 @@ class PgFileStore(FileStore):
                     seq += 1
 
     # -- reads: the database says what exists; bytes come from the cache -------------------
-    def _record(self, file_id: str) -> FileRecord | None:
+    def _record(self, file_id: str, *, pinned_ok: bool = False) -> FileRecord | None:
         with self.pool.connection() as conn:
             row = conn.execute("SELECT record::text FROM kiapi_files WHERE id = %s AND complete "
-                               "AND (expires_at IS NULL OR expires_at > %s)", (file_id, time.time())).fetchone()
+                               "AND (expires_at IS NULL OR expires_at > %s OR (%s AND " + pinned("kiapi_files.id") + "))",
+                               (file_id, time.time(), pinned_ok)).fetchone()
         return None if row is None else _rec.decode(row[0])
 
-    def get(self, file_id: str) -> StoredFile:
+    def get(self, file_id: str, *, pinned_ok: bool = False) -> StoredFile:
+        """``pinned_ok``: a job's input, readable after a delete or its expiry while the job pins it."""
         check_id(file_id)
-        record = self._record(file_id)
+        record = self._record(file_id, pinned_ok=pinned_ok)
         if record is None:
             raise NotFound(f"no file {file_id!r}; it was deleted, expired or never existed", code="file_not_found")
         try:
@@ -128,11 +131,12 @@ class PgFileStore(FileStore):
 
     def delete(self, file_id: str) -> None:
         check_id(file_id)
-        with self.pool.connection() as conn:
-            row = conn.execute("DELETE FROM kiapi_files WHERE id = %s RETURNING record::text", (file_id,)).fetchone()
-        if row is None:
+        with self.pool.connection() as conn, conn.transaction():
+            found, deleted = delete_unless_pinned(conn, file_id, time.time())  # a pinned input goes later
+        if not found:
             raise NotFound(f"no file {file_id!r}; it was deleted, expired or never existed", code="file_not_found")
-        self._drop_local(file_id)
+        if deleted:
+            self._drop_local(file_id)
 
     def _drop_local(self, file_id: str) -> None:
         try:
@@ -145,7 +149,8 @@ class PgFileStore(FileStore):
         now = time.time() if now is None else now
         with self.pool.connection() as conn:
             gone = [r[0] for r in conn.execute("DELETE FROM kiapi_files WHERE expires_at IS NOT NULL AND "
-                                               "expires_at <= %s RETURNING id", (now,)).fetchall()]
+                                               "expires_at <= %s AND NOT " + pinned("kiapi_files.id") + " RETURNING id",
+                                               (now,)).fetchall()]
             known = {r[0] for r in conn.execute("SELECT id FROM kiapi_files").fetchall()}
         for file_id in gone:
             self._drop_local(file_id)

@@ -36,6 +36,7 @@ from ..interfaces import (
     requeued,
 )
 from .connect import Pool, prepare_schema
+from .pins import pin_inputs
 
 JOB_CHANNEL, CANCEL_CHANNEL, WORK_CHANNEL = "kiapi_job", "kiapi_cancel", "kiapi_work"
 
@@ -49,7 +50,7 @@ _SELECT = ("SELECT data::text, status, (SELECT count(*) FROM kiapi_jobs q WHERE 
 
 _CLAIM = """
 SELECT id, attempt, request FROM kiapi_jobs j
-WHERE status = 'queued' AND capability = ANY(%(caps)s) AND NOT (id = ANY(%(exclude)s))
+WHERE status = 'queued' AND capability = ANY(%(caps)s) AND NOT (id = ANY(%(exclude)s)) AND light = %(light)s
   AND need_gb + CASE WHEN (capability || ':' || model) = ANY(%(resident)s) THEN 0 ELSE load_gb END
       <= %(claimable)s
   AND ((capability || ':' || model) = ANY(%(resident)s)
@@ -96,9 +97,11 @@ class PgJobBackend(JobBackend):
             job.queue_position = int(queued[0]) if queued else 0
             conn.execute(
                 "INSERT INTO kiapi_jobs (id, status, type, capability, model, created_at, idem_key, idem_fp, "
-                "need_gb, load_gb, request, data) VALUES (%s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "need_gb, load_gb, light, request, data) VALUES (%s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (job.id, job.type, job.capability, job.model, job.created_at, key, fp, submission.need_gb,
-                 submission.load_gb, submission.request, _enc.encode(job).decode()))
+                 submission.load_gb, submission.light, submission.request, _enc.encode(job).decode()))
+            if submission.pins:
+                pin_inputs(conn, job.id, submission.pins)
             conn.execute("SELECT pg_notify(%s, ''), pg_notify(%s, %s)", (WORK_CHANNEL, JOB_CHANNEL, job.id))
         return job
 
@@ -195,7 +198,7 @@ class PgJobBackend(JobBackend):
         args = {"caps": list(claimer.capabilities), "resident": list(claimer.resident),
                 "claimable": claimer.claimable_gb, "wait": claimer.affinity_wait_s, "me": claimer.host_id,
                 "live": max(claimer.lease_s, 1.0),
-                "exclude": list(claimer.exclude)}
+                "exclude": list(claimer.exclude), "light": claimer.light}
         with self.pool.connection() as conn, conn.transaction():
             row = conn.execute(_CLAIM, args).fetchone()
             if row is None:
@@ -243,13 +246,13 @@ class PgJobBackend(JobBackend):
                 raise Fenced(job.id)
             conn.execute("SELECT pg_notify(%s, %s), pg_notify(%s, '')", (JOB_CHANNEL, job.id, WORK_CHANNEL))
 
-    def release(self, job_id: str, owner: str, attempt: int) -> None:
+    def release(self, job_id: str, owner: str, attempt: int, reason: str | None = None) -> None:
         with self.pool.connection() as conn, conn.transaction():
             row = conn.execute("SELECT data::text, status, 0 FROM kiapi_jobs WHERE id = %s AND owner = %s "
                                "AND attempt = %s AND status = 'running' FOR UPDATE", (job_id, owner, attempt)).fetchone()
             if row is None:
                 raise Fenced(job_id)
-            job = requeued(_decode(row))
+            job = requeued(_decode(row), reason)
             conn.execute("UPDATE kiapi_jobs SET status = 'queued', owner = NULL, attempt = attempt - 1, "
                          "lease_until = NULL, data = %s WHERE id = %s", (_enc.encode(job).decode(), job_id))
             conn.execute("SELECT pg_notify(%s, %s), pg_notify(%s, '')", (JOB_CHANNEL, job_id, WORK_CHANNEL))
