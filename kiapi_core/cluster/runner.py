@@ -381,11 +381,13 @@ class ClusterRunner:
                     self._emit("finished", job)  # its webhook: the owner cannot send it any more
                 self._notify(job.id)
         except Exception as exc:  # the database may be away; the watchdog decides
+            cause = exc.__cause__ if exc.__cause__ is not None else exc  # the driver's, not the client's
+            error = " ".join(str(cause).split())[:300] or type(cause).__name__
             if self.db_error is None:
                 log.warning("cluster: the database is unreachable (%s); running jobs stop after their "
-                            "lease, new work is refused with 503 until it is back", exc)
+                            "lease, new work is refused with 503 until it is back", error)
                 self.db_failing_since = time.time()
-            self.db_error = str(exc).strip() or type(exc).__name__
+            self.db_error = error
             return
         if self.db_error is not None:
             log.info("cluster: the database is reachable again after %.0f s",

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from ..errors import BadRequest
+from ..errors import BadRequest, KiapiError
 from ..files.fetch import AddressPolicy, Resolver, checked_addresses, system_resolver
 from ..jobs.models import Job
 from ..validation import strip_url_secrets
@@ -89,10 +89,14 @@ class WebhookDispatcher:
         self._loop = asyncio.get_running_loop()
         self._writes = asyncio.Queue()
         self._wake = asyncio.Event()
-        if self.key is None:
+        if self.key is None and not self.shared:
             return  # disabled: deliveries a signed-up past left stay stored until a secret is set
         self.subs.update(await asyncio.to_thread(self.store.open))
-        self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._sender())]
+        self._tasks = [asyncio.create_task(self._writer())]
+        # A cluster host without the secret still records the events of the jobs it runs; the
+        # hosts that have it sign and send them.
+        if self.key is not None:
+            self._tasks.append(asyncio.create_task(self._sender()))
 
     async def stop(self) -> None:
         """Finish queued writes (pending deliveries stay in the store for the next start)."""
@@ -127,7 +131,7 @@ class WebhookDispatcher:
     # -- events ---------------------------------------------------------------------------------
     def on_job(self, event: str, job: Job) -> None:
         """A job listener; any thread. Hands the event to the loop and returns."""
-        if self.key is None or event not in _EVENT_OF or self._loop is None:
+        if (self.key is None and not self.shared) or event not in _EVENT_OF or self._loop is None:
             return
         try:
             self._loop.call_soon_threadsafe(self._handle, _EVENT_OF[event], job)
@@ -199,6 +203,8 @@ class WebhookDispatcher:
             fn, args = await self._writes.get()
             try:
                 await asyncio.to_thread(fn, *args)
+            except KiapiError as exc:  # a cluster's database away: its cause is logged by the cluster
+                log.warning("webhooks: could not record %s: %s", fn.__name__, exc.detail)
             except Exception:  # a full disk must not stop later writes
                 log.exception("webhooks: could not record %s", fn.__name__)
             finally:

@@ -36,7 +36,8 @@ _UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 def unreachable(exc: BaseException) -> Unavailable:
     """The 503 for a request that needed the database while it could not be reached (the
     cause goes to the log and ``/health``, not to clients)."""
-    log.warning("cluster database call failed: %s", str(exc).strip() or type(exc).__name__)
+    # Not logged here (every request would): the host's pulse logs the outage once, with the cause.
+    log.debug("cluster database call failed: %s", exc)
     return Unavailable("the cluster's database (PostgreSQL) cannot be reached right now; retry in a few "
                        "seconds (GET /health shows the cause)", code="cluster_database_unavailable",
                        headers={"Retry-After": str(RETRY_AFTER_S)})
