@@ -301,8 +301,15 @@ class ClusterRunner:
         job, exc = run.pending.job, outcome.exc
         extra = exc.extra if exc is not None else {}
         needed, budget = float(extra.get("needed_gb", 0.0)), float(extra.get("budget_gb", 0.0))
-        others = [h for h in self.hosts_cache if h.live and not h.draining and h.id != self.host_id
-                  and job.capability in h.capabilities]
+        # Failing a job is final: read the registry now (the pulse's copy may predate a host that
+        # just joined), and a host whose heartbeat is merely late (a busy machine) still counts.
+        try:
+            hosts = self.backend.hosts(live_s=self.lease_s)
+        except Exception:  # the database may be away: the last pulse's view
+            hosts = self.hosts_cache
+        recent_s = 3 * self.lease_s
+        others = [h for h in hosts if (h.heartbeat_age_s or 0.0) <= recent_s and not h.draining
+                  and h.id != self.host_id and job.capability in h.capabilities]
         now = time.monotonic()
         if needed > budget + 1e-9:  # never here
             if not any(h.budget_gb + 1e-9 >= needed for h in others):
