@@ -107,6 +107,14 @@ def test_inputs_of_a_waiting_job_outlive_their_delete_and_expiry_on_every_host(t
         _stop(hosts)
 
 
+def _until_sent(pg_url: str) -> None:
+    deadline = time.monotonic() + 30
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        while conn.execute("SELECT count(*) FROM kiapi_webhook_deliveries").fetchone()[0]:
+            assert time.monotonic() < deadline, "a delivery was never marked sent"
+            time.sleep(0.05)
+
+
 def _signed(delivery: dict) -> bool:
     headers = delivery["headers"]
     expected = sign(secret_bytes(SECRET), headers["webhook-id"], int(headers["webhook-timestamp"]), delivery["body"])
@@ -125,6 +133,7 @@ def test_webhooks_are_delivered_after_the_submitting_and_the_running_host_died(t
         runner = next(w for w in workers if w.name == job["metrics"]["cluster_host"])
         other = next(w for w in workers if w is not runner)
         receiver.wait_for(lambda ds: any(d["json"]["type"] == "job.start" for d in ds))
+        _until_sent(pg_url)  # (killed while a delivery is in flight, it would rightly come again)
         api.stop(kill=True)  # the host that took the job and its webhook is gone
         receiver.status = 500  # and the receiver fails for now: the completion must be retried
         release.touch()

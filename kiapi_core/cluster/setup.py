@@ -29,8 +29,9 @@ def cluster_services(host: Any) -> tuple[Any, Any]:
                              registry=host.registry, files=files, models=host.models,
                              plugin_settings=host.plugin_settings, cache_dir=host.cache_dir,
                              work_root=data / "work", demo=settings.demo)
-    # Held past a whole attempt (timeout + connect), so two senders never send one delivery at once.
-    jobs.webhook_store = PgWebhookStore(pool, claim_s=float(settings.webhook_timeout_s) * 2 + 30.0)
+    # Held past a whole attempt (connect + answer), so two senders do not send one delivery at
+    # once; a sender that died holding it is replaced after that.
+    jobs.webhook_store = PgWebhookStore(pool, claim_s=float(settings.webhook_timeout_s) * 2 + 5.0)
     return files, jobs
 
 
