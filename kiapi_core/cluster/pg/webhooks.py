@@ -29,6 +29,7 @@ import msgspec
 from ...jobs.models import Job
 from ...webhooks.store import Delivery, Subscription
 from .connect import Pool
+from .jobs import WORK_CHANNEL
 
 _job = msgspec.json.Decoder(Job)
 _TERMINAL = ("succeeded", "failed", "canceled")
@@ -76,6 +77,8 @@ class PgWebhookStore:
             conn.execute("INSERT INTO kiapi_webhook_subs (job_id, url, events, start_done) VALUES (%s, %s, %s, %s) "
                          "ON CONFLICT (job_id) DO NOTHING",
                          (job_id, subscription.url, sorted(subscription.events), started))
+            if status == "queued":  # a claim that skipped the locked row tries again now
+                conn.execute("SELECT pg_notify(%s, '')", (WORK_CHANNEL,))
 
     def unsubscribe(self, job_id: str) -> None:
         with self.pool.connection() as conn:
