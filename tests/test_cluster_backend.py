@@ -165,6 +165,20 @@ def test_light_jobs_are_claimed_only_by_light_pool_claims(backend):
     assert backend.claim(claimer()).job.id == model_job.id
 
 
+def test_queued_needs_and_labels_for_placement(backend):
+    first = submit(backend, need_gb=3.0, load_gb=4.0)
+    second = submit(backend, light=True, model="n")
+    needs = backend.queued_needs(10)
+    assert [(n.job_id, n.capability, n.model_key, n.need_gb, n.load_gb, n.light, n.progress_label)
+            for n in needs] == [(first.id, "cap", "cap:m", 3.0, 4.0, False, "queued"),
+                                (second.id, "cap", "cap:n", 0.0 + 1.0, 2.0, True, "queued")]
+    assert backend.relabel(first.id, "waiting: no live host serves 'cap' now")
+    assert backend.get(first.id).progress_label == "waiting: no live host serves 'cap' now"
+    backend.claim(claimer())
+    assert not backend.relabel(first.id, "queued")  # running now: not a queued job's label
+    assert [n.job_id for n in backend.queued_needs(10)] == [second.id]
+
+
 def test_release_gives_the_job_back_without_counting_an_attempt(backend):
     job = submit(backend)
     claim = backend.claim(claimer())

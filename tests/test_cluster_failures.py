@@ -180,6 +180,29 @@ def test_a_job_that_outgrew_every_live_host_fails_instead_of_bouncing(tmp_path, 
         _stop(hosts)
 
 
+def test_a_queued_job_no_live_host_can_take_says_why_until_one_can(tmp_path, pg_url):
+    small = ClusterHost(tmp_path, pg_url, "small", extra_env={"KIAPI_MEMORY_LIMIT_GB": "4"})
+    big = ClusterHost(tmp_path, pg_url, "big", extra_env={"KIAPI_MEMORY_LIMIT_GB": "16"})
+    hosts = [small.ready(), big.ready()]
+    try:
+        releases = _busy(hosts, tmp_path)
+        gb_file = tmp_path / "gb"
+        gb_file.write_text("10")
+        job_id = small.submit("", gb_file=str(gb_file))  # accepted: the big host could hold it
+        big.stop(kill=True)  # ... and is gone
+        job = small.wait_for(job_id, lambda j: j["progress_label"].startswith("waiting: it needs about 10.0"),
+                             "the job never said why it waits")
+        assert job["status"] == "queued" and "the largest live host serving 'cwait' has 4.00 GB" in job["progress_label"]
+        bigger = ClusterHost(tmp_path, pg_url, "bigger", extra_env={"KIAPI_MEMORY_LIMIT_GB": "16"}).ready()
+        hosts.append(bigger)
+        for release in releases.values():  # the lost host's busy job was re-queued too
+            release.touch()
+        job = small.wait_for(job_id, "succeeded")
+        assert job["metrics"]["cluster_host"] == "bigger"
+    finally:
+        _stop(hosts)
+
+
 @pytest.fixture
 def own_pg(pg_server):
     """A PostgreSQL server of this test's own (it is stopped and started again)."""

@@ -68,6 +68,19 @@ class Submission(NamedTuple):
     pins: tuple[str, ...] = ()
 
 
+class QueuedNeed(NamedTuple):
+    """A queued job as placement sees it (is there a live host that could ever take it?)."""
+
+    job_id: str
+    capability: str
+    #: ``capability:model``, and GB: the job's peak, the model's weights when not resident.
+    model_key: str
+    need_gb: float
+    load_gb: float
+    light: bool
+    progress_label: str
+
+
 class Claim(NamedTuple):
     job: Job
     attempt: int
@@ -172,6 +185,14 @@ class JobBackend(abc.ABC):
 
     @abc.abstractmethod
     def prune(self, *, ttl_s: float, max_jobs: int) -> list[str]: ...
+
+    @abc.abstractmethod
+    def queued_needs(self, limit: int) -> list[QueuedNeed]:
+        """The oldest ``limit`` queued jobs with what they need."""
+
+    @abc.abstractmethod
+    def relabel(self, job_id: str, label: str) -> bool:
+        """Set a queued job's ``progress_label`` (why it waits); False when it is no longer queued."""
 
     # --- owner side ---------------------------------------------------------------------
     @abc.abstractmethod
@@ -283,5 +304,5 @@ class EventBus(abc.ABC):
     def work_available(self) -> None: ...
 
 
-__all__ = ["HOST_LOST", "lost", "replay", "requeued", "BlobStore", "Claim", "ClaimerState", "EventBus", "Fenced", "HostState", "JobBackend", "PersistedError",
+__all__ = ["HOST_LOST", "lost", "replay", "requeued", "BlobStore", "Claim", "QueuedNeed", "ClaimerState", "EventBus", "Fenced", "HostState", "JobBackend", "PersistedError",
            "Submission"]

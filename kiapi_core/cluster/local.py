@@ -25,6 +25,7 @@ from .interfaces import (
     HostState,
     JobBackend,
     PersistedError,
+    QueuedNeed,
     Submission,
     lost,
     replay,
@@ -167,6 +168,21 @@ class LocalJobBackend(JobBackend):
     def queued(self) -> int:
         with self._lock:
             return self._queued()
+
+    def queued_needs(self, limit: int) -> list[QueuedNeed]:
+        with self._lock:
+            rows = sorted((r for r in self._rows.values() if r.job.status is JobStatus.queued), key=lambda r: r.seq)
+            return [QueuedNeed(r.job.id, r.job.capability or "", f"{r.job.capability}:{r.job.model}", r.need_gb,
+                               r.load_gb, r.light, r.job.progress_label) for r in rows[:limit]]
+
+    def relabel(self, job_id: str, label: str) -> bool:
+        with self._lock:
+            row = self._rows.get(job_id)
+            if row is None or row.job.status is not JobStatus.queued:
+                return False
+            row.job.progress_label = label
+        self._emit("job", job_id)
+        return True
 
     def prune(self, *, ttl_s: float, max_jobs: int) -> list[str]:
         now = time.time()

@@ -38,6 +38,7 @@ from ..errors import KiapiError, MemoryBudgetExceeded, Unavailable
 from ..jobs.models import Job, JobStatus
 from ..jobs.worker import AdminTask, Outcome, Pending
 from .interfaces import Claim, ClaimerState, Fenced, HostState, JobBackend, PersistedError
+from .placement import PLACEMENT_LIMIT, PLACEMENT_S, waiting_label
 
 log = logging.getLogger("kiapi.cluster")
 
@@ -94,6 +95,7 @@ class ClusterRunner:
         self._pinned_get = "pinned_ok" in inspect.signature(files.get).parameters
         #: The last database failure of the pulse and since when (``/health``), or ``None``.
         self.db_error: str | None = None
+        self._placed_at = 0.0
         self.db_failing_since: float | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -381,6 +383,9 @@ class ClusterRunner:
             self.queued = self.backend.queued()
             for run in self.runs():
                 self._renew(run)
+            if time.monotonic() >= self._placed_at + PLACEMENT_S:
+                self._placed_at = time.monotonic()
+                self._label_waiting()
             for job, lost in self.backend.reap(max_attempts=int(self.settings.cluster_max_attempts)):
                 log.warning("job %s: its host was lost; now %s", job.id, job.status.value)
                 self._drop_artifacts(lost)
@@ -400,6 +405,13 @@ class ClusterRunner:
             log.info("cluster: the database is reachable again after %.0f s",
                      time.time() - (self.db_failing_since or time.time()))
             self.db_error = self.db_failing_since = None
+
+    def _label_waiting(self) -> None:
+        """Say on each queued job that no live host can take why it waits (placement.py)."""
+        for need in self.backend.queued_needs(PLACEMENT_LIMIT):
+            label = waiting_label(need, self.hosts_cache)
+            if label is not None and self.backend.relabel(need.job_id, label):
+                self._notify(need.job_id)
 
     def _renew(self, run: Run) -> None:
         if run.lost:

@@ -30,6 +30,7 @@ from ..interfaces import (
     HostState,
     JobBackend,
     PersistedError,
+    QueuedNeed,
     Submission,
     lost,
     replay,
@@ -179,6 +180,22 @@ class PgJobBackend(JobBackend):
         with self.pool.connection() as conn:
             row = conn.execute("SELECT count(*) FROM kiapi_jobs WHERE status = 'queued'").fetchone()
         return int(row[0]) if row else 0
+
+    def queued_needs(self, limit: int) -> list[QueuedNeed]:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT id, capability, capability || ':' || model, need_gb, load_gb, light, "
+                                "data->>'progress_label' FROM kiapi_jobs WHERE status = 'queued' ORDER BY seq "
+                                "LIMIT %s", (limit,)).fetchall()
+        return [QueuedNeed(*row) for row in rows]
+
+    def relabel(self, job_id: str, label: str) -> bool:
+        with self.pool.connection() as conn, conn.transaction():
+            cur = conn.execute("UPDATE kiapi_jobs SET data = jsonb_set(data, '{progress_label}', to_jsonb(%s::text)) "
+                               "WHERE id = %s AND status = 'queued'", (label, job_id))
+            if cur.rowcount != 1:
+                return False
+            conn.execute("SELECT pg_notify(%s, %s)", (JOB_CHANNEL, job_id))
+        return True
 
     def prune(self, *, ttl_s: float, max_jobs: int) -> list[str]:
         gone: list[str] = []
