@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import threading
 import time
 
 import httpx
@@ -203,6 +205,16 @@ def test_a_queued_job_no_live_host_can_take_says_why_until_one_can(tmp_path, pg_
         _stop(hosts)
 
 
+def _watch(url: str, job_id: str, seen: list[dict]) -> None:
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client, client.stream("GET", f"/v1/jobs/{job_id}/events") as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:]))
+    except httpx.HTTPError as exc:  # the assertion on the last event reports it
+        seen.append({"status": "stream broke", "error": repr(exc)})
+
+
 @pytest.fixture
 def own_pg(pg_server):
     """A PostgreSQL server of this test's own (it is stopped and started again)."""
@@ -222,6 +234,13 @@ def test_the_database_goes_away_and_comes_back(tmp_path, own_pg):
         release = tmp_path / "go"
         job_id = a.submit(str(release))
         a.wait_for(job_id, lambda j: j["progress_label"] == "waiting", "never started")
+        watched: list[dict] = []
+        watcher = threading.Thread(target=_watch, args=(b.url, job_id, watched), daemon=True)
+        watcher.start()  # an SSE stream on b stays open through the outage
+        deadline = time.monotonic() + 10
+        while not watched:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         own_pg.pause()
         down_at = time.monotonic()
         for host in hosts:
@@ -257,6 +276,9 @@ def test_the_database_goes_away_and_comes_back(tmp_path, own_pg):
         assert any("was lost while running attempt 1" in w for w in job["warnings"])
         release.touch()
         assert a.wait_for(job_id, "succeeded")["artifacts"]
+        watcher.join(30)
+        assert watched[-1]["status"] == "succeeded" and not watched[-1].get("error"), watched[-1]
+        assert any(event.get("metrics", {}).get("attempt") == 2 for event in watched)
         r = b.http.post("/v1/text/cwait/wait", json={}, headers=JSON)
         assert r.status_code == 200, r.text
         with httpx.Client(base_url=a.url, timeout=30) as client:

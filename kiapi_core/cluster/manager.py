@@ -36,6 +36,8 @@ from .interfaces import EventBus, HostState, JobBackend, Submission
 from .runner import ClusterRunner
 
 log = logging.getLogger("kiapi.cluster")
+#: Seconds between reads of a watched job while the database is unreachable.
+OUTAGE_RETRY_S = 1.0
 
 
 class _KeyLookup:
@@ -345,21 +347,27 @@ class ClusterJobManager:
                 await woken(min(remaining, self.runner.lease_s))
 
     async def events(self, job_id: str, keepalive_s: float = 15.0) -> AsyncIterator[Job | None]:
+        """A job's changes for SSE; while the database is away the stream stays open (keepalives
+        every OUTAGE_RETRY_S, read again each time) and goes on once it is back."""
         last: tuple[Any, ...] | None = None
         while True:
             async with self._armed(job_id) as woken:
                 try:
-                    job = await self.aget(job_id)
+                    job: Job | None = await self.aget(job_id)
                 except NotFound:
                     if last is None:
                         raise
                     return
-                if watch.change_key(job) != last:
+                except Unavailable:
+                    if last is None:
+                        raise
+                    job = None
+                if job is not None and watch.change_key(job) != last:
                     last = watch.change_key(job)
                     yield job
-                if job.status.terminal:
+                if job is not None and job.status.terminal:
                     return
-                woke = await woken(keepalive_s)
+                woke = await woken(keepalive_s if job is not None else OUTAGE_RETRY_S)
             if not woke:
                 yield None
 
