@@ -163,6 +163,10 @@ def test_light_jobs_are_claimed_only_by_light_pool_claims(backend):
     assert backend.claim(claimer(light=True)).job.id == light_job.id  # not the older model job
     assert backend.claim(claimer(light=True)) is None
     assert backend.claim(claimer()).job.id == model_job.id
+    # Light jobs wait for no host with the model resident (the pool does not use resident models).
+    backend.heartbeat(HostState(id="warm", capabilities=["cap"], resident=["cap:m"], budget_gb=10))
+    other = submit(backend, light=True)
+    assert backend.claim(claimer(host="cold", wait_s=30.0, light=True)).job.id == other.id
 
 
 def test_queued_needs_and_labels_for_placement(backend):

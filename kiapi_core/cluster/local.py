@@ -215,7 +215,8 @@ class LocalJobBackend(JobBackend):
                         or job.id in claimer.exclude or row.light != claimer.light
                         or row.need_gb + (0.0 if resident else row.load_gb) > claimer.claimable_gb):
                     continue
-                if not (resident or now - row.queued_at >= claimer.affinity_wait_s or key not in elsewhere):
+                if not (row.light or resident or now - row.queued_at >= claimer.affinity_wait_s
+                        or key not in elsewhere):
                     continue
                 row.attempt += 1
                 row.owner, row.lease_until = claimer.host_id, now + claimer.lease_s

@@ -54,7 +54,7 @@ SELECT id, attempt, request FROM kiapi_jobs j
 WHERE status = 'queued' AND capability = ANY(%(caps)s) AND NOT (id = ANY(%(exclude)s)) AND light = %(light)s
   AND need_gb + CASE WHEN (capability || ':' || model) = ANY(%(resident)s) THEN 0 ELSE load_gb END
       <= %(claimable)s
-  AND ((capability || ':' || model) = ANY(%(resident)s)
+  AND (light OR (capability || ':' || model) = ANY(%(resident)s)
        OR queued_at <= now() - make_interval(secs => %(wait)s)
        OR NOT EXISTS (SELECT 1 FROM kiapi_hosts h
                       WHERE h.id <> %(me)s AND h.heartbeat_at > now() - make_interval(secs => %(live)s)
