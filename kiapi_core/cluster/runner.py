@@ -195,14 +195,20 @@ class ClusterRunner:
     def _try_claim(self, *, light: bool) -> Pending | None:
         try:
             claim = self.backend.claim(self._claimer(light))
-        except Exception as exc:  # the database may be away; try again later
-            log.warning("cluster: claiming failed: %s", exc)
+        except Exception as exc:  # the database may be away (the pulse reports it); try again later
+            (log.debug if isinstance(exc, Unavailable) else log.warning)("cluster: claiming failed: %s", exc)
             self._stop.wait(POLL_S)
             return None
         if claim is None:
             return None
         try:
             pending = self._pending(claim)
+        except Unavailable:  # the database went away while its inputs were read: not the job's fault
+            try:
+                self.backend.release(claim.job.id, self.host_id, claim.attempt)
+            except Exception:  # still away: the lease lapses and the reaper re-queues it
+                pass
+            return None
         except Exception as exc:  # an unreadable request fails its job, not the host
             self._fail_unrunnable(claim, exc)
             return None
@@ -241,6 +247,7 @@ class ClusterRunner:
         try:
             self.backend.finish(job, self.host_id, claim.attempt,
                                 PersistedError(status=500, code="internal_error", detail=job.error))
+            self._emit("finished", job)
         except Exception:
             log.exception("job %s: could not record its failure", job.id)
         self._notify(job.id)
