@@ -33,6 +33,13 @@ RETRY_AFTER_S = 5
 _UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
+def _out_of_reach(exc: BaseException) -> bool:
+    """A client-side failure (no SQLSTATE: connection lost) or an operator intervention (class
+    57: shutdown, restart, a statement timeout), as opposed to an error the server answered."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith("57")
+
+
 def unreachable(exc: BaseException) -> Unavailable:
     """The 503 for a request that needed the database while it could not be reached (the
     cause goes to the log and ``/health``, not to clients)."""
@@ -74,7 +81,9 @@ class Pool:
             conn.close()
             if broken:
                 self._drain()  # the server went away: the other idle connections are dead too
-            raise unreachable(exc) from exc
+            if broken or _out_of_reach(exc):
+                raise unreachable(exc) from exc
+            raise  # an answer from a reachable server (a full disk ...): the caller's to judge
         except BaseException:
             if conn.closed or conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.close()

@@ -40,19 +40,19 @@ def pin_inputs(conn: Any, job_id: str, file_ids: Collection[str]) -> None:
                         [(job_id, file_id) for file_id in ids])
 
 
-def delete_unless_pinned(conn: Any, file_id: str, now: float) -> tuple[bool, bool]:
-    """Delete a visible file, or hide it (expire it now) while a job pins it; ``(found,
-    deleted)``. Run inside a transaction."""
-    row = conn.execute("SELECT 1 FROM kiapi_files WHERE id = %s AND complete AND (expires_at IS NULL OR "
-                       "expires_at > %s) FOR UPDATE", (file_id, now)).fetchone()
+def delete_unless_pinned(conn: Any, file_id: str, now: float) -> tuple[bool, int | None]:
+    """Delete a visible file, or hide it (expire it now) while a job pins it; ``(found, bytes
+    freed or None when hidden)``. Run inside a transaction."""
+    row = conn.execute("SELECT (record->>'size')::bigint FROM kiapi_files WHERE id = %s AND complete AND "
+                       "(expires_at IS NULL OR expires_at > %s) FOR UPDATE", (file_id, now)).fetchone()
     if row is None:
-        return False, False
+        return False, None
     held = conn.execute("SELECT " + pinned("%s"), (file_id,)).fetchone()
     if held is not None and held[0]:
         conn.execute("UPDATE kiapi_files SET expires_at = %s WHERE id = %s", (now, file_id))
-        return True, False
+        return True, None
     conn.execute("DELETE FROM kiapi_files WHERE id = %s", (file_id,))
-    return True, True
+    return True, int(row[0] or 0)
 
 
 __all__ = ["delete_unless_pinned", "pin_inputs", "pinned"]
