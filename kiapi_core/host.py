@@ -78,10 +78,9 @@ class Host:
         self.jobs.listeners += [self.metrics.on_job, JobLifecycleLog(registry)]
         self.models.listeners.append(self.metrics.on_model)
         self.webhooks = WebhookDispatcher(self.settings, data / "webhooks.sqlite3",
-                                          on_attempt=lambda e, o: self.metrics.webhooks.labels(e, o).inc())
+                                          on_attempt=lambda e, o: self.metrics.webhooks.labels(e, o).inc(),
+                                          store=getattr(self.jobs, "webhook_store", None))  # a cluster's is shared
         self.jobs.listeners.append(self.webhooks.on_job)
-        if hasattr(self.jobs, "remote_listeners"):  # a cluster: jobs submitted here may run elsewhere
-            self.jobs.remote_listeners.append(self.webhooks.on_job)
         #: Routes and CLI commands plugins added (``register_routes``/``register_commands``),
         #: checked and by plugin name; filled in by :func:`build_host`.
         self.plugin_routes: dict[str, list[Any]] = {}
@@ -159,7 +158,8 @@ class Host:
                 if removed:
                     log.info("retention: %d expired file(s) deleted", removed,
                              extra={"event": "retention", "files_deleted": removed})
-            except OSError as exc:  # a vanished file mid-sweep; the next round catches up
+            except (OSError, Unavailable) as exc:  # a vanished file mid-sweep, a cluster database away;
+                # the next round catches up
                 log.warning("storage sweep failed: %s", exc)
             await asyncio.sleep(interval_s)
 

@@ -1,7 +1,9 @@
 """A real ``kiapi serve --demo`` subprocess on a free loopback port, and a webhook receiver.
 
-Plugins reach the subprocess as entry points of a fake distribution on PYTHONPATH (the echo
-test plugin and ``sleepy``, whose job runs until a file appears).
+Plugins reach the subprocess as entry points of a fake distribution on PYTHONPATH: the test
+plugins in tests/support (``echo``; ``sleepy``, whose job runs until a file appears; ``cwait``,
+the cluster tests' plugin), chosen with ``KIAPI_LOAD_PLUGINS``. Used by every test that runs
+real server processes (tests/cluster_procs.py builds the cluster's hosts on it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from test_server_process import SLEEPY
 
 SUPPORT = Path(__file__).parent / "support"
 TIMEOUT = 60.0
@@ -45,15 +46,18 @@ def wait_until_healthy(http: httpx.Client, proc: subprocess.Popen, output: Calla
         time.sleep(0.1)
 
 
+#: Entry points of the fake distribution: the test plugins in tests/support (KIAPI_LOAD_PLUGINS picks).
+ENTRY_POINTS = {"echo": "kiapi_echo", "sleepy": "kiapi_sleepy", "cwait": "kiapi_clusterwait"}
+
+
 def plugin_site(tmp: Path) -> Path:
     site = tmp / "site"
     if not site.exists():
-        site.mkdir()
         info = site / "kiapi_proc_test-1.0.dist-info"
-        info.mkdir()
+        info.mkdir(parents=True)
         (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kiapi-proc-test\nVersion: 1.0\n")
-        (info / "entry_points.txt").write_text("[kiapi]\necho = kiapi_echo\nsleepy = kiapi_sleepy\n")
-        (site / "kiapi_sleepy.py").write_text(SLEEPY)
+        (info / "entry_points.txt").write_text(
+            "[kiapi]\n" + "".join(f"{name} = {module}\n" for name, module in ENTRY_POINTS.items()))
     return site
 
 
@@ -64,14 +68,16 @@ def subprocess_env(tmp: Path, data: Path, **extra: str) -> dict[str, str]:
 
 
 class Server:
-    """``python -m kiapi_core.cli serve --demo`` with ``env`` on top of the test environment."""
+    """``python -m kiapi_core.cli serve --demo`` with ``env`` on top of the test environment;
+    waits for ``/health`` unless ``wait=False`` (then call :meth:`ready`)."""
 
-    def __init__(self, tmp: Path, data: Path, **env: str) -> None:
+    def __init__(self, tmp: Path, data: Path, *, wait: bool = True, log_name: str | None = None,
+                 **env: str) -> None:
         self.data = data
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = subprocess_env(tmp, data, **env)
-        self.log_path = tmp / f"server-{self.port}.log"
+        self.log_path = tmp / (log_name or f"server-{self.port}.log")
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kiapi_core.cli", "serve", "--demo", "--port", str(self.port)],
@@ -79,11 +85,29 @@ class Server:
         token = env.get("KIAPI_AUTH_TOKEN")
         self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT,
                                  headers={"Authorization": f"Bearer {token}"} if token else None)
+        if wait:
+            self.ready()
+
+    def ready(self) -> Server:
         wait_until_healthy(self.http, self.proc, self.output, TIMEOUT)
+        return self
 
     def output(self) -> str:
         self.log.flush()
         return self.log_path.read_text()
+
+    def job(self, job_id: str) -> dict:
+        return self.http.get(f"/v1/jobs/{job_id}").json()
+
+    def wait_for(self, job_id: str, until: str | Callable[[dict], bool], what: str = "") -> dict:
+        """Long-poll the job until its status is ``until`` (or the predicate holds)."""
+        done = (lambda job: job["status"] == until) if isinstance(until, str) else until
+        deadline = time.monotonic() + TIMEOUT
+        job = self.job(job_id)
+        while not done(job):
+            assert time.monotonic() < deadline, (what, job)
+            job = self.http.get(f"/v1/jobs/{job_id}", params={"wait": 2}).json()
+        return job
 
     def stop(self, kill: bool = False) -> int:
         if self.proc.poll() is None:

@@ -29,15 +29,16 @@ def backend(request):
 
 
 def submit(backend, *, capability="cap", model="m", need_gb=1.0, load_gb=2.0, key=None, max_queue=100,
-           job_type="t") -> Job:
+           job_type="t", light=False) -> Job:
     job = Job(type=job_type, id=new_job_id(), created_at=time.time(), capability=capability, model=model,
               params={"x": 1})
-    return backend.submit(Submission(job, b'{"operation": "op"}', need_gb, load_gb, key), max_queue=max_queue)
+    return backend.submit(Submission(job, b'{"operation": "op"}', need_gb, load_gb, key, light=light),
+                          max_queue=max_queue)
 
 
-def claimer(host="h1", caps=("cap",), resident=(), gb=10.0, wait_s=0.0, lease_s=30.0, exclude=()):
+def claimer(host="h1", caps=("cap",), resident=(), gb=10.0, wait_s=0.0, lease_s=30.0, exclude=(), light=False):
     return ClaimerState(host_id=host, capabilities=list(caps), resident=list(resident), claimable_gb=gb,
-                        affinity_wait_s=wait_s, lease_s=lease_s, exclude=list(exclude))
+                        affinity_wait_s=wait_s, lease_s=lease_s, exclude=list(exclude), light=light)
 
 
 def test_records_queue_positions_listing_and_cursor(backend):
@@ -156,11 +157,38 @@ def test_reaping_reruns_then_fails_host_lost_and_fences_the_old_owner(backend):
     assert backend.get(job.id).status is JobStatus.failed and backend.error_of(job.id).status == 503
 
 
+def test_light_jobs_are_claimed_only_by_light_pool_claims(backend):
+    model_job = submit(backend)
+    light_job = submit(backend, light=True)
+    assert backend.claim(claimer(light=True)).job.id == light_job.id  # not the older model job
+    assert backend.claim(claimer(light=True)) is None
+    assert backend.claim(claimer()).job.id == model_job.id
+    # Light jobs wait for no host with the model resident (the pool does not use resident models).
+    backend.heartbeat(HostState(id="warm", capabilities=["cap"], resident=["cap:m"], budget_gb=10))
+    other = submit(backend, light=True)
+    assert backend.claim(claimer(host="cold", wait_s=30.0, light=True)).job.id == other.id
+
+
+def test_queued_needs_and_labels_for_placement(backend):
+    first = submit(backend, need_gb=3.0, load_gb=4.0)
+    second = submit(backend, light=True, model="n")
+    needs = backend.queued_needs(10)
+    assert [(n.job_id, n.capability, n.model_key, n.need_gb, n.load_gb, n.light, n.progress_label)
+            for n in needs] == [(first.id, "cap", "cap:m", 3.0, 4.0, False, "queued"),
+                                (second.id, "cap", "cap:n", 0.0 + 1.0, 2.0, True, "queued")]
+    assert backend.relabel(first.id, "waiting: no live host serves 'cap' now")
+    assert backend.get(first.id).progress_label == "waiting: no live host serves 'cap' now"
+    backend.claim(claimer())
+    assert not backend.relabel(first.id, "queued")  # running now: not a queued job's label
+    assert [n.job_id for n in backend.queued_needs(10)] == [second.id]
+
+
 def test_release_gives_the_job_back_without_counting_an_attempt(backend):
     job = submit(backend)
     claim = backend.claim(claimer())
-    backend.release(job.id, "h1", claim.attempt)
-    assert backend.get(job.id).status is JobStatus.queued
+    backend.release(job.id, "h1", claim.attempt, "waiting for memory: h1 cannot free 3.00 GB now")
+    back = backend.get(job.id)
+    assert back.status is JobStatus.queued and back.progress_label.startswith("waiting for memory: h1")
     assert backend.claim(claimer(host="h2")).attempt == 1
     with pytest.raises(Fenced):
         backend.release(job.id, "h1", 1)

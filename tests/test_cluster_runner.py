@@ -103,3 +103,22 @@ async def test_the_watchdog_stops_the_run_while_the_database_hangs(rig):
         await asyncio.sleep(0.02)
     # The record was not written by the stopped run: the reaper decides (after the lease).
     assert backend.get(job.id).status is JobStatus.running
+
+
+def test_placement_labels_say_why_a_queued_job_waits():
+    from kiapi_core.cluster.interfaces import QueuedNeed
+    from kiapi_core.cluster.placement import waiting_label
+
+    def need(label="queued", need_gb=3.0, load_gb=4.0, light=False):
+        return QueuedNeed("job_1", "cap", "cap:m", need_gb, load_gb, light, label)
+
+    small = HostState(id="s", capabilities=["cap"], budget_gb=5.0)
+    warm = HostState(id="w", capabilities=["cap"], resident=["cap:m"], budget_gb=5.0)
+    assert waiting_label(need(), [small]).startswith("waiting: it needs about 7.00 GB and the largest live host")
+    assert waiting_label(need(), [warm]) is None  # the model is resident there: 3 GB fits
+    assert waiting_label(need(light=True), [small]) is None  # light jobs are not reserved
+    assert waiting_label(need(), []).startswith("waiting: no live host serves 'cap' now")
+    assert waiting_label(need(), [msgspec.structs.replace(warm, live=False)]).startswith("waiting: no live host")
+    assert waiting_label(need("waiting: no live host serves 'cap' now; ..."), [warm]) == "queued"
+    refused = "waiting for memory: s cannot free 7.00 GB now"
+    assert waiting_label(need(refused), []) is None  # a refusal's reason stays

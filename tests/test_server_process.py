@@ -12,114 +12,23 @@ Three ``python -m kiapi_core.cli serve --demo`` starts share one data directory:
    an HTTP answer (503 ``shutting_down``), not a dropped connection.
 
 Plugins reach the subprocess as entry points of a fake distribution on PYTHONPATH: the echo
-test plugin and ``kiapi_sleepy`` (below), whose job runs until a file appears, so nothing here
+test plugin and ``kiapi_sleepy`` (tests/support), whose job runs until a file appears, so nothing here
 depends on timing beyond generous timeouts.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
-
-SUPPORT = Path(__file__).parent / "support"
-TIMEOUT = 60.0
-
-SLEEPY = '''
-import time
-from pathlib import Path
-import msgspec
-from kiapi_core import Capability, Model, Operation, hookimpl
-
-class WaitRequest(msgspec.Struct, kw_only=True):
-    release: str
-    mode: str = "sync"
-    model: str | None = None
-
-def wait(job):
-    """Runs until the file ``release`` exists; honours cancel."""
-    while not Path(job.request.release).exists():
-        job.progress(0.5, "waiting")
-        time.sleep(0.02)
-    stored = job.store_artifact(b"released", filename="released.txt", content_type="text/plain")
-    return {"file_id": stored.file_id}
-
-@hookimpl
-def register_capabilities(register):
-    register(Capability(name="sleepy", domain="text", title="Sleepy (test)",
-                        models=(Model(name="m", default=True),),
-                        operations=(Operation(name="wait", request=WaitRequest, result=None, handler=wait,
-                                              job_type="sleepy"),)))
-'''
+from helpers_server import TIMEOUT, Server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, tmp: Path, data: Path, grace: float) -> None:
-        site = tmp / "site"
-        if not site.exists():
-            site.mkdir()
-            info = site / "kiapi_proc_test-1.0.dist-info"
-            info.mkdir()
-            (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kiapi-proc-test\nVersion: 1.0\n")
-            (info / "entry_points.txt").write_text("[kiapi]\necho = kiapi_echo\nsleepy = kiapi_sleepy\n")
-            (site / "kiapi_sleepy.py").write_text(SLEEPY)
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(SUPPORT), *sys.path]),
-               "KIAPI_DATA_DIR": str(data), "KIAPI_LOAD_PLUGINS": "echo,sleepy", "KIAPI_STRICT_PLUGINS": "1",
-               "KIAPI_SHUTDOWN_GRACE_S": str(grace), "KIAPI_CONFIG": "", "XDG_CONFIG_HOME": str(tmp / "cfg")}
-        self.log = open(tmp / f"server-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kiapi_core.cli", "serve", "--demo", "--port", str(self.port)],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT)
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                if self.http.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, self.output()
-            assert time.monotonic() < deadline, "server did not start:\n" + self.output()
-            time.sleep(0.1)
-
-    def output(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text()
-
-    def wait_for(self, job_id: str, status: str) -> dict:
-        deadline = time.monotonic() + TIMEOUT
-        job = self.http.get(f"/v1/jobs/{job_id}").json()
-        while job["status"] != status:
-            assert time.monotonic() < deadline, job
-            job = self.http.get(f"/v1/jobs/{job_id}", params={"wait": 5}).json()
-        return job
-
-    def exit_code(self) -> int:
-        try:
-            return self.proc.wait(TIMEOUT)
-        finally:
-            self.http.close()
-            self.log.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.exit_code()
+def _server(tmp: Path, data: Path, grace: float) -> Server:
+    return Server(tmp, data, KIAPI_SHUTDOWN_GRACE_S=str(grace))
 
 
 def _in_thread(fn) -> tuple[threading.Thread, dict]:
@@ -158,7 +67,7 @@ def test_kill_restart_and_graceful_shutdown(tmp_path):
     never = str(tmp_path / "never-released")
 
     # --- 1: work, then kill -9 with a job running, one queued and an upload half-way --------
-    one = Server(tmp_path, data, grace=30)
+    one = _server(tmp_path, data, grace=30)
     try:
         r = one.http.post("/v1/text/echo/render", json={"text": "persisted"})
         assert r.status_code == 200, r.text
@@ -177,11 +86,11 @@ def test_kill_restart_and_graceful_shutdown(tmp_path):
         _wait_until(lambda: any(partial.iterdir()), "the upload never started")
         files_before = [f["file_id"] for f in one.http.get("/v1/files").json()["data"]]
     finally:
-        one.kill()
+        one.stop(kill=True)
     upload.close()
 
     # --- 2: restart; then SIGTERM while a sync job runs ----------------------------------------
-    two = Server(tmp_path, data, grace=30)
+    two = _server(tmp_path, data, grace=30)
     try:
         jobs = {j["id"]: j for j in two.http.get("/v1/jobs").json()["data"]}
         assert jobs[done_id]["status"] == "succeeded" and jobs[done_id]["artifacts"] == [file_id]
@@ -212,12 +121,12 @@ def test_kill_restart_and_graceful_shutdown(tmp_path):
         thread.join(TIMEOUT)
         assert "error" not in sync, sync
         assert sync["response"].status_code == 200 and sync["response"].content == b"released"
-        assert two.exit_code() == 0
+        assert two.proc.wait(TIMEOUT) == 0
     finally:
-        two.kill()
+        two.stop(kill=True)
 
     # --- 3: the drain was recorded; a job that outlives the grace is canceled, caller answered ---
-    three = Server(tmp_path, data, grace=1)
+    three = _server(tmp_path, data, grace=1)
     try:
         drained = three.http.get(f"/v1/jobs/{drained_id}").json()
         assert drained["status"] == "canceled" and drained["error_code"] == "shutting_down"
@@ -232,9 +141,9 @@ def test_kill_restart_and_graceful_shutdown(tmp_path):
         answer = sync["response"]
         assert answer.status_code == 503 and answer.json()["code"] == "shutting_down", answer.text
         assert answer.json()["job_id"] == stuck_id and "KIAPI_SHUTDOWN_GRACE_S" in answer.json()["detail"]
-        assert three.exit_code() == 0
+        assert three.proc.wait(TIMEOUT) == 0
     finally:
-        three.kill()
+        three.stop(kill=True)
     # The canceled state was persisted before the process exited.
     from kiapi_core.jobs.sqlite_store import SqliteJobStore
 

@@ -60,6 +60,23 @@ class Submission(NamedTuple):
     load_gb: float
     #: ``(scoped key, fingerprint)`` of an Idempotency-Key, or ``None``.
     idempotency: tuple[str, str] | None = None
+    #: The operation uses no MLX: it runs on a host's light pool, not its model thread.
+    light: bool = False
+    #: Stored files the job reads: no host deletes or expires them while it is queued or running.
+    pins: tuple[str, ...] = ()
+
+
+class QueuedNeed(NamedTuple):
+    """A queued job as placement sees it (is there a live host that could ever take it?)."""
+
+    job_id: str
+    capability: str
+    #: ``capability:model``, and GB: the job's peak, the model's weights when not resident.
+    model_key: str
+    need_gb: float
+    load_gb: float
+    light: bool
+    progress_label: str
 
 
 class Claim(NamedTuple):
@@ -80,6 +97,8 @@ class ClaimerState(NamedTuple):
     lease_s: float
     #: Jobs this host refused after claiming them (left to others for a while).
     exclude: Collection[str] = ()
+    #: Claim jobs of operations that use no MLX (a light-pool thread) instead of model jobs.
+    light: bool = False
 
 
 class PersistedError(msgspec.Struct, kw_only=True):
@@ -98,9 +117,11 @@ class Fenced(Exception):  # a signal
 HOST_LOST = "host_lost"
 
 
-def requeued(job: Job) -> Job:
-    """The job back in the queue: never started, no artifacts."""
-    job.status, job.started_at, job.progress, job.progress_label = JobStatus.queued, None, None, "queued"
+def requeued(job: Job, reason: str | None = None) -> Job:
+    """The job back in the queue: never started, no artifacts; ``reason`` (why it waits) is
+    shown as its progress label until a host takes it."""
+    job.status, job.started_at, job.progress = JobStatus.queued, None, None
+    job.progress_label = reason or "queued"
     job.artifacts = []
     return job
 
@@ -163,6 +184,14 @@ class JobBackend(abc.ABC):
     @abc.abstractmethod
     def prune(self, *, ttl_s: float, max_jobs: int) -> list[str]: ...
 
+    @abc.abstractmethod
+    def queued_needs(self, limit: int) -> list[QueuedNeed]:
+        """The oldest ``limit`` queued jobs with what they need."""
+
+    @abc.abstractmethod
+    def relabel(self, job_id: str, label: str) -> bool:
+        """Set a queued job's ``progress_label`` (why it waits); False when it is no longer queued."""
+
     # --- owner side ---------------------------------------------------------------------
     @abc.abstractmethod
     def claim(self, claimer: ClaimerState) -> Claim | None:
@@ -185,8 +214,9 @@ class JobBackend(abc.ABC):
         """Save the terminal record (and the sync caller's error); raises Fenced."""
 
     @abc.abstractmethod
-    def release(self, job_id: str, owner: str, attempt: int) -> None:
-        """Give a claimed job back to the queue without counting the attempt."""
+    def release(self, job_id: str, owner: str, attempt: int, reason: str | None = None) -> None:
+        """Give a claimed job back to the queue without counting the attempt; ``reason`` says
+        why it waits (its progress label while queued)."""
 
     @abc.abstractmethod
     def reap(self, *, max_attempts: int) -> list[tuple[Job, list[str]]]:
@@ -236,5 +266,5 @@ class EventBus(abc.ABC):
     def work_available(self) -> None: ...
 
 
-__all__ = ["HOST_LOST", "lost", "replay", "requeued", "BlobStore", "Claim", "ClaimerState", "EventBus", "Fenced", "HostState", "JobBackend", "PersistedError",
+__all__ = ["HOST_LOST", "lost", "replay", "requeued", "BlobStore", "Claim", "QueuedNeed", "ClaimerState", "EventBus", "Fenced", "HostState", "JobBackend", "PersistedError",
            "Submission"]

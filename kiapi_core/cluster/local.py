@@ -25,6 +25,7 @@ from .interfaces import (
     HostState,
     JobBackend,
     PersistedError,
+    QueuedNeed,
     Submission,
     lost,
     replay,
@@ -43,6 +44,7 @@ class _Row:
     load_gb: float
     queued_at: float
     idem: tuple[str, str] | None = None
+    light: bool = False
     owner: str | None = None
     attempt: int = 0
     lease_until: float | None = None
@@ -88,7 +90,8 @@ class LocalJobBackend(JobBackend):
             self._seq += 1
             job.queue_position = queued
             self._rows[job.id] = _Row(self._seq, _copy(job), submission.request, submission.need_gb,
-                                      submission.load_gb, time.monotonic(), submission.idempotency)
+                                      submission.load_gb, time.monotonic(), submission.idempotency,
+                                      submission.light)
             if submission.idempotency is not None:
                 self._keys[submission.idempotency[0]] = job.id
         self._emit("work")
@@ -166,6 +169,21 @@ class LocalJobBackend(JobBackend):
         with self._lock:
             return self._queued()
 
+    def queued_needs(self, limit: int) -> list[QueuedNeed]:
+        with self._lock:
+            rows = sorted((r for r in self._rows.values() if r.job.status is JobStatus.queued), key=lambda r: r.seq)
+            return [QueuedNeed(r.job.id, r.job.capability or "", f"{r.job.capability}:{r.job.model}", r.need_gb,
+                               r.load_gb, r.light, r.job.progress_label) for r in rows[:limit]]
+
+    def relabel(self, job_id: str, label: str) -> bool:
+        with self._lock:
+            row = self._rows.get(job_id)
+            if row is None or row.job.status is not JobStatus.queued:
+                return False
+            row.job.progress_label = label
+        self._emit("job", job_id)
+        return True
+
     def prune(self, *, ttl_s: float, max_jobs: int) -> list[str]:
         now = time.time()
         with self._lock:
@@ -194,10 +212,11 @@ class LocalJobBackend(JobBackend):
                 key = f"{job.capability}:{job.model}"
                 resident = key in claimer.resident
                 if (job.status is not JobStatus.queued or job.capability not in claimer.capabilities
-                        or job.id in claimer.exclude
+                        or job.id in claimer.exclude or row.light != claimer.light
                         or row.need_gb + (0.0 if resident else row.load_gb) > claimer.claimable_gb):
                     continue
-                if not (resident or now - row.queued_at >= claimer.affinity_wait_s or key not in elsewhere):
+                if not (row.light or resident or now - row.queued_at >= claimer.affinity_wait_s
+                        or key not in elsewhere):
                     continue
                 row.attempt += 1
                 row.owner, row.lease_until = claimer.host_id, now + claimer.lease_s
@@ -242,10 +261,10 @@ class LocalJobBackend(JobBackend):
         self._emit("job", job.id)
         self._emit("work")
 
-    def release(self, job_id: str, owner: str, attempt: int) -> None:
+    def release(self, job_id: str, owner: str, attempt: int, reason: str | None = None) -> None:
         with self._lock:
             row = self._owned(job_id, owner, attempt)
-            requeued(row.job)
+            requeued(row.job, reason)
             row.owner, row.lease_until, row.attempt = None, None, row.attempt - 1
         self._emit("job", job_id)
         self._emit("work")

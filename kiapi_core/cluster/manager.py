@@ -26,6 +26,7 @@ from ..files.models import StoredFile
 from ..jobs import watch
 from ..jobs.manager import new_job_id
 from ..jobs.models import Job, JobStatus
+from ..jobs.pool import PoolBoard, PoolModels
 from ..jobs.store import JobPage, idempotent_job
 from ..jobs.worker import AdminTask, ModelManagerLike, Worker
 from ..memory.admission import declared_weights_gb, job_quantize
@@ -35,6 +36,8 @@ from .interfaces import EventBus, HostState, JobBackend, Submission
 from .runner import ClusterRunner
 
 log = logging.getLogger("kiapi.cluster")
+#: Seconds between reads of a watched job while the database is unreachable.
+OUTAGE_RETRY_S = 1.0
 
 
 class _KeyLookup:
@@ -59,19 +62,26 @@ class ClusterJobManager:
         self._watched: dict[str, int] = {}  # job id -> armed waiters (a reconnect wakes them)
         self._accepting = True
         self._started_at = time.time()
-        #: ``listener(event, job)`` for ``queued``, ``started``, ``progress`` and ``finished`` of the
-        #: jobs this host submits or runs (metrics, lifecycle logs, webhooks), as on one host.
+        #: ``listener(event, job)`` for ``queued`` (submitted here), ``started``, ``progress`` and
+        #: ``finished`` (run, canceled or reaped here): metrics, lifecycle logs and webhooks, as
+        #: on one host. Webhooks reach the submitter's subscription through the shared store.
         self.listeners: list[Callable[[str, Job], None]] = []
-        #: Listeners that also hear of jobs submitted here but run by another host (webhooks:
-        #: their subscription lives where the job was submitted).
-        self.remote_listeners: list[Callable[[str, Job], None]] = []
-        self._submitted: dict[str, tuple[Any, ...]] = {}  # submitted here, not ended: id -> last seen
+        #: The webhook store all hosts share (set by :func:`~kiapi_core.cluster.setup.cluster_services`).
+        self.webhook_store: Any = None
         self.runner = ClusterRunner(backend=backend, host_id=self.host_id, settings=settings, registry=registry,
                                     files=files, models=models, host_state=self.host_state, notify=self._wake,
                                     emit=self._emit)
         self._worker = Worker(board=self.runner, files=files, models=models, plugin_settings=plugin_settings,
                               cache_dir=cache_dir, work_root=work_root, demo=demo)
-        bus.on_job = self._changed
+        self._pool_models = PoolModels(plugin_settings=plugin_settings, cache_dir=cache_dir, demo=demo)
+        #: Operations that use no MLX run on these threads, never behind the model thread (as on
+        #: one host, jobs/pool.py); a host with no such operation, or taking no work, has none.
+        light = any(not op.uses_mlx for capability in registry for op in capability.operations)
+        self._pool_workers = [
+            Worker(board=PoolBoard(self.runner), files=files, models=self._pool_models,
+                   plugin_settings=plugin_settings, cache_dir=cache_dir, work_root=work_root, demo=demo)
+            for _ in range(settings.pool_workers if light and settings.role != "api" else 0)]
+        bus.on_job = self._wake
         bus.on_cancel = self.runner.cancel_requested
         bus.on_work = self.runner.work_available
         bus.on_resync = lambda: self._wake(*list(self._watched))  # notifications may have been lost
@@ -84,6 +94,9 @@ class ClusterJobManager:
         await asyncio.to_thread(self.runner.pulse_once)  # registered before the first claim
         self.runner.start()
         self._worker.start()
+        for index, worker in enumerate(self._pool_workers):
+            worker.name = f"kiapi-pool-{index}"
+            worker.start()
         log.info("cluster: host %s (role %s) joined", self.host_id, self.settings.role)
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -94,19 +107,19 @@ class ClusterJobManager:
         self.runner.claiming = False
         await asyncio.to_thread(self.runner.pulse_once)  # others see "draining" now
         deadline = time.monotonic() + grace
-        while self.runner.run is not None and time.monotonic() < deadline:
+        while self.runner.runs() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        run = self.runner.run
-        if run is not None:
+        for run in self.runner.runs():
             log.warning("job %s still running after %.0f s of grace; handing it back", run.pending.job.id, grace)
             run.handback = True
             run.pending.cancel.set()
-            end = time.monotonic() + 10.0
-            while self.runner.run is not None and time.monotonic() < end:
-                await asyncio.sleep(0.05)
+        end = time.monotonic() + 10.0
+        while self.runner.runs() and time.monotonic() < end:
+            await asyncio.sleep(0.05)
         for task in self.runner.exit():
             task.settle(None, Unavailable("the server is shutting down", code="shutting_down"))
         self.runner.stop_threads()
+        await asyncio.to_thread(self._pool_models.close)
         await asyncio.to_thread(self.backend.leave, self.host_id)
         self.bus.close()
         self.backend.close()
@@ -139,14 +152,9 @@ class ClusterJobManager:
         envelope = {"operation": operation.name, "body": msgspec.to_builtins(request),
                     "inputs": {field: stored.file_id for field, stored in inputs.items()}}
         self._check_fits(capability, need_gb + load_gb)
-        # Tracked before it exists: another host may start (and end) it before submit returns.
-        self._submitted[job.id] = watch.change_key(job)
-        try:
-            queued = self.backend.submit(Submission(job, msgspec.json.encode(envelope), need_gb, load_gb,
-                                                    idempotency), max_queue=self.max_queue)
-        except BaseException:
-            self._submitted.pop(job.id, None)
-            raise
+        queued = self.backend.submit(Submission(
+            job, msgspec.json.encode(envelope), need_gb, load_gb, idempotency, light=not operation.uses_mlx,
+            pins=tuple(sorted({stored.file_id for stored in inputs.values()}))), max_queue=self.max_queue)
         self._emit("queued", queued)
         return queued
 
@@ -236,7 +244,25 @@ class ClusterJobManager:
                     "id": running.id, "type": running.type, "progress": running.progress,
                     "progress_label": running.progress_label, "started_at": running.started_at},
                 "worker_alive": self._worker.is_alive(),
-                "cluster": {"host_id": self.host_id, "role": self.settings.role}}
+                "pool": {"workers": len(self._pool_workers), "running": len(self.runner.light_runs)},
+                "cluster": {"host_id": self.host_id, "role": self.settings.role,
+                            "database": self._database_state()}}
+
+    def _database_state(self) -> dict[str, Any]:
+        since = self.runner.db_failing_since
+        if since is None:
+            return {"reachable": True}
+        return {"reachable": False, "error": self.runner.db_error, "since_s": round(time.time() - since, 1)}
+
+    def problems(self) -> list[str]:
+        """What makes this host degraded now (``/health``): the database out of reach."""
+        since = self.runner.db_failing_since
+        if since is None:
+            return []
+        return [f"the cluster database has been unreachable for {time.time() - since:.0f} s "
+                f"({self.runner.db_error}); new jobs, file uploads and job reads answer 503 until it is "
+                f"back, and a running job is stopped once its lease ({self.runner.lease_s:g} s) runs out "
+                "(it is run again when the database returns)"]
 
     # --- cancel and delete ------------------------------------------------------------------
     def cancel(self, job_id: str) -> Job:
@@ -288,44 +314,12 @@ class ClusterJobManager:
     def _wake(self, *job_ids: str) -> None:
         self._watchers.notify(*job_ids, final=True)  # ids only: any change may be the end
 
-    def _changed(self, job_id: str) -> None:
-        """The bus heard of a change (bus thread): wake waiters; for a job submitted here but run
-        elsewhere, tell the remote listeners what it did."""
-        self._wake(job_id)
-        last = self._submitted.get(job_id)
-        if last is None or not self.remote_listeners:
-            return
-        job = self.backend.get(job_id)
-        if job is None or job.metrics.get("cluster_host") == self.host_id:
-            self._submitted.pop(job_id, None) if job is None else None
-            return  # deleted, or run here: the runner side emitted its own events
-        key = watch.change_key(job)
-        if key == last:
-            return
-        self._submitted[job_id] = key
-        events: list[str] = []
-        if last[0] is JobStatus.queued and job.started_at is not None:
-            events.append("started")  # also when the run ended before this host looked
-        elif job.status is JobStatus.running:
-            events.append("progress")
-        if job.status.terminal:
-            del self._submitted[job_id]
-            events.append("finished")
-        for event in events:
-            self._notify_listeners(self.remote_listeners, event, job)
-
     def _emit(self, event: str, job: Job) -> None:
-        self._notify_listeners(self.listeners, event, job)
-        if event == "finished":
-            self._submitted.pop(job.id, None)
-
-    @staticmethod
-    def _notify_listeners(listeners: list[Callable[[str, Job], None]], event: str, job: Job) -> None:
-        if not listeners:
+        if not self.listeners:
             return
         copy = msgspec.structs.replace(job, artifacts=list(job.artifacts), warnings=list(job.warnings),
                                        metrics=dict(job.metrics))
-        for listener in listeners:
+        for listener in self.listeners:
             try:
                 listener(event, copy)
             except Exception:  # an observer must never break a job
@@ -353,21 +347,27 @@ class ClusterJobManager:
                 await woken(min(remaining, self.runner.lease_s))
 
     async def events(self, job_id: str, keepalive_s: float = 15.0) -> AsyncIterator[Job | None]:
+        """A job's changes for SSE; while the database is away the stream stays open (keepalives
+        every OUTAGE_RETRY_S, read again each time) and goes on once it is back."""
         last: tuple[Any, ...] | None = None
         while True:
             async with self._armed(job_id) as woken:
                 try:
-                    job = await self.aget(job_id)
+                    job: Job | None = await self.aget(job_id)
                 except NotFound:
                     if last is None:
                         raise
                     return
-                if watch.change_key(job) != last:
+                except Unavailable:
+                    if last is None:
+                        raise
+                    job = None
+                if job is not None and watch.change_key(job) != last:
                     last = watch.change_key(job)
                     yield job
-                if job.status.terminal:
+                if job is not None and job.status.terminal:
                     return
-                woke = await woken(keepalive_s)
+                woke = await woken(keepalive_s if job is not None else OUTAGE_RETRY_S)
             if not woke:
                 yield None
 

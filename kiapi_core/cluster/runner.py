@@ -11,10 +11,20 @@ Two threads of its own:
   requested from another host whose notification was lost, and reaps expired leases;
 * the **watchdog** (four times a second): cancels the local run once no renewal succeeded for a
   whole lease. It reads only a timestamp, so it works while a database call hangs.
+
+Jobs of operations that use no MLX (``uses_mlx=False``) are claimed by the host's light-pool
+threads (``next_pool_job``, ``KIAPI_POOL_WORKERS`` of them) as on one host: they never wait
+behind a model job. Each run holds its own lease.
+
+A job this host's admission refuses after the claim (the estimate grew since submission, the
+memory is held) goes back to the queue without counting an attempt, with the reason as its
+label, and this host leaves it alone for a while (doubling each time); when no live host could
+ever hold it, it fails with ``memory_budget`` instead of bouncing for ever.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -24,18 +34,24 @@ from typing import Any
 
 import msgspec
 
-from ..errors import KiapiError, Unavailable
+from ..errors import KiapiError, MemoryBudgetExceeded, Unavailable
 from ..jobs.models import Job, JobStatus
 from ..jobs.worker import AdminTask, Outcome, Pending
 from .interfaces import Claim, ClaimerState, Fenced, HostState, JobBackend, PersistedError
+from .placement import PLACEMENT_LIMIT, PLACEMENT_S, waiting_label
 
 log = logging.getLogger("kiapi.cluster")
 
 #: Seconds between claim attempts when no notification arrives (affinity waits expire, lost
 #: notifications); a "work available" notification wakes the worker at once.
 POLL_S = 1.0
-#: Seconds a job this host's admission refused is left to other hosts.
+#: Seconds a job this host's admission refused is left to other hosts (doubled per refusal,
+#: up to REFUSED_MAX_S); a job that can never fit here is left for NEVER_HERE_S.
 REFUSED_S = 10.0
+REFUSED_MAX_S = 160.0
+NEVER_HERE_S = 600.0
+#: Claimable GB of a light-pool claim: pool jobs are not reserved against the budget.
+LIGHT_CLAIMABLE_GB = 1e9
 
 
 @dataclass(eq=False)
@@ -68,10 +84,19 @@ class ClusterRunner:
         self._cond = threading.Condition(self._lock)
         self._tasks: list[AdminTask] = []
         self._work_hint = False
+        self._light_hint = False
         self._exit = False
         self.claiming = settings.role != "api"
+        #: The model thread's run, and the light pool's runs by job id.
         self.run: Run | None = None
-        self._refused: dict[str, float] = {}
+        self.light_runs: dict[str, Run] = {}
+        #: Jobs refused here after a claim: job id -> (left alone until, refusals so far).
+        self._refused: dict[str, tuple[float, int]] = {}
+        self._pinned_get = "pinned_ok" in inspect.signature(files.get).parameters
+        #: The last database failure of the pulse and since when (``/health``), or ``None``.
+        self.db_error: str | None = None
+        self._placed_at = 0.0
+        self.db_failing_since: float | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         #: Refreshed by every pulse, so the request path never waits on the database for them.
@@ -104,12 +129,21 @@ class ClusterRunner:
 
     def work_available(self) -> None:
         with self._lock:
-            self._work_hint = True
-            self._cond.notify()
+            self._work_hint = self._light_hint = True
+            self._cond.notify_all()
+
+    def runs(self) -> list[Run]:
+        """Every job this host runs now (model thread and light pool)."""
+        run = self.run
+        return ([] if run is None else [run]) + list(self.light_runs.values())
+
+    def _run_of(self, job_id: str) -> Run | None:
+        run = self.run
+        return run if run is not None and run.pending.job.id == job_id else self.light_runs.get(job_id)
 
     def cancel_requested(self, job_id: str) -> None:
-        run = self.run
-        if run is not None and run.pending.job.id == job_id:
+        run = self._run_of(job_id)
+        if run is not None:
             log.info("job %s: cancel requested through the cluster", job_id)
             run.pending.cancel.set()
 
@@ -124,36 +158,65 @@ class ClusterRunner:
                 self._work_hint = False
                 claiming = self.claiming
             if claiming:
-                pending = self._try_claim()
+                pending = self._try_claim(light=False)
                 if pending is not None:
                     return pending
             with self._lock:
                 if not (self._exit or self._tasks or self._work_hint):
                     self._cond.wait(POLL_S)
 
-    def _claimer(self) -> ClaimerState:
+    def next_pool_job(self) -> Pending | None:
+        """For the light-pool threads: claim a job of an operation that uses no MLX (blocks);
+        ``None`` to exit."""
+        while True:
+            with self._lock:
+                if self._exit:
+                    return None
+                self._light_hint = False
+                claiming = self.claiming
+            if claiming:
+                pending = self._try_claim(light=True)
+                if pending is not None:
+                    return pending
+            with self._lock:
+                if not (self._exit or self._light_hint):
+                    self._cond.wait(POLL_S)
+
+    def _claimer(self, light: bool) -> ClaimerState:
         state = self._host_state()
         now = time.monotonic()
-        self._refused = {k: v for k, v in self._refused.items() if v > now}
+        # Forget a refusal only well after it lapsed, so the next one still doubles the wait.
+        self._refused = {k: v for k, v in self._refused.items() if v[0] + REFUSED_MAX_S > now}
         return ClaimerState(host_id=self.host_id, capabilities=state.capabilities, resident=state.resident,
-                            claimable_gb=state.budget_gb, affinity_wait_s=float(self.settings.affinity_wait_s),
-                            lease_s=self.lease_s, exclude=list(self._refused))
+                            claimable_gb=LIGHT_CLAIMABLE_GB if light else state.budget_gb,
+                            affinity_wait_s=float(self.settings.affinity_wait_s), lease_s=self.lease_s,
+                            exclude=[k for k, (until, _) in self._refused.items() if until > now], light=light)
 
-    def _try_claim(self) -> Pending | None:
+    def _try_claim(self, *, light: bool) -> Pending | None:
         try:
-            claim = self.backend.claim(self._claimer())
-        except Exception as exc:  # the database may be away; try again later
-            log.warning("cluster: claiming failed: %s", exc)
+            claim = self.backend.claim(self._claimer(light))
+        except Exception as exc:  # the database may be away (the pulse reports it); try again later
+            (log.debug if isinstance(exc, Unavailable) else log.warning)("cluster: claiming failed: %s", exc)
             self._stop.wait(POLL_S)
             return None
         if claim is None:
             return None
         try:
             pending = self._pending(claim)
+        except Unavailable:  # the database went away while its inputs were read: not the job's fault
+            try:
+                self.backend.release(claim.job.id, self.host_id, claim.attempt)
+            except Exception:  # still away: the lease lapses and the reaper re-queues it
+                pass
+            return None
         except Exception as exc:  # an unreadable request fails its job, not the host
             self._fail_unrunnable(claim, exc)
             return None
-        self.run = Run(pending, claim.attempt, time.monotonic())
+        run = Run(pending, claim.attempt, time.monotonic())
+        if light:
+            self.light_runs[claim.job.id] = run
+        else:
+            self.run = run
         self._emit("started", pending.job)
         pin = getattr(self._files, "pin", None)
         if pin is not None and pending.inputs:
@@ -168,7 +231,9 @@ class ClusterRunner:
         operation = next(op for op in capability.operations if op.name == envelope["operation"])
         model = self._registry.resolve_model(capability.name, job.model)
         request = msgspec.convert(envelope["body"], operation.request)
-        inputs = {field: self._files.get(file_id) for field, file_id in envelope.get("inputs", {}).items()}
+        # A pinned input stays readable after a delete or its expiry until the job ends.
+        get = (lambda file_id: self._files.get(file_id, pinned_ok=True)) if self._pinned_get else self._files.get
+        inputs = {field: get(file_id) for field, file_id in envelope.get("inputs", {}).items()}
         job.metrics["cluster_host"] = self.host_id
         job.metrics["attempt"] = claim.attempt
         return Pending(job=job, capability=capability, operation=operation, model=model, request=request,
@@ -182,12 +247,13 @@ class ClusterRunner:
         try:
             self.backend.finish(job, self.host_id, claim.attempt,
                                 PersistedError(status=500, code="internal_error", detail=job.error))
+            self._emit("finished", job)
         except Exception:
             log.exception("job %s: could not record its failure", job.id)
         self._notify(job.id)
 
     def mutate(self, job: Job, change: Callable[[Job], None]) -> None:
-        run = self.run
+        run = self._run_of(job.id)
         if run is None or run.pending.job is not job:
             return
         before = (job.progress, job.progress_label)
@@ -205,17 +271,24 @@ class ClusterRunner:
         self._notify(job.id)
 
     def finish(self, pending: Pending, outcome: Outcome, metrics: Mapping[str, Any]) -> None:
-        run, self.run = self.run, None
         job = pending.job
+        run = self.light_runs.pop(job.id, None)
+        if run is None:
+            run, self.run = self.run, None
         unpin = getattr(self._files, "unpin", None)
         if unpin is not None and pending.inputs:
             unpin(sorted({s.file_id for s in pending.inputs.values()}))
         if run is None:
             return
         job.metrics.update(metrics)
-        if not run.lost and (run.handback or outcome.error_code == "memory_budget"):
-            self._hand_back(run, refused=outcome.error_code == "memory_budget")
+        if not run.lost and run.handback:
+            self._hand_back(run, reason=None)
             return
+        if not run.lost and outcome.error_code == "memory_budget":
+            final = self._refused_here(run, outcome)
+            if final is None:
+                return
+            outcome = final
         if not run.lost:
             error = _terminate(job, outcome, pending)
             try:
@@ -230,15 +303,50 @@ class ClusterRunner:
             self._drop_artifacts(list(job.artifacts))
         self._notify(job.id)
 
-    def _hand_back(self, run: Run, *, refused: bool) -> None:
+    def _refused_here(self, run: Run, outcome: Outcome) -> Outcome | None:
+        """This host's admission refused a claimed job: give it back (``None``) with the reason,
+        leaving it alone here for a while; or, when no live host could ever hold it, the
+        failure to end it with."""
+        job, exc = run.pending.job, outcome.exc
+        extra = exc.extra if exc is not None else {}
+        needed, budget = float(extra.get("needed_gb", 0.0)), float(extra.get("budget_gb", 0.0))
+        # Failing a job is final: read the registry now (the pulse's copy may predate a host that
+        # just joined), and a host whose heartbeat is merely late (a busy machine) still counts.
+        try:
+            hosts = self.backend.hosts(live_s=self.lease_s)
+        except Exception:  # the database may be away: the last pulse's view
+            hosts = self.hosts_cache
+        recent_s = 3 * self.lease_s
+        others = [h for h in hosts if (h.heartbeat_age_s or 0.0) <= recent_s and not h.draining
+                  and h.id != self.host_id and job.capability in h.capabilities]
+        now = time.monotonic()
+        if needed > budget + 1e-9:  # never here
+            if not any(h.budget_gb + 1e-9 >= needed for h in others):
+                largest = max([budget, *(h.budget_gb for h in others)])
+                return Outcome.of(JobStatus.failed, MemoryBudgetExceeded(
+                    f"no live host in the cluster can ever run this job: it needs about {needed:.2f} GB and "
+                    f"the largest live host serving {job.capability!r} has a {largest:.2f} GB budget. "
+                    f"{exc.detail if exc is not None else ''}".strip(), **extra))
+            self._refused[job.id] = (now + NEVER_HERE_S, 1)
+            reason = (f"waiting for a host with more memory: {self.host_id} can never fit it "
+                      f"({needed:.2f} GB > its {budget:.2f} GB budget)")
+        else:
+            count = self._refused.get(job.id, (0.0, 0))[1] + 1
+            wait_s = min(REFUSED_S * 2 ** (count - 1), REFUSED_MAX_S)
+            self._refused[job.id] = (now + wait_s, count)
+            reason = (f"waiting for memory: {self.host_id} cannot free {needed:.2f} GB now "
+                      f"(tries again in {wait_s:g} s; other hosts may take it sooner)")
+        self._hand_back(run, reason=reason)
+        return None
+
+    def _hand_back(self, run: Run, *, reason: str | None) -> None:
+        """Release the job to the queue without counting the attempt (``reason``: a refusal;
+        ``None``: this host is stopping)."""
         job = run.pending.job
-        if refused:
-            self._refused[job.id] = time.monotonic() + REFUSED_S
         self._drop_artifacts(list(job.artifacts))
         try:
-            self.backend.release(job.id, self.host_id, run.attempt)
-            log.info("job %s: given back to the cluster queue (%s)", job.id,
-                     "did not fit this host's memory now" if refused else "host stopping")
+            self.backend.release(job.id, self.host_id, run.attempt, reason)
+            log.info("job %s: given back to the cluster queue (%s)", job.id, reason or "host stopping")
         except Exception as exc:
             log.warning("job %s: could not give it back (%s); the lease will expire", job.id, exc)
         self._notify(job.id)
@@ -263,9 +371,9 @@ class ClusterRunner:
 
     def _watchdog(self) -> None:
         while not self._stop.wait(0.25):
-            run = self.run
-            if run is not None and not run.lost and time.monotonic() - run.renewed_at > self.lease_s:
-                self._lose(run, f"no lease renewal succeeded for {self.lease_s:g} s")
+            for run in self.runs():
+                if not run.lost and time.monotonic() - run.renewed_at > self.lease_s:
+                    self._lose(run, f"no lease renewal succeeded for {self.lease_s:g} s")
 
     def _pulse(self) -> None:
         # A third of the lease, and at least every second: the registry other hosts' submissions
@@ -280,17 +388,40 @@ class ClusterRunner:
             self.backend.heartbeat(self._host_state())
             self.hosts_cache = self.backend.hosts(live_s=self.lease_s)
             self.queued = self.backend.queued()
-            self._renew()
+            for run in self.runs():
+                self._renew(run)
+            if time.monotonic() >= self._placed_at + PLACEMENT_S:
+                self._placed_at = time.monotonic()
+                self._label_waiting()
             for job, lost in self.backend.reap(max_attempts=int(self.settings.cluster_max_attempts)):
                 log.warning("job %s: its host was lost; now %s", job.id, job.status.value)
                 self._drop_artifacts(lost)
+                if job.status.terminal:
+                    self._emit("finished", job)  # its webhook: the owner cannot send it any more
                 self._notify(job.id)
         except Exception as exc:  # the database may be away; the watchdog decides
-            log.warning("cluster: heartbeat failed: %s", exc)
+            cause = exc.__cause__ if exc.__cause__ is not None else exc  # the driver's, not the client's
+            error = " ".join(str(cause).split())[:300] or type(cause).__name__
+            if self.db_error is None:
+                log.warning("cluster: the database is unreachable (%s); running jobs stop after their "
+                            "lease, new work is refused with 503 until it is back", error)
+                self.db_failing_since = time.time()
+            self.db_error = error
+            return
+        if self.db_error is not None:
+            log.info("cluster: the database is reachable again after %.0f s",
+                     time.time() - (self.db_failing_since or time.time()))
+            self.db_error = self.db_failing_since = None
 
-    def _renew(self) -> None:
-        run = self.run
-        if run is None or run.lost:
+    def _label_waiting(self) -> None:
+        """Say on each queued job that no live host can take why it waits (placement.py)."""
+        for need in self.backend.queued_needs(PLACEMENT_LIMIT):
+            label = waiting_label(need, self.hosts_cache)
+            if label is not None and self.backend.relabel(need.job_id, label):
+                self._notify(need.job_id)
+
+    def _renew(self, run: Run) -> None:
+        if run.lost:
             return
         started = time.monotonic()
         job_id = run.pending.job.id

@@ -13,7 +13,7 @@ def cluster_services(host: Any) -> tuple[BlobStore, Any]:
     """``(files, jobs)`` for ``host``: a PostgreSQL-backed file store and job manager. Nothing
     connects before the host starts serving."""
     try:
-        from .pg import PgEventBus, PgFileStore, PgJobBackend, Pool
+        from .pg import PgEventBus, PgFileStore, PgJobBackend, PgWebhookStore, Pool
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise StartupError("KIAPI_CLUSTER_URL is set but the cluster extra is not installed: "
                            "pip install 'kiapi-core[cluster]'") from exc
@@ -31,6 +31,9 @@ def cluster_services(host: Any) -> tuple[BlobStore, Any]:
                              registry=host.registry, files=files, models=host.models,
                              plugin_settings=host.plugin_settings, cache_dir=host.cache_dir,
                              work_root=data / "work", demo=settings.demo)
+    # Held past a whole attempt (connect + answer), so two senders do not send one delivery at
+    # once; a sender that died holding it is replaced after that.
+    jobs.webhook_store = PgWebhookStore(pool, claim_s=float(settings.webhook_timeout_s) * 2 + 5.0)
     return files, jobs
 
 

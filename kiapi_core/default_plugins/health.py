@@ -17,8 +17,10 @@ from ..weights.presence import readiness_of_all
 
 async def health(request: Request) -> JSONResponse:
     host = request.app.state.host
-    # "degraded": serving, but a plugin failed and was skipped (details need the token).
-    status = "degraded" if host.plugin_errors else "ok"
+    # "degraded": serving, but a plugin failed and was skipped, or a service the host needs
+    # (a cluster's database) is out of reach; details need the token.
+    problems = host.jobs.problems() if hasattr(host.jobs, "problems") else []
+    status = "degraded" if host.plugin_errors or problems else "ok"
     if request.scope.get(AUTHENTICATED) is False:
         # Liveness stays open without the token; the rest (jobs, plugins) needs it.
         return JSONResponse({"status": status, "version": host.version})
@@ -40,6 +42,7 @@ async def health(request: Request) -> JSONResponse:
                      "capabilities": p.capabilities, "error": p.error}
                     for p in host.plugins if not p.default],
         "plugin_errors": errors,
+        "problems": problems,
         "capabilities": capabilities,
         "queue": host.jobs.stats(),
         "memory": host.models.stats(),

@@ -108,7 +108,8 @@ CORE_PATHS: tuple[CorePath, ...] = (
         description="Server status: loaded plugins (and the ones that failed), resident models, "
         "memory budget and reservations, queue length, and whether demo mode is on. `status` is "
         "`ok`, or `degraded` when a plugin failed and was skipped (the rest is served; "
-        "`plugin_errors` says what went wrong).",
+        "`plugin_errors` says what went wrong) or a service the host needs is out of reach, such as "
+        "a cluster's database (`problems` says what and since when).",
         responses={200: Reply(description="Server status.", content=_json("Health"))},
     ),
     CorePath(

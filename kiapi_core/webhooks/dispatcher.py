@@ -9,6 +9,12 @@ task (so a job's events keep their order) before the sender picks it up. The sen
 job's oldest pending delivery; a failure (no answer, non-2xx) is retried after the next delay of
 ``KIAPI_WEBHOOK_RETRY_S`` and dropped after the last.
 
+In a cluster the store is shared (:class:`kiapi_core.cluster.pg.PgWebhookStore`): subscriptions
+are not kept in memory; each event is handed to the store, which records a delivery when the
+job's subscription (written by whichever host took the job) asks for it, and any live host's
+sender sends what is due, so a delivery survives the death of the host that submitted the job
+and of the one that ran it.
+
 Every attempt resolves the receiver's host again and checks its addresses with the URL-input
 rules (:mod:`kiapi_core.files.fetch`), then connects to the checked address, so DNS rebinding
 cannot turn a webhook into a request inside the network.
@@ -28,7 +34,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from ..errors import BadRequest
+from ..errors import BadRequest, KiapiError
 from ..files.fetch import AddressPolicy, Resolver, checked_addresses, system_resolver
 from ..jobs.models import Job
 from ..validation import strip_url_secrets
@@ -41,6 +47,10 @@ EVENTS = ("start", "progress", "completed")
 #: Job events (``JobManager.listeners``) and the webhook event each one is.
 _EVENT_OF = {"started": "start", "progress": "progress", "finished": "completed"}
 PROGRESS_INTERVAL_S = 1.0
+#: A shared store's sender looks for deliveries other hosts recorded at least this often, and
+#: completes orphaned subscriptions every ORPHANS_S.
+SHARED_POLL_S = 1.0
+ORPHANS_S = 5.0
 #: Deliveries sent at once (to different jobs; one job's are sent in order).
 CONCURRENCY = 8
 _encoder = msgspec.json.Encoder()
@@ -48,14 +58,18 @@ _encoder = msgspec.json.Encoder()
 
 class WebhookDispatcher:
     def __init__(self, settings: Any, path: Path, *, resolver: Resolver = system_resolver,
-                 on_attempt: Callable[[str, str], None] | None = None) -> None:
+                 on_attempt: Callable[[str, str], None] | None = None, store: Any = None) -> None:
         self.key = secret_bytes(settings.webhook_secret) if settings.webhook_secret else None
         self.policy = AddressPolicy(allow_private=settings.webhook_allow_private)
         self.timeout_s = settings.webhook_timeout_s
         self.retry_s = list(settings.webhook_retry_s)
         self.resolver = resolver
         self.on_attempt = on_attempt
-        self.store = WebhookStore(path)
+        #: SQLite on one host; a cluster passes its shared store (``shared = True``).
+        self.store: Any = store if store is not None else WebhookStore(path)
+        self.shared = bool(getattr(self.store, "shared", False))
+        if store is not None and self.shared:
+            store.body_of = event_body
         self.subs: dict[str, Subscription] = {}
         self._last_progress: dict[str, float] = {}
         self._held_progress: dict[str, tuple[Job, asyncio.TimerHandle]] = {}
@@ -75,10 +89,14 @@ class WebhookDispatcher:
         self._loop = asyncio.get_running_loop()
         self._writes = asyncio.Queue()
         self._wake = asyncio.Event()
-        if self.key is None:
+        if self.key is None and not self.shared:
             return  # disabled: deliveries a signed-up past left stay stored until a secret is set
         self.subs.update(await asyncio.to_thread(self.store.open))
-        self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._sender())]
+        self._tasks = [asyncio.create_task(self._writer())]
+        # A cluster host without the secret still records the events of the jobs it runs; the
+        # hosts that have it sign and send them.
+        if self.key is not None:
+            self._tasks.append(asyncio.create_task(self._sender()))
 
     async def stop(self) -> None:
         """Finish queued writes (pending deliveries stay in the store for the next start)."""
@@ -104,14 +122,16 @@ class WebhookDispatcher:
 
     def subscribe(self, job_id: str, subscription: Subscription) -> None:
         """Call on the loop right after the job was queued, before the loop runs anything
-        else, so no event of the job can be handled before its subscription exists."""
-        self.subs[job_id] = subscription
+        else, so no event of the job can be handled before its subscription exists (a shared
+        store records itself what another host did first)."""
+        if not self.shared:
+            self.subs[job_id] = subscription
         self._write(self.store.subscribe, job_id, subscription)
 
     # -- events ---------------------------------------------------------------------------------
     def on_job(self, event: str, job: Job) -> None:
         """A job listener; any thread. Hands the event to the loop and returns."""
-        if self.key is None or event not in _EVENT_OF or self._loop is None:
+        if (self.key is None and not self.shared) or event not in _EVENT_OF or self._loop is None:
             return
         try:
             self._loop.call_soon_threadsafe(self._handle, _EVENT_OF[event], job)
@@ -119,6 +139,9 @@ class WebhookDispatcher:
             pass  # the loop is closed: the server is gone
 
     def _handle(self, event: str, job: Job) -> None:
+        if self.shared:
+            self._handle_shared(event, job)
+            return
         subscription = self.subs.get(job.id)
         if subscription is None:
             return
@@ -133,9 +156,19 @@ class WebhookDispatcher:
             return
         if event not in subscription.events:
             return
-        body = _encoder.encode({"type": f"job.{event}", "timestamp": datetime.now(UTC).isoformat(),
-                                "data": job})
-        self._write(self.store.add, "msg_" + uuid.uuid4().hex, job.id, subscription.url, event, body, time.time())
+        self._write(self.store.add, "msg_" + uuid.uuid4().hex, job.id, subscription.url, event,
+                    event_body(event, job), time.time())
+
+    def _handle_shared(self, event: str, job: Job) -> None:
+        """The store knows the subscriptions: throttle progress here, record there (in order)."""
+        if event == "completed":
+            self._last_progress.pop(job.id, None)
+            held = self._held_progress.pop(job.id, None)
+            if held is not None:
+                held[1].cancel()
+        elif event == "progress" and not self._progress_due(job):
+            return
+        self._write(self.store.add_event, job.id, event, event_body(event, job), time.time())
 
     def _progress_due(self, job: Job) -> bool:
         """Throttle: at most one progress delivery per job per PROGRESS_INTERVAL_S. A change
@@ -170,6 +203,8 @@ class WebhookDispatcher:
             fn, args = await self._writes.get()
             try:
                 await asyncio.to_thread(fn, *args)
+            except KiapiError as exc:  # a cluster's database away: its cause is logged by the cluster
+                log.warning("webhooks: could not record %s: %s", fn.__name__, exc.detail)
             except Exception:  # a full disk must not stop later writes
                 log.exception("webhooks: could not record %s", fn.__name__)
             finally:
@@ -185,13 +220,23 @@ class WebhookDispatcher:
             async with limit:
                 await self._attempt(delivery)
 
+        orphans_at = 0.0
         while True:
             self._wake.clear()
-            due, next_at = await asyncio.to_thread(self.store.due, time.time(), CONCURRENCY)
+            try:
+                if self.shared and time.monotonic() >= orphans_at:
+                    orphans_at = time.monotonic() + ORPHANS_S
+                    await asyncio.to_thread(self.store.complete_orphans, time.time())
+                due, next_at = await asyncio.to_thread(self.store.due, time.time(), CONCURRENCY)
+            except Exception as exc:  # a shared store's database may be away: try again later
+                log.warning("webhooks: reading pending deliveries failed: %s", exc)
+                due, next_at = [], time.time() + SHARED_POLL_S
             if due:
                 await asyncio.gather(*(attempt(d) for d in due))
                 continue
             timeout = 60.0 if next_at is None else max(0.05, next_at - time.time())
+            if self.shared:
+                timeout = min(timeout, SHARED_POLL_S)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
@@ -259,6 +304,11 @@ class WebhookDispatcher:
         return url.copy_with(host=str(addresses[0])), {"host": url.netloc.decode("ascii")}, extensions
 
 
+def event_body(event: str, job: Job) -> bytes:
+    """A delivery's JSON: ``{"type": "job.<event>", "timestamp", "data": <the job>}``."""
+    return _encoder.encode({"type": f"job.{event}", "timestamp": datetime.now(UTC).isoformat(), "data": job})
+
+
 def _parse(url: str) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
@@ -269,4 +319,4 @@ def _parse(url: str) -> httpx.URL:
     return parsed
 
 
-__all__ = ["EVENTS", "PROGRESS_INTERVAL_S", "WebhookDispatcher"]
+__all__ = ["EVENTS", "PROGRESS_INTERVAL_S", "WebhookDispatcher", "event_body"]

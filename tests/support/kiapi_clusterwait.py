@@ -1,9 +1,12 @@
 """A test plugin for the multi-host tests: ``wait`` runs until a file appears (or forever),
-loading its model first so the host shows it resident; ``record`` notes which process ran it."""
+loading its model first so the host shows it resident; its memory estimate is read from
+``gb_file`` when given (so a test can make a queued job grow, as learned estimates do).
+``light`` uses no MLX: it runs on a host's light pool."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +20,18 @@ class WaitRequest(msgspec.Struct, kw_only=True):
     mode: str = "sync"
     model: str | None = None
     image: FileRef | None = None
+    gb_file: str = ""
+
+
+class LightRequest(msgspec.Struct, kw_only=True):
+    text: str = ""
+    mode: str = "sync"
+    model: str | None = None
+    image: FileRef | None = None
+
+
+def estimate(params, model) -> float:
+    return float(Path(params["gb_file"]).read_text()) if params.get("gb_file") else 0.0
 
 
 class Runtime:
@@ -40,6 +55,13 @@ def wait(job):
     return {"file_id": stored.file_id, "pid": os.getpid()}
 
 
+def light(job):
+    """No MLX, no model: echo the text and the input's bytes, naming the thread that ran it."""
+    echoed = job.inputs["image"].path.read_bytes() if "image" in job.inputs else b""
+    stored = job.store_artifact(job.request.text.encode() + echoed, filename="light.txt", content_type="text/plain")
+    return {"file_id": stored.file_id, "pid": os.getpid(), "thread": threading.current_thread().name}
+
+
 @hookimpl
 def register_capabilities(register):
     register(Capability(
@@ -47,4 +69,6 @@ def register_capabilities(register):
         models=(Model(name="m1", default=True, loader="kiapi_clusterwait:load", weights_gib={None: 0.01}),
                 Model(name="m2", loader="kiapi_clusterwait:load", weights_gib={None: 0.01})),
         operations=(Operation(name="wait", request=WaitRequest, result=None, handler=wait, job_type="cwait",
-                              inputs={"image": "image"}),)))
+                              inputs={"image": "image"}, estimate=estimate),
+                    Operation(name="light", request=LightRequest, result=None, handler=light,
+                              job_type="cwait-light", inputs={"image": "image"}, uses_mlx=False))))

@@ -4,5 +4,6 @@ from .bus import PgEventBus
 from .connect import Pool, connect_pool
 from .files import PgFileStore
 from .jobs import PgJobBackend
+from .webhooks import PgWebhookStore
 
-__all__ = ["PgEventBus", "PgFileStore", "PgJobBackend", "Pool", "connect_pool"]
+__all__ = ["PgEventBus", "PgFileStore", "PgJobBackend", "PgWebhookStore", "Pool", "connect_pool"]

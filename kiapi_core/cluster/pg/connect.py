@@ -2,6 +2,12 @@
 
 Every connection has a ``statement_timeout`` so that a stalled database turns into an error in
 bounded time instead of a thread stuck forever (the lease watchdog does not rely on it, though).
+
+A database that cannot be reached (stopped, restarting, a network cut) surfaces as
+:class:`~kiapi_core.errors.Unavailable` (503 ``cluster_database_unavailable`` with
+``Retry-After``) rather than a driver error, and a broken connection empties the idle pool (after
+a server restart every idle connection is dead), so the next call reconnects: hosts recover by
+themselves when the database is back.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import Iterator
 
 import psycopg
 
+from ...errors import Unavailable
 from .schema import SCHEMA, SCHEMA_VERSION
 
 log = logging.getLogger("kiapi.cluster")
@@ -21,6 +28,26 @@ log = logging.getLogger("kiapi.cluster")
 #: Seconds a single statement may take before PostgreSQL cancels it.
 STATEMENT_TIMEOUT_S = 15.0
 CONNECT_TIMEOUT_S = 10
+#: Seconds a client is told to wait before retrying while the database is unreachable.
+RETRY_AFTER_S = 5
+_UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def _out_of_reach(exc: BaseException) -> bool:
+    """A client-side failure (no SQLSTATE: connection lost) or an operator intervention (class
+    57: shutdown, restart, a statement timeout), as opposed to an error the server answered."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith("57")
+
+
+def unreachable(exc: BaseException) -> Unavailable:
+    """The 503 for a request that needed the database while it could not be reached (the
+    cause goes to the log and ``/health``, not to clients)."""
+    # Not logged here (every request would): the host's pulse logs the outage once, with the cause.
+    log.debug("cluster database call failed: %s", exc)
+    return Unavailable("the cluster's database (PostgreSQL) cannot be reached right now; retry in a few "
+                       "seconds (GET /health shows the cause)", code="cluster_database_unavailable",
+                       headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 class Pool:
@@ -43,9 +70,20 @@ class Pool:
         try:
             conn = self._idle.get_nowait()
         except queue.Empty:
-            conn = self._open()
+            try:
+                conn = self._open()
+            except _UNREACHABLE as exc:
+                raise unreachable(exc) from exc
         try:
             yield conn
+        except _UNREACHABLE as exc:
+            broken = conn.closed or conn.broken
+            conn.close()
+            if broken:
+                self._drain()  # the server went away: the other idle connections are dead too
+            if broken or _out_of_reach(exc):
+                raise unreachable(exc) from exc
+            raise  # an answer from a reachable server (a full disk ...): the caller's to judge
         except BaseException:
             if conn.closed or conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.close()
@@ -62,6 +100,13 @@ class Pool:
             self._idle.put_nowait(conn)
         except queue.Full:
             conn.close()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
     def close(self) -> None:
         self._closed = True
@@ -92,4 +137,4 @@ def prepare_schema(pool: Pool) -> None:
                                "upgrade kiapi on this host")
 
 
-__all__ = ["Pool", "connect_pool", "prepare_schema"]
+__all__ = ["Pool", "connect_pool", "prepare_schema", "unreachable"]

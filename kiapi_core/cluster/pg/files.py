@@ -36,6 +36,7 @@ from ...files.quota import StorageQuota
 from ...files.store import STALE_AFTER_S, FileStore
 from ...files.writer import BlobWriter
 from .connect import Pool
+from .pins import delete_unless_pinned, pinned
 from .quota import DatabaseQuota, database_full
 
 log = logging.getLogger("kiapi.cluster")
@@ -129,14 +130,16 @@ class PgFileStore:
                 seq += 1
 
     # -- reads: the database says what exists; bytes come from the cache -------------------
-    def _record(self, file_id: str) -> FileRecord | None:
+    def _record(self, file_id: str, *, pinned_ok: bool = False) -> FileRecord | None:
         with self.pool.connection() as conn:
-            row = conn.execute(f"SELECT record::text FROM kiapi_files WHERE id = %s AND {_LIVE}",
-                               (file_id, time.time())).fetchone()
+            row = conn.execute("SELECT record::text FROM kiapi_files WHERE id = %s AND complete AND (expires_at IS NULL "
+                               "OR expires_at > %s OR (%s AND " + pinned("kiapi_files.id") + "))",
+                               (file_id, time.time(), pinned_ok)).fetchone()
         return None if row is None else _rec.decode(row[0])
 
-    def get(self, file_id: str) -> StoredFile:
-        record = self._record(check_id(file_id))
+    def get(self, file_id: str, *, pinned_ok: bool = False) -> StoredFile:
+        """``pinned_ok``: a job's input, readable after a delete or its expiry while the job pins it."""
+        record = self._record(check_id(file_id), pinned_ok=pinned_ok)
         if record is None:
             raise _not_found(file_id)
         try:
@@ -189,13 +192,14 @@ class PgFileStore:
     # -- removal ---------------------------------------------------------------------------
     def delete(self, file_id: str) -> None:
         check_id(file_id)
-        with self.pool.connection() as conn:
-            row = conn.execute("DELETE FROM kiapi_files WHERE id = %s RETURNING (record->>'size')::bigint",
-                               (file_id,)).fetchone()
-        if row is None:
+        with self.pool.connection() as conn, conn.transaction():
+            found, freed = delete_unless_pinned(conn, file_id, time.time())  # a pinned input goes later
+        if not found:
             raise _not_found(file_id)
+        if freed is None:
+            return
         if self._db_quota is not None:
-            self._db_quota.freed(int(row[0]))
+            self._db_quota.freed(freed)
         self._drop_local(file_id)
 
     async def adelete(self, file_id: str) -> None:
@@ -219,9 +223,9 @@ class PgFileStore:
         now = time.time() if now is None else now
         with self.pool.connection() as conn:
             gone = conn.execute(
-                "DELETE FROM kiapi_files WHERE (expires_at IS NOT NULL AND expires_at <= %s) "
-                "OR (NOT complete AND (record->>'created_at')::float8 < %s) RETURNING id, complete",
-                (now, now - STALE_AFTER_S)).fetchall()
+                "DELETE FROM kiapi_files WHERE (expires_at IS NOT NULL AND expires_at <= %s AND NOT "
+                + pinned("kiapi_files.id") + ") OR (NOT complete AND (record->>'created_at')::float8 < %s) "
+                "RETURNING id, complete", (now, now - STALE_AFTER_S)).fetchall()
             known = {r[0] for r in conn.execute("SELECT id FROM kiapi_files").fetchall()}
             if self._db_quota is not None:
                 self._db_quota.refresh(conn)

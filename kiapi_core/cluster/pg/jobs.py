@@ -30,12 +30,14 @@ from ..interfaces import (
     HostState,
     JobBackend,
     PersistedError,
+    QueuedNeed,
     Submission,
     lost,
     replay,
     requeued,
 )
 from .connect import Pool, prepare_schema
+from .pins import pin_inputs
 
 JOB_CHANNEL, CANCEL_CHANNEL, WORK_CHANNEL = "kiapi_job", "kiapi_cancel", "kiapi_work"
 
@@ -49,10 +51,10 @@ _SELECT = ("SELECT data::text, status, (SELECT count(*) FROM kiapi_jobs q WHERE 
 
 _CLAIM = """
 SELECT id, attempt, request FROM kiapi_jobs j
-WHERE status = 'queued' AND capability = ANY(%(caps)s) AND NOT (id = ANY(%(exclude)s))
+WHERE status = 'queued' AND capability = ANY(%(caps)s) AND NOT (id = ANY(%(exclude)s)) AND light = %(light)s
   AND need_gb + CASE WHEN (capability || ':' || model) = ANY(%(resident)s) THEN 0 ELSE load_gb END
       <= %(claimable)s
-  AND ((capability || ':' || model) = ANY(%(resident)s)
+  AND (light OR (capability || ':' || model) = ANY(%(resident)s)
        OR queued_at <= now() - make_interval(secs => %(wait)s)
        OR NOT EXISTS (SELECT 1 FROM kiapi_hosts h
                       WHERE h.id <> %(me)s AND h.heartbeat_at > now() - make_interval(secs => %(live)s)
@@ -96,9 +98,11 @@ class PgJobBackend(JobBackend):
             job.queue_position = int(queued[0]) if queued else 0
             conn.execute(
                 "INSERT INTO kiapi_jobs (id, status, type, capability, model, created_at, idem_key, idem_fp, "
-                "need_gb, load_gb, request, data) VALUES (%s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "need_gb, load_gb, light, request, data) VALUES (%s, 'queued', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (job.id, job.type, job.capability, job.model, job.created_at, key, fp, submission.need_gb,
-                 submission.load_gb, submission.request, _enc.encode(job).decode()))
+                 submission.load_gb, submission.light, submission.request, _enc.encode(job).decode()))
+            if submission.pins:
+                pin_inputs(conn, job.id, submission.pins)
             conn.execute("SELECT pg_notify(%s, ''), pg_notify(%s, %s)", (WORK_CHANNEL, JOB_CHANNEL, job.id))
         return job
 
@@ -177,6 +181,22 @@ class PgJobBackend(JobBackend):
             row = conn.execute("SELECT count(*) FROM kiapi_jobs WHERE status = 'queued'").fetchone()
         return int(row[0]) if row else 0
 
+    def queued_needs(self, limit: int) -> list[QueuedNeed]:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT id, capability, capability || ':' || model, need_gb, load_gb, light, "
+                                "data->>'progress_label' FROM kiapi_jobs WHERE status = 'queued' ORDER BY seq "
+                                "LIMIT %s", (limit,)).fetchall()
+        return [QueuedNeed(*row) for row in rows]
+
+    def relabel(self, job_id: str, label: str) -> bool:
+        with self.pool.connection() as conn, conn.transaction():
+            cur = conn.execute("UPDATE kiapi_jobs SET data = jsonb_set(data, '{progress_label}', to_jsonb(%s::text)) "
+                               "WHERE id = %s AND status = 'queued'", (label, job_id))
+            if cur.rowcount != 1:
+                return False
+            conn.execute("SELECT pg_notify(%s, %s)", (JOB_CHANNEL, job_id))
+        return True
+
     def prune(self, *, ttl_s: float, max_jobs: int) -> list[str]:
         gone: list[str] = []
         with self.pool.connection() as conn:
@@ -195,7 +215,7 @@ class PgJobBackend(JobBackend):
         args = {"caps": list(claimer.capabilities), "resident": list(claimer.resident),
                 "claimable": claimer.claimable_gb, "wait": claimer.affinity_wait_s, "me": claimer.host_id,
                 "live": max(claimer.lease_s, 1.0),
-                "exclude": list(claimer.exclude)}
+                "exclude": list(claimer.exclude), "light": claimer.light}
         with self.pool.connection() as conn, conn.transaction():
             row = conn.execute(_CLAIM, args).fetchone()
             if row is None:
@@ -243,13 +263,13 @@ class PgJobBackend(JobBackend):
                 raise Fenced(job.id)
             conn.execute("SELECT pg_notify(%s, %s), pg_notify(%s, '')", (JOB_CHANNEL, job.id, WORK_CHANNEL))
 
-    def release(self, job_id: str, owner: str, attempt: int) -> None:
+    def release(self, job_id: str, owner: str, attempt: int, reason: str | None = None) -> None:
         with self.pool.connection() as conn, conn.transaction():
             row = conn.execute("SELECT data::text, status, 0 FROM kiapi_jobs WHERE id = %s AND owner = %s "
                                "AND attempt = %s AND status = 'running' FOR UPDATE", (job_id, owner, attempt)).fetchone()
             if row is None:
                 raise Fenced(job_id)
-            job = requeued(_decode(row))
+            job = requeued(_decode(row), reason)
             conn.execute("UPDATE kiapi_jobs SET status = 'queued', owner = NULL, attempt = attempt - 1, "
                          "lease_until = NULL, data = %s WHERE id = %s", (_enc.encode(job).decode(), job_id))
             conn.execute("SELECT pg_notify(%s, %s), pg_notify(%s, '')", (JOB_CHANNEL, job_id, WORK_CHANNEL))
