@@ -97,8 +97,8 @@ class PgFileStore:
         copy the bytes in and mark it complete. Reads see only complete rows; a host that dies
         in between leaves an incomplete row, which the sweep removes once stale."""
         record = stored.record
-        try:
-            with self.pool.connection() as conn:
+        with self.pool.connection() as conn:
+            try:  # inside the connection: the pool reads other OperationalErrors as an outage (503)
                 with conn.transaction():
                     if self._db_quota is not None:
                         self._db_quota.claim(conn, record.size, f"file {record.filename!r}")
@@ -116,8 +116,8 @@ class PgFileStore:
                     with contextlib.suppress(psycopg.Error):  # else the sweep removes it
                         conn.execute("DELETE FROM kiapi_files WHERE id = %s", (record.file_id,))
                     raise
-        except psycopg.errors.DiskFull:
-            raise database_full(f"file {record.filename!r}") from None
+            except psycopg.errors.DiskFull:
+                raise database_full(f"file {record.filename!r}") from None
         self.cache_bound.added(record.size)
 
     @staticmethod
