@@ -27,7 +27,7 @@ from ..jobs import watch
 from ..jobs.manager import new_job_id
 from ..jobs.models import Job, JobStatus
 from ..jobs.store import JobPage, idempotent_job
-from ..jobs.worker import AdminTask, ModelManagerLike, Worker
+from ..jobs.worker import AdminTask, JobServices, ModelManagerLike, Worker
 from ..memory.admission import declared_weights_gb, job_quantize
 from ..memory.loaders import raw_estimate
 from ..registry import Capability, Model, Operation
@@ -69,8 +69,9 @@ class ClusterJobManager:
         self.runner = ClusterRunner(backend=backend, host_id=self.host_id, settings=settings, registry=registry,
                                     files=files, models=models, host_state=self.host_state, notify=self._wake,
                                     emit=self._emit)
-        self._worker = Worker(board=self.runner, files=files, models=models, plugin_settings=plugin_settings,
-                              cache_dir=cache_dir, work_root=work_root, demo=demo)
+        self._worker = Worker(board=self.runner, services=JobServices(
+            files=files, models=models, plugin_settings=plugin_settings, cache_dir=cache_dir,
+            work_root=work_root, demo=demo))
         bus.on_job = self._changed
         bus.on_cancel = self.runner.cancel_requested
         bus.on_work = self.runner.work_available

@@ -19,7 +19,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -31,9 +30,9 @@ from ..settings import Settings
 from . import scheduler, watch
 from .models import Job, JobStatus
 from .pool import LightPool
-from .running import FileSink
+from .services import JobServices
 from .store import IdempotentReplay, JobPage, JobStore, MemoryJobStore, idempotent_job
-from .worker import AdminTask, ModelManagerLike, Outcome, Pending, Worker
+from .worker import AdminTask, Outcome, Pending, Worker
 
 log = logging.getLogger("kiapi.jobs")
 
@@ -52,16 +51,13 @@ def snapshot(job: Job) -> Job:
 
 
 class JobManager:
-    def __init__(self, *, settings: Settings, files: FileSink, models: ModelManagerLike,
-                 plugin_settings: Callable[[str], Any], cache_dir: Callable[[str], Path],
-                 work_root: Path, demo: bool, store: JobStore | None = None) -> None:
+    def __init__(self, *, settings: Settings, services: JobServices, store: JobStore | None = None) -> None:
         self.settings = settings
-        self._files = files
+        self._files = services.files
         self.max_queue = settings.max_queue
         self.store = store if store is not None else MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_jobs)
-        self._worker = Worker(board=self, files=files, models=models, plugin_settings=plugin_settings,
-                              cache_dir=cache_dir, work_root=work_root, demo=demo)
-        self._needs_eviction = getattr(models, "needs_eviction", None)
+        self._worker = Worker(board=self, services=services)
+        self._needs_eviction = getattr(services.models, "needs_eviction", None)
         self._fairness = scheduler.Fairness(
             enabled=getattr(settings, "queue_model_affinity", True),
             max_bypass=getattr(settings, "queue_max_bypass", 4),
@@ -69,8 +65,7 @@ class JobManager:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         # Operations declared uses_mlx=False run on the light pool, never behind the model thread.
-        self._pool = LightPool(self, self._lock, size=settings.pool_workers, files=files,
-                               plugin_settings=plugin_settings, cache_dir=cache_dir, work_root=work_root, demo=demo)
+        self._pool = LightPool(self, self._lock, size=settings.pool_workers, services=services)
         self._queue: collections.deque[Pending] = collections.deque()
         self._tasks: collections.deque[AdminTask] = collections.deque()  # run before queued jobs
         self._active: dict[str, Pending] = {}   # queued and running
@@ -563,4 +558,4 @@ class JobManager:
             self._errors.pop(job_id, None)
 
 
-__all__ = ["IdempotentReplay", "JobManager", "new_job_id", "snapshot"]
+__all__ = ["IdempotentReplay", "JobManager", "JobServices", "new_job_id", "snapshot"]
