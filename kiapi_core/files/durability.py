@@ -106,4 +106,13 @@ class RecentFiles:
             self._files.pop(file_id, None)
 
 
-__all__ = ["DeferredSyncs", "RecentFiles", "fsync_dir", "sync_data"]
+def unlink(path: Path) -> None:
+    """Remove ``path`` if it is there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+
+__all__ = ["DeferredSyncs", "RecentFiles", "fsync_dir", "sync_data", "unlink"]

@@ -31,20 +31,16 @@ import builtins
 import contextlib
 import hashlib
 import os
-import secrets
 import shutil
-import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from ..errors import NotFound, PayloadTooLarge
-from . import durability
+from ..errors import NotFound
 from .durability import DeferredSyncs, RecentFiles
+from .durability import unlink as _unlink
 from .models import FileRecord, StoredFile
 from .names import (
     ID_FORM,
@@ -56,12 +52,12 @@ from .names import (
     suggest_extension,
     valid_id,
 )
-from .quota import StorageQuota, counted, disk_full
+from .quota import StorageQuota, counted
+from .sidecars import SidecarFiles, expired
+from .writer import BlobWriter
 
 _PARTIAL = ".partial"
 _CHUNK = 1024 * 1024
-#: Bytes a BlobWriter gathers before handing them to a thread to hash and write.
-_WRITE_BATCH = 4 * 1024 * 1024
 #: Temp files and orphan blobs younger than this are left alone by the sweeper: they may
 #: belong to a write that is still running.
 STALE_AFTER_S = 3600.0
@@ -71,149 +67,7 @@ RECENT_FILES = 64
 RECENT_BYTES_MAX = 256 * 1024
 
 
-class _Sidecar(msgspec.Struct, kw_only=True):
-    """What ``<id>.json`` holds. ``blob`` is the blob's file name, relative to the root."""
-
-    v: int = 1
-    blob: str
-    record: FileRecord
-    #: The record's ``expires_at`` was set for this file alone (per-call ``ttl_s``); otherwise
-    #: it follows the store's current retention policy, also after a settings change.
-    fixed: bool = False
-
-
-_sidecar_encoder = msgspec.json.Encoder()
-_sidecar_decoder = msgspec.json.Decoder(_Sidecar)
-
-
-class BlobWriter:
-    """An upload in progress: bytes go to a temp file in ``.partial/``; :meth:`commit` makes
-    it a stored file, :meth:`abort` (or leaving ``async with`` without committing) removes it.
-
-    Passing ``max_bytes`` raises :class:`PayloadTooLarge` on the first write that crosses it,
-    after removing the temp file, so an oversize upload never lands on disk whole.
-    """
-
-    def __init__(self, store: FileStore, *, max_bytes: int | None, what: str = "file") -> None:
-        self._store = store
-        self._max = max_bytes
-        self._what = what
-        self.size = 0
-        self._hash = hashlib.sha256()
-        self._tmp = store._temp_path()
-        self._fh: Any = None
-        self._done = False
-        # Network chunks (up to 1 MiB from `kiapi serve`) are gathered, without copying, into
-        # _WRITE_BATCH-sized batches; each batch is hashed and written in one pass by a worker
-        # thread (hashlib and write release the GIL) while the next one is received. One thread
-        # hop per chunk capped uploads at ~300 MiB/s and hashed on the event loop
-        # (bench/run.py, docs/performance.md).
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._inflight: asyncio.Future[None] | None = None
-        self._reserved = 0  # bytes counted against the store's quota so far
-
-    async def __aenter__(self) -> BlobWriter:
-        self._fh = await asyncio.to_thread(builtins.open, self._tmp, "xb")
-        return self
-
-    def _write_batch(self, chunks: list[bytes]) -> None:
-        """Worker thread: one batch, each chunk hashed then written (batches never overlap)."""
-        for chunk in chunks:
-            self._hash.update(chunk)
-            self._fh.write(chunk)
-
-    async def _drain(self) -> None:
-        """Wait for the batch in flight; its error (disk full ...) is raised here."""
-        inflight, self._inflight = self._inflight, None
-        if inflight is not None:
-            await inflight
-
-    async def _send_batch(self) -> None:
-        await self._drain()
-        if self._chunks:
-            chunks, self._chunks, self._buffered = self._chunks, [], 0
-            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._write_batch, chunks))
-
-    async def _close_file(self) -> None:
-        try:
-            await self._drain()
-        except Exception:  # aborting anyway; the file is removed
-            pass
-        finally:
-            if self._fh is not None:
-                self._fh.close()  # idempotent; a close is one syscall
-
-    async def __aexit__(self, *exc: object) -> None:
-        if not self._done:
-            await self.abort()
-
-    async def write(self, data: bytes) -> None:
-        if self._done:
-            raise RuntimeError("write after commit/abort")
-        self.size += len(data)
-        if self._max is not None and self.size > self._max:
-            await self.abort()
-            raise PayloadTooLarge(
-                f"{self._what} is larger than the limit of {_mib(self._max)}",
-                limit_bytes=self._max)
-        if self._store.quota is not None:
-            try:
-                self._store.quota.reserve(len(data), f"this {self._what}")
-            except BaseException:
-                self.size -= len(data)
-                await self.abort()
-                raise
-            self._reserved += len(data)
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered >= _WRITE_BATCH:
-            try:
-                await self._send_batch()
-            except OSError as exc:
-                await self.abort()
-                full = disk_full(exc, f"this {self._what}")
-                if full is None:
-                    raise
-                raise full from None
-
-    async def commit(self, *, filename: str, content_type: str | None = None,
-                     meta: Mapping[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile:
-        self._done = True
-        try:
-            await self._send_batch()
-            await self._drain()
-            await asyncio.to_thread(_flush_and_sync, self._fh)
-            stored = await asyncio.to_thread(
-                self._store._install, self._tmp, self.size, self._hash.hexdigest(),
-                filename=filename, content_type=content_type, meta=meta, ttl_s=ttl_s)
-        except BaseException as exc:
-            await self._close_file()
-            await asyncio.to_thread(_unlink, self._tmp)
-            self._release()
-            full = disk_full(exc, f"this {self._what}") if isinstance(exc, OSError) else None
-            if full is not None:
-                raise full from None
-            raise
-        if self._store.quota is not None:
-            self._store.quota.commit(self._reserved)
-            self._reserved = 0
-        return stored
-
-    def _release(self) -> None:
-        if self._store.quota is not None and self._reserved:
-            self._store.quota.release(self._reserved)
-        self._reserved = 0
-
-    async def abort(self) -> None:
-        self._done = True
-        self._chunks, self._buffered = [], 0
-        self._release()
-        await self._close_file()
-        await asyncio.to_thread(_unlink, self._tmp)
-
-
-class FileStore:
+class FileStore(SidecarFiles):
     """Stored files under ``root``. ``ttl_s`` > 0 makes files expire that many seconds after
     they were stored (per-call ``ttl_s`` overrides it for one file); 0 keeps them until
     deleted. Job outputs (``meta.job_id``) follow ``output_ttl_s`` instead when given, and
@@ -241,21 +95,6 @@ class FileStore:
         # records without a disk read or a thread hop. Only a hint; serving re-reads the sidecar.
         self._recent = RecentFiles(RECENT_FILES, RECENT_BYTES_MAX)
         self._deferred = DeferredSyncs()
-
-    # -- ids and paths -------------------------------------------------------------------
-
-    def new_id(self) -> str:
-        """A fresh id: 13 hex digits of microseconds (strictly increasing here) + 19 random."""
-        with self._lock:
-            now = max(time.time_ns() // 1000, self._last_us + 1)
-            self._last_us = now
-        return f"file_{now:013x}{secrets.token_hex(10)[:19]}"
-
-    def _sidecar_path(self, file_id: str) -> Path:
-        return self.root / f"{check_id(file_id)}.json"
-
-    def _temp_path(self) -> Path:
-        return self._partial / f"{secrets.token_hex(16)}.tmp"
 
     # -- sync API (worker thread) --------------------------------------------------------
 
@@ -336,7 +175,7 @@ class FileStore:
         the event loop), with its bytes when ``put_bytes`` stored at most
         :data:`RECENT_BYTES_MAX`; ``None`` otherwise. A delete or expiry forgets it."""
         found = self._recent.get(file_id)
-        return None if found is None or _expired(found[0].record, time.time()) else found
+        return None if found is None or expired(found[0].record, time.time()) else found
 
     def exists(self, file_id: str) -> bool:
         try:
@@ -456,109 +295,6 @@ class FileStore:
                 pass
             await asyncio.sleep(interval_s)
 
-    # -- internals -----------------------------------------------------------------------
-
-    def _install(self, tmp: Path, size: int, sha256: str, *, filename: str | None,
-                 content_type: str | None, meta: Mapping[str, Any] | None,
-                 ttl_s: float | None) -> StoredFile:
-        """Move a complete, synced temp file into place as a new file, then publish it."""
-        record = self._new_record(size, sha256, filename=filename, content_type=content_type,
-                                  meta=meta, ttl_s=ttl_s)
-        blob = self.root / blob_name(record.file_id, record.filename)
-        os.replace(tmp, blob)
-        try:
-            return self._publish(record, fixed=ttl_s is not None)
-        except BaseException:
-            _unlink(blob)
-            raise
-
-    def _new_record(self, size: int, sha256: str, *, filename: str | None, content_type: str | None,
-                    meta: Mapping[str, Any] | None, ttl_s: float | None) -> FileRecord:
-        file_id = self.new_id()
-        name = clean_filename(filename)
-        now = time.time()
-        record = FileRecord(
-            file_id=file_id, filename=name, content_type=clean_content_type(content_type, name),
-            size=size, created_at=now, meta=dict(meta or {}), sha256=sha256)
-        record.expires_at = self._policy_expiry(record) if ttl_s is None else (
-            (now + ttl_s) if ttl_s > 0 else None)
-        return record
-
-    def _publish(self, record: FileRecord, data: bytes | None = None, *, fixed: bool = False) -> StoredFile:
-        """Make a file whose blob is in place exist: write its sidecar and rename it in (the one
-        step that publishes), then sync the directory. The sidecar itself is not synced; see
-        docs/reliability.md ("Files on disk") and :mod:`.durability`. ``fixed``: the record's
-        expiry was set for this file alone (a per-call ``ttl_s``), so retention changes skip it."""
-        blob = blob_name(record.file_id, record.filename)
-        side_tmp = self._temp_path()
-        try:
-            with open(side_tmp, "xb") as fh:
-                fh.write(_sidecar_encoder.encode(_Sidecar(blob=blob, record=record, fixed=fixed)))
-            os.replace(side_tmp, self.root / f"{record.file_id}.json")
-        except BaseException:
-            _unlink(side_tmp)
-            raise
-        if not self._deferred.active:
-            durability.fsync_dir(self.root)
-        stored = StoredFile(record=record, path=self.root / blob)
-        self._recent.add(stored, data)
-        return stored
-
-    def _read_sidecar(self, path: Path, *, check_expiry: bool = True) -> _Sidecar | None:
-        try:
-            sidecar = _sidecar_decoder.decode(path.read_bytes())
-        except (FileNotFoundError, msgspec.DecodeError):
-            return None
-        if not valid_id(sidecar.record.file_id) or sidecar.blob != blob_name(
-                sidecar.record.file_id, sidecar.record.filename):
-            return None  # a sidecar that points anywhere but at its own blob is not trusted
-        if not sidecar.fixed:
-            sidecar.record.expires_at = self._policy_expiry(sidecar.record)
-        if check_expiry and self._expired(sidecar.record, time.time()):
-            return None
-        try:
-            blob = os.stat(self.root / sidecar.blob)
-        except OSError:
-            return None
-        if not stat.S_ISREG(blob.st_mode) or blob.st_size != sidecar.record.size:
-            return None  # missing, or not the bytes the record describes (cut off by a crash)
-        return sidecar
-
-    def _policy_expiry(self, record: FileRecord) -> float | None:
-        """When the retention policy ends ``record``: uploads and inputs after ``ttl_s``,
-        outputs after ``output_ttl_s`` (``ttl_s`` if unset); ``None`` for 0."""
-        ttl = self.output_ttl_s if record.meta.get("job_id") and self.output_ttl_s is not None else self.ttl_s
-        return record.created_at + ttl if ttl > 0 else None
-
-    def _expired(self, record: FileRecord, now: float) -> bool:
-        """Past its expiry, and not held back by ``keep`` (an output of a kept job)."""
-        if not _expired(record, now):
-            return False
-        return self.keep is None or not self.keep(record)
-
-    def _remove(self, file_id: str, blob: Path) -> None:
-        _unlink(self.root / f"{file_id}.json")
-        self._recent.forget(file_id)
-        with self._lock:
-            if self._pins.get(file_id):
-                self._doomed[file_id] = blob  # unpin removes it
-                return
-        self._unlink_blob(blob)
-
-    def _unlink_blob(self, blob: Path) -> None:
-        """Remove a stored blob, giving its bytes back to the quota."""
-        try:
-            size = blob.stat().st_size
-            os.unlink(blob)
-        except FileNotFoundError:
-            return
-        if self.quota is not None:
-            self.quota.removed(size)
-
-
-def _expired(record: FileRecord, now: float) -> bool:
-    return record.expires_at is not None and record.expires_at <= now
-
 
 def _stale(entry: os.DirEntry[str], now: float) -> bool:
     try:
@@ -566,23 +302,6 @@ def _stale(entry: os.DirEntry[str], now: float) -> bool:
     except FileNotFoundError:
         return False
 
-
-def _flush_and_sync(fh: Any) -> None:
-    """Make a written temp file durable, then close it."""
-    fh.flush()
-    durability.sync_data(fh.fileno())
-    fh.close()
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1024 * 1024):g} MiB"
 
 
 __all__ = ["FileStore", "BlobWriter", "ID_PATTERN", "ID_FORM", "valid_id", "check_id",

@@ -108,11 +108,11 @@ class PgFileStore(FileStore):
         return StoredFile(record=record, path=self.root / blob)
 
     def _write_sidecar(self, blob: str, record: FileRecord) -> None:
-        from ...files.store import _Sidecar, _sidecar_encoder  # the local store's own format
+        from ...files.sidecars import Sidecar, sidecar_encoder  # the local store's own format
 
         side_tmp = self._temp_path()
         # fixed: the expiry is the database's, not recomputed from this host's retention settings
-        side_tmp.write_bytes(_sidecar_encoder.encode(_Sidecar(blob=blob, record=record, fixed=True)))
+        side_tmp.write_bytes(sidecar_encoder.encode(Sidecar(blob=blob, record=record, fixed=True)))
         os.replace(side_tmp, self.root / f"{record.file_id}.json")
 
     def list(self, *, limit: int | None = None, after: str | None = None) -> builtins.list[FileRecord]:
