@@ -67,3 +67,26 @@ async def test_health_readiness_follows_weights_on_disk(kiapi_client_factory, hf
         assert ready((await client.get("/health")).json()) == {"small": False, "a": False, "b": False}
         build_snapshot(hf_cache, FLAT_REPO, FLAT_REV, FLAT_FILES)
         assert ready((await client.get("/health")).json()) == {"small": False, "a": True, "b": True}
+
+
+def test_the_route_index_picks_what_the_scan_picks(tmp_path) -> None:
+    from starlette.routing import Match, Route
+
+    from kiapi_core.app import build_app
+    from kiapi_core.host import build_host
+    from kiapi_core.http.routing import static_index
+    from kiapi_core.settings import Settings
+
+    app = build_app(build_host(Settings(data_dir=str(tmp_path), demo=True), plugins=[kiapi_echo]))
+    routes = app.router.routes
+    index = static_index(routes)
+    assert {("/health", "GET"), ("/v1/text/echo/render", "POST"), ("/v1/files", "POST")} <= set(index)
+    for (path, method), route in index.items():
+        scope = {"type": "http", "path": path, "method": method, "root_path": ""}
+        assert next(r for r in routes if r.matches(scope)[0] is Match.FULL) is route
+
+    async def endpoint(request):  # pragma: no cover - never called
+        raise AssertionError
+
+    shadowed = [Route("/things/{name}", endpoint, methods=["GET"]), Route("/things/new", endpoint, methods=["GET", "POST"])]
+    assert set(static_index(shadowed)) == {("/things/new", "POST")}  # GET /things/new is the first route's
