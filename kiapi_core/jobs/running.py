@@ -90,9 +90,8 @@ class RunningJob(JobContext):
         self.settings = services.plugin_settings(capability.name)
         self.demo = services.demo
         # workdir, cache_dir and log are made on first use: most jobs need none of them, and a
-        # mkdir (plus an rmdir) per job was a third of a no-op job's time on the model thread.
-        self._workdir: Path | None = None
-        self._workdir_made = False
+        # directory made (and removed) per job cost a no-op job a third of its model-thread time.
+        self._workdir: Path | None = None  # set once made
         # Last published state; mflux callbacks or helper threads may report concurrently.
         self._plock = threading.Lock()
         self._fraction = job.progress or 0.0
@@ -102,10 +101,9 @@ class RunningJob(JobContext):
     @property
     def workdir(self) -> Path:  # type: ignore[override]
         if self._workdir is None:
-            self._workdir = self._services.work_root / self.job_id
-        if not self._workdir_made:
-            self._workdir.mkdir(parents=True, exist_ok=True)
-            self._workdir_made = True
+            path = self._services.work_root / self.job_id
+            path.mkdir(parents=True, exist_ok=True)
+            self._workdir = path
         return self._workdir
 
     @functools.cached_property
@@ -181,8 +179,7 @@ class RunningJob(JobContext):
                                            meta=record_meta)
         else:
             path = Path(source)
-            move = self._workdir is not None and self._workdir_made \
-                and path.resolve().is_relative_to(self._workdir.resolve())
+            move = self._workdir is not None and path.resolve().is_relative_to(self._workdir.resolve())
             stored = self._files.put_path(path, filename=filename, content_type=content_type,
                                           meta=record_meta, move=move)
         self._board.mutate(self._job, lambda job: job.artifacts.append(stored.file_id))
@@ -213,7 +210,7 @@ class RunningJob(JobContext):
     # --- lifecycle (worker only) -----------------------------------------------------------
     def close(self) -> None:
         """Remove the scratch directory, if the job made one; runs whatever the outcome."""
-        if self._workdir is not None and self._workdir_made:
+        if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
 
