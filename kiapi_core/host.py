@@ -19,6 +19,7 @@ import pluggy
 
 from . import __version__
 from .errors import SettingsError, StartupError, Unavailable
+from .files.blobstore import BlobStore
 from .files.quota import StorageQuota
 from .files.store import FileStore
 from .jobs.manager import JobManager
@@ -53,8 +54,8 @@ class Host:
         self._plugin_settings: dict[str, Any] = {}
         self._plugin_setting_sources: dict[str, dict[str, str]] = {}
         data = self.settings.data_path
-        self.files = FileStore(data / "files", ttl_s=self.settings.file_ttl_s,
-                               output_ttl_s=self.settings.job_ttl_s, keep=self._job_still_kept)
+        self.files: BlobStore = FileStore(data / "files", ttl_s=self.settings.file_ttl_s,
+                                          output_ttl_s=self.settings.job_ttl_s, keep=self._job_still_kept)
         self.files.quota = StorageQuota.for_root(self.files.root, self.settings.max_storage_gb)
         self.models = ModelManager(settings=self.settings, registry=registry,
                                    plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
@@ -64,8 +65,8 @@ class Host:
         if self.settings.cluster_url:  # several hosts on PostgreSQL (docs/cluster.md)
             from .cluster.setup import cluster_services
 
-            # File bytes live in PostgreSQL; the local copy is a cache with its own bound
-            # (KIAPI_CLUSTER_CACHE_GB), so the local storage quota does not apply.
+            # File bytes live in PostgreSQL: KIAPI_MAX_STORAGE_GB bounds them there, and the
+            # local copy is a cache with its own bound (KIAPI_CLUSTER_CACHE_GB).
             self.files, self.jobs = cluster_services(self)
         else:
             services = JobServices(files=self.files, models=self.models, plugin_settings=self.plugin_settings,

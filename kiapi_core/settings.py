@@ -64,7 +64,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_text_chars: Annotated[int, Meta(ge=1)] = 100_000
     "Longest text field (a prompt) a request may carry, in characters (422 beyond)."
     max_storage_gb: Annotated[float, Meta(gt=0)] | None = None
-    "Disk the data directory may use for files, in GB (507 beyond); unset: 90% of what is free at start plus what it holds."
+    "Disk the stored files may use, in GB (507 beyond); unset: 90% of what is free at start plus what it holds. In a cluster: the bytes of all hosts' files in PostgreSQL (unset: no limit but the database's disk)."
     body_timeout_s: Annotated[float, Meta(gt=0)] = 60.0
     "Seconds a request body may take; after it, it must keep arriving at 64 KiB/s on average, and never pause this long (408)."
     strict_plugins: bool = False
@@ -124,7 +124,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cluster_max_attempts: Annotated[int, Meta(ge=1)] = 2
     "Runs of a job whose host was lost, before it fails as host_lost."
     cluster_cache_gb: Annotated[float, Meta(gt=0)] = 20.0
-    "Local cache of cluster files (bytes live in PostgreSQL), in GB; least recently used go first."
+    "Local cache of cluster files (bytes live in PostgreSQL), in GB, held as copies are added; least recently used go first, never those in use."
     warmup: list[str] = msgspec.field(default_factory=list)
     "Models to load in the background at start-up, as family:model (ernie:turbo)."
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = 30.0

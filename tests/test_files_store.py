@@ -169,3 +169,56 @@ async def test_writer_abort_on_exception(store: FileStore) -> None:
             await w.write(b"abc")
             raise RuntimeError("client went away")
     assert visible(store) == [] and os.listdir(store.root / ".partial") == []
+
+
+def test_a_copy_from_elsewhere_keeps_its_record_and_is_checked_against_it(tmp_path: Path) -> None:
+    import errno
+    import hashlib
+
+    from kiapi_core.files.models import FileRecord
+
+    origin = FileStore(tmp_path / "origin")
+    cache = FileStore(tmp_path / "cache")
+    stored = origin.put_bytes(b"abc" * 1000, filename="a.png", content_type="image/png", ttl_s=60)
+    copy = cache.put_copy(stored.record, iter([b"abc" * 500, b"abc" * 500]))
+    assert cache.get(stored.file_id).record == stored.record and copy.path.read_bytes() == b"abc" * 1000
+    assert cache.get(stored.file_id).record.expires_at == stored.record.expires_at  # not the cache's policy
+    wrong = FileRecord(file_id=origin.new_id(), filename="b.bin", content_type="application/octet-stream",
+                       size=3, created_at=0.0, sha256=hashlib.sha256(b"xyz").hexdigest())
+    for chunks in ([b"xy"], [b"abc"]):  # cut short; other bytes of the right size
+        with pytest.raises(OSError) as raised:
+            cache.put_copy(wrong, iter(chunks))
+        assert raised.value.errno == errno.EIO
+    assert not cache.exists(wrong.file_id) and os.listdir(cache.root / ".partial") == []
+    assert not [n for n in os.listdir(cache.root) if n.startswith(wrong.file_id)]
+
+
+def test_a_failing_on_publish_leaves_no_file_and_gives_the_quota_back(tmp_path: Path) -> None:
+    import asyncio
+
+    from kiapi_core.files.quota import StorageQuota
+
+    seen: list[str] = []
+
+    def refuse(stored) -> None:  # a shared store that could not keep the file
+        seen.append(stored.file_id)
+        assert stored.path.read_bytes()  # called once the file exists locally
+        raise RuntimeError("the shared store is down")
+
+    quota = StorageQuota(10**6, 0, configured=True)
+    store = FileStore(tmp_path / "files", quota=quota, on_publish=refuse)
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"p" * 100)
+
+    async def chunks():
+        yield b"s" * 100
+
+    with pytest.raises(RuntimeError):
+        store.put_bytes(b"b" * 100, filename="a.bin")
+    with pytest.raises(RuntimeError):
+        store.put_path(src)
+    with pytest.raises(RuntimeError):
+        asyncio.run(store.save_stream(chunks(), filename="c.bin"))
+    assert len(seen) == 3 and all(store.recent(i) is None and not store.exists(i) for i in seen)
+    assert sorted(os.listdir(store.root)) == [".partial"] and os.listdir(store.root / ".partial") == []
+    assert (quota.used_bytes, quota.reserved_bytes) == (0, 0)

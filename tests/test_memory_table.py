@@ -42,16 +42,24 @@ class Case:
     after_plain: bool = False
 
 
-def _image(model: str, side: int) -> dict[str, Any]:
-    steps, guidance = (8, 1.0) if model == "turbo" else (50, 4.0)
-    return {"model": model, "width": side, "height": side, "steps": steps, "guidance": guidance, "quantize": None}
+def _ernie(model: str, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The params the ernie plugin's ``prepare`` records for ``body`` (outside demo mode)."""
+    from kiapi_ernie.capability import CAPABILITY, resolved_params
+
+    return resolved_params(next(m for m in CAPABILITY.models if m.name == model), operation, body)
+
+
+def _image(model: str, side: int, operation: str = "generate") -> dict[str, Any]:
+    body: dict[str, Any] = {"prompt": "x", "width": side, "height": side, "seed": 0}
+    if operation == "edit":
+        body["image"] = {"type": "file_id", "file_id": "example"}
+    # quantize null: the resident model's (the budget chooses it), as a request omitting it
+    return {**_ernie(model, operation, body), "quantize": None}
 
 
 def _train(low_ram: bool) -> dict[str, Any]:
-    from kiapi_ernie.trainconfig import default_lora_targets
-
-    return {"model": "turbo", "quantize": 8, "max_resolution": 512, "batch_size": 1, "low_ram": low_ram,
-            "lora_layers": {"targets": default_lora_targets(16, False, 36)}}
+    return _ernie("turbo", "train", {"dataset": {"type": "file_id", "file_id": "example"}, "quantize": 8,
+                                     "max_resolution": 512, "low_ram": low_ram})
 
 
 def _upscale(model: str) -> dict[str, Any]:
@@ -62,7 +70,7 @@ def _upscale(model: str) -> dict[str, Any]:
 
 CASES = (
     *(Case(f"{m} {s}²", "ernie", m, "generate", _image(m, s)) for m in ("turbo", "base") for s in (512, 1024, 2048)),
-    Case("edit 1024²", "ernie", "turbo", "edit", _image("turbo", 1024)),
+    Case("edit 1024²", "ernie", "turbo", "edit", _image("turbo", 1024, "edit")),
     Case("LoRA 1024² after plain", "ernie", "turbo", "generate", {**_image("turbo", 1024), "lora_mb": 75.0},
          after_plain=True),
     Case("train 512 after plain", "ernie", "turbo", "train", _train(False), after_plain=True),
@@ -129,9 +137,9 @@ def build(budget_gb: float, ernie_settings: dict[str, Any] | None = None) -> tup
     # what registering through the host does: plugin API 2 hooks are called with a RequestContext
     host = SimpleNamespace(settings=settings, plugin_settings=lambda name, spec=None: None)
     upscale = adapt(upscale, host)
+    ernie = adapt(ernie_capability(ErnieSettings(**(ernie_settings or {})), budget_gb=budget_gb), host)
     registry = Registry()
-    registry.add(with_fake_loader(ernie_capability(ErnieSettings(**(ernie_settings or {})), budget_gb=budget_gb)),
-                 plugin="ernie", distribution="kiapi-ernie")
+    registry.add(with_fake_loader(ernie), plugin="ernie", distribution="kiapi-ernie")
     registry.add(with_fake_loader(upscale), plugin="seedvr2", distribution="kiapi-seedvr2")
     manager = ModelManager(settings=settings, registry=registry,
                            plugin_settings=lambda family: None, cache_dir=lambda family: Path("/nonexistent"),
@@ -148,10 +156,12 @@ def _parts(registry: Registry, family: str, model: str, operation: str) -> tuple
 def run(manager: ModelManager, registry: Registry, family: str, model: str, operation: str,
         params: dict[str, Any], job_id: str) -> None:
     """One request end to end: plugin check (training), admission, then the model thread."""
+    from kiapi_ernie.params import TrainParams
     from kiapi_ernie.validation import train_memory_problem
 
     capability, m, op = _parts(registry, family, model, operation)
-    if operation == "train" and (problem := train_memory_problem(params, manager.budget.gb)):
+    if operation == "train" and (problem := train_memory_problem(msgspec.convert(params, TrainParams),
+                                                                 manager.budget.gb)):
         raise problem
     manager.admit(capability, m, op, params)
     manager.begin_job(job_id, capability, m, op, params)

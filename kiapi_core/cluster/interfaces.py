@@ -18,16 +18,14 @@ runs against both.
 from __future__ import annotations
 
 import abc
-import builtins
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
-from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable, Collection
+from typing import NamedTuple
 
 import msgspec
 
 from ..errors import Conflict
-from ..files.models import FileRecord, StoredFile
+from ..files.blobstore import BlobStore
 from ..jobs.models import Job, JobStatus
 from ..jobs.store import IdempotentReplay, JobPage
 
@@ -210,42 +208,6 @@ class JobBackend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release connections."""
-
-
-class BlobStore(Protocol):
-    """The Files API's storage, as the request path, the routes and the worker use it.
-
-    :class:`kiapi_core.files.store.FileStore` (local disk) and
-    :class:`kiapi_core.cluster.pg.PgFileStore` (PostgreSQL, with the local store as its cache)
-    both are one. Handlers always get a :class:`StoredFile` with a local ``path``.
-    """
-
-    def put_bytes(self, data: bytes, *, filename: str, content_type: str | None = None,
-                  meta: Mapping[str, Any] | None = None, ttl_s: float | None = None) -> StoredFile: ...
-
-    def put_path(self, path: Path | str, *, filename: str | None = None, content_type: str | None = None,
-                 meta: Mapping[str, Any] | None = None, move: bool = True,
-                 ttl_s: float | None = None) -> StoredFile: ...
-
-    def get(self, file_id: str) -> StoredFile: ...
-
-    def list(self, *, limit: int | None = None, after: str | None = None) -> list[FileRecord]: ...
-
-    def delete(self, file_id: str) -> None: ...
-
-    def pin(self, file_ids: Iterable[str]) -> None: ...
-
-    def unpin(self, file_ids: Iterable[str]) -> None: ...
-
-    def sweep_expired(self, now: float | None = None) -> int: ...
-
-    def writer(self, *, max_bytes: int | None = None, what: str = "file") -> Any: ...
-
-    async def aget(self, file_id: str) -> StoredFile: ...
-
-    async def alist(self, *, limit: int | None = None, after: str | None = None) -> builtins.list[FileRecord]: ...
-
-    async def adelete(self, file_id: str) -> None: ...
 
 
 class EventBus(abc.ABC):

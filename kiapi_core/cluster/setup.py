@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import StartupError
+from ..files.blobstore import BlobStore
 
 
-def cluster_services(host: Any) -> tuple[Any, Any]:
+def cluster_services(host: Any) -> tuple[BlobStore, Any]:
     """``(files, jobs)`` for ``host``: a PostgreSQL-backed file store and job manager. Nothing
     connects before the host starts serving."""
     try:
@@ -24,7 +25,8 @@ def cluster_services(host: Any) -> tuple[Any, Any]:
         raise StartupError(f"KIAPI_CLUSTER_URL must be a postgresql:// URL, not {url.split(':', 1)[0]!r}")
     pool = Pool(url)
     data = settings.data_path
-    files = PgFileStore(data / "files", pool, ttl_s=settings.file_ttl_s, cache_gb=settings.cluster_cache_gb)
+    files: BlobStore = PgFileStore(data / "files", pool, ttl_s=settings.file_ttl_s, cache_gb=settings.cluster_cache_gb,
+                                   max_storage_gb=settings.max_storage_gb)
     jobs = ClusterJobManager(settings=settings, backend=PgJobBackend(pool), bus=PgEventBus(url),
                              registry=host.registry, files=files, models=host.models,
                              plugin_settings=host.plugin_settings, cache_dir=host.cache_dir,

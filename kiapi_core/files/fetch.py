@@ -13,7 +13,7 @@ that answers differently on the second lookup (DNS rebinding) therefore changes 
 there is no second lookup. Proxies from the environment are ignored (``trust_env=False``)
 for the same reason.
 
-Downloads are streamed to the FileStore with a size cap (``KIAPI_MAX_URL_MB``), a per-read
+Downloads are streamed to the file store with a size cap (``KIAPI_MAX_URL_MB``), a per-read
 timeout and a total deadline (both ``KIAPI_URL_TIMEOUT_S``), and ``Accept-Encoding:
 identity``: compressed responses are refused rather than inflated, so a small gzip bomb cannot
 become gigabytes in memory.
@@ -31,9 +31,9 @@ import httpx
 
 from ..errors import BadRequest
 from ..validation import strip_url_secrets
+from .blobstore import BlobStore
 from .models import StoredFile
 from .names import clean_content_type, suggest_extension
-from .store import FileStore
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -120,7 +120,7 @@ async def system_resolver(host: str, port: int) -> list[str]:
 
 
 class URLFetcher:
-    """Fetches URL inputs into a FileStore under an :class:`AddressPolicy`.
+    """Fetches URL inputs into a file store under an :class:`AddressPolicy`.
 
     ``resolver`` and ``transport`` (a factory: each fetch opens and closes its own client)
     exist for tests; production uses the system resolver and httpx's default transport.
@@ -146,7 +146,7 @@ class URLFetcher:
         kwargs.update(overrides)
         return cls(**kwargs)
 
-    async def fetch(self, url: str, *, store: FileStore, stem: str = "input",
+    async def fetch(self, url: str, *, store: BlobStore, stem: str = "input",
                     meta: Mapping[str, Any] | None = None, what: str = "URL input") -> StoredFile:
         """Download ``url`` into ``store`` as ``<stem>.<ext>``; BadRequest (400) on refusal,
         failure, timeout or a body over the cap. ``meta`` gains ``source`` and ``url``
@@ -159,7 +159,7 @@ class URLFetcher:
                 f"{what} {strip_url_secrets(url)} did not finish downloading within {self.timeout_s:g} s "
                 "(KIAPI_URL_TIMEOUT_S)", code="url_timeout") from None
 
-    async def _fetch(self, url: str, *, store: FileStore, stem: str,
+    async def _fetch(self, url: str, *, store: BlobStore, stem: str,
                      meta: Mapping[str, Any] | None, what: str) -> StoredFile:
         current = _parse(url, what)
         timeout = httpx.Timeout(self.timeout_s)
@@ -210,7 +210,7 @@ class URLFetcher:
         return client.build_request("GET", pinned, headers=headers, extensions=extensions)
 
     async def _save(self, response: httpx.Response, final: httpx.URL, original: str, hops: int, *,
-                    store: FileStore, stem: str, meta: Mapping[str, Any] | None,
+                    store: BlobStore, stem: str, meta: Mapping[str, Any] | None,
                     what: str) -> StoredFile:
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):

@@ -73,9 +73,13 @@ class StorageQuota:
         with self._lock:
             self.used_bytes = max(0, self.used_bytes - n)
 
-    def full(self, what: str, n: int) -> InsufficientStorage:
-        source = "KIAPI_MAX_STORAGE_GB" if self.configured else \
+    def source(self) -> str:
+        """Where the limit comes from, for the 507's message."""
+        return "KIAPI_MAX_STORAGE_GB" if self.configured else \
             "KIAPI_MAX_STORAGE_GB, unset: 90% of the disk space free at start-up"
+
+    def full(self, what: str, n: int) -> InsufficientStorage:
+        source = self.source()
         return InsufficientStorage(
             f"not enough storage for {what} ({_gb(n)}): stored files use {_gb(self.used_bytes)} of "
             f"{_gb(self.limit_bytes)} ({source}). Free space by deleting files you no longer need "

@@ -21,11 +21,11 @@ import msgspec
 
 from ..errors import BadRequest, InvalidInput, InvalidRequest, KiapiError, NotFound, PayloadTooLarge
 from ..images import probe_image
+from .blobstore import BlobStore
 from .fetch import URLFetcher
 from .models import StoredFile
 from .names import ID_FORM, clean_content_type, suggest_extension, valid_id
 from .refs import FILE_REF_TYPES, FileDataURLRef, FileIDRef, FileURLRef
-from .store import FileStore
 
 MiB = 1024 * 1024
 #: More FileRefs than this in one request is refused (no operation needs nearly as many).
@@ -69,7 +69,7 @@ def declared_pattern(path: str) -> str:
     return _INDEX.sub("[]", path)
 
 
-async def resolve_inputs(request: Any, inputs: Mapping[str, str], *, store: FileStore, settings: Any,
+async def resolve_inputs(request: Any, inputs: Mapping[str, str], *, store: BlobStore, settings: Any,
                          fetcher: URLFetcher | None = None) -> ResolvedInputs:
     """Resolve every FileRef in ``request`` (a decoded Struct) to a stored file.
 
@@ -101,7 +101,7 @@ async def resolve_inputs(request: Any, inputs: Mapping[str, str], *, store: File
     return result
 
 
-async def _resolve_one(path: str, ref: Any, kind: str, *, store: FileStore, settings: Any,
+async def _resolve_one(path: str, ref: Any, kind: str, *, store: BlobStore, settings: Any,
                        fetcher: URLFetcher, result: ResolvedInputs) -> StoredFile:
     stem = f"input-{_slug(path)}"
     if isinstance(ref, FileIDRef):
@@ -133,7 +133,7 @@ async def _resolve_one(path: str, ref: Any, kind: str, *, store: FileStore, sett
     return stored
 
 
-async def _by_id(path: str, file_id: str, store: FileStore) -> StoredFile:
+async def _by_id(path: str, file_id: str, store: BlobStore) -> StoredFile:
     if not valid_id(file_id):
         shown = file_id if len(file_id) <= 80 else file_id[:80] + "..."
         raise BadRequest(f"`{path}`: {shown!r} is not a file id; file ids are {ID_FORM}",

@@ -25,8 +25,8 @@ from typing import Any
 import msgspec
 
 from ..errors import NotFound
+from .blobstore import BlobStore
 from .models import FileRecord
-from .store import FileStore
 
 KINDS = ("output", "upload", "input")
 
@@ -37,7 +37,7 @@ def kind_of(record: FileRecord) -> str:
     return "upload" if record.meta.get("source", "upload") == "upload" else "input"
 
 
-def usage(store: FileStore) -> dict[str, Any]:
+def usage(store: BlobStore) -> dict[str, Any]:
     """Files and bytes per kind and in total (reads every sidecar: call off the event loop)."""
     kinds = {kind: {"files": 0, "bytes": 0} for kind in KINDS}
     oldest: float | None = None
@@ -133,7 +133,7 @@ def retention_of(settings: Any, quota: Any = None) -> dict[str, Any]:
 
 
 def run_prune(files: Any, jobs: Any, body: PruneRequest) -> PruneResult:
-    """Prune ``files`` (a FileStore) and ``jobs`` (anything with ``list_jobs``, ``status_of``
+    """Prune ``files`` (a BlobStore) and ``jobs`` (anything with ``list_jobs``, ``status_of``
     and ``delete``: the JobManager, or a job store when the server is stopped)."""
     forget = _jobs_to_forget(jobs, body)
     result = _prune_files(files, jobs, body)

@@ -8,12 +8,14 @@ once. :class:`SidecarFiles` holds these steps for :class:`~kiapi_core.files.stor
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import secrets
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ class SidecarFiles:
     """Ids, sidecars, publishing and removing: the part of :class:`~.store.FileStore` that
     decides what exists on disk."""
 
+    # set by FileStore.__init__ (declared here for the type checker)
     root: Path
     ttl_s: float
     output_ttl_s: float | None
@@ -58,6 +61,7 @@ class SidecarFiles:
     _doomed: dict[str, Path]
     _recent: RecentFiles
     _deferred: DeferredSyncs
+    on_publish: Callable[[StoredFile], None] | None
 
     # -- ids and paths -------------------------------------------------------------------
 
@@ -106,8 +110,24 @@ class SidecarFiles:
         """Make a file whose blob is in place exist: write its sidecar and rename it in (the one
         step that publishes), then sync the directory. The sidecar itself is not synced; see
         docs/reliability.md ("Files on disk") and :mod:`.durability`. ``fixed``: the record's
-        expiry was set for this file alone (a per-call ``ttl_s``), so retention changes skip it."""
+        expiry was set for this file alone (a per-call ``ttl_s``), so retention changes skip it.
+        Then ``on_publish`` (a shared store keeping the file) runs; if it fails, the file is
+        unpublished again (the caller removes the blob) and the error propagates."""
         blob = blob_name(record.file_id, record.filename)
+        self._write_sidecar(blob, record, fixed=fixed)
+        if not self._deferred.active:
+            durability.fsync_dir(self.root)
+        stored = StoredFile(record=record, path=self.root / blob)
+        if self.on_publish is not None:
+            try:
+                self.on_publish(stored)
+            except BaseException:
+                _unlink(self.root / f"{record.file_id}.json")
+                raise
+        self._recent.add(stored, data)
+        return stored
+
+    def _write_sidecar(self, blob: str, record: FileRecord, *, fixed: bool) -> None:
         side_tmp = self._temp_path()
         try:
             with open(side_tmp, "xb") as fh:
@@ -116,11 +136,33 @@ class SidecarFiles:
         except BaseException:
             _unlink(side_tmp)
             raise
-        if not self._deferred.active:
-            durability.fsync_dir(self.root)
-        stored = StoredFile(record=record, path=self.root / blob)
-        self._recent.add(stored, data)
-        return stored
+
+    def put_copy(self, record: FileRecord, chunks: Iterable[bytes]) -> StoredFile:
+        """Keep a local copy of a file stored elsewhere (the cache of a shared store): ``chunks``
+        are its bytes, written to a temp file and checked against the record's size and SHA-256
+        before the copy appears under the record's id. The record's expiry is kept as it is; the
+        copy is not counted against the quota and not passed to ``on_publish`` (it exists
+        already). Raises OSError (EIO) for bytes that do not match the record."""
+        check_id(record.file_id)
+        blob = blob_name(record.file_id, record.filename)
+        tmp = self._temp_path()
+        try:
+            digest, size = hashlib.sha256(), 0
+            with open(tmp, "xb") as fh:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    fh.write(chunk)
+                    size += len(chunk)
+                fh.flush()
+                durability.sync_data(fh.fileno())
+            if size != record.size or (record.sha256 and digest.hexdigest() != record.sha256):
+                raise OSError(errno.EIO, f"the bytes of {record.file_id} do not match its record "
+                                         f"({size} bytes, {record.size} expected, or another SHA-256)")
+            os.replace(tmp, self.root / blob)
+        finally:
+            _unlink(tmp)
+        self._write_sidecar(blob, record, fixed=True)
+        return StoredFile(record=record, path=self.root / blob)
 
     def _read_sidecar(self, path: Path, *, check_expiry: bool = True) -> Sidecar | None:
         try:
@@ -176,7 +218,6 @@ class SidecarFiles:
 
 def expired(record: FileRecord, now: float) -> bool:
     return record.expires_at is not None and record.expires_at <= now
-
 
 
 __all__ = ["Sidecar", "SidecarFiles", "expired", "sidecar_decoder", "sidecar_encoder"]

@@ -22,6 +22,10 @@ valid after the file it names is deleted. Anything not matching the pattern is a
 
 The sync methods are for the model worker thread; the ``a*`` methods and :meth:`writer` are
 for the event loop and never block it.
+
+FileStore is the local :class:`~.blobstore.BlobStore`. The steps that decide what exists on
+disk (ids, sidecars, publishing, removing, local copies of files kept elsewhere) are in
+:mod:`.sidecars`; streamed uploads in :mod:`.writer`; the storage quota in :mod:`.quota`.
 """
 
 from __future__ import annotations
@@ -73,10 +77,17 @@ class FileStore(SidecarFiles):
     deleted. Job outputs (``meta.job_id``) follow ``output_ttl_s`` instead when given, and
     ``keep(record)`` returning true holds back the expiry of a file (an output whose job record
     is still kept). The policy is evaluated on every read and sweep, not stored, so a changed
-    setting applies to files stored before (see :mod:`.retention`)."""
+    setting applies to files stored before (see :mod:`.retention`).
+
+    This is the local :class:`~.blobstore.BlobStore`. ``on_publish(stored)`` runs for every new
+    file (``put_bytes``, ``put_path``, a committed :meth:`writer`) once it exists on disk; when
+    it raises, the file is removed again and the error propagates. A shared store uses it to
+    keep each new file (:class:`~kiapi_core.cluster.pg.PgFileStore`, with this store as its
+    local cache)."""
 
     def __init__(self, root: Path | str, *, ttl_s: float = 0, output_ttl_s: float | None = None,
-                 keep: Callable[[FileRecord], bool] | None = None, quota: StorageQuota | None = None) -> None:
+                 keep: Callable[[FileRecord], bool] | None = None, quota: StorageQuota | None = None,
+                 on_publish: Callable[[StoredFile], None] | None = None) -> None:
         self.root = Path(root).expanduser()
         self.ttl_s = float(ttl_s)
         self.output_ttl_s = None if output_ttl_s is None else float(output_ttl_s)
@@ -85,6 +96,7 @@ class FileStore(SidecarFiles):
         self._partial.mkdir(parents=True, exist_ok=True)
         #: The storage quota (KIAPI_MAX_STORAGE_GB); ``None``: unlimited (507 only on a full disk).
         self.quota = quota
+        self.on_publish = on_publish
         self._lock = threading.Lock()
         self._last_us = 0
         # Files queued or running jobs read: deleting one hides it at once, but its blob stays
@@ -212,6 +224,11 @@ class FileStore(SidecarFiles):
         with self._lock:
             for file_id in file_ids:
                 self._pins[file_id] = self._pins.get(file_id, 0) + 1
+
+    def pinned(self, file_id: str) -> bool:
+        """Whether a queued or running job holds this file (:meth:`pin`)."""
+        with self._lock:
+            return file_id in self._pins
 
     def unpin(self, file_ids: Iterable[str]) -> None:
         """Release :meth:`pin`; a file deleted meanwhile loses its bytes now."""

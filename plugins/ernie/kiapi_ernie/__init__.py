@@ -18,4 +18,4 @@ def register_capabilities(register, host):
     from .settings import ErnieSettings
 
     register(build_capability(host.plugin_settings("ernie", ErnieSettings), demo=host.settings.demo,
-                              budget_gb=getattr(host, "memory_budget_gb", None)))
+                              budget_gb=host.memory_budget_gb))

@@ -6,17 +6,28 @@ loader are named as ``"module:function"`` strings and imported on first use.
 
 from __future__ import annotations
 
-from kiapi_core.sdk import SAMPLE_DATASET, SAMPLE_IMAGE, Capability, Model, Operation, WeightFiles
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from kiapi_core.sdk import (
+    SAMPLE_DATASET,
+    SAMPLE_IMAGE,
+    Capability,
+    Model,
+    Operation,
+    RequestContext,
+    WeightFiles,
+)
 
 from . import docs, memory, validation
+from .params import EditParams, GenerateParams, TrainParams
 from .schemas import EditRequest, GenerateRequest, ImageResponse, TrainRequest, TrainResponse
 from .settings import ErnieSettings
-from .trainconfig import default_lora_targets
-from .variants import BASE, DOWNLOAD_PATTERNS, REAL_ARCH, TURBO, VARIANTS, Variant
+from .variants import BASE, DOWNLOAD_PATTERNS, TURBO, Variant
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
-
-
 
 RESIDENT_SETTING = "KIAPI_ERNIE_RESIDENT_QUANTIZE"
 
@@ -57,9 +68,8 @@ def _model(variant: Variant, *, default: bool, resident_quantize: int, demo: boo
             ),
         ),
         priority=1 if default else 0,
-        info={"repo": variant.repo, "mflux_model": variant.mflux_name, "steps": variant.steps,
-              "guidance": variant.guidance, "resident_quantize_chosen_by": chosen_by,
-              "resident_quantize_setting": RESIDENT_SETTING},
+        # Only what the core reads: who chose the resident quantization, and the setting to name.
+        info={"resident_quantize_chosen_by": chosen_by, "resident_quantize_setting": RESIDENT_SETTING},
     )
 
 
@@ -74,20 +84,40 @@ def smoke_test(model: Model, demo: bool = False) -> tuple[str, dict]:
 TYPICAL_LORA_MB = 75.0
 
 
-def memory_examples(model: Model) -> list[tuple[str, str, dict]]:
+#: How each operation's request resolves to its params (``prepare``), for :func:`resolved_params`.
+_PREPARE: dict[str, tuple[type, Callable[[Any, RequestContext], Any]]] = {
+    "generate": (GenerateRequest, validation.prepare_generate),
+    "edit": (EditRequest, validation.prepare_edit),
+    "train": (TrainRequest, validation.prepare_train),
+}
+#: A stand-in for an input file in example requests (sized, never run).
+EXAMPLE_FILE = {"type": "file_id", "file_id": "example"}
+
+
+def resolved_params(model: Model, operation: str, body: dict[str, Any],
+                    settings: ErnieSettings | None = None) -> dict[str, Any]:
+    """The params a request ``body`` for ``operation`` on ``model`` is recorded with, resolved by
+    the operation's ``prepare`` (outside demo mode): sizes typical requests without a server."""
+    request_type, prepare = _PREPARE[operation]
+    request: Any = msgspec.convert(body, request_type)
+    params = prepare(request, RequestContext(capability="ernie", model=model, settings=settings or ErnieSettings()))
+    return msgspec.to_builtins(params)
+
+
+def memory_examples(model: Model) -> list[tuple[str, str, dict[str, Any]]]:
     """Typical requests with their resolved params, for ``kiapi models --budget-gb`` and the
     per-Mac table in docs/memory.md."""
-    variant = VARIANTS[model.name]
-    image = {"model": variant.name, "steps": variant.steps, "guidance": variant.guidance, "quantize": None}
-    examples: list[tuple[str, str, dict]] = [
-        (f"generate {side}x{side}", "generate", {**image, "width": side, "height": side}) for side in (512, 1024, 2048)]
-    examples.append(("edit 1024x1024", "edit", {**image, "width": 1024, "height": 1024}))
-    examples.append(("generate 1024x1024 + LoRA", "generate",
-                     {**image, "width": 1024, "height": 1024, "lora_mb": TYPICAL_LORA_MB}))
-    train = {"model": variant.name, "quantize": ErnieSettings().train_quantize, "max_resolution": 512, "batch_size": 1,
-             "lora_layers": {"targets": default_lora_targets(16, False, REAL_ARCH.layers)}}
-    examples.append(("train 512 (low_ram)", "train", {**train, "low_ram": True}))
-    examples.append(("train 512", "train", {**train, "low_ram": False}))
+    def image(operation: str, side: int, **extra: Any) -> dict[str, Any]:
+        body = {"model": model.name, "prompt": "example", "width": side, "height": side, "seed": 0, **extra}
+        return resolved_params(model, operation, body)
+
+    examples = [(f"generate {side}x{side}", "generate", image("generate", side)) for side in (512, 1024, 2048)]
+    examples.append(("edit 1024x1024", "edit", image("edit", 1024, image=EXAMPLE_FILE)))
+    lora = image("generate", 1024, loras=[{"file": EXAMPLE_FILE}])
+    examples.append(("generate 1024x1024 + LoRA", "generate", {**lora, "lora_mb": TYPICAL_LORA_MB}))
+    for label, low_ram in (("train 512 (low_ram)", True), ("train 512", False)):
+        body = {"model": model.name, "dataset": EXAMPLE_FILE, "max_resolution": 512, "low_ram": low_ram}
+        examples.append((label, "train", resolved_params(model, "train", body)))
     return examples
 
 
@@ -113,7 +143,7 @@ def build_capability(settings: ErnieSettings | None = None, *, demo: bool = Fals
             Operation(
                 name="generate", request=GenerateRequest, result=ImageResponse,
                 handler="kiapi_ernie.handlers:generate", job_type="ernie",
-                prepare=validation.prepare_generate, check=validation.check_generate,
+                prepare=validation.prepare_generate, params=GenerateParams, check=validation.check_generate,
                 inputs={"loras[].file": "file"}, estimate=memory.estimate_generate, produces=IMAGE_TYPES,
                 summary=docs.GENERATE_SUMMARY, operation_id=docs.GENERATE_OPERATION_ID,
                 description=docs.GENERATE_DESCRIPTION,
@@ -123,7 +153,7 @@ def build_capability(settings: ErnieSettings | None = None, *, demo: bool = Fals
             Operation(
                 name="edit", request=EditRequest, result=ImageResponse,
                 handler="kiapi_ernie.handlers:edit", job_type="ernie-edit",
-                prepare=validation.prepare_edit, check=validation.check_edit,
+                prepare=validation.prepare_edit, params=EditParams, check=validation.check_edit,
                 inputs={"image": "image", "loras[].file": "file"}, estimate=memory.estimate_edit,
                 produces=IMAGE_TYPES, summary=docs.EDIT_SUMMARY, operation_id=docs.EDIT_OPERATION_ID,
                 description=docs.EDIT_DESCRIPTION,
@@ -133,7 +163,7 @@ def build_capability(settings: ErnieSettings | None = None, *, demo: bool = Fals
             Operation(
                 name="train", request=TrainRequest, result=TrainResponse,
                 handler="kiapi_ernie.handlers:train", job_type="ernie-train",
-                prepare=validation.prepare_train, check=validation.check_train,
+                prepare=validation.prepare_train, params=TrainParams, check=validation.check_train,
                 inputs={"dataset": "file"}, estimate=memory.estimate_train, always_async=True, own_model=True,
                 summary=docs.TRAIN_SUMMARY, operation_id=docs.TRAIN_OPERATION_ID,
                 description=docs.TRAIN_DESCRIPTION, responses=docs.TRAIN_RESPONSES,

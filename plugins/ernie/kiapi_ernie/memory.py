@@ -20,7 +20,7 @@ measurements of MLX peak memory; none were measured on real weights here, no GPU
   steps only change time; the step count enters as a small per-step graph allowance.
 * **VAE decode** runs at full resolution with 128 channels in f32; ~3 such buffers are alive
   at once (LOW_MEMORY decode mode). Encode for edit is the same order.
-* **Demo mode** (``params["demo"]``): the tiny model (2 blocks, 64 wide, 13 MB) measured
+* **Demo mode** (``params.demo``): the tiny model (2 blocks, 64 wide, 13 MB) measured
   21-23 MB per 64 px run and 34-47 MB per training run; the demo estimate is 50 MB plus the
   tiny VAE's full-resolution buffers (64 channels).
 * **Training** builds its own model (``TrainingRunner``), so its estimate includes weights at
@@ -30,19 +30,22 @@ measurements of MLX peak memory; none were measured on real weights here, no GPU
   stacks of one and three blocks), plus LoRA parameters with AdamW state. ``low_ram`` turns on
   mflux's gradient checkpointing: each block then keeps only its input (~25x less).
 * **LoRA** adapters are applied to the loaded model (no second copy): a request counts its
-  adapter files' size (``params["lora_mb"]``, filled in by the check) x 1.5.
+  adapter files' size (``params.lora_mb``, filled in by the check) x 1.5.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from kiapi_core.sdk import RequestContext
+
+from .params import EditParams, GenerateParams, TrainParams
+
 GB = 1024**3  # the core counts GB as 2**30 bytes (MLX and mflux do too)
 TRANSFORMER_PARAMS = 8.033e9
 TEXT_ENCODER_PARAMS = 3.429e9
 VAE_PARAMS = 0.084e9
 HIDDEN = 4096
-HEADS = 32
 BLOCKS = 36
 DISK_GB = 23.2
 _ACTIVE_TENSORS_PER_TOKEN = 36  # measured ~31 at real width (0.24 MB per token per block)
@@ -124,22 +127,23 @@ def image_peak_gb(width: int, height: int, steps: int, guidance: float, *, edit:
     return round((max(per_block, decode, encode) + graph) / GB + _TEXT_ENCODER_GB, 3)
 
 
-def lora_gb(params: dict[str, Any]) -> float:
+def lora_gb(params: GenerateParams) -> float:
     """Adapters applied to the loaded model: their tensors plus the per-layer casts at run time."""
-    return float(params.get("lora_mb") or 0.0) * 1.5 / 1024
+    return (params.lora_mb or 0.0) * 1.5 / 1024
 
 
-def estimate_generate(params: dict[str, Any], ctx: Any = None) -> float:
-    if params.get("demo"):
-        return demo_gb(params["width"], params["height"]) + lora_gb(params)
-    return image_peak_gb(params["width"], params["height"], params["steps"], params["guidance"]) + lora_gb(params)
+def estimate_generate(params: GenerateParams, ctx: RequestContext) -> float:
+    """Peak GB one generate adds on top of the resident weights."""
+    if params.demo:
+        return demo_gb(params.width, params.height) + lora_gb(params)
+    return image_peak_gb(params.width, params.height, params.steps, params.guidance) + lora_gb(params)
 
 
-def estimate_edit(params: dict[str, Any], ctx: Any = None) -> float:
-    if params.get("demo"):
-        return demo_gb(params["width"], params["height"]) + lora_gb(params)
-    return (image_peak_gb(params["width"], params["height"], params["steps"], params["guidance"], edit=True)
-            + lora_gb(params))
+def estimate_edit(params: EditParams, ctx: RequestContext) -> float:
+    """Peak GB one edit adds on top of the resident weights (generate's plus the VAE encode)."""
+    if params.demo:
+        return demo_gb(params.width, params.height) + lora_gb(params)
+    return image_peak_gb(params.width, params.height, params.steps, params.guidance, edit=True) + lora_gb(params)
 
 
 def _lora_params(targets: list[dict[str, Any]]) -> int:
@@ -152,22 +156,21 @@ def _lora_params(targets: list[dict[str, Any]]) -> int:
     return total
 
 
-def train_gb(params: dict[str, Any], *, low_ram: bool | None = None) -> float:
+def train_gb(params: TrainParams, *, low_ram: bool | None = None) -> float:
     """Training peak, its own model included; ``low_ram`` (default: the params') turns on
     mflux's gradient checkpointing."""
-    low_ram = bool(params.get("low_ram")) if low_ram is None else low_ram
-    side = int(params.get("max_resolution") or 512)
-    batch = int(params.get("batch_size") or 1)
-    if params.get("demo"):  # its own tiny model: a few MB of weights
+    low_ram = params.low_ram if low_ram is None else low_ram
+    side, batch = params.max_resolution, params.batch_size
+    if params.demo:  # its own tiny model: a few MB of weights
         return demo_gb(side, side, batch)
     tokens = (_tokens(side, side) + _CAPTION_TOKENS) * batch
     kept = train_activations_gb(tokens, BLOCKS, checkpointing=low_ram)
-    lora = _lora_params(params.get("lora_layers", {}).get("targets", [])) * 4 * 4 / GB  # f32 param, grad, m, v
+    lora = _lora_params(params.targets) * 4 * 4 / GB  # f32 param, grad, m, v
     encode = side * side * _VAE_CHANNELS * 4 * _VAE_LIVE_BUFFERS / GB
-    return round(weights_gb(params.get("quantize")) + max(kept, encode) + lora + _TEXT_ENCODER_GB, 2)
+    return round(weights_gb(params.quantize) + max(kept, encode) + lora + _TEXT_ENCODER_GB, 2)
 
 
-def estimate_train(params: dict[str, Any], ctx: Any = None) -> float:
+def estimate_train(params: TrainParams, ctx: RequestContext) -> float:
     """Training peak: its own model at the training quantization + backward activations."""
     return train_gb(params)
 

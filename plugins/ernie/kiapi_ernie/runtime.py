@@ -8,7 +8,6 @@ runtime with :meth:`ErnieRuntime.close`.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,8 @@ from kiapi_core.sdk import WeightsMissing, is_missing_weights_error
 
 from . import adapters
 from .adapters import AdapterCache
-from .settings import ErnieSettings
+from .settings import ErnieSettings, settings_of
 from .variants import VARIANTS, Variant
-
-log = logging.getLogger("kiapi.ernie")
 
 #: Progress fractions of the phases a generate/edit job goes through (loading is the host's).
 DENOISE_START, DENOISE_END, DECODE_AT = 0.05, 0.90, 0.92
@@ -50,14 +47,19 @@ def model_config(variant: Variant):
     return ModelConfig.ernie_image_turbo() if variant.name == "turbo" else ModelConfig.ernie_image()
 
 
-def model_source(variant: Variant, settings: Any, demo: bool, cache_dir: Path | None) -> str | None:
+def local_dir(variant: Variant, settings: ErnieSettings) -> str | None:
+    """The local weights directory the settings name for ``variant`` (``turbo_path``/``base_path``)."""
+    return {"turbo_path": settings.turbo_path, "base_path": settings.base_path}[variant.path_setting]
+
+
+def model_source(variant: Variant, settings: ErnieSettings, demo: bool, cache_dir: Path | None) -> str | None:
     """Where the weights come from: the tiny demo dir, the local-dir setting, or ``None``
     (mflux then resolves the repo id at its pinned revision in the Hugging Face cache)."""
     if demo:
         from .tiny import ensure_tiny_dir
 
         return str(ensure_tiny_dir(cache_dir or Path.cwd() / ".kiapi-ernie-cache"))
-    local = getattr(settings, variant.path_setting, None) if settings is not None else None
+    local = local_dir(variant, settings)
     if local:
         path = Path(local).expanduser()
         if not (path / "transformer").is_dir():
@@ -98,7 +100,7 @@ def load(*, model, quantize: int | None, settings: Any = None, demo: bool = Fals
     if options:
         raise TypeError(f"unknown ernie runtime options: {', '.join(sorted(options))}")
     variant = VARIANTS[model.name]
-    settings = settings if settings is not None else ErnieSettings()
+    settings = settings_of(settings)
     source = model_source(variant, settings, demo, cache_dir)
     try:
         ernie = build_model(variant, quantize=quantize, source=source, demo=demo)

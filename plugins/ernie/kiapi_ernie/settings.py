@@ -6,6 +6,8 @@ Imports only msgspec, so the host can read settings without loading mlx or mflux
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 
@@ -58,3 +60,10 @@ class ErnieSettings(msgspec.Struct, frozen=True, kw_only=True):
     "Most optimizer steps (epochs x batches per epoch) one training job may run."
     max_checkpoints: int = 20
     "Most intermediate checkpoints (`save_frequency`) one training job may store."
+
+
+def settings_of(settings: Any) -> ErnieSettings:
+    """The plugin's settings as the host hands them out (``ctx.settings``, ``job.settings``, the
+    loader's ``settings=``), or the defaults when a caller passes none (tests, the CLI's
+    ``kiapi check`` building a loader by hand)."""
+    return settings if isinstance(settings, ErnieSettings) else ErnieSettings()

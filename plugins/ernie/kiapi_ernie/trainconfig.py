@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .params import TrainParams
+
 ATTENTION = ("self_attention.to_q", "self_attention.to_k", "self_attention.to_v", "self_attention.to_out.0")
 FEED_FORWARD = ("mlp.gate_proj", "mlp.up_proj", "mlp.linear_fc2")
 GLOBAL_FF = ("time_embedding.linear_1", "time_embedding.linear_2", "adaln_modulation", "final_norm.linear")
@@ -91,37 +93,36 @@ def validate_lora_layers(spec: Any, *, layers: int, max_rank: int) -> tuple[list
     return targets, problems
 
 
-def build_config(params: dict[str, Any], *, mflux_name: str, model_path: str | None, data: str,
+def build_config(params: TrainParams, *, mflux_name: str, model_path: str | None, data: str,
                  output_path: str) -> dict[str, Any]:
     """The JSON mflux's ``TrainingRunner`` reads (``data`` is relative to the config file).
 
     No ``monitoring`` block: previews would generate full images during training and the loss
     plot needs nothing we serve; the plugin reports loss per step itself.
     """
-    steps = params["steps"]
-    save_frequency = params.get("save_frequency") or 10**9  # only the final checkpoint
     return {
         "model": mflux_name,
         "model_path": model_path,
         "data": data,
-        "seed": params["seed"],
-        "steps": steps,
-        "guidance": params["guidance"],
-        "quantize": params["quantize"],
-        "max_resolution": params["max_resolution"],
-        "low_ram": params["low_ram"],
+        "seed": params.seed,
+        "steps": params.steps,
+        "guidance": params.guidance,
+        "quantize": params.quantize,
+        "max_resolution": params.max_resolution,
+        "low_ram": params.low_ram,
         # low_ram also checkpoints each block: it keeps its input only, ~25x less than the ~0.2 MB
         # per token a block keeps otherwise, and the rest is recomputed (see memory.train_gb).
-        "gradient_checkpointing": bool(params["low_ram"]),
+        "gradient_checkpointing": params.low_ram,
         "training_loop": {
-            "num_epochs": params["num_epochs"],
-            "batch_size": params["batch_size"],
-            "timestep_low": params["timestep_low"],
-            "timestep_high": params["timestep_high"],
+            "num_epochs": params.num_epochs,
+            "batch_size": params.batch_size,
+            "timestep_low": params.timestep_low,
+            "timestep_high": params.timestep_high,
         },
-        "optimizer": {"name": "AdamW", "learning_rate": params["learning_rate"]},
-        "checkpoint": {"output_path": output_path, "save_frequency": save_frequency},
-        "lora_layers": params["lora_layers"],
+        "optimizer": {"name": "AdamW", "learning_rate": params.learning_rate},
+        # Without save_frequency only the final checkpoint is kept.
+        "checkpoint": {"output_path": output_path, "save_frequency": params.save_frequency or 10**9},
+        "lora_layers": {"targets": params.targets},
     }
 
 

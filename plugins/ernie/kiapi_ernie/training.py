@@ -34,11 +34,14 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from kiapi_core.sdk import free_memory
+import msgspec
+
+from kiapi_core.sdk import JobContext, free_memory
 
 from . import dataset, trainconfig
+from .params import TrainParams
 from .schemas import TrainResponse
-from .settings import ErnieSettings
+from .settings import ErnieSettings, settings_of
 from .validation import train_warnings
 from .variants import VARIANTS
 
@@ -66,11 +69,10 @@ class _Tracker:
         zip_path = Path(training_spec.checkpoint.output_path) / "checkpoints" / f"{step:07d}_checkpoint.zip"
         if not zip_path.is_file():
             return
-        params = self.job.params
+        params: TrainParams = self.job.params
         stored = self.job.store_artifact(
-            _read_adapter(zip_path, params["lora_layers"]["targets"]), filename=f"ernie_lora_{params['model']}_step{step:07d}.safetensors",
-            content_type="application/octet-stream",
-            meta={**_meta(self.job), "step": step, "final": False})
+            _read_adapter(zip_path, params.targets), filename=f"ernie_lora_{params.model}_step{step:07d}.safetensors",
+            content_type="application/octet-stream", meta={**_meta(self.job), "step": step, "final": False})
         self._stored_steps.add(step)
         self.checkpoints.append(stored.file_id)
         self.job.metric("checkpoints", list(self.checkpoints))
@@ -176,16 +178,10 @@ def _hooks(tracker: _Tracker) -> Iterator[None]:
             TrainingState.save = orig_save
 
 
-def _model_path(job, settings: ErnieSettings) -> str | None:
+def _model_path(job: JobContext, params: TrainParams, settings: ErnieSettings) -> str | None:
     from .runtime import model_source
 
-    variant = VARIANTS[job.params["model"]]
-    if job.demo:
-        cache_dir = getattr(job, "cache_dir", None)
-        if cache_dir is None:  # the context does not expose it: ask the resident runtime
-            return job.runtime().source
-        return model_source(variant, settings, True, Path(cache_dir))
-    return model_source(variant, settings, False, None)
+    return model_source(VARIANTS[params.model], settings, job.demo, job.cache_dir if job.demo else None)
 
 
 def _adapters(output: Path) -> list[tuple[int, Path]]:
@@ -197,9 +193,9 @@ def _adapters(output: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def _meta(job) -> dict:
-    return {"capability": "ernie", "model": job.params["model"], "kind": "lora_adapter",
-            "job_id": getattr(job, "job_id", None), "demo": bool(job.demo)}
+def _meta(job: JobContext) -> dict:
+    """What an adapter's file record says besides what the core records (job id, model, params)."""
+    return {"kind": "lora_adapter", "demo": bool(job.demo)}
 
 
 def _read_adapter(zip_path: Path, targets: list[dict] | None = None) -> bytes:
@@ -235,13 +231,22 @@ def with_alphas(data: bytes, targets: list[dict], scratch: Path) -> bytes:
         out.unlink(missing_ok=True)
 
 
-def run_training(job) -> TrainResponse:
+def _tiny_if(demo: bool) -> contextlib.AbstractContextManager:
+    """In demo mode mflux builds the tiny model (:func:`kiapi_ernie.tiny.tiny_construct`)."""
+    if not demo:
+        return contextlib.nullcontext()
+    from .tiny import tiny_construct
+
+    return tiny_construct()
+
+
+def run_training(job: JobContext) -> TrainResponse:
     from mflux.models.common.training.runner import TrainingRunner
 
     started = time.perf_counter()
-    params = job.params
-    variant = VARIANTS[params["model"]]
-    settings = job.settings if job.settings is not None else ErnieSettings()
+    params: TrainParams = job.params
+    variant = VARIANTS[params.model]
+    settings = settings_of(job.settings)
     work = Path(job.workdir)
 
     job.progress(0.0, "extracting")
@@ -249,7 +254,7 @@ def run_training(job) -> TrainResponse:
     job.metric("num_images", plan.num_images)
 
     job.progress(0.02, "loading")
-    model_path = _model_path(job, settings)
+    model_path = _model_path(job, params, settings)
     config = trainconfig.build_config(params, mflux_name=variant.mflux_name, model_path=model_path,
                                       data="data", output_path=str(work / "out"))
     config_path = work / "train.json"
@@ -260,14 +265,8 @@ def run_training(job) -> TrainResponse:
     tracker = _Tracker(job, plan.num_images)
     adapter = spec = None
     try:
-        with _hooks(tracker):
-            if job.demo:
-                from .tiny import tiny_construct
-
-                with tiny_construct():
-                    adapter, spec = TrainingRunner.train(config_path=str(config_path), resume_path=None)
-            else:
-                adapter, spec = TrainingRunner.train(config_path=str(config_path), resume_path=None)
+        with _hooks(tracker), _tiny_if(job.demo):
+            adapter, spec = TrainingRunner.train(config_path=str(config_path), resume_path=None)
         output = Path(spec.checkpoint.output_path)
         num_layers = len(adapter.transformer().layers)
     except BaseException as exc:
@@ -285,26 +284,32 @@ def run_training(job) -> TrainResponse:
     if not checkpoints:
         raise RuntimeError(f"training finished but mflux wrote no checkpoint in {output}")
     final_step, final_zip = checkpoints[-1]
-    data = _read_adapter(final_zip, params["lora_layers"]["targets"])
+    data = _read_adapter(final_zip, params.targets)
     final = job.store_artifact(data, filename=f"ernie_lora_{variant.name}.safetensors",
                                content_type="application/octet-stream",
                                meta={**_meta(job), "step": final_step, "final": True})
-    targets = params["lora_layers"]["targets"]
-    last_loss = tracker.losses[-1][1] if tracker.losses else None
-    summary = {key: config[key] for key in ("model", "seed", "steps", "guidance", "quantize", "max_resolution",
-                                            "low_ram", "gradient_checkpointing", "training_loop", "optimizer")}
-    summary["save_frequency"] = params.get("save_frequency")
-    for key in ("requested_steps", "requested_guidance"):
-        if key in params:
-            summary[key] = params[key]
-    summary["total_steps"] = final_step
-    summary["final_loss"] = None if last_loss is None or not math.isfinite(last_loss) else round(last_loss, 6)
-    summary["lora_modules"] = trainconfig.count_modules(targets)
-    summary["num_layers"] = num_layers
     if tracker.nonfinite:
         job.warn(f"{tracker.nonfinite} training step(s) had a non-finite loss and were skipped")
     return TrainResponse(
         model=variant.name, adapter_file_id=final.file_id, adapter_bytes=len(data), num_images=plan.num_images,
-        config=summary, lora_targets=targets, checkpoints=list(tracker.checkpoints), params=dict(params),
+        config=_summary(config, params, tracker, final_step=final_step, num_layers=num_layers),
+        lora_targets=params.targets, checkpoints=list(tracker.checkpoints), params=msgspec.to_builtins(params),
         timings={"total_s": round(time.perf_counter() - started, 3), "train_s": round(train_s, 3)},
     )
+
+
+def _summary(config: dict, params: TrainParams, tracker: _Tracker, *, final_step: int, num_layers: int) -> dict:
+    """The result's ``config``: what mflux ran, what the request asked for instead, how it ended."""
+    last_loss = tracker.losses[-1][1] if tracker.losses else None
+    summary = {key: config[key] for key in ("model", "seed", "steps", "guidance", "quantize", "max_resolution",
+                                            "low_ram", "gradient_checkpointing", "training_loop", "optimizer")}
+    summary["save_frequency"] = params.save_frequency
+    if params.requested_steps is not None:
+        summary["requested_steps"] = params.requested_steps
+    if params.requested_guidance is not None:
+        summary["requested_guidance"] = params.requested_guidance
+    summary["total_steps"] = final_step
+    summary["final_loss"] = None if last_loss is None or not math.isfinite(last_loss) else round(last_loss, 6)
+    summary["lora_modules"] = trainconfig.count_modules(params.targets)
+    summary["num_layers"] = num_layers
+    return summary

@@ -3,10 +3,11 @@
 ``prepare_*`` run on the event loop before anything is queued: they apply every rule of the
 operation (422 :class:`InvalidRequest` listing each problem with its fix, collected with the
 SDK's :class:`~kiapi_core.sdk.Problems`), fill in the variant defaults, draw a seed when
-none was given and return the resolved ``params`` the job records.
+none was given and return the params Struct the job records (:mod:`kiapi_ernie.params`).
 ``check_*`` run in a thread once FileRefs are resolved: LoRA files must be safetensors within
 the size cap whose tensors fit the model (:mod:`kiapi_ernie.loras`), a training dataset must be
-a safe ZIP of captioned images (400 listing every problem). Nothing here imports mlx or mflux.
+a safe ZIP of captioned images (400 listing every problem). They return new params (the Structs
+are frozen) naming the stored inputs' file ids. Nothing here imports mlx or mflux.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from kiapi_core.sdk import (
     InvalidInput,
@@ -26,7 +29,9 @@ from kiapi_core.sdk import (
 )
 
 from . import dataset, loras, memory, trainconfig
-from .settings import ErnieSettings
+from .params import EditParams, GenerateParams, LoraParams, TrainParams
+from .schemas import EditRequest, GenerateRequest, TrainRequest
+from .settings import ErnieSettings, settings_of
 from .variants import VARIANTS, Variant, arch, num_layers
 
 #: Schedulers mflux registers by name; anything else would make mflux import a module by path.
@@ -34,17 +39,6 @@ SCHEDULERS = ("linear", "flow_match_euler_discrete")
 
 #: Training falls back to this ``max_resolution`` when the request sends null (the spec default).
 DEFAULT_TRAIN_RESOLUTION = 512
-
-
-def plugin_settings(ctx: RequestContext) -> ErnieSettings:
-    return ctx.settings if isinstance(ctx.settings, ErnieSettings) else ErnieSettings()
-
-
-def mark_demo(params: dict[str, Any], ctx: RequestContext) -> None:
-    """Demo outputs are marked in their params (the core adds the one job warning)."""
-    if ctx.demo:
-        params["demo"] = True
-        params["note"] = ctx.demo_note
 
 
 def _size(p: Problems, name: str, value: int, cap: int) -> None:
@@ -63,10 +57,12 @@ def _size(p: Problems, name: str, value: int, cap: int) -> None:
 # --- generate / edit --------------------------------------------------------------------
 
 
-def _resolve_image_params(request: Any, ctx: RequestContext, *, kind: str) -> dict[str, Any]:
-    settings, model = plugin_settings(ctx), ctx.model
+def _image_params(request: GenerateRequest | EditRequest, ctx: RequestContext, p: Problems, *,
+                  kind: str) -> GenerateParams:
+    """The fields generate and edit share, resolved; each problem is added to ``p`` (the caller
+    raises them all at once, before the params are used)."""
+    settings, model = settings_of(ctx.settings), ctx.model
     variant: Variant = VARIANTS[model.name]
-    p = Problems()
 
     if not request.prompt or not request.prompt.strip():
         p.add("prompt", "prompt is empty; describe the image you want, e.g. \"a red apple on a table\"")
@@ -101,49 +97,42 @@ def _resolve_image_params(request: Any, ctx: RequestContext, *, kind: str) -> di
         if not math.isfinite(lora.scale) or abs(lora.scale) > 100:
             p.add(f"loras[{i}].scale", f"loras[{i}].scale must be a finite number in -100..100 "
                                        f"(got {lora.scale}); 1.0 applies the adapter at full weight")
+    return GenerateParams(
+        kind=kind, model=variant.name, prompt=request.prompt, negative_prompt=request.negative_prompt,
+        seed=seed or 0,  # None only with a seed problem in p, raised before these params are used
+        width=width, height=height, steps=steps, guidance=guidance, quantize=quantize,
+        scheduler=request.scheduler, format=request.format, quality=request.quality,
+        loras=[LoraParams(file=ref_summary(lora.file), scale=lora.scale) for lora in lora_refs],
+        transient=quantize != resident, demo=True if ctx.demo else None, note=ctx.demo_note,
+    )
 
-    params: dict[str, Any] = {
-        "kind": kind,
-        "model": variant.name,
-        "prompt": request.prompt,
-        "negative_prompt": request.negative_prompt,
-        "seed": seed,
-        "width": width,
-        "height": height,
-        "steps": steps,
-        "guidance": guidance,
-        "quantize": quantize,
-        "scheduler": request.scheduler,
-        "format": request.format,
-        "quality": request.quality,
-        "loras": [{"file": ref_summary(lora.file), "scale": lora.scale} for lora in lora_refs],
-        "transient": quantize != resident,
-    }
-    if kind == "edit":
-        strength = request.image_strength
-        if not math.isfinite(strength) or not 0.0 <= strength <= 1.0:
-            p.add("image_strength", f"image_strength must be in 0..1 (got {strength}); 0.4 is the default")
-        if settings.edit_require_square and width != height:
-            p.add("width", f"ERNIE edit requires a square size by default (got {width}x{height}); use equal "
-                           f"width and height, or set KIAPI_ERNIE_EDIT_REQUIRE_SQUARE=0 to lift this guard")
-        params["image"] = ref_summary(request.image)
-        params["image_strength"] = strength
-    mark_demo(params, ctx)
+
+def prepare_generate(request: GenerateRequest, ctx: RequestContext) -> GenerateParams:
+    """Every rule of ``/generate`` (one 422 listing each problem), the variant's defaults filled
+    in and a seed drawn when none was given."""
+    p = Problems()
+    params = _image_params(request, ctx, p, kind="txt2img")
     p.raise_if_any()
     return params
 
 
-def prepare_generate(request: Any, ctx: RequestContext) -> dict[str, Any]:
-    return _resolve_image_params(request, ctx, kind="txt2img")
+def prepare_edit(request: EditRequest, ctx: RequestContext) -> EditParams:
+    """As :func:`prepare_generate`, plus ``image_strength`` and the optional square-size guard."""
+    settings, p = settings_of(ctx.settings), Problems()
+    shared = _image_params(request, ctx, p, kind="edit")
+    strength = request.image_strength
+    if not math.isfinite(strength) or not 0.0 <= strength <= 1.0:
+        p.add("image_strength", f"image_strength must be in 0..1 (got {strength}); 0.4 is the default")
+    if settings.edit_require_square and shared.width != shared.height:
+        p.add("width", f"ERNIE edit requires a square size by default (got {shared.width}x{shared.height}); use "
+                       "equal width and height, or set KIAPI_ERNIE_EDIT_REQUIRE_SQUARE=0 to lift this guard")
+    p.raise_if_any()
+    return EditParams(**msgspec.structs.asdict(shared), image=ref_summary(request.image), image_strength=strength)
 
 
-def prepare_edit(request: Any, ctx: RequestContext) -> dict[str, Any]:
-    return _resolve_image_params(request, ctx, kind="edit")
-
-
-def guidance_warnings(params: dict[str, Any]) -> list[str]:
+def guidance_warnings(params: GenerateParams) -> list[str]:
     """What the client should know about how mflux treats the resolved guidance."""
-    variant, guidance = VARIANTS[params["model"]], params["guidance"]
+    variant, guidance = VARIANTS[params.model], params.guidance
     notes = []
     if variant.guidance_distilled and guidance > 1.0:
         notes.append(f"guidance {guidance:g}: the {variant.name} model is guidance-distilled (tuned for 1.0); "
@@ -153,7 +142,7 @@ def guidance_warnings(params: dict[str, Any]) -> list[str]:
     elif guidance < 1.0:
         notes.append(f"guidance {guidance:g} is below 1, which turns classifier-free guidance off: the run is "
                      "the same as with guidance 1.0")
-    if params.get("negative_prompt") and guidance <= 1.0:
+    if params.negative_prompt and guidance <= 1.0:
         notes.append("negative_prompt only applies with guidance > 1 (classifier-free guidance); it was ignored")
     return notes
 
@@ -161,11 +150,14 @@ def guidance_warnings(params: dict[str, Any]) -> list[str]:
 # --- LoRA files -------------------------------------------------------------------------
 
 
-def _check_loras(request: Any, params: dict[str, Any], ctx: RequestContext) -> None:
-    settings, demo = plugin_settings(ctx), ctx.demo
+def _checked_loras(params: GenerateParams, ctx: RequestContext) -> dict[str, Any]:
+    """400 for an adapter that would not apply; else the changes ``check`` makes: each adapter's
+    stored file id and their total size (``lora_mb``: they join the loaded model, the estimate
+    counts them)."""
+    settings, demo = settings_of(ctx.settings), ctx.demo
     problems = Problems()
     total_bytes = 0
-    for i, _ in enumerate(request.loras or ()):
+    for i in range(len(params.loras)):
         stored = ctx.inputs.get(f"loras[{i}].file")
         if stored is None:
             continue
@@ -174,31 +166,35 @@ def _check_loras(request: Any, params: dict[str, Any], ctx: RequestContext) -> N
                                           what=f"loras[{i}].file", arch=arch(demo), demo=demo):
             problems.add(f"loras[{i}].file", detail)
     problems.raise_if_any(InvalidInput)
-    if total_bytes:  # the adapters' memory, for the estimate (they join the loaded model)
-        params["lora_mb"] = round(total_bytes / 2**20, 3)
+    if not params.loras:
+        return {}
+    file_ids = ctx.file_ids
+    resolved = [msgspec.structs.replace(lora, file_id=file_ids.get(f"loras[{i}].file"))
+                for i, lora in enumerate(params.loras)]
+    return {"loras": resolved, "lora_mb": round(total_bytes / 2**20, 3) if total_bytes else None}
 
 
-def check_generate(request: Any, params: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    """New params with the adapters' size (``lora_mb``, for the estimate); 400 for a bad adapter."""
-    checked = dict(params)
-    _check_loras(request, checked, ctx)
-    return checked
+def check_generate(request: GenerateRequest, params: GenerateParams, ctx: RequestContext) -> GenerateParams:
+    """New params with the adapters' file ids and size (``lora_mb``, for the estimate); 400 for
+    a bad adapter."""
+    return msgspec.structs.replace(params, **_checked_loras(params, ctx))
 
 
-def check_edit(request: Any, params: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    """As :func:`check_generate`, plus the output size from the input's aspect ratio when the
-    request leaves it open."""
-    checked = dict(params)
-    _check_loras(request, checked, ctx)
+def check_edit(request: EditRequest, params: EditParams, ctx: RequestContext) -> EditParams:
+    """As :func:`check_generate`, plus the stored input's file id (``image_file_id``) and the
+    output size from the input's aspect ratio when the request leaves it open."""
+    changes = _checked_loras(params, ctx)
     stored = ctx.inputs.get("image")
-    settings = plugin_settings(ctx)
-    if stored is not None and (request.width is None or request.height is None) and not settings.edit_require_square:
-        from PIL import Image
+    settings = settings_of(ctx.settings)
+    if stored is not None:
+        changes["image_file_id"] = stored.file_id
+        if (request.width is None or request.height is None) and not settings.edit_require_square:
+            from PIL import Image
 
-        with Image.open(stored.path) as image:
-            size = image.size
-        checked["width"], checked["height"] = edit_size(size, request.width, request.height, settings)
-    return checked
+            with Image.open(stored.path) as image:
+                size = image.size
+            changes["width"], changes["height"] = edit_size(size, request.width, request.height, settings)
+    return msgspec.structs.replace(params, **changes)
 
 
 def edit_size(image_size: tuple[int, int], width: int | None, height: int | None,
@@ -225,8 +221,10 @@ def edit_size(image_size: tuple[int, int], width: int | None, height: int | None
 # --- train ------------------------------------------------------------------------------
 
 
-def prepare_train(request: Any, ctx: RequestContext) -> dict[str, Any]:
-    settings, demo = plugin_settings(ctx), ctx.demo
+def prepare_train(request: TrainRequest, ctx: RequestContext) -> TrainParams:
+    """Every rule of ``/train`` (one 422 listing each problem), resolved to the configuration
+    mflux runs: the variant's own schedule, the training quantization, the LoRA targets."""
+    settings, demo = settings_of(ctx.settings), ctx.demo
     variant: Variant = VARIANTS[ctx.model.name]
     p = Problems()
     # mflux trains ERNIE on the model's own schedule (ModelConfig.lora_training_steps/guidance)
@@ -251,6 +249,26 @@ def prepare_train(request: Any, ctx: RequestContext) -> dict[str, Any]:
     if not 0 <= low < high <= steps:
         p.add("timestep_low", f"timesteps must satisfy 0 <= timestep_low < timestep_high <= {steps}, the "
                               f"{variant.name} training schedule (got {low}..{high}); omit both for 1..{steps}")
+    _check_train_loop(request, settings, p)
+    targets = _lora_targets(request, settings, num_layers(demo), p)
+    p.raise_if_any()
+    return TrainParams(
+        kind="lora_train", model=variant.name, dataset=ref_summary(request.dataset),
+        seed=seed or 0,  # None only with a seed problem, raised above
+        steps=steps, guidance=guidance, quantize=quantize, max_resolution=max_res, low_ram=request.low_ram,
+        num_epochs=request.num_epochs, batch_size=request.batch_size, timestep_low=low, timestep_high=high,
+        learning_rate=request.learning_rate, save_frequency=request.save_frequency, lora_rank=request.lora_rank,
+        lora_include_ff=request.lora_include_ff, lora_layers={"targets": targets},
+        lora_layers_custom=request.lora_layers is not None,
+        requested_steps=request.steps if request.steps is not None and request.steps != steps else None,
+        requested_guidance=(request.guidance if request.guidance is not None and request.guidance != guidance
+                            else None),
+        demo=True if demo else None, note=ctx.demo_note,
+    )
+
+
+def _check_train_loop(request: TrainRequest, settings: ErnieSettings, p: Problems) -> None:
+    """The optimizer and loop fields: learning rate, epochs, batch size, checkpoints, rank."""
     lr = request.learning_rate
     if not math.isfinite(lr) or not 0 < lr <= 1:
         p.add("learning_rate", f"learning_rate must be in (0, 1] (got {lr}); 1e-4 is the default")
@@ -266,71 +284,45 @@ def prepare_train(request: Any, ctx: RequestContext) -> dict[str, Any]:
     if not 1 <= request.lora_rank <= settings.max_lora_rank:
         p.add("lora_rank", f"lora_rank must be in 1..{settings.max_lora_rank} (got {request.lora_rank}); "
                            "16 is the default")
-    layers = num_layers(demo)
-    if request.lora_layers is not None:
-        targets, problems = trainconfig.validate_lora_layers(request.lora_layers, layers=layers,
-                                                             max_rank=settings.max_lora_rank)
-        for detail in problems:
-            p.add("lora_layers", detail)
-    else:
-        targets = trainconfig.default_lora_targets(request.lora_rank, request.lora_include_ff, layers)
-    params: dict[str, Any] = {
-        "kind": "lora_train",
-        "model": variant.name,
-        "dataset": ref_summary(request.dataset),
-        "seed": seed,
-        "steps": steps,
-        "guidance": guidance,
-        "quantize": quantize,
-        "max_resolution": max_res,
-        "low_ram": request.low_ram,
-        "num_epochs": request.num_epochs,
-        "batch_size": request.batch_size,
-        "timestep_low": low,
-        "timestep_high": high,
-        "learning_rate": lr,
-        "save_frequency": request.save_frequency,
-        "lora_rank": request.lora_rank,
-        "lora_include_ff": request.lora_include_ff,
-        "lora_layers": {"targets": targets},
-        "lora_layers_custom": request.lora_layers is not None,
-    }
-    if request.steps is not None and request.steps != steps:
-        params["requested_steps"] = request.steps
-    if request.guidance is not None and request.guidance != guidance:
-        params["requested_guidance"] = request.guidance
-    mark_demo(params, ctx)
-    p.raise_if_any()
-    return params
 
 
-def train_warnings(params: dict[str, Any]) -> list[str]:
+def _lora_targets(request: TrainRequest, settings: ErnieSettings, layers: int, p: Problems) -> list[dict[str, Any]]:
+    """The request's own ``lora_layers`` targets, checked, or the defaults from rank/include_ff."""
+    if request.lora_layers is None:
+        return trainconfig.default_lora_targets(request.lora_rank, request.lora_include_ff, layers)
+    targets, problems = trainconfig.validate_lora_layers(request.lora_layers, layers=layers,
+                                                         max_rank=settings.max_lora_rank)
+    for detail in problems:
+        p.add("lora_layers", detail)
+    return targets
+
+
+def train_warnings(params: TrainParams) -> list[str]:
     """Requested schedule values mflux replaces with the variant's own (see :func:`prepare_train`)."""
     notes = []
-    if "requested_steps" in params:
-        notes.append(f"steps {params['requested_steps']} was not used: mflux trains ERNIE {params['model']} "
-                     f"on its own schedule of {params['steps']} steps (params.steps)")
-    if "requested_guidance" in params:
-        notes.append(f"guidance {params['requested_guidance']:g} was not used: mflux trains ERNIE "
-                     f"{params['model']} with guidance {params['guidance']:g} (params.guidance)")
+    if params.requested_steps is not None:
+        notes.append(f"steps {params.requested_steps} was not used: mflux trains ERNIE {params.model} "
+                     f"on its own schedule of {params.steps} steps (params.steps)")
+    if params.requested_guidance is not None:
+        notes.append(f"guidance {params.requested_guidance:g} was not used: mflux trains ERNIE "
+                     f"{params.model} with guidance {params.guidance:g} (params.guidance)")
     return notes
 
 
-def train_memory_problem(params: dict[str, Any], budget_gb: float | None) -> MemoryBudgetExceeded | None:
+def train_memory_problem(params: TrainParams, budget_gb: float | None) -> MemoryBudgetExceeded | None:
     """A 503 naming the training set-up that fits when the requested one never can (else ``None``).
 
     Tried in order, nearest to the request first: ``low_ram: true``; then lower ``quantize``
     values with low_ram; then a smaller ``max_resolution`` at 4 bits with low_ram.
     """
-    if budget_gb is None or params.get("demo"):
+    if budget_gb is None or params.demo:
         return None
     need = memory.train_gb(params)
     if need <= budget_gb:
         return None
-    bits = params.get("quantize")
-    side = int(params.get("max_resolution") or DEFAULT_TRAIN_RESOLUTION)
+    bits, side = params.quantize, params.max_resolution
     tries: list[tuple[str, dict[str, Any]]] = []
-    if not params.get("low_ram"):
+    if not params.low_ram:
         tries.append(("low_ram: true (gradient checkpointing; slower)", {"low_ram": True}))
     tries += [(f"quantize {q} with low_ram: true", {"low_ram": True, "quantize": q})
               for q in (6, 5, 4, 3) if bits is None or q < bits]
@@ -340,12 +332,12 @@ def train_memory_problem(params: dict[str, Any], budget_gb: float | None) -> Mem
     hint = "A machine with more memory (KIAPI_MEMORY_LIMIT_GB sets the budget) is needed for ERNIE training."
     suggestion = None
     for label, change in tries:
-        gb = memory.train_gb({**params, **change})
+        gb = memory.train_gb(msgspec.structs.replace(params, **change))
         if gb <= budget_gb:
             hint, suggestion = f"Send {label}: it needs about {gb:.1f} GB.", change
             break
-    mode = "with low_ram (gradient checkpointing)" if params.get("low_ram") else "without low_ram"
-    detail = (f"ernie training {mode} at max_resolution {side}, batch_size {params.get('batch_size', 1)}, "
+    mode = "with low_ram (gradient checkpointing)" if params.low_ram else "without low_ram"
+    detail = (f"ernie training {mode} at max_resolution {side}, batch_size {params.batch_size}, "
               f"quantize {bits} needs about {need:.1f} GB but the memory budget is {budget_gb:.2f} GB, so it can "
               f"never run here. {hint}")
     return MemoryBudgetExceeded(detail, needed_gb=round(need, 3), budget_gb=round(budget_gb, 3), hint=hint,
@@ -354,25 +346,27 @@ def train_memory_problem(params: dict[str, Any], budget_gb: float | None) -> Mem
                                 without_low_ram_gb=round(memory.train_gb(params, low_ram=False), 3))
 
 
-def check_train(request: Any, params: dict[str, Any], ctx: RequestContext) -> None:
-    """503 when the training can never fit the memory budget; 400/422 for the dataset."""
+def check_train(request: TrainRequest, params: TrainParams, ctx: RequestContext) -> TrainParams:
+    """503 when the training can never fit the memory budget; 400/422 for the dataset. Returns
+    the params with the stored dataset's file id."""
     problem = None if ctx.demo else train_memory_problem(params, ctx.limits.memory_budget_gb)
     if problem is not None:
         raise problem
     stored = ctx.inputs.get("dataset")
     if stored is None:
-        return
-    settings = plugin_settings(ctx)
+        return params
+    settings = settings_of(ctx.settings)
     plan = dataset.inspect(Path(stored.path), dataset.Limits.from_settings(settings),
                            max_pixels=ctx.limits.max_image_pixels or dataset.DEFAULT_MAX_PIXELS,
-                           max_resolution=params.get("max_resolution"))
+                           max_resolution=params.max_resolution)
     check_train_size(params, plan.num_images, settings)
+    return msgspec.structs.replace(params, dataset_file_id=stored.file_id)
 
 
-def check_train_size(params: dict[str, Any], num_images: int, settings: ErnieSettings) -> None:
+def check_train_size(params: TrainParams, num_images: int, settings: ErnieSettings) -> None:
     """422 when the run would take more steps, or store more checkpoints, than allowed: a small
     dataset with huge ``num_epochs`` and ``save_frequency: 1`` would otherwise fill the disk."""
-    batch_size, epochs = params.get("batch_size", 1), params.get("num_epochs", 1)
+    batch_size, epochs = params.batch_size, params.num_epochs
     batches = -(-max(num_images, 1) // batch_size)
     total = batches * epochs
     p = Problems()
@@ -380,7 +374,7 @@ def check_train_size(params: dict[str, Any], num_images: int, settings: ErnieSet
         p.add("num_epochs", f"{epochs} epochs of {batches} batch(es) ({num_images} images, "
                             f"batch_size {batch_size}) is {total} steps, more than "
                             f"{settings.max_train_steps} (KIAPI_ERNIE_MAX_TRAIN_STEPS); lower num_epochs")
-    every = params.get("save_frequency")
+    every = params.save_frequency
     if every and total // every > settings.max_checkpoints:
         p.add("save_frequency", f"save_frequency {every} would store {total // every} checkpoints of this "
                                 f"{total}-step run, more than {settings.max_checkpoints} "

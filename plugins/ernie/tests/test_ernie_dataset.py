@@ -105,10 +105,13 @@ def test_extract_flattens_only_validated_files(tmp_path, png):
     assert plan.num_images == 1
 
 
-def check_train(request, inputs, host):
-    """``check`` of ernie's train operation as ``host`` calls it (plugin API 2, adapted)."""
+def check_train(request, inputs, host) -> dict:
+    """``prepare`` then ``check`` of ernie's train operation as ``host`` calls them (plugin API 2,
+    adapted): the params the job would record."""
     operation = next(op for op in host.registry.get("ernie").operations if op.name == "train")
-    operation.check(request, {}, inputs, host)
+    params = operation.prepare(request, host.registry.resolve_model("ernie", None), host)
+    operation.check(request, params, inputs, host)
+    return params
 
 
 def test_check_train_uses_settings(tmp_path, png, ernie_helpers, ernie_files):
@@ -117,10 +120,11 @@ def test_check_train_uses_settings(tmp_path, png, ernie_helpers, ernie_files):
 
     stored = ernie_files(_write(tmp_path, {"a.png": png, "a.txt": "x", "b.png": png, "b.txt": "y"}).read_bytes())
     request = TrainRequest(dataset=FileIDRef(file_id=stored.file_id))
-    check_train(request, {"dataset": stored}, ernie_helpers.host())
+    params = check_train(request, {"dataset": stored}, ernie_helpers.host())
+    assert params["dataset"] == {"type": "file_id", "file_id": stored.file_id}
+    assert params["dataset_file_id"] == stored.file_id  # recorded by check, from the stored input
     with pytest.raises(InvalidInput, match="KIAPI_ERNIE_DATASET_MAX_ENTRIES"):
         check_train(request, {"dataset": stored}, ernie_helpers.host(dataset_max_entries=3))
-
 
 
 def test_images_are_probed_by_the_core_within_the_host_pixel_limit(tmp_path, png, ernie_helpers, ernie_files):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 
+import msgspec
 import pytest
 
 import kiapi_ernie
+from kiapi_ernie.params import EditParams, GenerateParams, TrainParams
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +34,13 @@ async def test_generate_edit_train_apply_over_http(kiapi_client_factory, ernie_h
         job = r.json()
         assert job["status"] == "succeeded" and job["result"]["params"]["image_file_id"]
         assert "base64" not in str(job["params"]) and "base64" not in str(job["result"])
+        # The record is the plugin's params Struct as JSON: the input as summarised, plus the id
+        # it was stored as; the result names the stored file, ready to send back.
+        recorded = msgspec.convert(job["params"], EditParams)
+        assert recorded.image == {"type": "data_url", "media_type": "image/png", "chars": len(data_url)}
+        assert recorded.image_file_id == job["result"]["params"]["image_file_id"]
+        assert job["result"]["params"]["image"] == {"type": "file_id", "file_id": recorded.image_file_id}
+        assert (recorded.kind, recorded.format, recorded.steps) == ("edit", "webp", 2) and "lora_mb" not in job["params"]
 
         zip_bytes = h.zip({"a.png": h.png((64, 64), (200, 0, 0)), "a.txt": "red", "b.png": h.png(), "b.txt": "b"})
         dataset = await http.upload(zip_bytes, "ds.zip", "application/zip")
@@ -45,11 +54,17 @@ async def test_generate_edit_train_apply_over_http(kiapi_client_factory, ernie_h
         assert done["status"] == "succeeded", (done["error"], done.get("error_code"))
         adapter = done["result"]["adapter_file_id"]
         assert done["artifacts"][-1] == adapter and done["metrics"]["step"] == 2
+        trained = msgspec.convert(done["params"], TrainParams)
+        assert trained.dataset_file_id == dataset and trained.targets == done["result"]["lora_targets"]
 
-        r = await http.post("/v1/image/ernie/generate",
+        r = await http.post("/v1/image/ernie/generate", headers={"accept": "application/json"},
                             json={"prompt": "owl", "width": 64, "height": 64, "steps": 2,
                                   "loras": [{"file": {"type": "file_id", "file_id": adapter}, "scale": 1.0}]})
         assert r.status_code == 200, r.text
+        job = r.json()
+        lora = msgspec.convert(job["params"], GenerateParams).loras[0]
+        assert lora.file_id == adapter and lora.scale == 1.0 and job["params"]["lora_mb"] > 0
+        assert job["result"]["params"]["loras"] == [{"file": {"type": "file_id", "file_id": adapter}, "scale": 1.0}]
 
 
 async def test_review_fixes_over_http(kiapi_client_factory, tmp_path):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import msgspec
 import pytest
 
 from kiapi_core.registry import Registry
+from kiapi_core.sdk import RequestContext
 from kiapi_ernie import memory
-from kiapi_ernie.capability import CAPABILITY, build_capability
+from kiapi_ernie.capability import CAPABILITY, build_capability, memory_examples, resolved_params
+from kiapi_ernie.params import EditParams, GenerateParams, TrainParams
 from kiapi_ernie.settings import ErnieSettings
 
 
@@ -48,20 +51,50 @@ def test_models_declare_weights_and_memory():
     assert turbo.weights_gb[None] > turbo.weights_gb[8] > turbo.weights_gb[4] > turbo.weights_gb[3]
     assert 11 < turbo.weights_gb[8] < 12  # GB = 2**30 bytes, as the core counts
     assert build_capability(ErnieSettings(resident_quantize=4)).models[0].resident_quantize == 4
+    # info holds only what the core reads (kiapi models, GET /v1/memory, the 503 hint)
+    assert turbo.info == {"resident_quantize_chosen_by": "default",
+                          "resident_quantize_setting": "KIAPI_ERNIE_RESIDENT_QUANTIZE"}
+
+
+def _params(operation: str, demo: bool = False, **body):
+    """The params Struct ``prepare`` resolves for ``body`` (the estimates' input), on turbo."""
+    file = {"type": "file_id", "file_id": "example"}
+    defaults = {"train": {"dataset": file}, "edit": {"prompt": "x", "image": file}}.get(operation, {"prompt": "x"})
+    params = resolved_params(CAPABILITY.models[0], operation, {**defaults, **body})
+    kind = {"generate": GenerateParams, "edit": EditParams, "train": TrainParams}[operation]
+    return msgspec.convert({**params, "demo": demo or None}, kind)
+
+
+def _ctx():
+    return RequestContext(capability="ernie", model=CAPABILITY.models[0])
 
 
 def test_estimates_scale_with_size_cfg_and_training_resolution():
-    small = memory.estimate_generate({"width": 512, "height": 512, "steps": 8, "guidance": 1.0})
-    large = memory.estimate_generate({"width": 1024, "height": 1024, "steps": 8, "guidance": 1.0})
-    cfg = memory.estimate_generate({"width": 1024, "height": 1024, "steps": 8, "guidance": 4.0})
-    more_steps = memory.estimate_generate({"width": 1024, "height": 1024, "steps": 50, "guidance": 1.0})
+    def generate(**body) -> float:
+        return memory.estimate_generate(_params("generate", **body), _ctx())
+
+    small = generate(width=512, height=512)
+    large = generate(width=1024, height=1024)
+    cfg = generate(width=1024, height=1024, guidance=4.0)
+    more_steps = generate(width=1024, height=1024, steps=50)
     assert small < large < cfg and large <= more_steps < large * 1.1
-    assert memory.estimate_edit({"width": 1024, "height": 1024, "steps": 8, "guidance": 1.0}) >= large
-    targets = [{"module_path": "layers.{block}.self_attention.to_q", "blocks": {"start": 0, "end": 36}, "rank": 16}]
-    base = {"max_resolution": 512, "batch_size": 1, "quantize": 8, "lora_layers": {"targets": targets}}
-    t512 = memory.estimate_train(base)
-    assert memory.estimate_train({**base, "max_resolution": 1024}) > t512 > memory.weights_gb(8)
-    assert memory.estimate_train({**base, "batch_size": 2}) > t512
+    assert memory.estimate_edit(_params("edit", width=1024, height=1024), _ctx()) >= large
+    lora = msgspec.structs.replace(_params("generate", width=1024, height=1024), lora_mb=75.0)
+    assert memory.estimate_generate(lora, _ctx()) > large
+    t512 = memory.estimate_train(_params("train", max_resolution=512, quantize=8), _ctx())
+    assert memory.estimate_train(_params("train", max_resolution=1024, quantize=8), _ctx()) > t512 > memory.weights_gb(8)
+    assert memory.estimate_train(_params("train", max_resolution=512, quantize=8, batch_size=2), _ctx()) > t512
+
+
+def test_memory_examples_are_recorded_params_of_each_operation():
+    """``kiapi models --budget-gb`` sizes these through the operations' estimates: each must be
+    a complete params record of its operation, resolved as a request would be."""
+    examples = memory_examples(CAPABILITY.models[0])
+    kinds = {"generate": GenerateParams, "edit": EditParams, "train": TrainParams}
+    for label, operation, params in examples:
+        typed = msgspec.convert(params, kinds[operation])
+        assert typed.model == "turbo" and typed.quantize == 8, label
+    assert [label for label, _, _ in examples][-2:] == ["train 512 (low_ram)", "train 512"]
 
 
 def test_tiny_swap_is_scoped_and_restored_on_error(ernie_cache_dir):
@@ -91,6 +124,6 @@ def test_assert_tiny_catches_a_full_size_model():
 
 
 def test_demo_estimates_are_tiny():
-    params = {"width": 64, "height": 64, "steps": 2, "guidance": 1.0, "demo": True}
-    assert memory.estimate_generate(params) < 0.1 and memory.estimate_edit(params) < 0.1
-    assert memory.estimate_train({"max_resolution": 512, "batch_size": 1, "quantize": 8, "demo": True}) < 1
+    assert memory.estimate_generate(_params("generate", demo=True, width=64, height=64, steps=2), _ctx()) < 0.1
+    assert memory.estimate_edit(_params("edit", demo=True, width=64, height=64, steps=2), _ctx()) < 0.1
+    assert memory.estimate_train(_params("train", demo=True, max_resolution=512, quantize=8), _ctx()) < 1

@@ -167,6 +167,7 @@ def test_training_step_on_the_real_geometry_model(geometry_dir, tmp_path, bits):
     from PIL import Image
 
     from kiapi_ernie import trainconfig
+    from kiapi_ernie.params import TrainParams
     from kiapi_ernie.training import _hooks, _Tracker
 
     (tmp_path / "data").mkdir()
@@ -174,15 +175,18 @@ def test_training_step_on_the_real_geometry_model(geometry_dir, tmp_path, bits):
     (tmp_path / "data" / "a.txt").write_text("a red apple")
     targets = [{"module_path": "layers.{block}.self_attention.to_q", "blocks": {"start": 0, "end": 1}, "rank": 4},
                {"module_path": "layers.{block}.mlp.linear_fc2", "blocks": {"start": 0, "end": 1}, "rank": 4}]
-    params = {"seed": 1, "steps": 8, "guidance": 1.0, "quantize": bits, "max_resolution": 16, "low_ram": False,
-              "num_epochs": 1, "batch_size": 1, "timestep_low": 1, "timestep_high": 8, "learning_rate": 1e-4,
-              "save_frequency": None, "lora_layers": {"targets": targets}}
+    params = TrainParams(kind="lora_train", model="turbo", dataset={"type": "file_id", "file_id": "f"}, seed=1,
+                         steps=8, guidance=1.0, quantize=bits, max_resolution=16, low_ram=False, num_epochs=1,
+                         batch_size=1, timestep_low=1, timestep_high=8, learning_rate=1e-4, save_frequency=None,
+                         lora_rank=4, lora_include_ff=True, lora_layers={"targets": targets}, lora_layers_custom=True)
     config = trainconfig.build_config(params, mflux_name="ernie-image-turbo", model_path=str(geometry_dir),
                                       data="data", output_path=str(tmp_path / "out"))
     (tmp_path / "train.json").write_text(json.dumps(config))
 
+    recorded = params
+
     class Job:
-        params = {"model": "turbo"}
+        params = recorded
         progress = metric = staticmethod(lambda *args: None)
         check_canceled = staticmethod(lambda: None)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from kiapi_core.errors import InvalidRequest
@@ -9,6 +10,7 @@ from kiapi_core.files.refs import FileDataURLRef, FileIDRef, FileURLRef
 from kiapi_core.registry import Registry
 from kiapi_ernie import validation
 from kiapi_ernie.capability import CAPABILITY
+from kiapi_ernie.params import GenerateParams, TrainParams
 from kiapi_ernie.schemas import EditRequest, GenerateRequest, LoraRef, TrainRequest
 
 _registry = Registry()
@@ -232,7 +234,8 @@ def test_any_finite_guidance_is_accepted(model, guidance, ernie_host):
 
 def test_guidance_warnings_say_what_mflux_does(ernie_host):
     def notes(model, **kw):
-        return validation.guidance_warnings(prepare_generate(_gen(**kw), _model(model), ernie_host))
+        params = prepare_generate(_gen(**kw), _model(model), ernie_host)
+        return validation.guidance_warnings(msgspec.convert(params, GenerateParams))
 
     assert notes("turbo") == [] and notes("base") == [] and notes("base", guidance=1.0) == []
     (turbo,) = notes("turbo", guidance=3.0)
@@ -247,10 +250,10 @@ def test_train_accepts_other_steps_and_guidance_and_records_what_runs(ernie_host
     p = prepare_train(_train(steps=20, guidance=3.0), _model(), ernie_host)
     assert (p["steps"], p["guidance"], p["timestep_high"]) == (8, 1.0, 8)  # what mflux really uses
     assert (p["requested_steps"], p["requested_guidance"]) == (20, 3.0)
-    notes = validation.train_warnings(p)
+    notes = validation.train_warnings(msgspec.convert(p, TrainParams))
     assert len(notes) == 2 and "steps 20 was not used" in notes[0] and "guidance 3 was not used" in notes[1]
     same = prepare_train(_train(steps=8, guidance=1.0), _model(), ernie_host)
-    assert "requested_steps" not in same and validation.train_warnings(same) == []
+    assert "requested_steps" not in same and validation.train_warnings(msgspec.convert(same, TrainParams)) == []
 
 
 def test_train_max_resolution_null_is_the_spec_default(ernie_host, ernie_helpers):
