@@ -5,9 +5,13 @@ the same Hypercorn set-up ``kiapi serve`` uses, and sends both servers the same 
 
 - ``POST /noop``: decodes the JSON body and answers a small JSON object (kiapi: a sync no-op job);
 - ``POST /png``: answers the PNG bytes kiapi's no-op plugin stores, from memory;
-- ``GET /health``: answers the JSON body kiapi's ``/health`` gave, from memory.
+- ``GET /health``: answers the JSON body kiapi's ``/health`` gave, from memory;
+- ``PUT /drain``: reads the request body and throws it away (the floor of an upload:
+  ``bench/uploadspeed.py``).
 
-It binds to loopback only and runs until SIGTERM.
+``--serve-tuning`` applies the Hypercorn tuning ``kiapi serve`` applies (larger reads, no
+extra body copies in h11; ``kiapi_core/serve.py``), so the upload floor is the one kiapi's
+server stands on. It binds to loopback only and runs until SIGTERM.
 """
 
 from __future__ import annotations
@@ -36,8 +40,14 @@ def build(png: bytes, health: bytes) -> Starlette:
     async def healthz(request: Request) -> Response:
         return Response(health, media_type="application/json")
 
+    async def drain(request: Request) -> Response:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+        return JSONResponse({"size": size})
+
     return Starlette(routes=[Route("/noop", noop, methods=["POST"]), Route("/png", image, methods=["POST"]),
-                             Route("/health", healthz, methods=["GET"])])
+                             Route("/health", healthz, methods=["GET"]), Route("/drain", drain, methods=["PUT"])])
 
 
 def main() -> None:
@@ -48,7 +58,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--png", type=Path, required=True)
     parser.add_argument("--health", type=Path, required=True)
+    parser.add_argument("--serve-tuning", action="store_true", help="apply kiapi serve's Hypercorn tuning")
     args = parser.parse_args()
+    if args.serve_tuning:
+        from kiapi_core.serve import tune_hypercorn
+
+        tune_hypercorn()
     app = build(args.png.read_bytes(), args.health.read_bytes())
     config = Config()
     config.bind = [f"127.0.0.1:{args.port}"]

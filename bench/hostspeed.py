@@ -1,15 +1,13 @@
 """Host-speed figures: kiapi against the floor of its own stack, against Cog, and its queue.
 
-``bench/run.py`` calls three sections from here:
+``bench/run.py`` calls two sections from here (uploads: ``bench/uploadspeed.py``):
 
 - :func:`measure_peers`: the same no-op, PNG and health requests sent, interleaved, to kiapi,
   to a bare Starlette+Hypercorn app (``bench/bare_app.py``) and, with ``--peers``, to Replicate
   Cog's server (installed with pip from PyPI into a throwaway venv under the temp directory);
   then throughput with 1, 8 and 32 concurrent keep-alive clients against kiapi and the bare app;
 - :func:`measure_affinity`: 20 jobs alternating between two models under a budget that holds
-  one, on two servers (model-aware queue on, and strict FIFO), interleaved: loads per job;
-- :func:`measure_raw_upload`: a raw-body upload (``curl -T``) of the upload size against a
-  plain copy on the same disk, interleaved.
+  one, on two servers (model-aware queue on, and strict FIFO), interleaved: loads per job.
 
 The clients here speak HTTP/1.1 over plain sockets, so the client's own cost per request is
 a few tens of microseconds and does not hide the servers' differences.
@@ -19,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -432,47 +428,4 @@ def _alternating_run(server: Any, jobs: int) -> dict[str, Any]:
     return {"loads": loads, "max_overtaken": max(overtaken), "wall_s": wall}
 
 
-def measure_raw_upload(profile: Any, url: str, data_dir: Path, results: dict[str, Any], say: Any) -> None:
-    """``curl -T`` (raw body) of the upload size, interleaved with a copy + fsync on the same disk."""
-    curl = shutil.which("curl")
-    if curl is None:
-        results["raw_upload_note"] = "curl not found"
-        return
-    mib = profile.upload_mib
-    src = data_dir / "bench-raw-src.bin"
-    block = os.urandom(1 << 20)
-    with open(src, "wb") as fh:
-        for _ in range(mib):
-            fh.write(block)
-        os.fsync(fh.fileno())
-    uploads, copies = [], []
-    try:
-        for _ in range(profile.upload_reps):
-            dst = data_dir / "bench-raw-dst.bin"
-            t0 = time.perf_counter()
-            shutil.copyfile(src, dst)
-            with open(dst, "rb+") as fh:
-                os.fsync(fh.fileno())
-            copies.append(time.perf_counter() - t0)
-            dst.unlink()
-            t0 = time.perf_counter()
-            done = subprocess.run([curl, "-sS", "--fail-with-body", "-T", str(src), "-H", "Expect:",
-                                   f"{url}/v1/files?filename=bench.bin"], capture_output=True, timeout=600)
-            uploads.append(time.perf_counter() - t0)
-            if done.returncode != 0:
-                raise RuntimeError(f"curl -T failed: {done.stdout[:300]!r} {done.stderr[:300]!r}")
-            record = json.loads(done.stdout)
-            if record["size"] != mib << 20:
-                raise RuntimeError(f"the server stored {record['size']} bytes")
-            subprocess.run([curl, "-sS", "-X", "DELETE", f"{url}/v1/files/{record['file_id']}"],
-                           capture_output=True, timeout=60)
-    finally:
-        src.unlink(missing_ok=True)
-    up, cp = statistics.median(uploads), statistics.median(copies)
-    results["raw_upload_mib_per_s"] = round(mib / up, 1)
-    results["raw_upload_vs_copy_ratio"] = round(cp / up, 3)
-    say(f"  curl -T {mib} MiB (raw body)         {up:.2f} s = {mib / up:.0f} MiB/s; copy + fsync "
-        f"{cp:.2f} s = {mib / cp:.0f} MiB/s; ratio {results['raw_upload_vs_copy_ratio']:.2f}")
-
-
-__all__ = ["measure_affinity", "measure_peers", "measure_raw_upload"]
+__all__ = ["measure_affinity", "measure_peers"]

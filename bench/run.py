@@ -37,6 +37,7 @@ from typing import Any
 
 import hostspeed
 import httpx
+import uploadspeed
 from cluster import measure_cluster  # bench/cluster.py (the script's directory is on sys.path)
 
 HERE = Path(__file__).resolve().parent
@@ -835,8 +836,9 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: hostspeed.measure_peers(profile, server.port, workdir, results, peers=args.peers, say=say))
         section("poll", "responsiveness while a model runs", lambda: measure_poll(profile, server, client, results))
         section("upload", "file upload", lambda: measure_upload(profile, server, client, workdir, clock, results))
-        section("rawupload", "raw-body upload (curl -T)",
-                lambda: hostspeed.measure_raw_upload(profile, server.url, server.data, results, say))
+        section("rawupload", "uploads with curl against a copy and the stack's floor (bench/uploadspeed.py)",
+                lambda: uploadspeed.measure_uploads(profile, server, workdir, results, say, hostspeed.Peer,
+                                                    free_port))
         section("affinity", "model-aware queue (two models, one-model budget)",
                 lambda: hostspeed.measure_affinity(profile, swap_servers(workdir, site, servers), results, say))
         if not args.quick or "cluster" in only:  # a PostgreSQL server and two hosts: ~30 s, not for --quick

@@ -219,12 +219,12 @@ async def test_2_storage_quota_refuses_uploads_and_artifacts_with_507(kiapi_clie
 async def test_2_full_disk_is_507_never_500(echo, monkeypatch):
     import errno
 
-    from kiapi_core.files import store as store_module
+    from kiapi_core.files import ingest
 
-    def full(self, data):
+    def full(self, index, length, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_module.BlobWriter, "_write_batch", full)
+    monkeypatch.setattr(ingest.BlockFile, "write_block", full)
     r = await echo.post("/v1/files", files={"file": ("a.bin", os.urandom(3 * MiB), "application/octet-stream")})
     assert r.status_code == 507 and r.json()["code"] == "insufficient_storage", r.text
     assert "disk" in r.json()["detail"]
