@@ -129,8 +129,8 @@ SWAP = Capability(
     title="kiapi benchmark model swap",
     summary="Two 6 GB models that take turns.",
     description="Installed only by bench/run.py to count model loads under a one-model budget.",
-    models=(Model(name="a", default=True, loader=load_swap, weights_gb={None: 6.0}),  # type: ignore[arg-type]
-            Model(name="b", loader=load_swap, weights_gb={None: 6.0})),  # type: ignore[arg-type]
+    models=(Model(name="a", default=True, loader=load_swap, weights_gib={None: 6.0}),  # type: ignore[arg-type]
+            Model(name="b", loader=load_swap, weights_gib={None: 6.0})),  # type: ignore[arg-type]
     operations=(Operation(name="run", request=SwapRequest, result=SwapResult, handler=swap,
                           job_type="bench-swap"),),
 )

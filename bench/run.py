@@ -459,7 +459,7 @@ def measure_lora(profile: Profile, server: Server, client: httpx.Client, clock: 
     results["lora_warm_files_read"] = warm_metrics.get("lora_files_read")
     say(f"  warm plain generate              {med_plain * 1000:8.1f} ms  (median of {len(plain_s)})")
     say(f"  warm LoRA generate               {med_lora * 1000:8.1f} ms  ratio {results['lora_vs_plain_ratio']:.3f}")
-    say(f"  warm LoRA job loaded {results['lora_warm_load_gb']} GB of weights, read "
+    say(f"  warm LoRA job loaded {results['lora_warm_load_gb']} GiB of weights, read "
         f"{results['lora_warm_files_read']} adapter file(s) (first LoRA job: "
         f"{(first.get('metrics') or {}).get('lora_files_read')})")
 

@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .errors import WeightsMissing
 from .files.resolve import ResolvedInputs, resolve_inputs
 from .images import INPUT_BYTES_PER_PIXEL
 from .memory.loaders import INPUT_GB
 from .registry import Capability, Model, Operation
 from .validation import redact
-from .weights import missing_message, status
+from .weights.presence import checks_disk, require_present
 
 if TYPE_CHECKING:
     from .host import Host
@@ -47,10 +46,8 @@ async def validate(host: Host, capability: Capability, operation: Operation, bod
     (422), FileRef resolution (400), the plugin's ``check`` (in a thread) and memory admission
     (503). Used by the operation route and by ``kiapi_core.testing.HandlerHarness``."""
     plugin_settings = host.plugin_settings(capability.name)
-    if not host.settings.demo and model.weights:
-        found = await asyncio.to_thread(status, capability, model, plugin_settings)
-        if found.state != "present":
-            raise WeightsMissing(missing_message(found), activate=found.activate)
+    if checks_disk(model, host.settings.demo):  # no thread hop when there is nothing to read
+        await asyncio.to_thread(require_present, capability, model, plugin_settings, demo=host.settings.demo)
     params = redact(operation.prepare(body, model, host) if operation.prepare else default_params(body))
     resolved = await resolve_inputs(body, operation.inputs, store=host.files, settings=host.settings)
     if resolved.pixels:  # a 388 KB PNG can decode to gigabytes: admission must know

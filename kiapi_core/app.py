@@ -40,7 +40,7 @@ from .registry import Capability
 from .settings import DEMO_NOTE
 from .ui.routes import routes as ui_routes
 from .webhooks.request import document_webhook_fields
-from .weights import model_readiness
+from .weights.presence import model_readiness
 
 log = logging.getLogger("kiapi.http")
 
@@ -117,7 +117,7 @@ def _capability_routes(host: Host, capability: Capability) -> list[BaseRoute]:
         ready = await model_readiness(host, capability)
         for spec, model in zip(specs, capability.models, strict=True):
             spec["ready"] = ready[spec["name"]]
-            if model.weights_gb:
+            if model.weights_gib:
                 spec["resident_quantize"] = model.resident_quantize
                 spec["resident_quantize_chosen_by"] = (model.info or {}).get("resident_quantize_chosen_by")
             if host.settings.demo:

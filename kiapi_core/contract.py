@@ -105,8 +105,8 @@ def declaration_problems(capability: Capability) -> list[str]:
             if name.lower() in seen:
                 problems.append(f"{where}: the name {name!r} is used twice by model {model.name!r}")
             seen.add(name.lower())
-        if model.loader is not None and not model.weights_gb:
-            problems.append(f"{where}: model {model.name!r} has a loader but no weights_gb; declare its "
+        if model.loader is not None and not model.weights_gib:
+            problems.append(f"{where}: model {model.name!r} has a loader but no weights_gib; declare its "
                             "resident size per quantization ({None: 0.0} when it holds no weights)")
         if isinstance(model.loader, str) and ":" not in model.loader:
             problems.append(f"{where}: model {model.name!r} loader {model.loader!r} is not 'module:function'")
@@ -115,7 +115,7 @@ def declaration_problems(capability: Capability) -> list[str]:
         at = f"{where} operation {op.name!r}"
         if model_backed and op.estimate is None:
             problems.append(f"{at}: models load weights, so the operation needs estimate(params, model) "
-                            "-> peak GB, or admission cannot protect the memory budget")
+                            "-> peak GiB, or admission cannot protect the memory budget")
         if not _is_struct(op.request):
             problems.append(f"{at}: request must be a msgspec.Struct type, not {op.request!r}")
         if op.result is not None and not _is_struct(op.result):
@@ -251,11 +251,11 @@ try:
 except Exception as exc:
     out["import"] = repr(exc)
 out["heavy"] = sorted({m.split(".")[0] for m in list(sys.modules)} & set(heavy))
+from kiapi_core.imports import resolve_callable  # the resolver the host uses, not a copy
 for what, value in strings:
-    name, _, attr = value.partition(":")
     try:
-        if not callable(getattr(importlib.import_module(name), attr)):
-            raise TypeError(f"{attr} is not callable")
+        if not callable(resolve_callable(value, what)):
+            raise TypeError(f"{value.partition(':')[2]} is not callable")
     except Exception as exc:
         out["unresolved"].append(f"{what} {value!r} does not resolve: {exc!r}")
 print(json.dumps(out))

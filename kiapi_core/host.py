@@ -60,7 +60,7 @@ class Host:
         self.models = ModelManager(settings=self.settings, registry=registry,
                                    plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
                                    demo=self.settings.demo, budget=budget)
-        #: The memory budget in GB (plugins size their resident models from it).
+        #: The memory budget in GiB (plugins size their resident models from it).
         self.memory_budget_gb = self.models.budget.gb
         if self.settings.cluster_url:  # several hosts on PostgreSQL (docs/cluster.md)
             from .cluster.setup import cluster_services
@@ -262,7 +262,7 @@ class _HostUnderConstruction:
         self.pm = pm
         self.plugins = plugins
         self.registry = registry
-        #: The memory budget in GB, so a plugin can choose its resident quantization from it.
+        #: The memory budget in GiB, so a plugin can choose its resident quantization from it.
         self.memory_budget_gb = memory_budget_gb
 
     def plugin_settings(self, family: str, schema: type | None = None) -> Any:

@@ -99,7 +99,7 @@ def log_job_event(event: str, job: Job, operation: str) -> None:
         if job.error_code:
             fields["error_code"] = job.error_code
         took = f" in {fields['run_s']:.2f} s" if "run_s" in fields else ""
-        memory = f", peak {fields['peak_gb']} GB" if "peak_gb" in fields else ""
+        memory = f", peak {fields['peak_gb']} GiB" if "peak_gb" in fields else ""
         error = f": {job.error_code}" if job.error_code else ""
         jobs_log.info("job %s %s%s: %s%s%s", job.id, job.status.value, took, what, memory, error, extra=fields)
 

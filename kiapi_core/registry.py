@@ -17,12 +17,15 @@ resolves model names. It never imports a plugin's heavy code.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import msgspec
+from msgspec.structs import force_setattr
 
 from .errors import StartupError, UnknownModel
+from .units import gib_from_gb
 
 InputKind = Literal["image", "file"]
 
@@ -37,18 +40,41 @@ RESERVED_OPERATIONS = frozenset({"models", "openapi.json", "docs", "redoc"})
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 
+class KiapiDeprecationWarning(DeprecationWarning):
+    """A plugin uses a declaration name or shape that a later kiapi-core release removes."""
+
+
+def _deprecated_field(declaration: Any, old: str, new: str, value: Any, why: str) -> None:
+    """Move a deprecated field's value to its new field (unless that is set too) and warn."""
+    warnings.warn(f"{type(declaration).__name__}.{old} is deprecated and will be removed in the next release: "
+                  f"declare {new} instead ({why})", KiapiDeprecationWarning, stacklevel=3)
+    if not getattr(declaration, new):
+        force_setattr(declaration, new, value)
+    force_setattr(declaration, old, None)
+
+
 class WeightFiles(msgspec.Struct, frozen=True, kw_only=True):
     """Files a model variant needs on disk, as a Hugging Face snapshot selection."""
 
     repo: str
     revision: str | None = None
     patterns: tuple[str, ...] = ()
-    size_gb: float = 0.0
+    #: Total size of the selected files in GiB (2**30 bytes, the unit of every size a plugin
+    #: declares): the download plan and ``kiapi status`` compare it with what is on disk.
+    size_gib: float = 0.0
     #: Name of the plugin setting that may point at a local directory instead (``turbo_path``).
     local_dir_setting: str | None = None
     #: Other pattern sets that also make a *local directory* complete, e.g. an ``mflux-save``d
     #: model (``("transformer/*.safetensors", "vae/*.safetensors")``) instead of the repo's files.
     local_alternatives: tuple[tuple[str, ...], ...] = ()
+    #: Deprecated (plugin SDK 1): the size in decimal GB (10**9 bytes); converted to
+    #: ``size_gib`` with a :class:`KiapiDeprecationWarning`. Removed in the next release.
+    size_gb: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.size_gb is not None:
+            _deprecated_field(self, "size_gb", "size_gib", gib_from_gb(self.size_gb),
+                              "size_gb meant 10**9 bytes; size_gib is 2**30 bytes, like every declared size")
 
 
 class Model(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,9 +92,9 @@ class Model(msgspec.Struct, frozen=True, kw_only=True):
     loader: str | None = None
     #: Quantization the resident instance uses (``None``: unquantized).
     resident_quantize: int | None = None
-    #: Resident weight size in GB (2**30 bytes, as MLX counts) by quantization bits (``None``:
-    #: unquantized).
-    weights_gb: Mapping[int | None, float] = msgspec.field(default_factory=dict)
+    #: Resident weight size in GiB (2**30 bytes, what MLX and mflux call "GB") by quantization
+    #: bits (``None``: unquantized).
+    weights_gib: Mapping[int | None, float] = msgspec.field(default_factory=dict)
     weights: tuple[WeightFiles, ...] = ()
     #: Eviction order: lower priority goes first.
     priority: int = 0
@@ -77,6 +103,14 @@ class Model(msgspec.Struct, frozen=True, kw_only=True):
     #: ``resident_quantize_setting`` (the setting a 503 hint names when a lower resident
     #: quantization would fit).
     info: Mapping[str, Any] = msgspec.field(default_factory=dict)
+    #: Deprecated (plugin SDK 1): the same table as ``weights_gib`` (it was already in 2**30
+    #: bytes); moved there with a :class:`KiapiDeprecationWarning`. Removed in the next release.
+    weights_gb: Mapping[int | None, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights_gb is not None:
+            _deprecated_field(self, "weights_gb", "weights_gib", self.weights_gb,
+                              "the same figures, in GiB, named for their unit")
 
 
 class Operation(msgspec.Struct, frozen=True, kw_only=True):

@@ -106,7 +106,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_image_pixels: Annotated[int, Meta(ge=1)] = 100_000_000
     "Largest image input, in pixels (decompression-bomb guard)."
     memory_limit_gb: Annotated[float, Meta(gt=0)] | None = None
-    "Memory budget for models and jobs, in GB; unset: a share of physical memory."
+    "Memory budget for models and jobs, in GiB (2**30 bytes, as MLX counts); unset: a share of physical memory."
     model_ttl_s: Annotated[float, Meta(ge=0)] = 1800.0
     "Seconds an idle resident model stays loaded; 0 keeps it until evicted."
     cluster_url: str | None = None
@@ -124,7 +124,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cluster_max_attempts: Annotated[int, Meta(ge=1)] = 2
     "Runs of a job whose host was lost, before it fails as host_lost."
     cluster_cache_gb: Annotated[float, Meta(gt=0)] = 20.0
-    "Local cache of cluster files (bytes live in PostgreSQL), in GB, held as copies are added; least recently used go first, never those in use."
+    "Local cache of cluster files (bytes live in PostgreSQL), in GiB (2**30 bytes), held as copies are added; least recently used go first, never those in use."
     warmup: list[str] = msgspec.field(default_factory=list)
     "Models to load in the background at start-up, as family:model (ernie:turbo)."
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = 30.0

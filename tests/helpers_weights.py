@@ -97,7 +97,7 @@ def toy_smoke(model: Model) -> tuple[str, dict[str, Any]]:
 def _toy_model(name: str, *, default: bool = False, aliases: tuple[str, ...] = (),
                weights: tuple[WeightFiles, ...]) -> Model:
     return Model(name=name, default=default, aliases=aliases, weights=weights,
-                 weights_gb={None: 0.001}, resident_quantize=None)
+                 weights_gib={None: 0.001}, resident_quantize=None)
 
 
 TOY = Capability(
@@ -105,15 +105,15 @@ TOY = Capability(
     models=(
         _toy_model("small", default=True, aliases=("toy-small",), weights=(
             WeightFiles(repo=TOY_REPO, revision=TOY_REV, patterns=("unet/*.safetensors", "unet/*.json", "tokenizer/**"),
-                        size_gb=2e-6, local_dir_setting="small_path"),
+                        size_gib=2000 / 2**30, local_dir_setting="small_path"),
         )),
         _toy_model("a", weights=(
             WeightFiles(repo=FLAT_REPO, revision=FLAT_REV, patterns=("a.safetensors", "shared.safetensors"),
-                        size_gb=3e-6),
+                        size_gib=3000 / 2**30),
         )),
         _toy_model("b", weights=(
             WeightFiles(repo=FLAT_REPO, revision=FLAT_REV, patterns=("b.safetensors", "shared.safetensors"),
-                        size_gb=5e-6),
+                        size_gib=5000 / 2**30),
         )),
     ),
     operations=(Operation(name="run", request=ToyRequest, result=None, handler=toy_handler, job_type="toy"),),

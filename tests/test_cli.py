@@ -115,4 +115,4 @@ def test_models_for_a_budget_answer_will_it_run_on_my_mac(run):
     text = run("models", "--budget-gb", "64", env={"KIAPI_LOAD_PLUGINS": "ernie"}).output
     assert "ernie:turbo  resident q8" in text and "chosen by memory budget 64.00 GB" in text
     listed = run("models", env={"KIAPI_LOAD_PLUGINS": "ernie", "KIAPI_ERNIE_RESIDENT_QUANTIZE": "4"}).output
-    assert "ernie:turbo (default)  resident q4 (6.2 GB, chosen by KIAPI_ERNIE_RESIDENT_QUANTIZE)" in listed
+    assert "ernie:turbo (default)  resident q4 (6.2 GiB, chosen by KIAPI_ERNIE_RESIDENT_QUANTIZE)" in listed

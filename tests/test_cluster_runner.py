@@ -81,7 +81,7 @@ async def test_submit_checks_the_largest_live_host_serving_the_capability(rig):
     manager._check_fits(capability, 60.0)  # fits "big", though not this host
     with pytest.raises(Unavailable) as refused:
         manager._check_fits(capability, 100.0)
-    assert refused.value.code == "memory_budget" and "64.0 GB" in refused.value.detail
+    assert refused.value.code == "memory_budget" and "64.0 GiB" in refused.value.detail
     nobody = msgspec.structs.replace(capability, name="nobody")
     with pytest.raises(Unavailable) as none:
         manager._check_fits(nobody, 1.0)

@@ -94,19 +94,31 @@ def test_model_backed_operations_need_memory_estimates(site):
     models = '(Model(name="a", default=True, loader="contract_loader_mod:load"),)'
     (site / "contract_loader_mod.py").write_text("def load(model, **options):\n    return object()\n")
     problems = check_plugin(_plugin(site, "contract_memory", models=models))
-    assert any("has a loader but no weights_gb" in p for p in problems), problems
+    assert any("has a loader but no weights_gib" in p for p in problems), problems
     assert any("operation 'run': models load weights, so the operation needs estimate" in p for p in problems)
-    fixed = '(Model(name="a", default=True, loader="contract_loader_mod:load", weights_gb={None: 1.0}),)'
+    fixed = '(Model(name="a", default=True, loader="contract_loader_mod:load", weights_gib={None: 1.0}),)'
     assert check_plugin(_plugin(site, "contract_memory_ok", models=fixed, estimate="lambda p, m: 0.5")) == []
 
 
 def test_unresolvable_handler_and_loader_strings_are_reported(site):
-    models = '(Model(name="a", default=True, loader="contract_nowhere:load", weights_gb={None: 0.0}),)'
+    models = '(Model(name="a", default=True, loader="contract_nowhere:load", weights_gib={None: 0.0}),)'
     problems = check_plugin(_plugin(site, "contract_strings", models=models, handler='"contract_nowhere:run"',
                                     estimate="lambda p, m: 0.0"))
     assert any("handler 'contract_nowhere:run' does not resolve" in p for p in problems), problems
     assert any("loader 'contract_nowhere:load' does not resolve" in p for p in problems), problems
 
+
+
+def test_strings_resolve_as_the_host_resolves_them(site):
+    """The probe uses the host's resolver: a ``module:Object.attribute`` loader the host can load
+    passes, one naming a missing attribute does not."""
+    (site / "contract_dotted_mod.py").write_text("class Loaders:\n    @staticmethod\n    def load(**options):\n"
+                                                 "        return object()\n")
+    models = '(Model(name="a", default=True, loader="contract_dotted_mod:Loaders.load", weights_gib={None: 0.0}),)'
+    assert check_plugin(_plugin(site, "contract_dotted", models=models, estimate="lambda p, m: 0.0")) == []
+    models = '(Model(name="a", default=True, loader="contract_dotted_mod:Loaders.nope", weights_gib={None: 0.0}),)'
+    problems = check_plugin(_plugin(site, "contract_dotted_bad", models=models, estimate="lambda p, m: 0.0"))
+    assert any("loader 'contract_dotted_mod:Loaders.nope' does not resolve" in p for p in problems), problems
 
 def test_component_name_clashing_with_the_core_is_reported(site):
     (site / "contract_job.py").write_text(textwrap.dedent('''

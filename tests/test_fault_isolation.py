@@ -60,7 +60,7 @@ class FaultyPlugin:
         register(Capability(
             name="faulty", domain="text", title="Faulty (test)",
             models=(Model(name="m", default=True, loader=load, resident_quantize=8,  # type: ignore[arg-type]
-                          weights_gb={8: 0.5, 4: 0.3}),),
+                          weights_gib={8: 0.5, 4: 0.3}),),
             operations=(Operation(name="explode", request=ExplodeRequest, result=None, handler=explode,
                                   job_type="faulty", estimate=lambda params, model: 0.25),),
         ))

@@ -88,12 +88,16 @@ async def test_o_direct_refused_on_write_falls_back_for_the_rest(tmp_path, monke
     leaves O_DIRECT once and the upload goes on through the page cache."""
     real_open, real_pwrite = ingest.BlockFile.open, os.pwrite
     calls: list[int] = []
+    ours: set[int] = set()  # os.pwrite is patched process-wide: count only this upload's file
 
     def opened_direct(self):
         real_open(self)
+        ours.add(self._fd)
         self.direct = hasattr(os, "O_DIRECT")  # as if the file system had taken it
 
     def refuse_first(fd, data, offset):
+        if fd not in ours:
+            return real_pwrite(fd, data, offset)
         calls.append(offset)
         if len(calls) == 1:
             raise OSError(errno.EINVAL, "Invalid argument")

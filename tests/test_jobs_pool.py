@@ -58,7 +58,7 @@ class Quick:
     def register_capabilities(self, register):
         register(Capability(
             name="quick", domain="text", title="Quick",
-            models=(Model(name="box", default=True, loader=load, weights_gb={None: 0.0}),),
+            models=(Model(name="box", default=True, loader=load, weights_gib={None: 0.0}),),
             operations=(Operation(name="go", request=QuickRequest, result=QuickResult, handler=quick,
                                   job_type="quick", uses_mlx=False),)))
 

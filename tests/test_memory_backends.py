@@ -10,27 +10,27 @@ from pathlib import Path
 
 import pytest
 
-from kiapi_core.memory import GB, MlxBackend, ModelManager, RssBackend, backend_for_model, resolve_budget
+from kiapi_core.memory import GIB, MlxBackend, ModelManager, RssBackend, backend_for_model, resolve_budget
 from kiapi_core.memory.budget import physical_memory_bytes
 from kiapi_core.registry import Capability, Model, Registry
 from kiapi_core.settings import Settings
 
 
 def test_budget_from_setting() -> None:
-    budget = resolve_budget(Settings(memory_limit_gb=12.5), physical_bytes=16 * GB)
+    budget = resolve_budget(Settings(memory_limit_gb=12.5), physical_bytes=16 * GIB)
     assert (budget.gb, budget.source, budget.physical_gb) == (12.5, "setting", 16.0)
     assert "KIAPI_MEMORY_LIMIT_GB" in budget.describe()
-    assert "swap" in resolve_budget(Settings(memory_limit_gb=32), physical_bytes=16 * GB).describe()
+    assert "swap" in resolve_budget(Settings(memory_limit_gb=32), physical_bytes=16 * GIB).describe()
     with pytest.raises(ValueError):
         resolve_budget(Settings(memory_limit_gb=0))
 
 
 def test_budget_share_of_physical_memory() -> None:
-    linux = resolve_budget(Settings(), physical_bytes=64 * GB, platform="linux")
+    linux = resolve_budget(Settings(), physical_bytes=64 * GIB, platform="linux")
     assert (linux.gb, linux.source, linux.share) == (48.0, "physical-share", 0.75)
     assert "75 % of physical memory" in linux.describe()
-    small_mac = resolve_budget(Settings(), physical_bytes=24 * GB, platform="darwin")
-    large_mac = resolve_budget(Settings(), physical_bytes=64 * GB, platform="darwin")
+    small_mac = resolve_budget(Settings(), physical_bytes=24 * GIB, platform="darwin")
+    large_mac = resolve_budget(Settings(), physical_bytes=64 * GIB, platform="darwin")
     assert small_mac.gb == pytest.approx(16.0) and large_mac.gb == pytest.approx(48.0)
     assert resolve_budget(Settings()).as_dict()["budget_gb"] > 0
     assert (physical_memory_bytes() or 0) > 0
@@ -95,7 +95,7 @@ def test_mlx_backend_measures_a_real_allocation(tmp_path: Path, monkeypatch: pyt
     def load(**_: object) -> Runtime:
         return Runtime()
 
-    model = Model(name="tiny", loader=load, weights_gb={None: 0.05},  # type: ignore[arg-type]
+    model = Model(name="tiny", loader=load, weights_gib={None: 0.05},  # type: ignore[arg-type]
                   info={"memory_backend": "mlx"})
     cap = Capability(name="mlxcap", domain="image", title="t", models=(model,))
     registry = Registry()
@@ -120,3 +120,36 @@ def test_mlx_backend_measures_a_real_allocation(tmp_path: Path, monkeypatch: pyt
     gc.collect()
     assert before - backend.active_bytes() == 32 * 1024 * 1024
     assert os.environ["MLX_DISABLE_COMPILE"] == "1"
+
+
+def test_a_freed_model_costs_one_collection_and_a_plain_job_none(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full collection with mflux imported holds the GIL for 10-25 ms: the manager collects
+    once when it frees a transient or an evicted model, and the RSS backend's free_caches
+    (called after every job) does not collect again."""
+    import gc
+
+    collections: list[int] = []
+    monkeypatch.setattr(gc, "collect", lambda *args: collections.append(1) or 0)
+    closed: list[int] = []
+
+    class Runtime:
+        def close(self) -> None:
+            closed.append(1)
+
+    model = Model(name="m", loader=lambda **_: Runtime(), resident_quantize=8,  # type: ignore[arg-type]
+                  weights_gib={8: 0.01, 4: 0.01}, info={"memory_backend": "rss"})
+    cap = Capability(name="rsscap", domain="image", title="t", models=(model,))
+    registry = Registry()
+    registry.add(cap, plugin="t", distribution="t")
+    manager = ModelManager(settings=Settings(memory_limit_gb=1.0, data_dir=str(tmp_path)), registry=registry,
+                           plugin_settings=lambda f: None, cache_dir=lambda f: tmp_path, demo=False)
+    manager.begin_job("plain", cap, model, None, {})
+    manager.acquire("plain", cap, model)  # the resident q8
+    assert manager.end_job("plain")["memory_backend"] == "rss"
+    assert collections == []
+    manager.begin_job("transient", cap, model, None, {"quantize": 4})
+    manager.acquire("transient", cap, model, 4)  # another quantization: a one-off model
+    manager.end_job("transient")
+    assert closed == [1] and collections == [1]
+    assert manager.unload("rsscap", "m") and closed == [1, 1] and collections == [1, 1]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from kiapi_core.errors import MemoryBudgetExceeded, StartupError
-from kiapi_core.memory import GB, ModelManager, parse_warmup
+from kiapi_core.memory import GIB, ModelManager, parse_warmup
 from kiapi_core.memory.observations import MARGIN
 from kiapi_core.registry import Capability, Model, Operation, Registry
 from kiapi_core.settings import Settings
@@ -40,7 +40,7 @@ class FakeBackend:
         self.freed_caches = 0
 
     def alloc(self, gb: float) -> int:
-        n = int(gb * GB)
+        n = int(gb * GIB)
         self.active += n
         self.peak = max(self.peak, self.active)
         return n
@@ -84,17 +84,17 @@ class Env:
         self.fail_next_load = False
         loader = self.load
         self.a = Model(name="a", default=True, loader=loader, resident_quantize=8,  # type: ignore[arg-type]
-                       weights_gb={8: 4.0, 4: 2.0, None: 8.0}, priority=0)
+                       weights_gib={8: 4.0, 4: 2.0, None: 8.0}, priority=0)
         self.b = Model(name="b", aliases=("bee",), loader=loader, resident_quantize=8,  # type: ignore[arg-type]
-                       weights_gb={8: 4.0}, priority=0)
+                       weights_gib={8: 4.0}, priority=0)
         self.c = Model(name="c", loader=loader, resident_quantize=None,  # type: ignore[arg-type]
-                       weights_gb={None: 2.0}, priority=5)
+                       weights_gib={None: 2.0}, priority=5)
         self.gen = Operation(name="generate", request=dict, result=None, handler=lambda job: None,
                              job_type="image.generate", estimate=lambda params, model: params.get("peak", 1.0))
         self.cap = Capability(name="pix", domain="image", title="Pix", models=(self.a, self.b, self.c),
                               operations=(self.gen,))
         self.other = Capability(name="other", domain="image", title="Other",
-                                models=(Model(name="b", loader=loader, weights_gb={None: 1.0}),))
+                                models=(Model(name="b", loader=loader, weights_gib={None: 1.0}),))
         self.registry = Registry()
         self.registry.add(self.cap, plugin="pix", distribution="kiapi-pix")
         self.registry.add(self.other, plugin="other", distribution="kiapi-other")
@@ -111,7 +111,7 @@ class Env:
             self.fail_next_load = False
             self.backend.alloc(0.5)  # a half-built model leaks until collected
             raise RuntimeError("weights are corrupt")
-        gb = self.real_sizes.get(model.name, model.weights_gb.get(quantize, 1.0))
+        gb = self.real_sizes.get(model.name, model.weights_gib.get(quantize, 1.0))
         runtime = FakeRuntime(self.backend, model.name, quantize, gb, options)
         self.loads.append(runtime)
         return runtime
@@ -292,7 +292,7 @@ def test_transients_are_reserved_shown_and_freed(env: Env) -> None:
     assert m.stats()["reservations"][0]["transients"][0]["options"] == ["lora_paths"]
     m.end_job("lora", succeeded=False)  # canceled
     assert lora.closed and m.stats()["reservations"] == []
-    assert env.backend.active == int(4.0 * GB)  # only the resident remains
+    assert env.backend.active == int(4.0 * GIB)  # only the resident remains
 
 
 def test_lora_transient_evicts_the_idle_resident_copy_when_needed(tmp_path: Path) -> None:
@@ -350,7 +350,7 @@ def test_alternating_two_models_under_a_budget_for_one(tmp_path: Path) -> None:
         assert len(env.manager.resident_keys()) == 1
         assert env.manager.stats()["used_gb"] <= 6.0
         # The accounting matches what is really allocated once the job is over.
-        assert env.backend.active == int(4.0 * GB)
+        assert env.backend.active == int(4.0 * GIB)
     assert len(env.loads) == 6 and all(r.closed for r in env.loads[:-1])
     assert peaks == [pytest.approx(1.5 / MARGIN, abs=1e-4)] * 6
     stats = env.manager.stats()
@@ -411,7 +411,7 @@ def test_loader_strings_are_imported_lazily(env: Env, monkeypatch: pytest.Monkey
     module = types.ModuleType("kiapi_fake_loader_mod")
     module.load = env.load  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "kiapi_fake_loader_mod", module)
-    model = Model(name="s", loader="kiapi_fake_loader_mod:load", weights_gb={None: 1.0})
+    model = Model(name="s", loader="kiapi_fake_loader_mod:load", weights_gib={None: 1.0})
     cap = Capability(name="pix", domain="image", title="Pix", models=(model,))
     env.manager.begin_job("j", cap, model, None, {})
     runtime = env.manager.acquire("j", cap, model)
@@ -443,7 +443,7 @@ def test_warm_refuses_models_whose_weights_are_missing(tmp_path):
         @hookimpl
         def register_capabilities(self, register):
             register(Capability(name="heavy", domain="image", title="Heavy", models=(Model(
-                name="big", default=True, loader="nowhere:load", weights_gb={None: 1.0},
+                name="big", default=True, loader="nowhere:load", weights_gib={None: 1.0},
                 weights=(WeightFiles(repo="org/not-downloaded", revision="0" * 40, patterns=("*.safetensors",)),)),)))
 
     host = build_test_host(tmp_path, plugins=[Plugin()], demo=False)

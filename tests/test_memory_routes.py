@@ -46,7 +46,7 @@ class Host:
             return Runtime()
 
         model = Model(name="turbo", aliases=("t",), default=True, loader=load,  # type: ignore[arg-type]
-                      resident_quantize=8, weights_gb={8: 6.0})
+                      resident_quantize=8, weights_gib={8: 6.0})
         self.registry = Registry()
         self.registry.add(Capability(name="ernie", domain="image", title="E", models=(model,)),
                           plugin="ernie", distribution="kiapi-ernie")

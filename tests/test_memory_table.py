@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 from kiapi_core.errors import MemoryBudgetExceeded
-from kiapi_core.memory import GB, ModelManager
+from kiapi_core.memory import GIB, ModelManager
 from kiapi_core.memory.budget import resolve_budget
 from kiapi_core.plugin_api import adapt
 from kiapi_core.registry import Registry
@@ -81,7 +81,7 @@ CASES = (
 
 
 def mac_budget_gb(mac_gb: int) -> float:
-    return resolve_budget(Settings(), physical_bytes=mac_gb * GB, platform="darwin").gb
+    return resolve_budget(Settings(), physical_bytes=mac_gb * GIB, platform="darwin").gb
 
 
 class Allocator:
@@ -107,7 +107,7 @@ class Allocator:
 
 class Runtime:
     def __init__(self, allocator: Allocator, gb: float) -> None:
-        self.allocator, self.bytes = allocator, int(gb * GB)
+        self.allocator, self.bytes = allocator, int(gb * GIB)
         allocator.active += self.bytes
 
     def close(self) -> None:
@@ -127,7 +127,7 @@ def build(budget_gb: float, ernie_settings: dict[str, Any] | None = None) -> tup
     allocator = Allocator()
 
     def load(*, model, quantize, **_: Any) -> Runtime:
-        return Runtime(allocator, model.weights_gb[quantize])
+        return Runtime(allocator, model.weights_gib[quantize])
 
     def with_fake_loader(capability: Any) -> Any:  # it stands in for mflux; declarations stay real
         return msgspec.structs.replace(capability, models=tuple(

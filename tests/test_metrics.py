@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import kiapi_echo
@@ -65,7 +66,8 @@ async def test_metrics_count_jobs_http_models_memory_and_storage(kiapi_client_fa
     assert got[("kiapi_model_loads_total", (("capability", "loady"), ("model", "m")))] == 1
     assert got[("kiapi_model_load_seconds_count", (("capability", "loady"), ("model", "m")))] == 1
     assert got[("kiapi_queue_depth", ())] == 0 and got[("kiapi_jobs_running", ())] == 0
-    assert got[("kiapi_memory_budget_bytes", ())] > 0
+    # /v1/memory counts GiB: the budget in bytes is 2**30 per unit (it was once 10**9).
+    assert got[("kiapi_memory_budget_bytes", ())] == pytest.approx(http.host.models.budget.gb * 2**30, rel=1e-3)
     assert got[("kiapi_model_evictions_total", (("capability", "loady"), ("model", "m"), ("reason", "admin")))] == 1
     resident = ("kiapi_model_resident_bytes", (("capability", "loady"), ("model", "m"), ("quantize", "None")))
     assert resident in before and resident not in got  # unloaded by the admin call

@@ -18,14 +18,16 @@ from typing import Any, Literal
 import click
 import msgspec
 
-from ..weights import SelectionError, mlx_note, select, status
+from ..weights.presence import checks_disk, status
+from ..weights.runtime import mlx_note
+from ..weights.selection import SelectionError, select
 from . import make_host
 
 Outcome = Literal["ok", "failed", "missing", "skipped"]
 
 
 class CheckResult(msgspec.Struct, kw_only=True):
-    """One model's check: outcome, timings and measured memory (GB; ``None`` when unmeasured)."""
+    """One model's check: outcome, timings and measured memory (GiB; ``None`` when unmeasured)."""
 
     model: str
     outcome: Outcome
@@ -102,7 +104,7 @@ def _triage(host: Any, chosen: list[tuple[Any, Any]], *, demo: bool,
     runnable: list[tuple[Any, Any]] = []
     for capability, model in chosen:
         name = f"{capability.name}:{model.name}"
-        if not demo and model.weights:
+        if checks_disk(model, demo):
             found = status(capability, model, host.plugin_settings(capability.name))
             if found.state != "present":
                 results.append(CheckResult(model=name, outcome="missing" if named else "skipped",
@@ -195,8 +197,8 @@ async def _check_one(http: Any, capability: Any, model: Any, demo: bool) -> Chec
 
 
 def _gb(value: float | None) -> str:
-    """Memory figures in the memory manager's GB (2**30 bytes, like MLX's)."""
-    return "n/a" if value is None else f"{value:.3f} GB"
+    """Memory figures in GiB (2**30 bytes), as the memory manager counts them."""
+    return "n/a" if value is None else f"{value:.3f} GiB"
 
 
 def _report(results: list[CheckResult], as_json: bool) -> None:

@@ -47,5 +47,5 @@ def cluster(ctx: click.Context, as_json: bool) -> None:
         state = "draining" if h.draining else ("live" if h.live else "silent")
         click.echo(f"{h.id}  {h.url or '-'}  role {h.role}  {state}, heartbeat {h.heartbeat_age_s:.1f} s ago")
         click.echo(f"  capabilities: {', '.join(h.capabilities) or '-'}")
-        click.echo(f"  resident: {', '.join(h.resident) or '-'}   free {h.free_gb:.1f} of {h.budget_gb:.1f} GB")
+        click.echo(f"  resident: {', '.join(h.resident) or '-'}   free {h.free_gb:.1f} of {h.budget_gb:.1f} GiB")
         click.echo(f"  running: {h.running_job or '-'}")

@@ -8,7 +8,8 @@ from datetime import datetime
 
 import click
 
-from .remote import Remote, ago, default_url, human_bytes, server_options, table
+from ..units import human_bytes
+from .remote import Remote, ago, default_url, server_options, table
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.I)

@@ -44,6 +44,8 @@ def plugins(ctx: click.Context, as_json: bool, show_all: bool) -> None:
         click.echo(label + (f"  (entry point {r.entry_point})" if r.entry_point else ""))
         if r.error:
             click.secho(f"  error: {r.error}", fg="red")
+        for text in r.deprecations:
+            click.secho(f"  deprecated: {text}", fg="yellow")
         for capability, models in r.models.items():
             click.echo(f"  {capability}: models {', '.join(models)}")
 
@@ -51,7 +53,7 @@ def plugins(ctx: click.Context, as_json: bool, show_all: bool) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--budget-gb", type=click.FloatRange(min=0.5), default=None,
-              help="Size every model for a machine with this memory budget (a 16 GB Mac has 10.67): "
+              help="Size every model for a machine with this memory budget in GiB (a 16 GB Mac has 10.67): "
                    "the resident quantization it would get and which typical requests fit.")
 @click.pass_context
 def models(ctx: click.Context, as_json: bool, budget_gb: float | None) -> None:
@@ -71,15 +73,15 @@ def models(ctx: click.Context, as_json: bool, budget_gb: float | None) -> None:
 
 
 def _resident(model: object) -> str:
-    """``  resident q5 (7.5 GB, chosen by memory budget 10.67 GB)`` for a model with weights."""
-    weights = getattr(model, "weights_gb", None) or {}
+    """``  resident q5 (7.5 GiB, chosen by memory budget 10.67 GB)`` for a model with weights."""
+    weights = getattr(model, "weights_gib", None) or {}
     bits = getattr(model, "resident_quantize", None)
     if getattr(model, "loader", None) is None or not weights:
         return ""
     gb = weights.get(bits, max(weights.values()))
     chosen = (getattr(model, "info", None) or {}).get("resident_quantize_chosen_by")
     label = "bf16" if bits is None else f"q{bits}"
-    return f"  resident {label} ({gb:.1f} GB{f', chosen by {chosen}' if chosen else ''})"
+    return f"  resident {label} ({gb:.1f} GiB{f', chosen by {chosen}' if chosen else ''})"
 
 
 def _models_for_budget(ctx: click.Context, budget_gb: float, as_json: bool) -> None:
@@ -90,14 +92,14 @@ def _models_for_budget(ctx: click.Context, budget_gb: float, as_json: bool) -> N
     if as_json:
         click.echo(json.dumps({"budget_gb": budget_gb, "models": rows}, indent=2))
         return
-    click.echo(f"memory budget {budget_gb:.2f} GB (a Mac's budget is 2/3 of its RAM up to 32 GB, 3/4 above)")
+    click.echo(f"memory budget {budget_gb:.2f} GiB (a Mac's budget is 2/3 of its RAM up to 32 GB, 3/4 above)")
     for row in rows:
         bits = "bf16" if row["resident_quantize"] is None else f"q{row['resident_quantize']}"
         chosen = f", chosen by {row['chosen_by']}" if row["chosen_by"] else ""
-        click.echo(f"{row['family']}:{row['model']}  resident {bits} ({row['resident_weights_gb']:.1f} GB{chosen})")
+        click.echo(f"{row['family']}:{row['model']}  resident {bits} ({row['resident_weights_gb']:.1f} GiB{chosen})")
         for req in row["requests"]:
             mark = "fits " if req["fits"] else "no   "
-            click.echo(f"  {mark} {req['label']:<32} needs {req['needs_gb']:6.1f} GB")
+            click.echo(f"  {mark} {req['label']:<32} needs {req['needs_gb']:6.1f} GiB")
 
 
 @click.command()

@@ -19,7 +19,7 @@ def ps(remote: Remote, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"memory": memory, "jobs": active}, indent=2))
         return
-    rows = [[f"{r['family']}:{r['model']}", str(r.get("quantize") or "-"), f"{r['size_gb']:.2f} GB",
+    rows = [[f"{r['family']}:{r['model']}", str(r.get("quantize") or "-"), f"{r['size_gb']:.2f} GiB",
              "in use" if r.get("in_use") else f"idle {r.get('idle_s', 0):.0f}s",
              "-" if r.get("expires_in_s") is None else f"{r['expires_in_s']:.0f}s"]
             for r in memory.get("resident", [])]
@@ -27,8 +27,8 @@ def ps(remote: Remote, as_json: bool) -> None:
         click.echo(table(rows, ["MODEL", "QUANTIZE", "SIZE", "STATE", "UNLOADS IN"]))
     else:
         click.echo("no model loaded")
-    click.echo(f"memory: {memory['used_gb']:.2f} of {memory['budget_gb']:.2f} GB used "
-               f"({memory['resident_gb']:.2f} resident, {memory['reserved_gb']:.2f} reserved for jobs)")
+    click.echo(f"memory: {memory['used_gb']:.2f} of {memory['budget_gb']:.2f} GiB used "
+               f"({memory['resident_gb']:.2f} GiB resident, {memory['reserved_gb']:.2f} GiB reserved for jobs)")
     if active:
         click.echo("")
         click.echo(table([[j["id"], j["status"], f"{j.get('capability') or '-'}:{j.get('model') or '-'}", j["type"],

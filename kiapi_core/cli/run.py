@@ -20,7 +20,8 @@ from typing import Any
 
 import click
 
-from .remote import DEFAULT_URL, Remote, _token, human_bytes, progress_line
+from ..units import human_bytes
+from .remote import DEFAULT_URL, Remote, _token, progress_line
 
 
 @click.command("run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

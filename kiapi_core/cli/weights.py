@@ -15,7 +15,11 @@ from typing import Any, NoReturn
 import click
 import msgspec
 
-from ..weights import SelectionError, WeightStatus, hf_cache_dir, human_bytes, mlx_note, select, status, valid_selectors
+from ..units import human_bytes
+from ..weights.layout import hf_cache_dir
+from ..weights.presence import WeightStatus, status
+from ..weights.runtime import mlx_note
+from ..weights.selection import SelectionError, select, valid_selectors
 from . import make_host
 
 
@@ -150,7 +154,7 @@ def activate(ctx: click.Context, selectors: tuple[str, ...], use_all: bool, yes:
     fetched. Interrupted downloads resume when the same command runs again. Gated repositories
     need `hf auth login` (or HF_TOKEN) after accepting their terms on huggingface.co.
     """
-    from ..weights_download import ActivationError, check_disk, download, explain, make_plan, refine
+    from ..weights.download import ActivationError, check_disk, download, explain, make_plan, refine
 
     host = _host(ctx)
     items = _selected(host, selectors, use_all, "activate")
@@ -256,7 +260,7 @@ def deactivate(ctx: click.Context, selectors: tuple[str, ...], yes: bool, dry_ru
     variant still needs (SeedVR2's shared VAE when only 3b goes). Asks for confirmation first.
     Configured local directories are never deleted.
     """
-    from ..weights_remove import plan_removal, remove
+    from ..weights.remove import plan_removal, remove
 
     host = _host(ctx)
     items = _selected(host, selectors, False, "deactivate")

@@ -159,8 +159,8 @@ class ClusterJobManager:
                               "for it or retry later", code="no_host", headers={"Retry-After": "10"})
         largest = max(h.budget_gb for h in hosts)
         if needed_gb > largest:
-            raise Unavailable(f"the job needs about {needed_gb:.1f} GB, more than the largest host serving "
-                              f"{capability.name!r} has ({largest:.1f} GB)", code="memory_budget")
+            raise Unavailable(f"the job needs about {needed_gb:.1f} GiB, more than the largest host serving "
+                              f"{capability.name!r} has ({largest:.1f} GiB)", code="memory_budget")
 
     def admit(self, capability: Capability, model: Model, operation: Operation, params: Mapping[str, Any]) -> float:
         """The request path's memory check in a cluster (instead of this host's budget): the GB

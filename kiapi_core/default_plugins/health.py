@@ -14,7 +14,7 @@ from starlette.routing import Route
 from ..hookspecs import hookimpl
 from ..http.auth import AUTHENTICATED
 from ..http.responses import JSONResponse
-from ..weights import readiness_of_all
+from ..weights.presence import readiness_of_all
 
 _encoder = msgspec.json.Encoder()
 

@@ -4,9 +4,9 @@ Importing this package never imports mlx; see :mod:`kiapi_core.memory.backends`.
 """
 
 from .backends import MemoryBackend, MlxBackend, RssBackend, backend_for_model
-from .budget import GB, Budget, resolve_budget
+from .budget import GIB, Budget, resolve_budget
 from .manager import DEFAULT, ModelManager
 from .warmup import parse_warmup
 
-__all__ = ["DEFAULT", "GB", "Budget", "MemoryBackend", "MlxBackend", "ModelManager", "RssBackend",
+__all__ = ["DEFAULT", "GIB", "Budget", "MemoryBackend", "MlxBackend", "ModelManager", "RssBackend",
            "backend_for_model", "parse_warmup", "resolve_budget"]

@@ -30,7 +30,7 @@ def declared_weights_gb(model: Any, quantize: int | None) -> float:
     Falls back, conservatively, to the unquantized size and then to the largest declared size,
     so an undeclared quantization never counts as free.
     """
-    weights: Mapping[int | None, float] = model.weights_gb or {}
+    weights: Mapping[int | None, float] = model.weights_gib or {}
     if quantize in weights:
         return float(weights[quantize])
     if None in weights:
@@ -86,14 +86,14 @@ def refusal(*, capability: Any, model: Any, quantize: int | None, estimate_gb: f
     family = getattr(capability, "name", str(capability))
     hint = _hint(capability, model, quantize, estimate_gb, budget_gb)
     if now:
-        detail = (f"{family} model {model.name!r} needs about {needed:.2f} GB "
-                  f"({estimate_gb:.2f} GB for this request + {weights_gb:.2f} GB of weights to load) "
-                  f"but only {budget_gb - resident_gb - reserved_gb + freeable_gb:.2f} GB of the "
-                  f"{budget_gb:.2f} GB budget can be freed now; retry later. {hint}")
+        detail = (f"{family} model {model.name!r} needs about {needed:.2f} GiB "
+                  f"({estimate_gb:.2f} GiB for this request + {weights_gb:.2f} GiB of weights to load) "
+                  f"but only {budget_gb - resident_gb - reserved_gb + freeable_gb:.2f} GiB of the "
+                  f"{budget_gb:.2f} GiB budget can be freed now; retry later. {hint}")
     else:
-        detail = (f"{family} model {model.name!r} needs about {needed:.2f} GB "
-                  f"({estimate_gb:.2f} GB for this request + {weights_gb:.2f} GB of weights) "
-                  f"but the memory budget is {budget_gb:.2f} GB, so it can never run here. {hint} "
+        detail = (f"{family} model {model.name!r} needs about {needed:.2f} GiB "
+                  f"({estimate_gb:.2f} GiB for this request + {weights_gb:.2f} GiB of weights) "
+                  f"but the memory budget is {budget_gb:.2f} GiB, so it can never run here. {hint} "
                   f"The budget is set by KIAPI_MEMORY_LIMIT_GB.")
     return MemoryBudgetExceeded(
         detail,
@@ -109,7 +109,7 @@ def _hint(capability: Any, model: Any, quantize: int | None, estimate_gb: float,
     tests/test_memory_table.py)."""
     tips = ["Try a smaller size (width/height, upscale target) or fewer images per request"]
     current = declared_weights_gb(model, quantize)
-    declared = {q: gb for q, gb in (model.weights_gb or {}).items() if q is not None and gb < current}
+    declared = {q: gb for q, gb in (model.weights_gib or {}).items() if q is not None and gb < current}
     setting = (getattr(model, "info", None) or {}).get("resident_quantize_setting")
     # A per-request quantize builds a second copy next to the resident model on every call;
     # when the plugin has one, lowering the resident quantization is what actually helps.
@@ -129,14 +129,14 @@ def _hint(capability: Any, model: Any, quantize: int | None, estimate_gb: float,
         roomiest = min(declared, key=lambda q: declared[q])
         if declared[roomiest] < budget_gb:
             tips[0] = (f"Use a smaller size with {change(roomiest)}, which leaves "
-                       f"{budget_gb - declared[roomiest]:.1f} GB for the request")
+                       f"{budget_gb - declared[roomiest]:.1f} GiB for the request")
     others = []
     for other in getattr(capability, "models", ()):
         if other.name == model.name:
             continue
         gb = declared_weights_gb(other, other.resident_quantize)
         if gb < current and gb + estimate_gb <= budget_gb:  # roughly: this request on that model
-            others.append(f"{other.name} (~{gb:.1f} GB weights)")
+            others.append(f"{other.name} (~{gb:.1f} GiB weights)")
     if others:
         tips.append(f"another variant: {', '.join(others)}")
     if len(tips) == 1:

@@ -1,4 +1,4 @@
-"""The memory budget: how many GB models and jobs may use together.
+"""The memory budget: how many GiB models and jobs may use together.
 
 Resolution order (first that applies wins):
 
@@ -16,7 +16,9 @@ here just to ask it (importing mlx costs seconds and pulls in Metal; a host that
 non-MLX models should never pay that). Physical memory comes from ``sysconf`` or
 ``sysctl hw.memsize``, with no psutil dependency.
 
-All sizes in this package are GB = 2**30 bytes, matching MLX's and mflux's "GB".
+All sizes in this package are GiB (2**30 bytes; MLX and mflux call them "GB"). Names ending in
+``_gb`` here (``memory_limit_gb``, ``Budget.gb``, ``/v1/memory``'s fields) predate the naming
+rule of :mod:`kiapi_core.units` and are kept for their users: they hold GiB too.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-GB = 1024**3
+from ..units import BYTES_PER_GIB
+
+GIB = BYTES_PER_GIB
 
 #: Share of physical memory used when no limit is configured (non-macOS).
 DEFAULT_SHARE = 0.75
@@ -45,7 +49,7 @@ class Budget:
     gb: float
     #: ``setting``, ``mlx-working-set`` or ``physical-share``.
     source: str
-    #: Physical memory in GB when known (after any cgroup cap).
+    #: Physical memory in GiB when known (after any cgroup cap).
     physical_gb: float | None = None
     #: The share of physical memory used (``physical-share`` only).
     share: float | None = None
@@ -53,13 +57,13 @@ class Budget:
     def describe(self) -> str:
         """One line for the start-up log."""
         if self.source == "setting":
-            text = f"memory budget {self.gb:.2f} GB (KIAPI_MEMORY_LIMIT_GB)"
+            text = f"memory budget {self.gb:.2f} GiB (KIAPI_MEMORY_LIMIT_GB)"
         elif self.source == "mlx-working-set":
-            text = f"memory budget {self.gb:.2f} GB (MLX recommended working set)"
+            text = f"memory budget {self.gb:.2f} GiB (MLX recommended working set)"
         else:
-            text = f"memory budget {self.gb:.2f} GB ({(self.share or 0) * 100:.0f} % of physical memory)"
+            text = f"memory budget {self.gb:.2f} GiB ({(self.share or 0) * 100:.0f} % of physical memory)"
         if self.physical_gb is not None:
-            text += f"; physical memory {self.physical_gb:.2f} GB"
+            text += f"; physical memory {self.physical_gb:.2f} GiB"
         if self.source == "setting" and self.physical_gb is not None and self.gb > self.physical_gb:
             text += " (the budget exceeds physical memory: the machine may swap)"
         return text
@@ -76,7 +80,7 @@ def resolve_budget(settings: Any, *, physical_bytes: int | None = None, platform
     """
     platform = platform or sys.platform
     physical = physical_bytes if physical_bytes is not None else physical_memory_bytes()
-    physical_gb = physical / GB if physical else None
+    physical_gb = physical / GIB if physical else None
     limit = getattr(settings, "memory_limit_gb", None)
     if limit is not None:
         if limit <= 0:
@@ -85,7 +89,7 @@ def resolve_budget(settings: Any, *, physical_bytes: int | None = None, platform
     if platform == "darwin":
         working_set = _mlx_working_set_bytes()
         if working_set:
-            return Budget(gb=working_set / GB, source="mlx-working-set", physical_gb=physical_gb)
+            return Budget(gb=working_set / GIB, source="mlx-working-set", physical_gb=physical_gb)
     if physical_gb is None:
         # Nothing to go on: assume a small machine rather than an unbounded budget.
         physical_gb = 8.0

@@ -22,12 +22,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import WeightsMissing
-from ..weights import missing_message
-from ..weights import status as weight_status
+from ..weights.presence import require_present
 from .admission import Candidate, Key, declared_weights_gb, job_quantize, plan_eviction, refusal
 from .backends import MemoryBackend, backend_for_model
-from .budget import GB, Budget, resolve_budget
+from .budget import GIB, Budget, resolve_budget
 from .loaders import close_runtime, raw_estimate, resolve_loader
 from .observations import Observations
 from .state import Reservation, Resident, Transient, accounted_size, reservation_row, resident_row, sort_key
@@ -69,7 +67,7 @@ class ModelManager:
 
     # ------------------------------------------------------------------ event loop
     def admit(self, capability: Any, model: Any, operation: Any, params: Mapping[str, Any]) -> float:
-        """Check at submission that a job could ever fit; returns the GB it needs.
+        """Check at submission that a job could ever fit; returns the GiB it needs.
 
         Raises :class:`~kiapi_core.errors.MemoryBudgetExceeded` (503) when the job's peak plus
         the weights it must load exceed the whole budget. Evicts nothing and never loads.
@@ -114,7 +112,7 @@ class ModelManager:
 
         Reserves the job's corrected peak (+ the weights it will load) and starts measuring.
         Raises MemoryBudgetExceeded, evicting nothing, when it does not fit. Returns the
-        reserved GB. Always pair with :meth:`end_job` (in a ``finally``) once this returned.
+        reserved GiB. Always pair with :meth:`end_job` (in a ``finally``) once this returned.
         The estimate is recomputed from the plugin and the observations as they are now (they
         may have changed since :meth:`admit`), and so are the weights to load.
         """
@@ -203,7 +201,7 @@ class ModelManager:
         started = time.monotonic()
         runtime = self._load(capability, model, quantize, options)  # on failure end_job frees all
         loaded = max(0, res.backend.active_bytes() - before)
-        measured = loaded / GB
+        measured = loaded / GIB
         size = accounted_size(declared, measured)
         with self._lock:
             res.loading_gb = 0.0
@@ -223,7 +221,7 @@ class ModelManager:
             self._note_high_water()
             over = self._used_gb() - self.budget.gb
         took_s = time.monotonic() - started
-        log.info("loaded %s/%s q=%s (%s) in %.1fs: measured %.3f GB, declared %.3f GB, counted %.3f GB",
+        log.info("loaded %s/%s q=%s (%s) in %.1fs: measured %.3f GiB, declared %.3f GiB, counted %.3f GiB",
                  family, model.name, quantize, "transient" if transient else "resident",
                  took_s, measured, declared, size,
                  extra={"event": "model_loaded", "job_id": job_id, "capability": family, "model": model.name,
@@ -232,7 +230,7 @@ class ModelManager:
                    transient=transient)
         if over > 1e-9:
             log.warning("the load of %s/%s measured more than its declaration: the accounting exceeds "
-                        "the budget by %.3f GB until a model is evicted", family, model.name, over)
+                        "the budget by %.3f GiB until a model is evicted", family, model.name, over)
         return runtime
 
     def end_job(self, job_id: str, *, succeeded: bool = True) -> dict[str, Any]:
@@ -255,7 +253,7 @@ class ModelManager:
             # of held GIL (bench/run.py), which every job would pay and the event loop would feel.
             gc.collect()
         res.backend.free_caches()
-        peak_gb = max(0, peak - res.load_bytes) / GB
+        peak_gb = max(0, peak - res.load_bytes) / GIB
         with self._lock:
             self._reservations.pop(job_id, None)
             now = self._clock()
@@ -267,11 +265,11 @@ class ModelManager:
             if succeeded and res.operation is not None:
                 self._observations.record((res.family, res.operation, res.model),
                                           raw_estimate_gb=res.raw_estimate_gb, measured_peak_gb=peak_gb)
-        metrics = {"peak_gb": _r(peak_gb), "load_gb": _r(res.load_bytes / GB),
+        metrics = {"peak_gb": _r(peak_gb), "load_gb": _r(res.load_bytes / GIB),
                    "estimate_gb": _r(res.estimate_gb), "raw_estimate_gb": _r(res.raw_estimate_gb),
-                   "peak_total_gb": _r(peak / GB), "memory_backend": res.backend.name}
-        log.info("job %s memory: peak %.3f GB over weights (estimate %.3f GB, raw %.3f GB), loaded %.3f GB",
-                 job_id, peak_gb, res.estimate_gb, res.raw_estimate_gb, res.load_bytes / GB)
+                   "peak_total_gb": _r(peak / GIB), "memory_backend": res.backend.name}
+        log.info("job %s memory: peak %.3f GiB over weights (estimate %.3f GiB, raw %.3f GiB), loaded %.3f GiB",
+                 job_id, peak_gb, res.estimate_gb, res.raw_estimate_gb, res.load_bytes / GIB)
         return metrics
 
     def sweep_idle(self) -> list[Key]:
@@ -290,10 +288,8 @@ class ModelManager:
         """Load a model resident (admin ``load`` and ``KIAPI_WARMUP``), admitted like a job."""
         capability = self._registry.get(family)
         model = self._registry.resolve_model(family, model_name)
-        if not self._demo and model.weights:  # never let a warm-up start a download
-            found = weight_status(capability, model, self._plugin_settings(family))
-            if found.state != "present":
-                raise WeightsMissing(missing_message(found), activate=found.activate)
+        # Never let a warm-up start a download.
+        require_present(capability, model, self._plugin_settings(family), demo=self._demo)
         job_id = f"warm-{family}-{model.name}-{uuid.uuid4().hex[:8]}"
         self._begin(job_id, capability, model, None, {}, 0.0, kind="warm")
         try:
@@ -438,9 +434,9 @@ class ModelManager:
         gc.collect()
         for b in {id(r.backend): r.backend for r in evicted}.values():
             b.free_caches()
-        freed = max(0, before - backend.active_bytes()) / GB
+        freed = max(0, before - backend.active_bytes()) / GIB
         for r in evicted:
-            log.info("evicted %s/%s q=%s (%s): counted %.3f GB", r.key[0], r.key[1], r.key[2], reason, r.gb)
+            log.info("evicted %s/%s q=%s (%s): counted %.3f GiB", r.key[0], r.key[1], r.key[2], reason, r.gb)
             self._emit("evict", family=r.key[0], model=r.key[1], quantize=r.key[2],
                        reason=reason.split(",")[0].split(" ")[0], gb=r.gb)
-        log.info("eviction freed %.3f GB measured by %s", freed, backend.name)
+        log.info("eviction freed %.3f GiB measured by %s", freed, backend.name)

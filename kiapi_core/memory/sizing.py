@@ -16,7 +16,7 @@ from .loaders import raw_estimate
 
 
 def model_fit(capability: Any, model: Any, budget_gb: float) -> dict[str, Any]:
-    """One model's resident quantization and, per typical request, the GB it needs and whether it fits."""
+    """One model's resident quantization and, per typical request, the GiB it needs and whether it fits."""
     resident_gb = declared_weights_gb(model, model.resident_quantize)
     row: dict[str, Any] = {
         "family": capability.name, "model": model.name, "default": model.default,

@@ -115,7 +115,7 @@ def reservation_row(res: Reservation, now: float) -> dict[str, Any]:
 
 
 def _r(value: float) -> float:
-    """GB figures as served: 4 decimals (0.1 MB)."""
+    """GiB figures as served: 4 decimals (0.1 MB)."""
     return round(value, 4)
 
 

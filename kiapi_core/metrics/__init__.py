@@ -19,11 +19,11 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from ..jobs.models import Job
+from ..units import BYTES_PER_GIB
 
 if TYPE_CHECKING:
     from ..host import Host
 
-GB = 1e9
 #: Seconds: from a 1-step demo image to a LoRA training run.
 JOB_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 LOAD_BUCKETS_S = (0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -155,17 +155,18 @@ class _PresentState(Collector):
 
 
 def _memory(stats: dict[str, Any]) -> Iterator[Any]:
+    # /v1/memory's *_gb figures are GiB (kiapi_core.units), so bytes are 2**30 per unit.
     yield GaugeMetricFamily("kiapi_memory_budget_bytes", "The memory budget (KIAPI_MEMORY_LIMIT_GB).",
-                            value=stats["budget_gb"] * GB)
+                            value=stats["budget_gb"] * BYTES_PER_GIB)
     yield GaugeMetricFamily("kiapi_memory_used_bytes", "Memory counted against the budget (models + jobs).",
-                            value=stats["used_gb"] * GB)
+                            value=stats["used_gb"] * BYTES_PER_GIB)
     yield GaugeMetricFamily("kiapi_memory_reserved_bytes", "Memory reserved for running jobs.",
-                            value=stats["reserved_gb"] * GB)
+                            value=stats["reserved_gb"] * BYTES_PER_GIB)
     resident = GaugeMetricFamily("kiapi_model_resident_bytes", "Memory counted for each resident model.",
                                  labels=["capability", "model", "quantize"])
     for row in stats["resident"]:
         resident.add_metric([str(row.get("family", "")), str(row.get("model", "")), str(row.get("quantize"))],
-                            float(row.get("size_gb", 0.0)) * GB)
+                            float(row.get("size_gb", 0.0)) * BYTES_PER_GIB)
     yield resident
 
 

@@ -7,6 +7,7 @@ plugins, versioned by :data:`PLUGIN_API_VERSION`:
 * hooks: :data:`hookimpl` (and :data:`hookspec`); the hooks themselves are documented in
   docs/plugins/hooks.md;
 * declarations: :class:`Capability`, :class:`Model`, :class:`Operation`, :class:`WeightFiles`;
+  :class:`KiapiDeprecationWarning` for declaration names a later release removes;
 * contexts: :class:`RequestContext` for ``prepare``/``check``/``estimate``, :class:`JobContext`
   for handlers, :class:`Limits`, :class:`StoredFile`;
 * errors: :class:`KiapiError` and its subclasses, :func:`error_classes` (code → class),
@@ -49,7 +50,7 @@ from ..plugin_api import PLUGIN_API_VERSION, SUPPORTED_PLUGIN_APIS
 from ..settings import DEMO_NOTE
 from ..validation import QUANTIZE_LEVELS, Problems, ref_summary, resolve_quantize, resolve_seed
 from .context import Limits, RequestContext
-from .declarations import Capability, InputKind, Model, Operation, WeightFiles
+from .declarations import Capability, InputKind, KiapiDeprecationWarning, Model, Operation, WeightFiles
 from .helpers import free_memory, is_missing_weights_error, weights_missing_error
 
 #: The version of this SDK is the core's.
@@ -78,6 +79,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidResult",
     "JobCanceled",
+    "KiapiDeprecationWarning",
     "JobContext",
     "KiapiError",
     "Limits",

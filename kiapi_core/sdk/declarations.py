@@ -9,7 +9,7 @@ its params travel as the operation's ``params`` Struct.
 from __future__ import annotations
 
 from ..registry import Capability as _CoreCapability
-from ..registry import InputKind, Model, Operation, WeightFiles
+from ..registry import InputKind, KiapiDeprecationWarning, Model, Operation, WeightFiles
 
 
 class Capability(_CoreCapability, frozen=True, kw_only=True):
@@ -18,4 +18,4 @@ class Capability(_CoreCapability, frozen=True, kw_only=True):
     plugin_api: int = 2
 
 
-__all__ = ["Capability", "InputKind", "Model", "Operation", "WeightFiles"]
+__all__ = ["Capability", "InputKind", "KiapiDeprecationWarning", "Model", "Operation", "WeightFiles"]

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from ..errors import WeightsMissing
-from ..weights import is_missing_weights_error
+from ..weights.presence import is_missing_weights_error
 
 log = logging.getLogger("kiapi.sdk")
 

@@ -44,7 +44,7 @@ def wait(job):
 def register_capabilities(register):
     register(Capability(
         name="cwait", domain="text", title="Cluster wait (test)",
-        models=(Model(name="m1", default=True, loader="kiapi_clusterwait:load", weights_gb={None: 0.01}),
-                Model(name="m2", loader="kiapi_clusterwait:load", weights_gb={None: 0.01})),
+        models=(Model(name="m1", default=True, loader="kiapi_clusterwait:load", weights_gib={None: 0.01}),
+                Model(name="m2", loader="kiapi_clusterwait:load", weights_gib={None: 0.01})),
         operations=(Operation(name="wait", request=WaitRequest, result=None, handler=wait, job_type="cwait",
                               inputs={"image": "image"}),)))

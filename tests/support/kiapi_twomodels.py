@@ -43,8 +43,8 @@ def run(job) -> dict:
 
 CAPABILITY = Capability(
     name="pair", domain="test", title="Two models", summary="Two 6 GB models.",
-    models=(Model(name="a", default=True, loader=load, weights_gb={None: 6.0}),  # type: ignore[arg-type]
-            Model(name="b", loader=load, weights_gb={None: 6.0})),  # type: ignore[arg-type]
+    models=(Model(name="a", default=True, loader=load, weights_gib={None: 6.0}),  # type: ignore[arg-type]
+            Model(name="b", loader=load, weights_gib={None: 6.0})),  # type: ignore[arg-type]
     operations=(Operation(name="run", request=RunRequest, result=None, handler=run, job_type="pair-run"),),
 )
 

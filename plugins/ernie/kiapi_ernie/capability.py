@@ -57,13 +57,13 @@ def _model(variant: Variant, *, default: bool, resident_quantize: int, demo: boo
         description=variant.description,
         loader="kiapi_ernie.runtime:load",
         resident_quantize=resident_quantize,
-        weights_gb=dict(memory.DEMO_WEIGHTS_GB if demo else memory.WEIGHTS_GB),
+        weights_gib=dict(memory.DEMO_WEIGHTS_GB if demo else memory.WEIGHTS_GB),
         weights=(
             WeightFiles(
                 repo=variant.repo,
                 revision=variant.revision,
                 patterns=DOWNLOAD_PATTERNS,
-                size_gb=memory.DISK_GB,
+                size_gib=memory.DISK_GB * 10**9 / 2**30,  # the Hub's decimal GB in GiB
                 local_dir_setting=variant.path_setting,
             ),
         ),

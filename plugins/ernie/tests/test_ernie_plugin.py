@@ -48,8 +48,8 @@ def test_models_declare_weights_and_memory():
     assert weights.repo == "baidu/ERNIE-Image-Turbo" and weights.revision.startswith("bc68c81e")
     assert weights.local_dir_setting == "turbo_path" and "tokenizer/**" in weights.patterns
     assert base.weights[0].revision.startswith("5346b31d") and base.weights[0].local_dir_setting == "base_path"
-    assert turbo.weights_gb[None] > turbo.weights_gb[8] > turbo.weights_gb[4] > turbo.weights_gb[3]
-    assert 11 < turbo.weights_gb[8] < 12  # GB = 2**30 bytes, as the core counts
+    assert turbo.weights_gib[None] > turbo.weights_gib[8] > turbo.weights_gib[4] > turbo.weights_gib[3]
+    assert 11 < turbo.weights_gib[8] < 12  # GB = 2**30 bytes, as the core counts
     assert build_capability(ErnieSettings(resident_quantize=4)).models[0].resident_quantize == 4
     # info holds only what the core reads (kiapi models, GET /v1/memory, the 503 hint)
     assert turbo.info == {"resident_quantize_chosen_by": "default",

@@ -130,9 +130,9 @@ def _model(variant: str, demo: bool) -> Model:
         description=spec["description"] + (" Demo mode: tiny random weights, outputs are noise." if demo else ""),
         loader="kiapi_seedvr2.runtime:load",
         resident_quantize=RESIDENT_QUANTIZE,
-        weights_gb={q: 0.01 for q in (None, *QUANTIZE_LEVELS)} if demo else weights_gb(spec["dit_params_g"]),
+        weights_gib={q: 0.01 for q in (None, *QUANTIZE_LEVELS)} if demo else weights_gb(spec["dit_params_g"]),
         weights=() if demo else (
-            WeightFiles(repo=REPO, revision=REVISION, patterns=files, size_gb=spec["disk_gb"],
+            WeightFiles(repo=REPO, revision=REVISION, patterns=files, size_gib=spec["disk_gb"] * 10**9 / 2**30,
                         local_dir_setting=f"path_{variant}",
                         local_alternatives=(MFLUX_SAVED,)),
         ),

@@ -38,8 +38,8 @@ def test_each_variant_downloads_only_its_own_files():
         assert weights.patterns == (f"seedvr2_ema_{variant}_fp16.safetensors", "ema_vae_fp16.safetensors")
         assert weights.local_dir_setting == f"path_{variant}"
         assert weights.local_dir_setting in Seedvr2Settings.__struct_fields__
-    assert models["7b"].weights_gb[8] > models["3b"].weights_gb[8] > models["3b"].weights_gb[4]
-    assert set(models["3b"].weights_gb) == {None, 3, 4, 5, 6, 8}
+    assert models["7b"].weights_gib[8] > models["3b"].weights_gib[8] > models["3b"].weights_gib[4]
+    assert set(models["3b"].weights_gib) == {None, 3, 4, 5, 6, 8}
 
 
 def test_revision_and_file_names_match_mflux():

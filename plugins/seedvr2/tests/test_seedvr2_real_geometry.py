@@ -1,7 +1,7 @@
 """SeedVR2 3b at real widths (two DiT blocks, real VAE channels) in the published ComfyUI layout.
 
 Loaded by mflux's real loader and quantizer; the weights it holds are measured by MLX and
-compared with what the plugin declares (``capability.weights_gb``): quantizing gives the weights
+compared with what the plugin declares (``Model.weights_gib``): quantizing gives the weights
 SeedVR2's shared blocks use for both streams their own copies, ~11 % more than the bits say.
 """
 

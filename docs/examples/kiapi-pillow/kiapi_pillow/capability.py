@@ -23,7 +23,7 @@ def _filter(name: str, *aliases: str, default: bool = False, description: str) -
     return Model(
         name=name, aliases=aliases, default=default, features=("resize",), description=description,
         loader="kiapi_pillow.runtime:load",  # imported on the model thread, on first use
-        weights_gb={None: 0.0},  # no weights: a resampler costs nothing while resident
+        weights_gib={None: 0.0},  # no weights: a resampler costs nothing while resident
         info={"filter": name.upper()},
     )
 

@@ -1,6 +1,6 @@
 """Fetching model weights: a plan first (what, from where, how much), then the downloads.
 
-The plan is made offline from :func:`kiapi_core.weights.status` (declared sizes minus what is
+The plan is made offline from :func:`kiapi_core.weights.presence.status` (declared sizes minus what is
 already on disk), so ``kiapi activate --dry-run`` answers without network. When the Hub is
 reachable, :func:`refine` asks it (``snapshot_download(dry_run=True)``) for the exact bytes still
 to fetch; that call is also where gated or missing repositories show up, before anything is
@@ -20,12 +20,14 @@ from typing import Any, Literal
 
 import msgspec
 
-from .registry import Capability, Model
-from .weights import GB, WeightStatus, hf_cache_dir, human_bytes, status
+from ..registry import Capability, Model
+from ..units import BYTES_PER_GB, human_bytes
+from .layout import hf_cache_dir
+from .presence import WeightStatus, status
 
 #: Free space kept beyond the download itself (huggingface_hub writes ``.incomplete`` files
 #: next to the blobs, and a full disk breaks more than kiapi).
-DISK_HEADROOM_BYTES = 1 * GB
+DISK_HEADROOM_BYTES = 1 * BYTES_PER_GB
 HF_URL = "https://huggingface.co"
 
 

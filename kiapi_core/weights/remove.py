@@ -18,8 +18,8 @@ from typing import Any
 
 import msgspec
 
-from .registry import Capability, Model
-from .weights import file_size, local_dir, matches, repo_cache_dir, selected_files, setting_env, snapshot_dir
+from ..registry import Capability, Model
+from .layout import file_size, local_dir, matches, repo_cache_dir, selected_files, setting_env, snapshot_dir
 
 
 class Removal(msgspec.Struct, kw_only=True):
