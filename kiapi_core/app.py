@@ -32,6 +32,7 @@ from .http.methods import EXPOSED_HEADERS, method_not_allowed
 from .http.observe import ObserveRequests
 from .http.operations import operation_route
 from .http.responses import JSONResponse, error_response
+from .http.routing import IndexedRouter
 from .openapi import pages
 from .openapi.generate import capability_document
 from .openapi.root import root_document
@@ -75,7 +76,7 @@ def build_app(host: Host) -> Starlette:
     )
     # A redirect to the slash-less path would be built from the Host header; a 404 with a
     # hint says the same without echoing anything (see _http_error).
-    app.router.redirect_slashes = False
+    app.router = IndexedRouter(routes, redirect_slashes=False, lifespan=lifespan)
     app.state.host = host
     app.state.body_gate = BodyGate()
     return app

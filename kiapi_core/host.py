@@ -23,6 +23,7 @@ from .files.blobstore import BlobStore
 from .files.quota import StorageQuota
 from .files.store import FileStore
 from .jobs.manager import JobManager
+from .jobs.services import JobServices
 from .jobs.sqlite_store import SqliteJobStore
 from .logs import JobLifecycleLog
 from .memory.budget import Budget, resolve_budget
@@ -68,9 +69,9 @@ class Host:
             # local copy is a cache with its own bound (KIAPI_CLUSTER_CACHE_GB).
             self.files, self.jobs = cluster_services(self)
         else:
-            self.jobs = JobManager(settings=self.settings, files=self.files, models=self.models,
-                                   plugin_settings=self.plugin_settings, cache_dir=self.cache_dir,
-                                   work_root=data / "work", demo=self.settings.demo,
+            services = JobServices(files=self.files, models=self.models, plugin_settings=self.plugin_settings,
+                                   cache_dir=self.cache_dir, work_root=data / "work", demo=self.settings.demo)
+            self.jobs = JobManager(settings=self.settings, services=services,
                                    store=SqliteJobStore(data / "jobs.sqlite3", ttl_s=self.settings.job_ttl_s,
                                                         max_jobs=self.settings.max_jobs))
         self._background: list[asyncio.Task[Any]] = []

@@ -22,7 +22,7 @@ import msgspec
 from kiapi_core.errors import InvalidRequest, MemoryBudgetExceeded
 from kiapi_core.files.models import FileRecord, StoredFile
 from kiapi_core.jobs.context import JobContext
-from kiapi_core.jobs.manager import JobManager
+from kiapi_core.jobs.manager import JobManager, JobServices
 from kiapi_core.registry import Capability, Model, Operation
 from kiapi_core.settings import Settings
 
@@ -205,7 +205,7 @@ def make_rig(tmp_path: Path, **settings: Any) -> Rig:
     files = FakeFiles(tmp_path / "files")
     models = FakeModels()
     work_root = tmp_path / "work"
-    manager = JobManager(settings=Settings(data_dir=str(tmp_path), **settings), files=files, models=models,
-                         plugin_settings=lambda name: {"namespace": name},
-                         cache_dir=lambda name: tmp_path / "cache" / name, work_root=work_root, demo=True)
+    services = JobServices(files=files, models=models, plugin_settings=lambda name: {"namespace": name},
+                           cache_dir=lambda name: tmp_path / "cache" / name, work_root=work_root, demo=True)
+    manager = JobManager(settings=Settings(data_dir=str(tmp_path), **settings), services=services)
     return Rig(manager=manager, files=files, models=models, work_root=work_root)

@@ -115,7 +115,9 @@ async def test_o_direct_refused_on_write_falls_back_for_the_rest(tmp_path, monke
     stored, sha256, direct = await _store(FileStore(tmp_path), chunks)
     assert stored == data and sha256 == hashlib.sha256(data).hexdigest()
     assert not direct
-    assert calls[0] == calls[1] == 0  # the refused block was written again at the same offset
+    # The refused block was written again at the same offset (two blocks may be in flight at
+    # once, so the retry need not be the very next write).
+    assert calls[0] == 0 and calls.count(0) == 2, calls
 
 
 def _takes_o_direct(directory) -> bool:

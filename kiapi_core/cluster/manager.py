@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 import time
@@ -28,7 +29,7 @@ from ..jobs.manager import new_job_id
 from ..jobs.models import Job, JobStatus
 from ..jobs.pool import PoolBoard, PoolModels
 from ..jobs.store import JobPage, idempotent_job
-from ..jobs.worker import AdminTask, ModelManagerLike, Worker
+from ..jobs.worker import AdminTask, JobServices, ModelManagerLike, Worker
 from ..memory.admission import declared_weights_gb, job_quantize
 from ..memory.loaders import raw_estimate
 from ..registry import Capability, Model, Operation
@@ -71,15 +72,16 @@ class ClusterJobManager:
         self.runner = ClusterRunner(backend=backend, host_id=self.host_id, settings=settings, registry=registry,
                                     files=files, models=models, host_state=self.host_state, notify=self._wake,
                                     emit=self._emit)
-        self._worker = Worker(board=self.runner, files=files, models=models, plugin_settings=plugin_settings,
-                              cache_dir=cache_dir, work_root=work_root, demo=demo)
+        services = JobServices(files=files, models=models, plugin_settings=plugin_settings, cache_dir=cache_dir,
+                               work_root=work_root, demo=demo)
+        self._worker = Worker(board=self.runner, services=services)
         self._pool_models = PoolModels(plugin_settings=plugin_settings, cache_dir=cache_dir, demo=demo)
+        pool_services = dataclasses.replace(services, models=self._pool_models)
         #: Operations that use no MLX run on these threads, never behind the model thread (as on
         #: one host, jobs/pool.py); a host with no such operation, or taking no work, has none.
         light = any(not op.uses_mlx for capability in registry for op in capability.operations)
         self._pool_workers = [
-            Worker(board=PoolBoard(self.runner), files=files, models=self._pool_models,
-                   plugin_settings=plugin_settings, cache_dir=cache_dir, work_root=work_root, demo=demo)
+            Worker(board=PoolBoard(self.runner), services=pool_services)
             for _ in range(settings.pool_workers if light and settings.role != "api" else 0)]
         bus.on_job = self._wake
         bus.on_cancel = self.runner.cancel_requested

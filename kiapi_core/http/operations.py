@@ -36,7 +36,7 @@ from ..registry import Capability, Operation
 from ..settings import DEMO_NOTE
 from ..webhooks import take_webhook
 from . import idempotency, negotiation
-from .body import BodyGate, check_json_content_type, decode_json, read_body
+from .body import INLINE_DECODE_BYTES, BodyGate, check_json_content_type, decode_json, read_body
 from .decode import decode_body
 from .responses import JSONResponse, error_response
 
@@ -44,6 +44,10 @@ if TYPE_CHECKING:
     from ..host import Host
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: A body of at most this many keys (``:`` bytes, an upper bound) and INLINE_DECODE_BYTES is
+#: converted to its Struct on the event loop: its cost is bounded by the keys (a misspelt key
+#: is compared with each declared name), and a worker thread costs two thread switches.
+INLINE_DECODE_KEYS = 32
 log = logging.getLogger("kiapi.http")
 
 
@@ -55,7 +59,10 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
         check_json_content_type(request)
         gate: BodyGate = request.app.state.body_gate
         async with gate.admit(request):  # large bodies: read, decode and submit a few at a time
-            raw = await decode_json(await read_body(request, host.settings.max_body_mb), gate, decoder)
+            data = await read_body(request, host.settings.max_body_mb)
+            raw = await decode_json(data, gate, decoder)
+            inline = len(data) <= INLINE_DECODE_BYTES and data.count(b":") <= INLINE_DECODE_KEYS
+            del data
             if request.headers.get(idempotency.HEADER) is None:
                 idem = None
             else:  # the fingerprint re-encodes and hashes the body: not on the loop
@@ -66,7 +73,7 @@ def operation_route(capability: Capability, operation: Operation) -> Route:
             hook = None
             if replayed is None:
                 hook = take_webhook(raw, enabled=host.webhooks.enabled)  # core fields, not the plugin's
-                body, warnings = await _decode(host, capability, operation, raw)
+                body, warnings = await _decode(host, capability, operation, raw, inline=inline)
                 mode = getattr(body, "mode", "sync")
             del raw  # a large body's text is not kept while the job runs
             mode = "async" if operation.always_async else mode
@@ -132,11 +139,16 @@ def check_acceptable(request: Request, operation: Operation) -> None:
                         f"answers: {offered}; send Accept: application/json (or */*)")
 
 
-async def _decode(host: Host, capability: Capability, operation: Operation, raw: Any) -> tuple[Any, list[str]]:
-    """:func:`decode_body` in a thread; a 422 there also lists what ``prepare`` finds in the
-    fields that did convert, so one answer names every problem of the request."""
+async def _decode(host: Host, capability: Capability, operation: Operation, raw: Any, *,
+                  inline: bool = False) -> tuple[Any, list[str]]:
+    """:func:`decode_body` in a thread (``inline``: on the loop); a 422 there also lists what
+    ``prepare`` finds in the fields that did convert, so one answer names every problem of the
+    request."""
     settings = host.settings
     try:
+        if inline:
+            return decode_body(raw, operation.request, unknown=settings.unknown_fields,
+                               max_text_chars=settings.max_text_chars)
         return await asyncio.to_thread(decode_body, raw, operation.request, unknown=settings.unknown_fields,
                                        max_text_chars=settings.max_text_chars)
     except InvalidRequest as error:

@@ -1,10 +1,11 @@
 """The job manager: a bounded FIFO queue, one model worker thread, cancel, watch, graceful stop.
 
 Threads: routes call the manager on the event loop; the worker thread changes running jobs. One
-``threading.Lock`` guards the queue, the live records and the store, so a job is always in exactly
-one place (queued in the deque, or held by the worker) and a cancel can never race a start.
-Waiters live on the event loop (see :mod:`.watch`): every change schedules a wake-up there with
-``loop.call_soon_threadsafe``, and waiters re-read the record under the lock when they wake.
+``threading.Lock`` guards the queue (:mod:`.queue`), the live records and the store, so a job is
+always in exactly one place (queued, or held by the worker) and a cancel can never race a start.
+Waiters live on the event loop (see :mod:`.watch`): a change wakes the armed ones there with one
+``loop.call_soon_threadsafe``, and they re-read the record under the lock when they wake.
+Listeners hear of changes after the lock is let go (:mod:`.events`).
 
 Records handed out are copies, so callers may encode them outside the lock.
 """
@@ -19,21 +20,20 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
-from pathlib import Path
 from typing import Any
-
-import msgspec
 
 from ..errors import Conflict, KiapiError, NotFound, QueueFull, Unavailable, error_from_code
 from ..files.models import StoredFile
 from ..registry import Capability, Model, Operation
 from ..settings import Settings
 from . import scheduler, watch
+from .events import JobEvents, Listener, snapshot
 from .models import Job, JobStatus
 from .pool import LightPool
-from .running import FileSink
+from .queue import ModelQueue
+from .services import JobServices
 from .store import IdempotentReplay, JobPage, JobStore, MemoryJobStore, idempotent_job
-from .worker import AdminTask, ModelManagerLike, Outcome, Pending, Worker
+from .worker import AdminTask, Outcome, Pending, Worker
 
 log = logging.getLogger("kiapi.jobs")
 
@@ -45,33 +45,22 @@ def new_job_id() -> str:
     return "job_" + uuid.uuid4().hex
 
 
-def snapshot(job: Job) -> Job:
-    """A copy whose containers the worker will not mutate."""
-    return msgspec.structs.replace(job, artifacts=list(job.artifacts), warnings=list(job.warnings),
-                                   metrics=dict(job.metrics))
-
-
 class JobManager:
-    def __init__(self, *, settings: Settings, files: FileSink, models: ModelManagerLike,
-                 plugin_settings: Callable[[str], Any], cache_dir: Callable[[str], Path],
-                 work_root: Path, demo: bool, store: JobStore | None = None) -> None:
+    def __init__(self, *, settings: Settings, services: JobServices, store: JobStore | None = None) -> None:
         self.settings = settings
-        self._files = files
+        self._files = services.files
         self.max_queue = settings.max_queue
         self.store = store if store is not None else MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_jobs)
-        self._worker = Worker(board=self, files=files, models=models, plugin_settings=plugin_settings,
-                              cache_dir=cache_dir, work_root=work_root, demo=demo)
-        self._needs_eviction = getattr(models, "needs_eviction", None)
-        self._fairness = scheduler.Fairness(
-            enabled=getattr(settings, "queue_model_affinity", True),
-            max_bypass=getattr(settings, "queue_max_bypass", 4),
-            max_bypass_s=getattr(settings, "queue_max_bypass_s", 60.0))
+        self._worker = Worker(board=self, services=services)
+        fairness = scheduler.Fairness(enabled=getattr(settings, "queue_model_affinity", True),
+                                      max_bypass=getattr(settings, "queue_max_bypass", 4),
+                                      max_bypass_s=getattr(settings, "queue_max_bypass_s", 60.0))
+        self._queue = ModelQueue(fairness=fairness, needs_eviction=getattr(services.models, "needs_eviction", None),
+                                 save=lambda job: self.store.save(job))
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         # Operations declared uses_mlx=False run on the light pool, never behind the model thread.
-        self._pool = LightPool(self, self._lock, size=settings.pool_workers, files=files,
-                               plugin_settings=plugin_settings, cache_dir=cache_dir, work_root=work_root, demo=demo)
-        self._queue: collections.deque[Pending] = collections.deque()
+        self._pool = LightPool(self, self._lock, size=settings.pool_workers, services=services)
         self._tasks: collections.deque[AdminTask] = collections.deque()  # run before queued jobs
         self._active: dict[str, Pending] = {}   # queued and running
         self._pinned: dict[str, list[str]] = {}  # job id -> input files kept until it ends
@@ -83,10 +72,11 @@ class JobManager:
         self._avg_run_s: float | None = None
         self._watchers = watch.Watchers()
         self._exited: asyncio.Event | None = None
+        self._events = JobEvents()
         #: ``listener(event, job)`` for ``queued``, ``started``, ``progress`` and ``finished``
-        #: (metrics, lifecycle logs, webhooks). Called with the manager's lock held, on any
-        #: thread: a listener must be quick, must not block and must not call the manager.
-        self.listeners: list[Callable[[str, Job], None]] = []
+        #: (metrics, lifecycle logs, webhooks), in order, on any thread, after the manager let go
+        #: of its lock: a listener must be quick, must not block and must not call the manager.
+        self.listeners: list[Listener] = self._events.listeners
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -96,7 +86,8 @@ class JobManager:
 
         cut_off = await asyncio.to_thread(self._locked, self.store.open)  # these end failed
         for job in cut_off or ():
-            self._emit("finished", job)
+            self._events.record("finished", job)
+        self._events.deliver()
         self._worker.start()
         self._pool.start()
 
@@ -127,7 +118,7 @@ class JobManager:
                     "the server shut down before the job started; submit it again",
                     code="shutting_down")))
             self._cond.notify_all()
-        self._watchers.notify(*(p.job.id for p in dropped), final=True)
+        self._publish(*(p.job.id for p in dropped), final=True)
         if not self._worker.is_alive() or self._exited is None:
             return
         if await self._wait_exit(grace):
@@ -151,7 +142,7 @@ class JobManager:
                     "the server shut down while the job was running", code="shutting_down")))
         if running is not None:
             log.error("job %s did not stop when canceled; abandoning it", running.job.id)
-            self._watchers.notify(running.job.id, final=True)
+            self._publish(running.job.id, final=True)
 
     async def _wait_exit(self, timeout: float) -> bool:
         assert self._exited is not None
@@ -191,8 +182,8 @@ class JobManager:
             self._pin_inputs(job.id, inputs)
             self._totals["submitted"] += 1
             self.store.add(job, idempotency)
-            moved = self._renumber() if queue is self._queue and self._mixed_queue() else []
-            self._emit("queued", job)
+            moved = self._queue.renumber() if queue is self._queue and self._queue.mixed() else []
+            self._events.record("queued", job)
             self._prune()
             if queue is self._queue:
                 self._cond.notify()
@@ -200,7 +191,7 @@ class JobManager:
                 self._pool.ensure_threads()
                 self._pool.cond.notify()
             result = snapshot(job)
-        self._watchers.notify(*moved)
+        self._publish(*moved)
         return result
 
     @property
@@ -214,7 +205,7 @@ class JobManager:
         with self._lock:
             self._check_capacity()
 
-    def _check_capacity(self, queue: collections.deque[Pending] | None = None) -> None:
+    def _check_capacity(self, queue: ModelQueue | collections.deque[Pending] | None = None) -> None:
         if not self._accepting:
             raise Unavailable("the server is shutting down and takes no new jobs",
                               code="shutting_down", headers={"Retry-After": "30"})
@@ -316,9 +307,9 @@ class JobManager:
         its next check; finished → unchanged (cancel is idempotent)."""
         with self._lock:
             job = self._cancel(job_id)
-            result, ids = snapshot(job), self._queued_ids()
-        self._watchers.notify(*ids)
-        self._watchers.notify(job_id, final=True)
+            result, ids = snapshot(job), self._queue.ids()
+        self._publish(*ids)
+        self._publish(job_id, final=True)
         return result
 
     def _cancel(self, job_id: str) -> Job:
@@ -329,7 +320,7 @@ class JobManager:
         if job.status is JobStatus.queued:
             (self._queue if pending in self._queue else self._pool.queue).remove(pending)
             self._terminate(job, Outcome(JobStatus.canceled))
-            self._renumber()
+            self._queue.renumber()
             self._pool.renumber()
         else:
             pending.cancel.set()
@@ -346,9 +337,9 @@ class JobManager:
             self._active.pop(job_id, None)
             self.store.remove(job_id)
             self._errors.pop(job_id, None)
-            ids = self._queued_ids()
-        self._watchers.notify(*ids)
-        self._watchers.notify(job_id, final=True)
+            ids = self._queue.ids()
+        self._publish(*ids)
+        self._publish(job_id, final=True)
         return result, was_running
 
     # --- waiting (event loop) ---------------------------------------------------------------
@@ -373,7 +364,7 @@ class JobManager:
                 return None
             if self._tasks:
                 return self._tasks.popleft()
-            pending = self._next_pending()
+            pending = self._queue.take()
             job = pending.job
             job.status = JobStatus.running
             job.started_at = time.time()
@@ -381,10 +372,10 @@ class JobManager:
             job.progress_label = "running"
             job.queue_position = None
             self._running = pending
-            moved = self._renumber()
+            moved = self._queue.renumber()
             self.store.save(job)
-            self._emit("started", job)
-        self._watchers.notify(job.id, *moved)  # only the jobs whose position changed
+            self._events.record("started", job)
+        self._publish(job.id, *moved)  # only the jobs whose position changed
         return pending
 
     def mutate(self, job: Job, change: Callable[[Job], None]) -> None:
@@ -395,8 +386,8 @@ class JobManager:
             change(job)
             self.store.save(job)
             if (job.progress, job.progress_label) != before:
-                self._emit("progress", job)
-        self._watchers.notify(job.id)
+                self._events.record("progress", job)
+        self._publish(job.id)
 
     def finish(self, pending: Pending, outcome: Outcome, metrics: Mapping[str, Any]) -> None:
         job = pending.job
@@ -418,14 +409,14 @@ class JobManager:
         # Committed before anyone hears of the end (outside the lock: the loop never waits on
         # it), so an answered job survives kill -9; other changes are written behind.
         self.store.flush()
-        self._watchers.notify(job.id, final=True)
+        self._publish(job.id, final=True)
 
     def next_pool_job(self) -> Pending | None:
         """For the pool threads: block until a pool job is queued (marked running), ``None`` to exit."""
         with self._lock:
             pending = self._pool.take(lambda: self._exit)
             ids = [] if pending is None else [pending.job.id, *self._pool.renumber()]
-        self._watchers.notify(*ids)
+        self._publish(*ids)
         return pending
 
     def active_pending(self) -> list[Pending]:
@@ -438,7 +429,7 @@ class JobManager:
             for pending in stuck:
                 if not pending.job.status.terminal:
                     self._terminate(pending.job, Outcome.of(JobStatus.failed, reason))
-        self._watchers.notify(*(p.job.id for p in stuck))
+        self._publish(*(p.job.id for p in stuck))
 
     def worker_exited(self) -> None:
         loop, exited = self._watchers.loop, self._exited
@@ -477,90 +468,20 @@ class JobManager:
         self._active.pop(job.id, None)
         self._totals[outcome.status.value] += 1
         self.store.save(job)
-        self._emit("finished", job)
+        self._events.record("finished", job)
 
-    def _emit(self, event: str, job: Job) -> None:
-        if not self.listeners:
-            return
-        copy = snapshot(job)
-        for listener in self.listeners:
-            try:
-                listener(event, copy)
-            except Exception:  # an observer must never break a job
-                log.exception("job listener %r failed on %s of %s", listener, event, job.id)
+    def _publish(self, *job_ids: str, final: bool = False) -> None:
+        """After a change (lock let go): wake the waiters of ``job_ids``, then tell the listeners."""
+        self._watchers.notify(*job_ids, final=final)
+        self._events.deliver()
 
     def _locked(self, fn: Callable[[], Any]) -> Any:
         with self._lock:
             return fn()
-
-    def _next_pending(self) -> Pending:
-        """Take the job to start from the queue: FIFO, or a job for a loaded model first
-        (:mod:`.scheduler`)."""
-        index = 0
-        if self._mixed_queue():
-            now = time.monotonic()
-            try:
-                index = scheduler.pick(self._queue, self._cheap_check(), self._fairness, now)
-                scheduler.passed_over(self._queue, index, now)
-            except Exception:  # never let scheduling stop the worker: FIFO
-                log.exception("job scheduling failed; starting the oldest job")
-                index = 0
-        pending = self._queue[index]
-        del self._queue[index]
-        if index:
-            log.info("job %s starts before %d queued job(s): its model is loaded, theirs would "
-                     "evict it", pending.job.id, index)
-        return pending
-
-    def _mixed_queue(self) -> bool:
-        """Whether the order could differ from FIFO: jobs for more than one model queued."""
-        if not self._fairness.active or self._needs_eviction is None or len(self._queue) < 2:
-            return False
-        first = self._queue[0].model_key
-        return any(p.model_key != first for p in self._queue)
-
-    def _cheap_check(self) -> Callable[[Any], bool]:
-        """Whether a queued job can start without evicting a loaded model; asked once per
-        model and operation (the answer depends on what is loaded, not on the job)."""
-        assert self._needs_eviction is not None
-        needs, seen = self._needs_eviction, {}
-
-        def cheap(pending: Any) -> bool:
-            key = (*pending.model_key, pending.operation.name)
-            if key not in seen:
-                try:
-                    seen[key] = not needs(pending.capability, pending.model, pending.operation,
-                                          pending.job.params)
-                except Exception:  # scheduling must never fail a queue
-                    log.exception("job scheduling: could not tell whether %s/%s needs an eviction", *key[:2])
-                    seen[key] = False
-            return seen[key]
-
-        return cheap
-
-    def _renumber(self) -> list[str]:
-        """Set every queued job's ``queue_position`` to where it will really start; returns
-        the ids whose position changed."""
-        order: Collection[Any] = self._queue
-        if self._mixed_queue():
-            try:
-                order = scheduler.plan(self._queue, self._cheap_check(), self._fairness, time.monotonic())
-            except Exception:  # positions are a forecast; never fail a submit on them
-                log.exception("job scheduling failed; showing arrival order")
-        moved = []
-        for position, pending in enumerate(order):
-            if pending.job.queue_position != position:
-                pending.job.queue_position = position
-                self.store.save(pending.job)
-                moved.append(pending.job.id)
-        return moved
-
-    def _queued_ids(self) -> list[str]:
-        return [p.job.id for p in self._queue]
 
     def _prune(self) -> None:
         for job_id in self.store.prune():
             self._errors.pop(job_id, None)
 
 
-__all__ = ["IdempotentReplay", "JobManager", "new_job_id", "snapshot"]
+__all__ = ["IdempotentReplay", "JobManager", "JobServices", "new_job_id", "snapshot"]

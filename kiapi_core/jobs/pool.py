@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -31,7 +32,7 @@ from ..memory.backends import MemoryBackend, backend_for_model
 from ..memory.loaders import close_runtime, resolve_loader
 from ..registry import Capability, Model, Operation
 from .models import JobStatus
-from .running import FileSink
+from .services import JobServices
 from .worker import Pending, Worker
 
 log = logging.getLogger("kiapi.jobs")
@@ -128,18 +129,16 @@ class LightPool:
     lock (``cond`` is a condition on it), so queueing, cancel and stats stay consistent with
     the model queue."""
 
-    def __init__(self, manager: Any, lock: threading.Lock, *, size: int, files: FileSink,
-                 plugin_settings: Callable[[str], Any], cache_dir: Callable[[str], Path], work_root: Path,
-                 demo: bool) -> None:
+    def __init__(self, manager: Any, lock: threading.Lock, *, size: int, services: JobServices) -> None:
         self.cond = threading.Condition(lock)
         self.queue: collections.deque[Pending] = collections.deque()
         self.running: set[str] = set()
-        self.models = PoolModels(plugin_settings=plugin_settings, cache_dir=cache_dir, demo=demo)
+        self.models = PoolModels(plugin_settings=services.plugin_settings, cache_dir=services.cache_dir,
+                                 demo=services.demo)
         self._manager = manager
         self._size = size
-        self._make_worker = lambda: Worker(board=PoolBoard(manager), models=self.models, files=files,
-                                           plugin_settings=plugin_settings, cache_dir=cache_dir,
-                                           work_root=work_root, demo=demo)
+        pool_services = dataclasses.replace(services, models=self.models)
+        self._make_worker = lambda: Worker(board=PoolBoard(manager), services=pool_services)
         self.workers: list[Worker] = []
         self._started = False
 

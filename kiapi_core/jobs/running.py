@@ -8,6 +8,7 @@ one writer discipline (the manager) and lets a persistent store see every change
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shutil
@@ -15,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -25,6 +26,9 @@ from ..files.models import StoredFile
 from ..registry import Capability, Model
 from .context import JobContext
 from .models import Job
+
+if TYPE_CHECKING:
+    from .services import JobServices
 
 #: Progress is never shown as complete before the job is: handlers' fractions are capped here.
 PROGRESS_CAP = 0.99
@@ -69,13 +73,13 @@ class RunningJob(JobContext):
 
     def __init__(self, *, job: Job, board: JobBoard, cancel: threading.Event, capability: Capability,
                  model: Model, request: Any, params: Any, inputs: Mapping[str, StoredFile],
-                 files: FileSink, models: ModelSource, settings: Any, demo: bool, work_root: Path,
-                 cache_dir: Callable[[str], Path]) -> None:
+                 services: JobServices) -> None:
         self._job = job
         self._board = board
         self._cancel = cancel
-        self._files = files
-        self._models = models
+        self._services = services
+        self._files = services.files
+        self._models = services.models
         self.job_id = job.id
         self.job_type = job.type
         self.capability = capability
@@ -83,15 +87,11 @@ class RunningJob(JobContext):
         self.request = request
         self.params = params
         self.inputs = inputs
-        self.settings = settings
-        self.demo = demo
-        # Created on first use: most jobs never need scratch space, and a mkdir plus an rmdir
-        # per job was a third of a no-op job's time on the model thread.
-        self._workdir = work_root / job.id
-        self._workdir_made = False
-        self.cache_dir = cache_dir(capability.name)
-        self.log = _JobLog(logging.getLogger(f"kiapi.jobs.{capability.name}"),  # type: ignore[assignment]
-                           {"job_id": job.id})
+        self.settings = services.plugin_settings(capability.name)
+        self.demo = services.demo
+        # workdir, cache_dir and log are made on first use: most jobs need none of them, and a
+        # directory made (and removed) per job cost a no-op job a third of its model-thread time.
+        self._workdir: Path | None = None  # set once made
         # Last published state; mflux callbacks or helper threads may report concurrently.
         self._plock = threading.Lock()
         self._fraction = job.progress or 0.0
@@ -100,10 +100,20 @@ class RunningJob(JobContext):
 
     @property
     def workdir(self) -> Path:  # type: ignore[override]
-        if not self._workdir_made:
-            self._workdir.mkdir(parents=True, exist_ok=True)
-            self._workdir_made = True
+        if self._workdir is None:
+            path = self._services.work_root / self.job_id
+            path.mkdir(parents=True, exist_ok=True)
+            self._workdir = path
         return self._workdir
+
+    @functools.cached_property
+    def cache_dir(self) -> Path:  # type: ignore[override]
+        return self._services.cache_dir(self.capability.name)
+
+    @functools.cached_property
+    def log(self) -> logging.Logger:  # type: ignore[override]
+        return _JobLog(logging.getLogger(f"kiapi.jobs.{self.capability.name}"),  # type: ignore[return-value]
+                       {"job_id": self.job_id})
 
     # --- progress and cancellation --------------------------------------------------------
     def progress(self, fraction: float | None = None, label: str | None = None) -> None:
@@ -169,7 +179,7 @@ class RunningJob(JobContext):
                                            meta=record_meta)
         else:
             path = Path(source)
-            move = self._workdir_made and path.resolve().is_relative_to(self._workdir.resolve())
+            move = self._workdir is not None and path.resolve().is_relative_to(self._workdir.resolve())
             stored = self._files.put_path(path, filename=filename, content_type=content_type,
                                           meta=record_meta, move=move)
         self._board.mutate(self._job, lambda job: job.artifacts.append(stored.file_id))
@@ -200,7 +210,7 @@ class RunningJob(JobContext):
     # --- lifecycle (worker only) -----------------------------------------------------------
     def close(self) -> None:
         """Remove the scratch directory, if the job made one; runs whatever the outcome."""
-        if self._workdir_made:
+        if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
 

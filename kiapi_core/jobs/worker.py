@@ -14,7 +14,6 @@ import threading
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
@@ -25,22 +24,10 @@ from ..imports import resolve_callable
 from ..plugin_api import typed_params
 from ..registry import Capability, Model, Operation
 from .models import Job, JobStatus
-from .running import FileSink, JobBoard, ModelSource, RunningJob
+from .running import JobBoard, RunningJob
+from .services import JobServices, ModelManagerLike
 
 log = logging.getLogger("kiapi.jobs")
-
-
-class ModelManagerLike(ModelSource, Protocol):
-    """The ``kiapi_core.memory`` ModelManager calls made on the worker thread."""
-
-    def begin_job(self, job_id: str, capability: Capability, model: Model, operation: Operation,
-                  params: Mapping[str, Any] | None = None) -> Any:
-        """Admit the job (may evict idle models or raise MemoryBudgetExceeded) and start
-        measuring it."""
-
-    def end_job(self, job_id: str, *, succeeded: bool = True) -> Mapping[str, Any] | None:
-        """Free transients and the reservation; returns measurements (``peak_gb`` ...). Runs
-        whatever the outcome, also when begin_job never ran or raised."""
 
 
 @dataclass(eq=False)
@@ -139,19 +126,14 @@ class Worker(threading.Thread):
     #: The JobContext built for each job (``kiapi_core.testing`` substitutes a recording subclass).
     context_class: type[RunningJob] = RunningJob
 
-    def __init__(self, *, board: WorkerBoard, files: FileSink, models: ModelManagerLike,
-                 plugin_settings: Callable[[str], Any], cache_dir: Callable[[str], Path],
-                 work_root: Path, demo: bool) -> None:
+    def __init__(self, *, board: WorkerBoard, services: JobServices) -> None:
         # Daemon: a handler that ignores cancellation must not keep the process alive after
         # the graceful-stop deadline.
         super().__init__(name="kiapi-model-worker", daemon=True)
         self._board = board
-        self._files = files
-        self._models = models
-        self._plugin_settings = plugin_settings
-        self._cache_dir = cache_dir
-        self._work_root = work_root
-        self._demo = demo
+        self._services = services
+        self._files = services.files
+        self._models = services.models
 
     def run(self) -> None:
         # Artifacts are published at once and synced to disk right after each job's answer
@@ -179,11 +161,9 @@ class Worker(threading.Thread):
         ctx: RunningJob | None = None
         try:
             ctx = self.context_class(
-                job=pending.job, board=self._board, cancel=pending.cancel,
-                capability=pending.capability, model=pending.model, request=pending.request,
-                params=typed_params(pending.operation, pending.job.params), inputs=pending.inputs, files=self._files,
-                models=self._models, settings=self._plugin_settings(pending.capability.name),
-                demo=self._demo, work_root=self._work_root, cache_dir=self._cache_dir)
+                job=pending.job, board=self._board, cancel=pending.cancel, capability=pending.capability,
+                model=pending.model, request=pending.request, inputs=pending.inputs,
+                params=typed_params(pending.operation, pending.job.params), services=self._services)
             outcome = self._run_handler(pending, ctx)
         except BaseException as exc:  # context set-up failed (disk full ...)
             outcome = _failure(job_id, exc)
@@ -255,4 +235,5 @@ def _failure(job_id: str, exc: BaseException) -> Outcome:
     return Outcome(JobStatus.failed, error=message, error_code=wrapped.code, exc=wrapped)
 
 
-__all__ = ["AdminTask", "ModelManagerLike", "Outcome", "Pending", "Worker", "WorkerBoard", "resolve_handler"]
+__all__ = ["AdminTask", "JobServices", "ModelManagerLike", "Outcome", "Pending", "Worker", "WorkerBoard",
+           "resolve_handler"]

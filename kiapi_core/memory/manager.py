@@ -60,6 +60,7 @@ class ModelManager:
         self._load_sizes: dict[Key, float] = {}
         self._observations = Observations()
         self._high_water_gb = 0.0
+        self._rows: tuple[dict[str, Any], ...] | None = None  # see _model_rows
         #: ``listener(event, facts)`` for ``load`` (family, model, quantize, seconds, gb,
         #: transient) and ``evict`` (family, model, quantize, reason, gb); model thread.
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
@@ -101,7 +102,7 @@ class ModelManager:
                     "job_id": running.job_id, "family": running.family, "model": running.model,
                     "operation": running.operation, "estimate_gb": _r(running.estimate_gb)},
                 "observations": self._observations.summary(),
-                "models": self._model_rows(),
+                "models": [dict(row) for row in self._model_rows()],
             }
 
     # ------------------------------------------------------------------ model thread
@@ -365,8 +366,11 @@ class ModelManager:
         weights = 0.0 if (not transient and key in self._residents) else self._weights_for(key, model)
         return quantize, key, estimate, weights, not transient
 
-    def _model_rows(self) -> list[dict[str, Any]]:
-        """Each servable model's resident quantization, its weights and who chose it."""
+    def _model_rows(self) -> tuple[dict[str, Any], ...]:
+        """Each servable model's resident quantization, its weights and who chose it; made once
+        (the registry is complete and fixed by then): it was most of ``stats()``'s cost."""
+        if self._rows is not None:
+            return self._rows
         rows = []
         for capability in self._registry:
             for m in capability.models:
@@ -375,7 +379,8 @@ class ModelManager:
                 rows.append({"family": capability.name, "model": m.name, "resident_quantize": m.resident_quantize,
                              "weights_gb": _r(declared_weights_gb(m, m.resident_quantize)),
                              "chosen_by": (m.info or {}).get("resident_quantize_chosen_by")})
-        return rows
+        self._rows = tuple(rows)
+        return self._rows
 
     def _weights_for(self, key: Key, model: Any) -> float:
         learned = self._load_sizes.get(key)

@@ -26,6 +26,7 @@ from ..http.operations import decode_body
 from ..jobs.manager import new_job_id
 from ..jobs.models import Job, JobStatus
 from ..jobs.running import RunningJob
+from ..jobs.services import JobServices
 from ..jobs.worker import Outcome, Pending, Worker, resolve_handler
 from ..registry import Capability, Model, Operation
 
@@ -168,9 +169,10 @@ class HandlerHarness:
         pending = Pending(job=job, capability=self.capability, model=prepared.model, request=prepared.request,
                           operation=msgspec.structs.replace(prepared.operation, handler=recorded),
                           inputs=prepared.inputs, cancel=board.cancel)
-        worker = _Worker(board=board, files=self.host.files, models=self.host.models,
-                         plugin_settings=self.host.plugin_settings, cache_dir=self.host.cache_dir,
-                         work_root=self.host.settings.data_path / "work", demo=self.host.settings.demo)
+        worker = _Worker(board=board, services=JobServices(
+            files=self.host.files, models=self.host.models, plugin_settings=self.host.plugin_settings,
+            cache_dir=self.host.cache_dir, work_root=self.host.settings.data_path / "work",
+            demo=self.host.settings.demo))
         worker.execute(pending)
         run.status, run.result = job.status, job.result
         run.artifacts = [self.host.files.get(file_id) for file_id in job.artifacts]
