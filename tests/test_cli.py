@@ -109,10 +109,10 @@ def test_models_for_a_budget_answer_will_it_run_on_my_mac(run):
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     turbo = next(m for m in data["models"] if (m["family"], m["model"]) == ("ernie", "turbo"))
-    assert turbo["resident_quantize"] == 5 and turbo["chosen_by"] == "memory budget 10.67 GB"
+    assert turbo["resident_quantize"] == 5 and turbo["chosen_by"] == "memory budget 10.67 GiB"
     fits = {r["label"]: r["fits"] for r in turbo["requests"]}
     assert fits["generate 1024x1024"] and fits["generate 1024x1024 + LoRA"] and not fits["generate 2048x2048"]
     text = run("models", "--budget-gb", "64", env={"KIAPI_LOAD_PLUGINS": "ernie"}).output
-    assert "ernie:turbo  resident q8" in text and "chosen by memory budget 64.00 GB" in text
+    assert "ernie:turbo  resident q8" in text and "chosen by memory budget 64.00 GiB" in text
     listed = run("models", env={"KIAPI_LOAD_PLUGINS": "ernie", "KIAPI_ERNIE_RESIDENT_QUANTIZE": "4"}).output
     assert "ernie:turbo (default)  resident q4 (6.2 GiB, chosen by KIAPI_ERNIE_RESIDENT_QUANTIZE)" in listed

@@ -37,15 +37,15 @@ def resident_quantize(variant: Variant, settings: ErnieSettings, *, demo: bool,
     """(bits, who chose them) for the resident instance of ``variant``.
 
     The setting wins; otherwise the budget decides: the largest of 8/6/5/4/3 bits that leaves
-    room for a 1024^2 job of this variant (on a 16 GB Mac q8 weights alone, 11.5 GB, exceed
-    the 10.67 GB budget). Demo models are tiny: 8.
+    room for a 1024^2 job of this variant (on a 16 GB Mac q8 weights alone, 11.5 GiB, exceed
+    the 10.67 GiB budget). Demo models are tiny: 8.
     """
     if settings.resident_quantize is not None:
         return settings.resident_quantize, RESIDENT_SETTING
     if demo or budget_gb is None:
         return 8, "default"
     bits = memory.choose_resident_quantize(budget_gb, variant.steps, variant.guidance)
-    return bits, f"memory budget {budget_gb:.2f} GB"
+    return bits, f"memory budget {budget_gb:.2f} GiB"
 
 
 def _model(variant: Variant, *, default: bool, resident_quantize: int, demo: bool, chosen_by: str = "default") -> Model:
@@ -57,7 +57,7 @@ def _model(variant: Variant, *, default: bool, resident_quantize: int, demo: boo
         description=variant.description,
         loader="kiapi_ernie.runtime:load",
         resident_quantize=resident_quantize,
-        weights_gib=dict(memory.DEMO_WEIGHTS_GB if demo else memory.WEIGHTS_GB),
+        weights_gib=dict(memory.DEMO_WEIGHTS_GIB if demo else memory.WEIGHTS_GIB),
         weights=(
             WeightFiles(
                 repo=variant.repo,

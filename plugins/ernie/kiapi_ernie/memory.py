@@ -9,7 +9,7 @@ measurements of MLX peak memory; none were measured on real weights here, no GPU
   Both variants share the architecture.
 * **Bytes per parameter**: bf16 = 2. ``nn.quantize`` (group 64) stores ``bits/8`` per weight
   plus a bf16 scale and bias per 64 weights (+0.0625 B). mflux quantizes every Linear and the
-  embedding; the VAE's convolutions stay bf16. So q8 ~ 11.5 GB, q4 ~ 6.2 GB, bf16 ~ 21.5 GB (GB = 2**30 bytes).
+  embedding; the VAE's convolutions stay bf16. So q8 ~ 11.5 GiB, q4 ~ 6.2 GiB, bf16 ~ 21.5 GiB.
   On disk (the Hugging Face bf16 snapshot) ~ 23.2 GB per variant.
 * **Denoising activations** scale with the image tokens ``(w/16) * (h/16)`` (4096 at 1024^2)
   and the batch (2 with CFG, i.e. guidance > 1): the running block keeps ~24 hidden-sized bf16
@@ -41,7 +41,7 @@ from kiapi_core.sdk import RequestContext
 
 from .params import EditParams, GenerateParams, TrainParams
 
-GB = 1024**3  # the core counts GB as 2**30 bytes (MLX and mflux do too)
+GIB = 1024**3  # memory is counted in GiB (2**30 bytes), as the core, MLX and mflux do
 TRANSFORMER_PARAMS = 8.033e9
 TEXT_ENCODER_PARAMS = 3.429e9
 VAE_PARAMS = 0.084e9
@@ -54,16 +54,16 @@ _VAE_LIVE_BUFFERS = 3
 _TEXT_ENCODER_GB = 0.5  # 2048-token Mistral pass (hidden 3072), freed before denoising
 
 
-def weights_gb(bits: int | None) -> float:
-    """Resident weight size in GB at ``bits`` (``None``: bf16)."""
+def weights_gib(bits: int | None) -> float:
+    """Resident weight size in GiB at ``bits`` (``None``: bf16)."""
     quantizable = TRANSFORMER_PARAMS + TEXT_ENCODER_PARAMS
     per_param = 2.0 if bits is None else bits / 8 + 4 / 64
-    return round((quantizable * per_param + VAE_PARAMS * 2.0) / GB, 2)
+    return round((quantizable * per_param + VAE_PARAMS * 2.0) / GIB, 2)
 
 
-WEIGHTS_GB: dict[int | None, float] = {bits: weights_gb(bits) for bits in (None, 3, 4, 5, 6, 8)}
+WEIGHTS_GIB: dict[int | None, float] = {bits: weights_gib(bits) for bits in (None, 3, 4, 5, 6, 8)}
 #: The tiny demo model is 13 MB in bf16 (measured on disk); quantized it is smaller still.
-DEMO_WEIGHTS_GB: dict[int | None, float] = {bits: 0.02 for bits in (None, 3, 4, 5, 6, 8)}
+DEMO_WEIGHTS_GIB: dict[int | None, float] = {bits: 0.02 for bits in (None, 3, 4, 5, 6, 8)}
 
 
 def _tokens(width: int, height: int) -> int:
@@ -89,7 +89,7 @@ ROOM_FOR = (1024, 1024)
 
 def demo_gb(width: int, height: int, batch: int = 1) -> float:
     """Tiny demo model: a fixed overhead plus its VAE's full-resolution buffers."""
-    return round(0.05 + batch * width * height * 64 * 4 * _VAE_LIVE_BUFFERS / GB, 3)
+    return round(0.05 + batch * width * height * 64 * 4 * _VAE_LIVE_BUFFERS / GIB, 3)
 
 
 def inference_block_gb(tokens: int, batch: int = 1) -> float:
@@ -98,17 +98,17 @@ def inference_block_gb(tokens: int, batch: int = 1) -> float:
     ``mx.fast.scaled_dot_product_attention`` never materialises the tokens x tokens score
     matrix, so nothing here grows with tokens squared.
     """
-    return batch * tokens * HIDDEN * 2 * _ACTIVE_TENSORS_PER_TOKEN / GB
+    return batch * tokens * HIDDEN * 2 * _ACTIVE_TENSORS_PER_TOKEN / GIB
 
 
 def train_working_gb(tokens: int) -> float:
     """The backward working set of the block being differentiated (``tokens``: all samples')."""
-    return tokens * HIDDEN * 2 * _TRAIN_WORKING_TENSORS / GB
+    return tokens * HIDDEN * 2 * _TRAIN_WORKING_TENSORS / GIB
 
 
 def train_kept_gb(tokens: int, *, checkpointing: bool) -> float:
     """What each other block keeps for the backward pass."""
-    return tokens * HIDDEN * 2 * (_TRAIN_KEPT_CHECKPOINTED if checkpointing else _TRAIN_KEPT_TENSORS) / GB
+    return tokens * HIDDEN * 2 * (_TRAIN_KEPT_CHECKPOINTED if checkpointing else _TRAIN_KEPT_TENSORS) / GIB
 
 
 def train_activations_gb(tokens: int, blocks: int, *, checkpointing: bool) -> float:
@@ -117,14 +117,14 @@ def train_activations_gb(tokens: int, blocks: int, *, checkpointing: bool) -> fl
 
 
 def image_peak_gb(width: int, height: int, steps: int, guidance: float, *, edit: bool = False) -> float:
-    """Peak GB one generate/edit adds on top of the model's weights."""
+    """Peak GiB one generate/edit adds on top of the model's weights."""
     batch = 2 if guidance > 1.0 else 1
     tokens = _tokens(width, height)
-    per_block = inference_block_gb(tokens, batch) * GB
+    per_block = inference_block_gb(tokens, batch) * GIB
     decode = width * height * _VAE_CHANNELS * 4 * _VAE_LIVE_BUFFERS
     encode = decode if edit else 0
     graph = steps * batch * tokens * 128 * 4  # one latent per step kept by the lazy graph at most
-    return round((max(per_block, decode, encode) + graph) / GB + _TEXT_ENCODER_GB, 3)
+    return round((max(per_block, decode, encode) + graph) / GIB + _TEXT_ENCODER_GB, 3)
 
 
 def lora_gb(params: GenerateParams) -> float:
@@ -133,14 +133,14 @@ def lora_gb(params: GenerateParams) -> float:
 
 
 def estimate_generate(params: GenerateParams, ctx: RequestContext) -> float:
-    """Peak GB one generate adds on top of the resident weights."""
+    """Peak GiB one generate adds on top of the resident weights."""
     if params.demo:
         return demo_gb(params.width, params.height) + lora_gb(params)
     return image_peak_gb(params.width, params.height, params.steps, params.guidance) + lora_gb(params)
 
 
 def estimate_edit(params: EditParams, ctx: RequestContext) -> float:
-    """Peak GB one edit adds on top of the resident weights (generate's plus the VAE encode)."""
+    """Peak GiB one edit adds on top of the resident weights (generate's plus the VAE encode)."""
     if params.demo:
         return demo_gb(params.width, params.height) + lora_gb(params)
     return image_peak_gb(params.width, params.height, params.steps, params.guidance, edit=True) + lora_gb(params)
@@ -165,9 +165,9 @@ def train_gb(params: TrainParams, *, low_ram: bool | None = None) -> float:
         return demo_gb(side, side, batch)
     tokens = (_tokens(side, side) + _CAPTION_TOKENS) * batch
     kept = train_activations_gb(tokens, BLOCKS, checkpointing=low_ram)
-    lora = _lora_params(params.targets) * 4 * 4 / GB  # f32 param, grad, m, v
-    encode = side * side * _VAE_CHANNELS * 4 * _VAE_LIVE_BUFFERS / GB
-    return round(weights_gb(params.quantize) + max(kept, encode) + lora + _TEXT_ENCODER_GB, 2)
+    lora = _lora_params(params.targets) * 4 * 4 / GIB  # f32 param, grad, m, v
+    encode = side * side * _VAE_CHANNELS * 4 * _VAE_LIVE_BUFFERS / GIB
+    return round(weights_gib(params.quantize) + max(kept, encode) + lora + _TEXT_ENCODER_GB, 2)
 
 
 def estimate_train(params: TrainParams, ctx: RequestContext) -> float:
@@ -179,6 +179,6 @@ def choose_resident_quantize(budget_gb: float, steps: int, guidance: float) -> i
     """The largest of 8/6/5/4/3 bits whose weights leave room for a 1024^2 job (3 if none does)."""
     room = image_peak_gb(*ROOM_FOR, steps, guidance)
     for bits in RESIDENT_CHOICES:
-        if WEIGHTS_GB[bits] + room <= budget_gb:
+        if WEIGHTS_GIB[bits] + room <= budget_gb:
             return bits
     return RESIDENT_CHOICES[-1]

@@ -334,11 +334,11 @@ def train_memory_problem(params: TrainParams, budget_gb: float | None) -> Memory
     for label, change in tries:
         gb = memory.train_gb(msgspec.structs.replace(params, **change))
         if gb <= budget_gb:
-            hint, suggestion = f"Send {label}: it needs about {gb:.1f} GB.", change
+            hint, suggestion = f"Send {label}: it needs about {gb:.1f} GiB.", change
             break
     mode = "with low_ram (gradient checkpointing)" if params.low_ram else "without low_ram"
     detail = (f"ernie training {mode} at max_resolution {side}, batch_size {params.batch_size}, "
-              f"quantize {bits} needs about {need:.1f} GB but the memory budget is {budget_gb:.2f} GB, so it can "
+              f"quantize {bits} needs about {need:.1f} GiB but the memory budget is {budget_gb:.2f} GiB, so it can "
               f"never run here. {hint}")
     return MemoryBudgetExceeded(detail, needed_gb=round(need, 3), budget_gb=round(budget_gb, 3), hint=hint,
                                 suggestion=suggestion,

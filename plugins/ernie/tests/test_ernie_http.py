@@ -109,10 +109,10 @@ async def test_a_16_gb_mac_over_http(kiapi_client_factory, ernie_helpers, tmp_pa
                                     plugin_settings={"ernie": {"turbo_path": str(weights)}}) as http:
         memory = (await http.get("/v1/memory")).json()
         assert {"family": "ernie", "model": "turbo", "resident_quantize": 5, "weights_gb": 7.5,
-                "chosen_by": "memory budget 10.67 GB"} in memory["models"]
+                "chosen_by": "memory budget 10.67 GiB"} in memory["models"]
         listed = {m["name"]: m for m in (await http.get("/v1/image/ernie/models")).json()}
         assert listed["turbo"]["resident_quantize"] == 5
-        assert listed["turbo"]["resident_quantize_chosen_by"] == "memory budget 10.67 GB"
+        assert listed["turbo"]["resident_quantize_chosen_by"] == "memory budget 10.67 GiB"
         h = ernie_helpers
         dataset = await http.upload(h.zip({"a.png": h.png((64, 64)), "a.txt": "red"}), "ds.zip", "application/zip")
         r = await http.post("/v1/image/ernie/train", json={"dataset": {"type": "file_id", "file_id": dataset}})

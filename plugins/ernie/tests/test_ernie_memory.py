@@ -29,8 +29,8 @@ async def test_jobs_carry_measured_mlx_peaks(kiapi_client_factory):
 
 
 async def test_two_variants_under_a_budget_for_one_evict_and_reload(kiapi_client_factory):
-    # Demo numbers: 0.02 GB declared weights + a 0.053 GB generate estimate = 0.073 GB per job;
-    # one resident model plus a job for the other (0.093 GB) does not fit 0.08 GB.
+    # Demo numbers: 0.02 GiB declared weights + a 0.053 GiB generate estimate = 0.073 GiB per job;
+    # one resident model plus a job for the other (0.093 GiB) does not fit 0.08 GiB.
     async with kiapi_client_factory(plugins=["kiapi_ernie"], memory_limit_gb=0.08) as http:
         loads = []
         for model in ("turbo", "base", "turbo", "base"):

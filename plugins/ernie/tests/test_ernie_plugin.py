@@ -49,7 +49,7 @@ def test_models_declare_weights_and_memory():
     assert weights.local_dir_setting == "turbo_path" and "tokenizer/**" in weights.patterns
     assert base.weights[0].revision.startswith("5346b31d") and base.weights[0].local_dir_setting == "base_path"
     assert turbo.weights_gib[None] > turbo.weights_gib[8] > turbo.weights_gib[4] > turbo.weights_gib[3]
-    assert 11 < turbo.weights_gib[8] < 12  # GB = 2**30 bytes, as the core counts
+    assert 11 < turbo.weights_gib[8] < 12  # GiB, as the core counts
     assert build_capability(ErnieSettings(resident_quantize=4)).models[0].resident_quantize == 4
     # info holds only what the core reads (kiapi models, GET /v1/memory, the 503 hint)
     assert turbo.info == {"resident_quantize_chosen_by": "default",
@@ -82,7 +82,7 @@ def test_estimates_scale_with_size_cfg_and_training_resolution():
     lora = msgspec.structs.replace(_params("generate", width=1024, height=1024), lora_mb=75.0)
     assert memory.estimate_generate(lora, _ctx()) > large
     t512 = memory.estimate_train(_params("train", max_resolution=512, quantize=8), _ctx())
-    assert memory.estimate_train(_params("train", max_resolution=1024, quantize=8), _ctx()) > t512 > memory.weights_gb(8)
+    assert memory.estimate_train(_params("train", max_resolution=1024, quantize=8), _ctx()) > t512 > memory.weights_gib(8)
     assert memory.estimate_train(_params("train", max_resolution=512, quantize=8, batch_size=2), _ctx()) > t512
 
 
