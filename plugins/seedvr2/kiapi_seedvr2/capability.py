@@ -3,9 +3,9 @@
 ``build_capability(demo=...)`` is what the plugin registers. Importing this module never imports
 mlx or mflux (the handler and loader are ``"module:function"`` strings resolved on first use).
 
-Memory (GB = 2**30 bytes, as the core counts them)
+Memory (GB here means GiB, 2**30 bytes, as the core counts memory; disk sizes are decimal GB)
 --------------------------------------------------
-``weights_gb`` per quantization: the DiT's parameters (3.3 G for 3b, 7.0 G for 7b; the published
+``weights_gib`` per quantization: the DiT's parameters (3.3 G for 3b, 7.0 G for 7b; the published
 fp16 files are ~6.8 and ~16.5 GB) at ``bits + 0.5`` bits each (MLX affine quantization stores an
 fp16 scale and bias per group of 64), more because quantizing gives the weights the two streams
 share their own copies (x 1.12, measured at real width), plus the fp16 VAE (~0.5 GB, mostly convolutions, which mflux never
@@ -106,7 +106,7 @@ _VAE_GB = 0.5
 _QUANTIZED_SHARING = 1.12
 
 
-def weights_gb(dit_params_g: float) -> dict[int | None, float]:
+def weights_gib(dit_params_g: float) -> dict[int | None, float]:
     table: dict[int | None, float] = {None: round(dit_params_g * 2 + _VAE_GB, 1)}
     for bits in QUANTIZE_LEVELS:
         table[bits] = round(dit_params_g * _QUANTIZED_SHARING * (bits + 0.5) / 8 + _VAE_GB, 1)
@@ -130,7 +130,7 @@ def _model(variant: str, demo: bool) -> Model:
         description=spec["description"] + (" Demo mode: tiny random weights, outputs are noise." if demo else ""),
         loader="kiapi_seedvr2.runtime:load",
         resident_quantize=RESIDENT_QUANTIZE,
-        weights_gib={q: 0.01 for q in (None, *QUANTIZE_LEVELS)} if demo else weights_gb(spec["dit_params_g"]),
+        weights_gib={q: 0.01 for q in (None, *QUANTIZE_LEVELS)} if demo else weights_gib(spec["dit_params_g"]),
         weights=() if demo else (
             WeightFiles(repo=REPO, revision=REVISION, patterns=files, size_gib=spec["disk_gb"] * 10**9 / 2**30,
                         local_dir_setting=f"path_{variant}",
