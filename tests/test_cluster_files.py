@@ -61,6 +61,25 @@ async def test_streamed_upload_and_its_limit(store):
     assert [r.file_id for r in await store.alist()] == [stored.file_id]
 
 
+@pytest.fixture(params=["local", "pg"])
+def ttl_store(request, tmp_path) -> BlobStore:
+    """Uploads kept an hour, job outputs a day (KIAPI_FILE_TTL_S, KIAPI_JOB_TTL_S)."""
+    if request.param == "local":
+        return FileStore(tmp_path / "files", ttl_s=3600, output_ttl_s=86400)
+    from kiapi_core.cluster.pg import PgFileStore
+
+    return PgFileStore(tmp_path / "files", request.getfixturevalue("pool"), ttl_s=3600, output_ttl_s=86400)
+
+
+def test_job_outputs_expire_with_their_job_uploads_after_the_file_ttl(ttl_store):
+    upload = ttl_store.put_bytes(b"in", filename="in.txt")
+    output = ttl_store.put_bytes(b"out", filename="out.png", meta={"job_id": "job_1"})
+    assert upload.record.expires_at - upload.record.created_at == pytest.approx(3600, abs=1)
+    assert output.record.expires_at - output.record.created_at == pytest.approx(86400, abs=1)
+    assert ttl_store.sweep_expired(now=upload.record.expires_at + 1) == 1
+    assert ttl_store.get(output.file_id).path.read_bytes() == b"out"
+
+
 def test_expiry(store):
     stored = store.put_bytes(b"soon", filename="a.txt", ttl_s=60)
     assert store.sweep_expired(now=stored.record.expires_at + 1) == 1

@@ -25,8 +25,8 @@ def cluster_services(host: Any) -> tuple[BlobStore, Any]:
         raise StartupError(f"KIAPI_CLUSTER_URL must be a postgresql:// URL, not {url.split(':', 1)[0]!r}")
     pool = Pool(url)
     data = settings.data_path
-    files: BlobStore = PgFileStore(data / "files", pool, ttl_s=settings.file_ttl_s, cache_gb=settings.cluster_cache_gb,
-                                   max_storage_gb=settings.max_storage_gb)
+    files: BlobStore = PgFileStore(data / "files", pool, ttl_s=settings.file_ttl_s, output_ttl_s=settings.job_ttl_s,
+                                   cache_gb=settings.cluster_cache_gb, max_storage_gb=settings.max_storage_gb)
     jobs = ClusterJobManager(settings=settings, backend=PgJobBackend(pool), bus=PgEventBus(url),
                              registry=host.registry, files=files, models=host.models,
                              plugin_settings=host.plugin_settings, cache_dir=host.cache_dir,

@@ -53,15 +53,17 @@ def _not_found(file_id: str) -> NotFound:
 class PgFileStore:
     """A :class:`~kiapi_core.files.blobstore.BlobStore` shared by the hosts of a cluster."""
 
-    def __init__(self, root: Path | str, pool: Pool, *, ttl_s: float = 0, cache_gb: float = 20.0,
-                 max_storage_gb: float | None = None) -> None:
+    def __init__(self, root: Path | str, pool: Pool, *, ttl_s: float = 0, output_ttl_s: float | None = None,
+                 cache_gb: float = 20.0, max_storage_gb: float | None = None) -> None:
         self.pool = pool
         self._db_quota = None if max_storage_gb is None else DatabaseQuota(pool, max_storage_gb)
         #: KIAPI_MAX_STORAGE_GB over the database's bytes; ``None``: the database's disk is the limit.
         self.quota: StorageQuota | None = self._db_quota
         #: This host's copies. It checks new files against the database quota's view before
         #: writing them (evicting a copy frees nothing: DatabaseQuota.removed is a no-op).
-        self.cache = FileStore(root, ttl_s=ttl_s, quota=self._db_quota, on_publish=self._upload)
+        # Job outputs expire with their job (KIAPI_JOB_TTL_S), as on one host; uploads after ttl_s.
+        self.cache = FileStore(root, ttl_s=ttl_s, output_ttl_s=output_ttl_s, quota=self._db_quota,
+                               on_publish=self._upload)
         self.root = self.cache.root
         #: KIAPI_CLUSTER_CACHE_GB: checked as copies are added, least recently used go first.
         self.cache_bound = CacheBound(self.cache, int(cache_gb * 2**30))
