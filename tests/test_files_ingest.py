@@ -187,7 +187,8 @@ def test_h11_body_extraction_without_copies_parses_the_same(monkeypatch):
     from h11 import _receivebuffer
 
     cls = _receivebuffer.ReceiveBuffer
-    monkeypatch.setattr(cls, "maybe_extract_at_most", cls.maybe_extract_at_most)  # restored after
+    for name in ("maybe_extract_at_most", "__iadd__"):  # both patched: both restored after
+        monkeypatch.setattr(cls, name, getattr(cls, name))
     serve._extract_body_without_copies()
     serve._extract_body_without_copies()  # idempotent
     assert getattr(cls.maybe_extract_at_most, "kiapi_fast", False)
@@ -254,3 +255,50 @@ async def test_body_reader_hands_its_buffer_over_and_h11_adopts_it(monkeypatch):
     mine[:] = b"XXXXXX"
     event = conn.next_event()
     assert isinstance(event, h11.Data) and bytes(event.data) == b"body!!"
+
+
+async def test_a_canceled_upload_closes_only_after_its_threads_are_done(tmp_path, monkeypatch):
+    """A timeout (a URL input's download) cancels ``feed`` while a block is being written: the
+    file and buffers are closed only once that write is over, never under a running thread (its
+    fd could by then belong to another upload), and no temp file is left."""
+    import threading
+
+    monkeypatch.setattr(ingest, "BLOCK_BYTES", SMALL_BLOCK)
+    writing, release, order = threading.Event(), threading.Event(), []
+    real_pwrite = ingest.BlockFile._pwrite
+    real_close = ingest.BlockFile.close
+
+    def slow_write(self, data, offset):
+        if offset == 0:  # only the first block's write is slow
+            writing.set()
+            release.wait(10)
+        real_pwrite(self, data, offset)
+        order.append(f"wrote {offset}")
+
+    def close(self):
+        real_close(self)
+        order.append("closed")
+
+    monkeypatch.setattr(ingest.BlockFile, "_pwrite", slow_write)
+    monkeypatch.setattr(ingest.BlockFile, "close", close)
+    store = FileStore(tmp_path)
+
+    async def upload():
+        async with store.writer() as writer:
+            for _ in range(4):  # the third block waits for the first buffer's slow write
+                await writer.write(b"x" * SMALL_BLOCK)
+
+    task = asyncio.create_task(upload())
+    await asyncio.to_thread(writing.wait, 10)
+    await asyncio.sleep(0.05)
+    task.cancel()
+    asyncio.get_running_loop().call_later(0.5, release.set)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.to_thread(release.wait, 10)
+    for _ in range(100):
+        if "closed" in order:
+            break
+        await asyncio.sleep(0.02)
+    assert order[-1] == "closed" and "wrote 0" in order, order
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

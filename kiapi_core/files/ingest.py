@@ -25,11 +25,13 @@ publishes it (docs/reliability.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import mmap
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import durability
@@ -62,6 +64,10 @@ class BlockFile:
         self._fd = -1
         self._buffers: list[mmap.mmap] = []
         self._lock = threading.Lock()
+        #: Worker calls in progress; ``close`` waits for them (a canceled upload's threads run on).
+        self._using = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._closed = False
 
     def open(self) -> None:
         """Create the file (it must not exist) and the buffers."""
@@ -82,14 +88,28 @@ class BlockFile:
     def buffer(self, index: int) -> mmap.mmap:
         return self._buffers[index]
 
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[None]:
+        """One worker call on the file and buffers: refused once closed, waited for by close."""
+        with self._using:
+            if self._closed:
+                raise OSError(errno.EBADF, "the upload was given up")
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._using:
+                self._in_flight -= 1
+                self._using.notify_all()
+
     def hash_block(self, index: int, length: int) -> None:
         """Add the first ``length`` bytes of buffer ``index`` to the digest (in block order)."""
-        with memoryview(self._buffers[index]) as view, view[:length] as block:
+        with self._use(), memoryview(self._buffers[index]) as view, view[:length] as block:
             self.hash.update(block)
 
     def write_block(self, index: int, length: int, offset: int) -> None:
         """Write the first ``length`` bytes of buffer ``index`` at ``offset``."""
-        with memoryview(self._buffers[index]) as view:
+        with self._use(), memoryview(self._buffers[index]) as view:
             aligned = length - length % _ALIGN if self.direct else length
             self._pwrite(view[:aligned], offset)
             if aligned < length:  # the last block's tail; every other write has finished
@@ -98,9 +118,10 @@ class BlockFile:
 
     def finish(self, index: int, length: int, offset: int) -> None:
         """Hash and write the last block, sync the file's data (durable), close it."""
-        self.hash_block(index, length)
-        self.write_block(index, length, offset)
-        durability.sync_data(self._fd)
+        with self._use():
+            self.hash_block(index, length)
+            self.write_block(index, length, offset)
+            durability.sync_data(self._fd)
         self.close()
 
     def _pwrite(self, data: memoryview, offset: int) -> None:
@@ -128,16 +149,18 @@ class BlockFile:
                 self.direct = False
 
     def close(self) -> None:
-        """Close the file and free the buffers (idempotent; the file itself stays)."""
+        """Close the file and free the buffers once no worker call uses them (idempotent; the
+        file itself stays). Blocks: call it off the event loop."""
+        with self._using:
+            self._closed = True
+            while self._in_flight:
+                self._using.wait()
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
         buffers, self._buffers = self._buffers, []
         for buffer in buffers:
-            try:
-                buffer.close()
-            except BufferError:  # a canceled upload's worker still reads it: freed with it
-                pass
+            buffer.close()
 
 
 class Ingest:
@@ -210,7 +233,9 @@ class Ingest:
         except Exception:  # giving up anyway
             pass
         finally:
-            self.file.close()
+            # Shielded: a canceled caller must not stop the close (the fd and buffers would leak);
+            # it waits for threads a canceled upload left writing, so no write outlives the fd.
+            await asyncio.shield(asyncio.to_thread(self.file.close))
 
 
 async def _both(first: asyncio.Future[None], second: asyncio.Future[None]) -> None:
