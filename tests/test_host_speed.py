@@ -90,3 +90,27 @@ def test_the_route_index_picks_what_the_scan_picks(tmp_path) -> None:
 
     shadowed = [Route("/things/{name}", endpoint, methods=["GET"]), Route("/things/new", endpoint, methods=["GET", "POST"])]
     assert set(static_index(shadowed)) == {("/things/new", "POST")}  # GET /things/new is the first route's
+
+
+async def test_a_route_added_after_the_first_request_is_routed_as_the_scan_would() -> None:
+    """The index is rebuilt when routes are added after it was built: a route put in front of
+    an indexed one wins, as it does in Starlette's scan (never a stale answer)."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from kiapi_core.http.routing import IndexedRouter
+
+    async def first(request):
+        return PlainTextResponse("first")
+
+    async def later(request):
+        return PlainTextResponse("later")
+
+    app = Starlette()
+    app.router = IndexedRouter(routes=[Route("/first", first)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        assert (await http.get("/first")).text == "first"
+        app.router.routes.insert(0, Route("/first", later))
+        assert (await http.get("/first")).text == "later"

@@ -35,12 +35,13 @@ def static_index(routes: Sequence[BaseRoute]) -> dict[tuple[str, str], Route]:
 class IndexedRouter(Router):
     """A :class:`~starlette.routing.Router` that looks static paths up before scanning."""
 
-    _index: dict[tuple[str, str], Route] | None = None
+    _index: dict[tuple[str, str], Route] = {}
+    _indexed_routes = -1  # how many routes the index was built from
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):
-            if self._index is None:  # built on first use: every route is in place by then
-                self._index = static_index(self.routes)
+            if self._indexed_routes != len(self.routes):  # first use, or a route added since
+                self._index, self._indexed_routes = static_index(self.routes), len(self.routes)
             route = self._index.get((scope["path"], scope["method"]))
             if route is not None:
                 scope.setdefault("router", self)
