@@ -87,3 +87,32 @@ async def test_one_services_bundle_reaches_every_job(tmp_path):
         assert not (rig.work_root / job_id).exists()  # never asked for: never made
     finally:
         await rig.manager.stop(grace_s=0)
+
+
+def test_flush_waits_for_the_thread_delivering_then_delivers_what_is_left():
+    """At shutdown, events another thread was left to deliver reach the listeners before
+    ``flush`` returns (a completion webhook must not be lost to a slow delivering thread)."""
+    from kiapi_core.jobs.events import JobEvents
+    from kiapi_core.jobs.models import Job
+
+    events, heard, inside, release = JobEvents(), [], threading.Event(), threading.Event()
+
+    def listener(event: str, job: Job) -> None:
+        if event == "started":
+            inside.set()
+            release.wait(10)
+        heard.append(event)
+
+    events.listeners.append(listener)
+    job = Job(id="job_1", type="t", status=JobStatus.running, created_at=0.0)
+    events.record("started", job)
+    slow = threading.Thread(target=events.deliver)
+    slow.start()
+    assert inside.wait(10)
+    events.record("finished", job)
+    events.deliver()  # the slow thread is delivering: "finished" is left to it
+    assert heard == []
+    threading.Timer(0.2, release.set).start()
+    events.flush(timeout_s=10)
+    assert heard == ["started", "finished"]
+    slow.join(10)

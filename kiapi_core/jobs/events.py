@@ -63,5 +63,13 @@ class JobEvents:
             finally:
                 self._delivering.release()
 
+    def flush(self, timeout_s: float) -> None:
+        """At shutdown: wait up to ``timeout_s`` for a thread that is delivering (a job's last
+        events may have been left to it), then deliver what is left, so listeners (webhooks)
+        see every event before they stop. Blocks: call it off the event loop."""
+        if self._delivering.acquire(timeout=timeout_s):
+            self._delivering.release()
+        self.deliver()
+
 
 __all__ = ["JobEvents", "Listener", "snapshot"]

@@ -99,6 +99,7 @@ class JobManager:
         try:
             await self._stop(grace_s)
             await self._pool.stop(CANCEL_WAIT_S)
+            await asyncio.to_thread(self._events.flush, CANCEL_WAIT_S)
         finally:
             with self._lock:
                 self.store.close()
