@@ -186,7 +186,7 @@ def test_queued_needs_and_labels_for_placement(backend):
 def test_release_gives_the_job_back_without_counting_an_attempt(backend):
     job = submit(backend)
     claim = backend.claim(claimer())
-    backend.release(job.id, "h1", claim.attempt, "waiting for memory: h1 cannot free 3.00 GB now")
+    backend.release(job.id, "h1", claim.attempt, "waiting for memory: h1 cannot free 3.00 GiB now")
     back = backend.get(job.id)
     assert back.status is JobStatus.queued and back.progress_label.startswith("waiting for memory: h1")
     assert backend.claim(claimer(host="h2")).attempt == 1

@@ -177,7 +177,7 @@ def test_a_job_that_outgrew_every_live_host_fails_instead_of_bouncing(tmp_path, 
         releases["big"].touch()
         job = big.wait_for(job_id, lambda j: j["status"] == "failed", "the job kept bouncing")
         assert job["error_code"] == "memory_budget"
-        assert "no live host in the cluster can ever run this job" in job["error"] and "16.00 GB" in job["error"]
+        assert "no live host in the cluster can ever run this job" in job["error"] and "16.00 GiB" in job["error"]
         assert job["metrics"]["attempt"] == 1  # refusals burnt no attempt
     finally:
         _stop(hosts)
@@ -195,7 +195,7 @@ def test_a_queued_job_no_live_host_can_take_says_why_until_one_can(tmp_path, pg_
         big.stop(kill=True)  # ... and is gone
         job = small.wait_for(job_id, lambda j: j["progress_label"].startswith("waiting: it needs about 10.0"),
                              "the job never said why it waits")
-        assert job["status"] == "queued" and "the largest live host serving 'cwait' has 4.00 GB" in job["progress_label"]
+        assert job["status"] == "queued" and "the largest live host serving 'cwait' has 4.00 GiB" in job["progress_label"]
         bigger = ClusterHost(tmp_path, pg_url, "bigger", extra_env={"KIAPI_MEMORY_LIMIT_GB": "16"}).ready()
         hosts.append(bigger)
         for release in releases.values():  # the lost host's busy job was re-queued too

@@ -114,11 +114,11 @@ def test_placement_labels_say_why_a_queued_job_waits():
 
     small = HostState(id="s", capabilities=["cap"], budget_gb=5.0)
     warm = HostState(id="w", capabilities=["cap"], resident=["cap:m"], budget_gb=5.0)
-    assert waiting_label(need(), [small]).startswith("waiting: it needs about 7.00 GB and the largest live host")
+    assert waiting_label(need(), [small]).startswith("waiting: it needs about 7.00 GiB and the largest live host")
     assert waiting_label(need(), [warm]) is None  # the model is resident there: 3 GB fits
     assert waiting_label(need(light=True), [small]) is None  # light jobs are not reserved
     assert waiting_label(need(), []).startswith("waiting: no live host serves 'cap' now")
     assert waiting_label(need(), [msgspec.structs.replace(warm, live=False)]).startswith("waiting: no live host")
     assert waiting_label(need("waiting: no live host serves 'cap' now; ..."), [warm]) == "queued"
-    refused = "waiting for memory: s cannot free 7.00 GB now"
+    refused = "waiting for memory: s cannot free 7.00 GiB now"
     assert waiting_label(need(refused), []) is None  # a refusal's reason stays

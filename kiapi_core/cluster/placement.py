@@ -31,8 +31,8 @@ def waiting_label(job: QueuedNeed, hosts: Iterable[HostState]) -> str | None:
         want = "queued"
     else:
         largest = max(h.budget_gb for h in serving)
-        want = (f"waiting: it needs about {job.need_gb + job.load_gb:.2f} GB and the largest live host serving "
-                f"{job.capability!r} has {largest:.2f} GB; start a larger host or cancel it")
+        want = (f"waiting: it needs about {job.need_gb + job.load_gb:.2f} GiB and the largest live host serving "
+                f"{job.capability!r} has {largest:.2f} GiB; start a larger host or cancel it")
     current = job.progress_label
     if want == current or (want == "queued" and not current.startswith(_OURS)):
         return None

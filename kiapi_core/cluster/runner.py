@@ -324,17 +324,17 @@ class ClusterRunner:
             if not any(h.budget_gb + 1e-9 >= needed for h in others):
                 largest = max([budget, *(h.budget_gb for h in others)])
                 return Outcome.of(JobStatus.failed, MemoryBudgetExceeded(
-                    f"no live host in the cluster can ever run this job: it needs about {needed:.2f} GB and "
-                    f"the largest live host serving {job.capability!r} has a {largest:.2f} GB budget. "
+                    f"no live host in the cluster can ever run this job: it needs about {needed:.2f} GiB and "
+                    f"the largest live host serving {job.capability!r} has a {largest:.2f} GiB budget. "
                     f"{exc.detail if exc is not None else ''}".strip(), **extra))
             self._refused[job.id] = (now + NEVER_HERE_S, 1)
             reason = (f"waiting for a host with more memory: {self.host_id} can never fit it "
-                      f"({needed:.2f} GB > its {budget:.2f} GB budget)")
+                      f"({needed:.2f} GiB > its {budget:.2f} GiB budget)")
         else:
             count = self._refused.get(job.id, (0.0, 0))[1] + 1
             wait_s = min(REFUSED_S * 2 ** (count - 1), REFUSED_MAX_S)
             self._refused[job.id] = (now + wait_s, count)
-            reason = (f"waiting for memory: {self.host_id} cannot free {needed:.2f} GB now "
+            reason = (f"waiting for memory: {self.host_id} cannot free {needed:.2f} GiB now "
                       f"(tries again in {wait_s:g} s; other hosts may take it sooner)")
         self._hand_back(run, reason=reason)
         return None
