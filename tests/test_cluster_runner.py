@@ -18,6 +18,7 @@ from kiapi_core.cluster.manager import ClusterJobManager
 from kiapi_core.errors import Unavailable
 from kiapi_core.host import build_host
 from kiapi_core.jobs.models import JobStatus
+from kiapi_core.jobs.services import JobServices
 from kiapi_core.settings import Settings
 
 
@@ -43,9 +44,10 @@ async def rig(tmp_path):
                                        affinity_wait_s=0.0)
     bus = LocalEventBus()
     backend = HangingRenewals(bus)
+    services = JobServices(files=host.files, models=host.models, plugin_settings=host.plugin_settings,
+                           cache_dir=host.cache_dir, work_root=tmp_path / "work", demo=True)
     manager = ClusterJobManager(settings=settings, backend=backend, bus=bus, registry=host.registry,
-                                files=host.files, models=host.models, plugin_settings=host.plugin_settings,
-                                cache_dir=host.cache_dir, work_root=tmp_path / "work", demo=True)
+                                services=services)
     await manager.start()
     yield host, manager, backend
     backend.unblock.set()

@@ -29,7 +29,7 @@ from ..jobs.manager import new_job_id
 from ..jobs.models import Job, JobStatus
 from ..jobs.pool import PoolBoard, PoolModels
 from ..jobs.store import JobPage, idempotent_job
-from ..jobs.worker import AdminTask, JobServices, ModelManagerLike, Worker
+from ..jobs.worker import AdminTask, JobServices, Worker
 from ..memory.admission import declared_weights_gb, job_quantize
 from ..memory.loaders import raw_estimate
 from ..registry import Capability, Model, Operation
@@ -49,9 +49,9 @@ class _KeyLookup:
 
 
 class ClusterJobManager:
-    def __init__(self, *, settings: Any, backend: JobBackend, bus: EventBus, registry: Any, files: Any,
-                 models: ModelManagerLike, plugin_settings: Callable[[str], Any], cache_dir: Callable[[str], Any],
-                 work_root: Any, demo: bool) -> None:
+    def __init__(self, *, settings: Any, backend: JobBackend, bus: EventBus, registry: Any,
+                 services: JobServices) -> None:
+        files, models = services.files, services.models
         self.settings = settings
         self.max_queue = settings.max_queue
         self.backend = backend
@@ -72,10 +72,9 @@ class ClusterJobManager:
         self.runner = ClusterRunner(backend=backend, host_id=self.host_id, settings=settings, registry=registry,
                                     files=files, models=models, host_state=self.host_state, notify=self._wake,
                                     emit=self._emit)
-        services = JobServices(files=files, models=models, plugin_settings=plugin_settings, cache_dir=cache_dir,
-                               work_root=work_root, demo=demo)
         self._worker = Worker(board=self.runner, services=services)
-        self._pool_models = PoolModels(plugin_settings=plugin_settings, cache_dir=cache_dir, demo=demo)
+        self._pool_models = PoolModels(plugin_settings=services.plugin_settings, cache_dir=services.cache_dir,
+                                       demo=services.demo)
         pool_services = dataclasses.replace(services, models=self._pool_models)
         #: Operations that use no MLX run on these threads, never behind the model thread (as on
         #: one host, jobs/pool.py); a host with no such operation, or taking no work, has none.

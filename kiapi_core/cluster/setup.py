@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import StartupError
 from ..files.blobstore import BlobStore
+from ..jobs.services import JobServices
 
 
 def cluster_services(host: Any) -> tuple[BlobStore, Any]:
@@ -27,10 +28,10 @@ def cluster_services(host: Any) -> tuple[BlobStore, Any]:
     data = settings.data_path
     files: BlobStore = PgFileStore(data / "files", pool, ttl_s=settings.file_ttl_s, output_ttl_s=settings.job_ttl_s,
                                    cache_gb=settings.cluster_cache_gb, max_storage_gb=settings.max_storage_gb)
+    services = JobServices(files=files, models=host.models, plugin_settings=host.plugin_settings,
+                           cache_dir=host.cache_dir, work_root=data / "work", demo=settings.demo)
     jobs = ClusterJobManager(settings=settings, backend=PgJobBackend(pool), bus=PgEventBus(url),
-                             registry=host.registry, files=files, models=host.models,
-                             plugin_settings=host.plugin_settings, cache_dir=host.cache_dir,
-                             work_root=data / "work", demo=settings.demo)
+                             registry=host.registry, services=services)
     # Held past a whole attempt (connect + answer), so two senders do not send one delivery at
     # once; a sender that died holding it is replaced after that.
     jobs.webhook_store = PgWebhookStore(pool, claim_s=float(settings.webhook_timeout_s) * 2 + 5.0)
