@@ -159,10 +159,16 @@ def test_webhooks_are_delivered_after_the_submitting_and_the_running_host_died(t
         _stop([api, *workers])
 
 
-def test_a_job_that_outgrew_every_live_host_fails_instead_of_bouncing(tmp_path, pg_url):
+def _small_and_big(tmp_path, pg_url) -> tuple[ClusterHost, ClusterHost]:
+    """A host with a 4 GiB budget and one with 16 GiB, on one database."""
     small = ClusterHost(tmp_path, pg_url, "small", extra_env={"KIAPI_MEMORY_LIMIT_GB": "4"})
     big = ClusterHost(tmp_path, pg_url, "big", extra_env={"KIAPI_MEMORY_LIMIT_GB": "16"})
-    hosts = [small.ready(), big.ready()]
+    return small.ready(), big.ready()
+
+
+def test_a_job_that_outgrew_every_live_host_fails_instead_of_bouncing(tmp_path, pg_url):
+    small, big = _small_and_big(tmp_path, pg_url)
+    hosts = [small, big]
     try:
         releases = _busy(hosts, tmp_path)
         gb_file = tmp_path / "gb"
@@ -184,9 +190,8 @@ def test_a_job_that_outgrew_every_live_host_fails_instead_of_bouncing(tmp_path, 
 
 
 def test_a_queued_job_no_live_host_can_take_says_why_until_one_can(tmp_path, pg_url):
-    small = ClusterHost(tmp_path, pg_url, "small", extra_env={"KIAPI_MEMORY_LIMIT_GB": "4"})
-    big = ClusterHost(tmp_path, pg_url, "big", extra_env={"KIAPI_MEMORY_LIMIT_GB": "16"})
-    hosts = [small.ready(), big.ready()]
+    small, big = _small_and_big(tmp_path, pg_url)
+    hosts = [small, big]
     try:
         releases = _busy(hosts, tmp_path)
         gb_file = tmp_path / "gb"
